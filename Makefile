@@ -1,0 +1,53 @@
+# Two commands for a newcomer: `make demo` and `make test`.  Both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: setup system-deps demo test lint typecheck pytest slow bench golden clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first: an open-ended torch requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,torch]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Tools the tests use from Debian (h5dump for the layout test).  Installed when missing and we are root.
+system-deps:
+	@if ! command -v h5dump >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq hdf5-tools >/dev/null) || echo "warning: apt-get could not install hdf5-tools"; \
+	  else echo "warning: h5dump missing and not root: the h5dump test will skip"; fi; \
+	fi
+
+demo: setup
+	$(PY) -m tracefmt.demo $(DEMO_DIR)
+
+lint: setup
+	$(VENV)/bin/ruff check tracefmt recorder replayer tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy tracefmt replayer recorder
+
+pytest: setup system-deps
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+slow: setup system-deps
+	$(VENV)/bin/pytest -q -m slow
+
+bench: setup
+	$(PY) bench/format_write.py
+	$(PY) bench/format_read.py
+
+golden: setup
+	TRACEFMT_REGEN_GOLDEN=1 $(PY) -m tests.golden
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,152 @@
+"""Every HDF5 detail of the format in one place: names, row dtypes, chunking, filters and limits.
+
+Nothing outside ``tracefmt`` should need this module; ``spec/format.md`` describes the same layout
+in prose and ``spec/schema.json`` is generated from it (``python -m tracefmt.schema``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tracefmt.dtypes import STORAGE_HEAPS
+
+FORMAT_MAGIC = "tracefmt"
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
+RANK_FILE_PATTERN = "rank-{rank:05d}.tft.h5"
+RANK_FILE_GLOB = "rank-*.tft.h5"
+
+# Root attributes.
+ATTR_MAGIC = "tracefmt_format"
+ATTR_VERSION = "format_version"
+ATTR_PROVENANCE = "provenance"
+ATTR_RUN_ID = "run_id"
+ATTR_RANK = "rank"
+ATTR_WORLD_SIZE = "world_size"
+ATTR_VALUES_FILTER = "values_filter"
+ATTR_HIST_BINS = "hist_bins"
+ROOT_ATTRS = frozenset({ATTR_MAGIC, ATTR_VERSION, ATTR_PROVENANCE, ATTR_RUN_ID, ATTR_RANK,
+                        ATTR_WORLD_SIZE, ATTR_VALUES_FILTER, ATTR_HIST_BINS})
+
+NO_STRING = -1  # string id meaning "none"
+NO_INDEX = -1   # op / tensor index meaning "none"
+
+STRINGS_BYTES = "strings/bytes"
+STRINGS_INDEX = "strings/index"
+GRAPHS = "graphs"
+OPS = "ops"
+EDGES = "edges"
+TENSORS = "tensors"
+DIMS = "dims"
+STEPS = "steps"
+STATS = "stats"
+OP_STATS = "op_stats"
+HISTS = "hists"
+DATA_INDEX = "data_index"
+EVENTS = "events"
+SCALARS = "scalars"
+DATA_GROUP = "data"
+
+STRING_INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4")])
+
+GRAPH_DTYPE = np.dtype([
+    ("op_start", "<u8"), ("op_count", "<u4"),
+    ("edge_start", "<u8"), ("edge_count", "<u4"),
+    ("tensor_start", "<u8"), ("tensor_count", "<u4"),
+    ("dim_start", "<u8"), ("dim_count", "<u4"),
+    ("digest", "u1", (16,)),
+])
+
+OP_DTYPE = np.dtype([
+    ("name", "<i4"), ("phase", "u1"), ("module", "<i4"), ("attrs", "<i4"), ("source", "<i4"),
+    ("in_start", "<u4"), ("in_count", "<u4"), ("out_start", "<u4"), ("out_count", "<u4"),
+])
+
+EDGE_DTYPE = np.dtype([("tensor", "<u4"), ("arg", "<i4"), ("item", "<i4")])
+
+TENSOR_DTYPE = np.dtype([
+    ("dtype", "u1"), ("role", "u1"), ("ndim", "u1"), ("dim_start", "<u4"),
+    ("device", "<i4"), ("name", "<i4"), ("producer", "<i4"), ("producer_slot", "<i4"),
+    ("version", "<i4"), ("storage_offset", "<i8"),
+])
+
+STEP_DTYPE = np.dtype([
+    ("step", "<i8"), ("graph", "<u8"),
+    ("stats_start", "<u8"), ("stats_count", "<u4"),
+    ("op_stats_start", "<u8"), ("op_stats_count", "<u4"),
+    ("data_start", "<u8"), ("data_count", "<u4"),
+    ("hist_start", "<u8"), ("hist_count", "<u4"),
+    ("event_start", "<u8"), ("event_count", "<u4"),
+    ("scalar_start", "<u8"), ("scalar_count", "<u4"),
+    ("wall_time", "<f8"), ("duration", "<f8"), ("flags", "<u4"), ("dropped", "<u8"),
+])
+
+STATS_DTYPE = np.dtype([
+    ("flags", "u1"), ("min", "<f8"), ("max", "<f8"), ("mean", "<f8"), ("std", "<f8"),
+    ("norm", "<f8"), ("nan", "<u8"), ("inf", "<u8"), ("zero", "<u8"), ("fingerprint", "<u8"),
+])
+# STATS_DTYPE flags
+STAT_MOMENTS = 1      # min, max, mean, std, norm are set
+STAT_COUNTS = 2       # nan, inf, zero are set
+STAT_FINGERPRINT = 4  # fingerprint is set
+
+OP_STATS_DTYPE = np.dtype([("host_ns", "<i8"), ("device_ns", "<i8"), ("mem_bytes", "<i8")])
+
+DATA_INDEX_DTYPE = np.dtype([
+    ("tensor", "<u4"), ("offset", "<u8"), ("count", "<u8"), ("fingerprint", "<u8"),
+])
+
+EVENT_DTYPE = np.dtype([("kind", "<i4"), ("op", "<i4"), ("tensor", "<i4"), ("message", "<i4")])
+
+SCALAR_DTYPE = np.dtype([("name", "<i4"), ("value", "<f8")])
+
+
+def hist_dtype(bins: int) -> np.dtype[np.void]:
+    """Row dtype of the histogram table for a file with ``bins`` bins per histogram."""
+    return np.dtype([("tensor", "<u4"), ("lo", "<f8"), ("hi", "<f8"), ("counts", "<u8", (bins,))])
+
+
+# Step flags (STEP_DTYPE.flags).
+STEP_HAS_NAN = 1
+STEP_HAS_INF = 2
+
+# Tables: path -> (row dtype, rows per chunk).  Chunks hold about 32-64 KiB of rows.
+TABLES: dict[str, tuple[np.dtype[Any], int]] = {
+    STRINGS_INDEX: (STRING_INDEX_DTYPE, 4096),
+    GRAPHS: (GRAPH_DTYPE, 512),
+    OPS: (OP_DTYPE, 2048),
+    EDGES: (EDGE_DTYPE, 4096),
+    TENSORS: (TENSOR_DTYPE, 2048),
+    STEPS: (STEP_DTYPE, 512),
+    STATS: (STATS_DTYPE, 1024),
+    OP_STATS: (OP_STATS_DTYPE, 2048),
+    DATA_INDEX: (DATA_INDEX_DTYPE, 1024),
+    EVENTS: (EVENT_DTYPE, 1024),
+    SCALARS: (SCALAR_DTYPE, 2048),
+}
+# 1-D heaps of plain numbers: path -> (dtype, items per chunk).
+HEAPS: dict[str, tuple[np.dtype[Any], int]] = {
+    STRINGS_BYTES: (np.dtype("u1"), 65536),
+    DIMS: (np.dtype("<i8"), 8192),
+}
+HIST_ROWS_PER_CHUNK = 256
+VALUE_CHUNK_BYTES = 1 << 20  # one chunk of a value heap; a power of two, so it divides most tensors
+
+#: Paths of the value heaps, one per storage dtype.
+VALUE_HEAPS: tuple[str, ...] = tuple(f"{DATA_GROUP}/{name}" for name in STORAGE_HEAPS)
+
+# Tables are small and repetitive: deflate + shuffle, and fletcher32 so corruption is never silent.
+TABLE_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True,
+                                 "fletcher32": True}
+
+# Reader limits (hostile files).  Generous for real traces, small enough to refuse absurd ones.
+MAX_NDIM = 64
+MAX_STRING_BYTES = 1 << 20
+MAX_GRAPH_OPS = 10_000_000
+MAX_STEP_ROWS = 50_000_000
+MAX_VALUE_BYTES = 1 << 36  # 64 GiB for one tensor's values
+MAX_HIST_BINS = 4096
+MAX_STEP_COUNT_SCAN = 100_000_000

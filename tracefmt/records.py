@@ -1,0 +1,257 @@
+"""What a writer is given: a step's graph and a self-contained in-memory record of one step.
+
+A :class:`StepRecord` holds everything about one captured step (graph, statistics, values, events),
+so a pipeline can keep it, drop it, or hand it to a :class:`~tracefmt.writer.TraceWriter` later
+(the flight-recorder mode keeps the last K of them in memory).
+
+Example::
+
+    g = GraphBuilder()
+    x = g.add_tensor(DType.FLOAT32, (8, 4), role=Role.INPUT, name="x")
+    w = g.add_tensor(DType.FLOAT32, (3, 4), role=Role.PARAMETER, name="fc.weight")
+    y = g.add_tensor(DType.FLOAT32, (8, 3), producer=g.num_ops)
+    g.add_op("aten::mm.default", phase=Phase.FORWARD, module="fc", inputs=[x, w], outputs=[y])
+    record = StepRecord(step=0, graph=g.finish(), stats=empty_stats(3))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tracefmt._layout import OP_STATS_DTYPE, STATS_DTYPE
+from tracefmt.dtypes import DType
+from tracefmt.model import Event, Phase, Role
+
+__all__ = [
+    "OP_STATS_DTYPE",
+    "STATS_DTYPE",
+    "Graph",
+    "GraphBuilder",
+    "OpSpec",
+    "StepRecord",
+    "decode_attrs",
+    "empty_op_stats",
+    "empty_stats",
+    "encode_attrs",
+]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor of a graph being written; strings are kept as text until the writer interns them."""
+
+    dtype: DType
+    shape: tuple[int, ...]
+    strides: tuple[int, ...] | None
+    device: str
+    role: Role
+    name: str | None
+    producer: int
+    producer_slot: int
+    version: int
+    storage_offset: int
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """An op of a graph being written.  ``inputs`` are (tensor, arg position, list item or -1)."""
+
+    name: str
+    phase: Phase
+    module: str
+    inputs: tuple[tuple[int, int, int], ...]
+    outputs: tuple[int, ...]
+    attrs: str | None
+    source: str | None
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": repr(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _encode_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode_value(v) for v in value]
+    return value
+
+
+def _decode_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$float" in obj and obj["$float"] in ("inf", "-inf", "nan"):
+        return float(obj["$float"])
+    return obj
+
+
+def encode_attrs(attrs: Mapping[str, Any]) -> str:
+    """Encode op attributes as strict JSON text; non-finite floats become ``{"$float": "inf"}``.
+
+    Values must be JSON data (numbers, strings, booleans, None, lists, dicts); anything else is
+    refused so no trace ever needs code to be read.
+    """
+    try:
+        return json.dumps(_encode_value(dict(attrs)), allow_nan=False, sort_keys=True,
+                          separators=(",", ":"))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"Op attributes must be plain JSON data: {e}") from e
+
+
+def decode_attrs(text: str) -> dict[str, Any]:
+    """Inverse of :func:`encode_attrs`; raises ``ValueError`` on anything but a JSON object."""
+    value = json.loads(text, object_hook=_decode_hook,
+                       parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    if not isinstance(value, dict):
+        raise ValueError("op attributes are not a JSON object")
+    return value
+
+
+class GraphBuilder:
+    """Builds the graph of one step, op by op, in execution order."""
+
+    def __init__(self) -> None:
+        self._tensors: list[TensorSpec] = []
+        self._ops: list[OpSpec] = []
+
+    @property
+    def num_ops(self) -> int:
+        """Number of ops added so far: the index the next op will get."""
+        return len(self._ops)
+
+    @property
+    def num_tensors(self) -> int:
+        return len(self._tensors)
+
+    def add_tensor(self, dtype: DType, shape: Sequence[int], *, strides: Sequence[int] | None = None,
+                   device: str = "cpu", role: Role = Role.ACTIVATION, name: str | None = None,
+                   producer: int | None = None, producer_slot: int = 0, version: int = 0,
+                   storage_offset: int = 0) -> int:
+        """Add a tensor (a value: one version of one storage) and return its index.
+
+        ``producer`` is the index of the op that outputs it (``None`` for a tensor that enters the
+        step from outside: inputs, parameters, optimizer state as it was before the step).
+        """
+        shape_t = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape_t):
+            raise ValueError(f"Tensor shape {shape_t} has a negative dimension.")
+        strides_t = None if strides is None else tuple(int(s) for s in strides)
+        if strides_t is not None and len(strides_t) != len(shape_t):
+            raise ValueError(f"Strides {strides_t} do not match shape {shape_t}.")
+        self._tensors.append(TensorSpec(DType(dtype), shape_t, strides_t, device, Role(role), name,
+                                        -1 if producer is None else int(producer),
+                                        producer_slot, version, storage_offset))
+        return len(self._tensors) - 1
+
+    def add_op(self, name: str, *, phase: Phase, module: str = "",
+               inputs: Sequence[int | tuple[int, int, int]] = (), outputs: Sequence[int] = (),
+               attrs: Mapping[str, Any] | None = None, source: str | None = None) -> int:
+        """Add an op and return its index.
+
+        ``inputs`` are tensor indices (argument position = place in the list), or explicit
+        ``(tensor, arg, item)`` triples where ``item`` is the position inside a list argument (-1
+        when the argument is a single tensor).  ``attrs`` are the non-tensor arguments, as JSON data.
+        """
+        n = len(self._tensors)
+        triples = tuple((int(t), i, -1) if isinstance(t, int) else (int(t[0]), int(t[1]), int(t[2]))
+                        for i, t in enumerate(inputs))
+        outs = tuple(int(t) for t in outputs)
+        for t in [tr[0] for tr in triples] + list(outs):
+            if not 0 <= t < n:
+                raise ValueError(f"Op {name!r} refers to tensor {t}, but the graph has {n} tensors.")
+        self._ops.append(OpSpec(name, Phase(phase), module, triples, outs,
+                                None if not attrs else encode_attrs(attrs), source))
+        return len(self._ops) - 1
+
+    def finish(self) -> Graph:
+        """Freeze the graph.  The builder may be reused afterwards only for a new graph."""
+        for op_index, op in enumerate(self._ops):
+            for t in op.outputs:
+                producer = self._tensors[t].producer
+                if producer not in (-1, op_index):
+                    raise ValueError(f"Tensor {t} is an output of op {op_index} ({op.name!r}) "
+                                     f"but names op {producer} as its producer.")
+        for t, spec in enumerate(self._tensors):
+            if spec.producer >= len(self._ops):
+                raise ValueError(f"Tensor {t} names producer op {spec.producer}, which was "
+                                 "never added.")
+        graph = Graph(tuple(self._ops), tuple(self._tensors))
+        self._ops, self._tensors = [], []
+        return graph
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A finished, immutable step graph.  Equal graphs have equal :attr:`digest`."""
+
+    ops: tuple[OpSpec, ...]
+    tensors: tuple[TensorSpec, ...]
+
+    @property
+    def num_ops(self) -> int:
+        return len(self.ops)
+
+    @property
+    def num_tensors(self) -> int:
+        return len(self.tensors)
+
+    @property
+    def digest(self) -> bytes:
+        """128-bit BLAKE2b digest of the graph's canonical encoding (used for deduplication)."""
+        cached: bytes | None = self.__dict__.get("_digest")
+        if cached is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(repr((self.ops, self.tensors)).encode())
+            cached = h.digest()
+            object.__setattr__(self, "_digest", cached)
+        return cached
+
+
+def empty_stats(n: int) -> np.ndarray:
+    """A stats table for ``n`` tensors with nothing computed (flags 0); fill what you compute."""
+    rows = np.zeros(n, dtype=STATS_DTYPE)
+    for name in ("min", "max", "mean", "std", "norm"):
+        rows[name] = np.nan
+    return rows
+
+
+def empty_op_stats(n: int) -> np.ndarray:
+    """An op timing table for ``n`` ops with nothing measured (-1 everywhere)."""
+    rows = np.empty(n, dtype=OP_STATS_DTYPE)
+    for name in OP_STATS_DTYPE.names or ():
+        rows[name] = -1
+    return rows
+
+
+@dataclass
+class StepRecord:
+    """Everything captured for one step, ready to write.
+
+    ``stats`` has one row per graph tensor (``STATS_DTYPE``), ``op_stats`` one row per op
+    (``OP_STATS_DTYPE``); either may be ``None`` (nothing measured).  ``values`` maps a tensor index
+    to its full values (any array whose bytes are the tensor's C-contiguous values: the logical
+    dtype, or its raw bits).  ``histograms`` maps a tensor index to ``(lo, hi, counts)``.
+    """
+
+    step: int
+    graph: Graph
+    stats: np.ndarray | None = None
+    op_stats: np.ndarray | None = None
+    values: Mapping[int, np.ndarray] = field(default_factory=dict)
+    histograms: Mapping[int, tuple[float, float, np.ndarray]] = field(default_factory=dict)
+    events: Sequence[Event] = ()
+    scalars: Mapping[str, float] = field(default_factory=dict)
+    wall_time: float = 0.0
+    duration: float = math.nan
+    dropped: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate in-memory size, for bounded queues and ring buffers."""
+        total = sum(int(v.nbytes) for v in self.values.values())
+        total += 0 if self.stats is None else int(self.stats.nbytes)
+        total += 0 if self.op_stats is None else int(self.op_stats.nbytes)
+        return total + 200 * (self.graph.num_ops + self.graph.num_tensors)

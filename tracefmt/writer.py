@@ -1,0 +1,322 @@
+"""Append-only, crash-safe writer of one rank's trace file.
+
+Layout and filters come from :mod:`tracefmt._layout` and :mod:`tracefmt.filters`.  The file is
+created with ``libver="latest"`` and switched to SWMR mode, so a reader can follow it live and a
+SIGKILL loses at most what was not flushed.  Commit protocol (spec: "Commit protocol"): a step's
+rows go to every table first; :meth:`TraceWriter.flush` flushes them, *then* appends the step's row
+to ``steps`` and flushes again.  A step exists for readers only once its ``steps`` row does.
+
+Example::
+
+    with TraceWriter("runs/exp1/rank-00000.tft.h5") as w:
+        w.write_step(record)   # a tracefmt.records.StepRecord
+        w.flush()              # returns when the step is on disk
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import socket
+import sys
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+
+from tracefmt import _layout as L
+from tracefmt.dtypes import DTYPE_INFO, fingerprint, heap_name
+from tracefmt.errors import TraceError, WriterClosedError
+from tracefmt.filters import get_filter
+from tracefmt.model import Provenance
+from tracefmt.records import Graph, StepRecord
+from tracefmt.version import __version__
+
+_ZERO_DIGEST = np.zeros(16, dtype=np.uint8)
+
+
+def rank_file_path(run_dir: str | os.PathLike[str], rank: int) -> Path:
+    """Path of ``rank``'s file inside a run directory: ``run_dir/rank-00000.tft.h5``."""
+    return Path(run_dir) / L.RANK_FILE_PATTERN.format(rank=rank)
+
+
+def make_provenance(extra: Mapping[str, str] | None = None) -> Provenance:
+    """Provenance of a file written now, by this process."""
+    torch = sys.modules.get("torch")
+    extra = dict(extra or {})
+    torch_version = extra.pop("torch", None) or getattr(torch, "__version__", None)
+    return Provenance(
+        tracefmt=__version__, h5py=h5py.version.version, hdf5=h5py.version.hdf5_version,
+        numpy=np.__version__, python=platform.python_version(),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        host=socket.gethostname(), torch=None if torch_version is None else str(torch_version),
+        extra=extra)
+
+
+class TraceWriter:
+    """Writes steps to one rank's trace file.  Not thread-safe: use it from one thread.
+
+    ``values_filter`` names the filter of the value heaps (:data:`tracefmt.filters.FILTERS`;
+    ``"fast"`` is Blosc2-Zstd).  ``hist_bins`` fixes the bins of every histogram in the file (0:
+    none).  ``fsync`` makes :meth:`flush` wait for the disk, not only the page cache.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, run_id: str | None = None, rank: int = 0,
+                 world_size: int = 1, values_filter: str = "none", hist_bins: int = 0,
+                 provenance_extra: Mapping[str, str] | None = None, overwrite: bool = False,
+                 fsync: bool = True) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}.")
+        if not 0 <= hist_bins <= L.MAX_HIST_BINS:
+            raise ValueError(f"hist_bins must be in 0..{L.MAX_HIST_BINS}, not {hist_bins}.")
+        self._filter = get_filter(values_filter)
+        filter_kwargs = self._filter.h5py_kwargs()
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise TraceError(f"{str(self.path)!r} already exists; choose a new run directory or "
+                             "pass overwrite=True.")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self._closed = True
+        try:
+            self._file = h5py.File(self.path, "w", libver="latest", rdcc_nbytes=8 << 20,
+                                   rdcc_nslots=10007)
+        except OSError as e:
+            raise TraceError(f"Cannot create trace file {str(self.path)!r}: {e}") from e
+        self._closed = False
+        self.run_id = run_id or uuid.uuid4().hex
+        self.rank, self.world_size, self.hist_bins = rank, world_size, hist_bins
+        f = self._file
+        f.attrs[L.ATTR_MAGIC] = L.FORMAT_MAGIC
+        f.attrs[L.ATTR_VERSION] = L.FORMAT_VERSION
+        f.attrs[L.ATTR_PROVENANCE] = make_provenance(provenance_extra).to_json()
+        f.attrs[L.ATTR_RUN_ID] = self.run_id
+        f.attrs[L.ATTR_RANK] = np.int64(rank)
+        f.attrs[L.ATTR_WORLD_SIZE] = np.int64(world_size)
+        f.attrs[L.ATTR_VALUES_FILTER] = self._filter.name
+        f.attrs[L.ATTR_HIST_BINS] = np.int64(hist_bins)
+        self._ds: dict[str, h5py.Dataset] = {}
+        self._len: dict[str, int] = {}
+        tables = dict(L.TABLES)
+        tables[L.HISTS] = (L.hist_dtype(max(hist_bins, 1)), L.HIST_ROWS_PER_CHUNK)
+        for name, (dtype, rows) in [*tables.items(), *L.HEAPS.items()]:
+            self._create(name, dtype, rows, L.TABLE_FILTERS)
+        for name in L.VALUE_HEAPS:
+            dtype = np.dtype(name.rsplit("/", 1)[1])
+            self._create(name, dtype, L.VALUE_CHUNK_BYTES // dtype.itemsize, filter_kwargs)
+        f.swmr_mode = True
+        f.flush()
+        self._strings: dict[str, int] = {}
+        self._graphs: dict[bytes, int] = {}
+        self._pending: list[np.ndarray] = []
+        self._last_step: int | None = None
+        self.steps_written = 0
+
+    def _create(self, name: str, dtype: np.dtype[Any], rows: int, kwargs: Mapping[str, Any]) -> None:
+        self._ds[name] = self._file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
+                                                   chunks=(rows,), **kwargs)
+        self._len[name] = 0
+
+    # -- context manager -------------------------------------------------------------------------
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WriterClosedError(f"The writer of {str(self.path)!r} is closed; open a new "
+                                    "TraceWriter to write more steps.")
+
+    # -- low-level appends -----------------------------------------------------------------------
+    def _append(self, name: str, rows: np.ndarray) -> int:
+        """Append ``rows`` to dataset ``name``; return the index of the first appended row."""
+        start = self._len[name]
+        n = len(rows)
+        if n:
+            ds = self._ds[name]
+            ds.resize((start + n,))
+            ds[start:start + n] = rows
+            self._len[name] = start + n
+        return start
+
+    def _intern(self, text: str | None) -> int:
+        if text is None:
+            return L.NO_STRING
+        sid = self._strings.get(text)
+        if sid is None:
+            data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+            if data.size > L.MAX_STRING_BYTES:
+                raise ValueError(f"A string of {data.size} bytes is longer than the format's "
+                                 f"limit of {L.MAX_STRING_BYTES}: {text[:60]!r}...")
+            offset = self._append(L.STRINGS_BYTES, data)
+            row = np.array([(offset, data.size)], dtype=L.STRING_INDEX_DTYPE)
+            sid = self._append(L.STRINGS_INDEX, row)
+            self._strings[text] = sid
+        return sid
+
+    # -- graphs ----------------------------------------------------------------------------------
+    def _graph_row(self, graph: Graph) -> int:
+        key = graph.digest
+        row = self._graphs.get(key)
+        if row is not None:
+            return row
+        intern = self._intern
+        ops = np.zeros(graph.num_ops, dtype=L.OP_DTYPE)
+        edges: list[tuple[int, int, int]] = []
+        for i, op in enumerate(graph.ops):
+            in_start = len(edges)
+            edges.extend(op.inputs)
+            out_start = len(edges)
+            edges.extend((t, slot, -1) for slot, t in enumerate(op.outputs))
+            ops[i] = (intern(op.name), int(op.phase), intern(op.module), intern(op.attrs),
+                      intern(op.source), in_start, len(op.inputs), out_start, len(op.outputs))
+        tensors = np.zeros(graph.num_tensors, dtype=L.TENSOR_DTYPE)
+        dims: list[int] = []
+        for i, t in enumerate(graph.tensors):
+            if len(t.shape) > L.MAX_NDIM:
+                raise ValueError(f"Tensor {i} has {len(t.shape)} dimensions; the format allows "
+                                 f"{L.MAX_NDIM}.")
+            dim_start = len(dims)
+            dims.extend(t.shape)
+            # Strides follow the shape; a tensor without recorded strides stores -1s.
+            dims.extend(t.strides if t.strides is not None else [-1] * len(t.shape))
+            tensors[i] = (int(t.dtype), int(t.role), len(t.shape), dim_start, intern(t.device),
+                          intern(t.name), t.producer, t.producer_slot, t.version,
+                          t.storage_offset)
+        edge_rows = np.array(edges, dtype=L.EDGE_DTYPE) if edges else np.zeros(0, L.EDGE_DTYPE)
+        graph_row = np.zeros(1, dtype=L.GRAPH_DTYPE)
+        graph_row[0] = (self._append(L.OPS, ops), len(ops), self._append(L.EDGES, edge_rows),
+                        len(edge_rows), self._append(L.TENSORS, tensors), len(tensors),
+                        self._append(L.DIMS, np.asarray(dims, dtype=np.int64)), len(dims),
+                        np.frombuffer(key, dtype=np.uint8))
+        row = self._append(L.GRAPHS, graph_row)
+        self._graphs[key] = row
+        return row
+
+    # -- steps -----------------------------------------------------------------------------------
+    def write_step(self, record: StepRecord) -> None:
+        """Write one step's rows.  The step becomes visible to readers at the next :meth:`flush`.
+
+        Steps must be written in strictly increasing step order.
+        """
+        self._check_open()
+        graph = record.graph
+        if self._last_step is not None and record.step <= self._last_step:
+            raise ValueError(f"Step {record.step} was written after step {self._last_step}; steps "
+                             "must be written in increasing order.")
+        self._check_sizes(record)
+        graph_row = self._graph_row(graph)
+        flags = 0
+        stats_start = self._len[L.STATS]
+        stats_count = 0
+        if record.stats is not None:
+            stats = np.asarray(record.stats, dtype=L.STATS_DTYPE)
+            counted = (stats["flags"] & L.STAT_COUNTS) != 0
+            if np.any(stats["nan"][counted]):
+                flags |= L.STEP_HAS_NAN
+            if np.any(stats["inf"][counted]):
+                flags |= L.STEP_HAS_INF
+            stats_start = self._append(L.STATS, stats)
+            stats_count = len(stats)
+        op_stats_start = self._len[L.OP_STATS]
+        op_stats_count = 0
+        if record.op_stats is not None:
+            op_stats_start = self._append(L.OP_STATS, np.asarray(record.op_stats, L.OP_STATS_DTYPE))
+            op_stats_count = len(record.op_stats)
+        data_start = self._len[L.DATA_INDEX]
+        data_rows = np.zeros(len(record.values), dtype=L.DATA_INDEX_DTYPE)
+        for i, (tensor, array) in enumerate(sorted(record.values.items())):
+            data_rows[i] = self._write_values(graph, tensor, array)
+        self._append(L.DATA_INDEX, data_rows)
+        hist_start = self._len[L.HISTS]
+        hists = np.zeros(len(record.histograms), dtype=self._ds[L.HISTS].dtype)
+        for i, (tensor, (lo, hi, counts)) in enumerate(sorted(record.histograms.items())):
+            if len(counts) != self.hist_bins:
+                raise ValueError(f"Histogram of tensor {tensor} has {len(counts)} bins; this "
+                                 f"file was opened with hist_bins={self.hist_bins}.")
+            hists[i] = (tensor, lo, hi, counts)
+        self._append(L.HISTS, hists)
+        events = np.array([(self._intern(e.kind), L.NO_INDEX if e.op is None else e.op,
+                            L.NO_INDEX if e.tensor is None else e.tensor, self._intern(e.message))
+                           for e in record.events], dtype=L.EVENT_DTYPE)
+        event_start = self._append(L.EVENTS, events) if len(events) else self._len[L.EVENTS]
+        scalars = np.array([(self._intern(k), float(v)) for k, v in record.scalars.items()],
+                           dtype=L.SCALAR_DTYPE)
+        scalar_start = self._append(L.SCALARS, scalars) if len(scalars) else self._len[L.SCALARS]
+        row = np.zeros(1, dtype=L.STEP_DTYPE)
+        row[0] = (record.step, graph_row, stats_start, stats_count, op_stats_start,
+                  op_stats_count, data_start, len(data_rows), hist_start, len(hists),
+                  event_start, len(events), scalar_start, len(scalars), record.wall_time,
+                  record.duration, flags, record.dropped)
+        self._pending.append(row)
+        self._last_step = record.step
+
+    def _check_sizes(self, record: StepRecord) -> None:
+        graph = record.graph
+        if record.stats is not None and len(record.stats) != graph.num_tensors:
+            raise ValueError(f"Step {record.step}: {len(record.stats)} stats rows for "
+                             f"{graph.num_tensors} tensors.")
+        if record.op_stats is not None and len(record.op_stats) != graph.num_ops:
+            raise ValueError(f"Step {record.step}: {len(record.op_stats)} op timing rows for "
+                             f"{graph.num_ops} ops.")
+        for tensor in [*record.values, *record.histograms]:
+            if not 0 <= tensor < graph.num_tensors:
+                raise ValueError(f"Step {record.step}: values or histogram for tensor {tensor}, "
+                                 f"but the graph has {graph.num_tensors} tensors.")
+        for e in record.events:
+            if e.op is not None and not 0 <= e.op < graph.num_ops:
+                raise ValueError(f"Step {record.step}: event {e.kind!r} names op {e.op}.")
+            if e.tensor is not None and not 0 <= e.tensor < graph.num_tensors:
+                raise ValueError(f"Step {record.step}: event {e.kind!r} names tensor {e.tensor}.")
+
+    def _write_values(self, graph: Graph, tensor: int, array: np.ndarray) -> tuple[int, ...]:
+        spec = graph.tensors[tensor]
+        info = DTYPE_INFO[spec.dtype]
+        numel = 1
+        for d in spec.shape:
+            numel *= d
+        flat = np.ascontiguousarray(array).reshape(-1)
+        if flat.nbytes != numel * info.itemsize:
+            raise ValueError(f"Values of tensor {tensor} ({spec.name or 'unnamed'}) have "
+                             f"{flat.nbytes} bytes; shape {spec.shape} of {spec.dtype.label} "
+                             f"needs {numel * info.itemsize}.")
+        storage = flat if flat.dtype == info.storage else flat.view(np.uint8).view(info.storage)
+        offset = self._append(f"{L.DATA_GROUP}/{heap_name(spec.dtype)}", storage)
+        return (tensor, offset, storage.size, fingerprint(storage))
+
+    def flush(self) -> None:
+        """Commit every written step and return when it is on disk (page cache, then ``fsync``)."""
+        self._check_open()
+        try:
+            if self._pending:
+                self._file.flush()  # phase 1: every row the pending steps point at
+                self._append(L.STEPS, np.concatenate(self._pending))
+                self.steps_written += len(self._pending)
+                self._pending = []
+            self._file.flush()  # phase 2: the commit rows
+            if self._fsync:
+                os.fsync(self._file.id.get_vfd_handle())
+        except OSError as e:
+            raise TraceError(f"Flushing {str(self.path)!r} failed: {e}") from e
+
+    def close(self) -> None:
+        """Flush and close.  Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._file.close()
