@@ -26,7 +26,12 @@ system-deps:
 	fi
 
 demo: setup
-	$(PY) -m tracefmt.demo $(DEMO_DIR)
+	$(PY) -m tracefmt.synthetic --out $(DEMO_DIR) --steps 20 --ranks 2
+	$(VENV)/bin/tracefmt info $(DEMO_DIR)
+	$(VENV)/bin/tracefmt ls $(DEMO_DIR)
+	$(VENV)/bin/tracefmt show $(DEMO_DIR) --step 3 --phase forward
+	$(VENV)/bin/tracefmt dump $(DEMO_DIR) --step 3 --tensor layers.0.weight -o $(DEMO_DIR)/weight.npy
+	$(VENV)/bin/tracefmt validate $(DEMO_DIR) --deep
 
 lint: setup
 	$(VENV)/bin/ruff check tracefmt recorder replayer tests bench

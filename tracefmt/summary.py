@@ -1,0 +1,190 @@
+"""Library side of the CLI: what ``tracefmt info``, ``show`` and ``dump`` compute, as plain data.
+
+The click layer in :mod:`tracefmt.cli` only parses, calls these functions and prints.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tracefmt import _layout as L
+from tracefmt.dtypes import DType
+from tracefmt.errors import TraceError
+from tracefmt.model import OpNode, Phase, TensorRecord
+from tracefmt.reader import Step, Trace
+
+#: How datasets group into the byte budget ``tracefmt info`` reports.
+KIND_OF_DATASET = {
+    L.GRAPHS: "graph", L.OPS: "graph", L.EDGES: "graph", L.TENSORS: "graph", L.DIMS: "graph",
+    L.STATS: "stats", L.OP_STATS: "stats", L.HISTS: "stats",
+    L.STEPS: "index", L.DATA_INDEX: "index",
+    L.STRINGS_BYTES: "strings", L.STRINGS_INDEX: "strings",
+    L.EVENTS: "events", L.SCALARS: "events",
+}
+
+
+@dataclass(frozen=True)
+class KindBytes:
+    """Logical bytes (numpy rows) and bytes on disk of one kind of data."""
+
+    kind: str
+    raw_bytes: int
+    stored_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int
+    path: str
+    file_bytes: int
+    steps: int
+    first_step: int | None
+    last_step: int | None
+    graphs: int
+    ops_per_step_min: int
+    ops_per_step_median: float
+    ops_per_step_max: int
+    values_recorded: int
+    steps_with_nan: int
+    steps_with_inf: int
+    events: int
+    dropped: int
+    values_filter: str
+    bytes_by_kind: list[KindBytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TraceInfo:
+    path: str
+    run_id: str
+    world_size: int
+    ranks: list[int]
+    format_version: str
+    provenance: dict[str, str]
+    rank_info: list[RankInfo]
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(k.raw_bytes for r in self.rank_info for k in r.bytes_by_kind)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(k.stored_bytes for r in self.rank_info for k in r.bytes_by_kind)
+
+
+def trace_info(trace: Trace) -> TraceInfo:
+    """Everything ``tracefmt info`` shows: run, ranks, steps, ops per step, bytes by kind."""
+    ranks = []
+    for rank in trace.ranks:
+        f = trace.rank_file(rank)
+        summaries = f.summaries()
+        kinds: dict[str, list[int]] = {}
+        for ds in f.dataset_sizes():
+            kind = KIND_OF_DATASET.get(ds.path, "values")
+            acc = kinds.setdefault(kind, [0, 0])
+            acc[0] += ds.raw_bytes
+            acc[1] += ds.stored_bytes
+        ops = [s.num_ops for s in summaries] or [0]
+        ranks.append(RankInfo(
+            rank=rank, path=str(f.path), file_bytes=os.path.getsize(f.path), steps=len(summaries),
+            first_step=summaries[0].step if summaries else None,
+            last_step=summaries[-1].step if summaries else None,
+            graphs=len({s.graph for s in summaries}), ops_per_step_min=min(ops),
+            ops_per_step_median=float(statistics.median(ops)), ops_per_step_max=max(ops),
+            values_recorded=sum(s.num_values for s in summaries),
+            steps_with_nan=sum(s.has_nan for s in summaries),
+            steps_with_inf=sum(s.has_inf for s in summaries),
+            events=sum(s.num_events for s in summaries), dropped=sum(s.dropped for s in summaries),
+            values_filter=f.values_filter,
+            bytes_by_kind=[KindBytes(k, v[0], v[1]) for k, v in sorted(kinds.items())]))
+    first = trace.rank_file()
+    p = trace.provenance
+    prov = {"tracefmt": p.tracefmt, "h5py": p.h5py, "hdf5": p.hdf5, "numpy": p.numpy,
+            "python": p.python, "created": p.created, "host": p.host, **dict(p.extra)}
+    if p.torch:
+        prov["torch"] = p.torch
+    return TraceInfo(path=str(trace.path), run_id=trace.run_id, world_size=trace.world_size,
+                     ranks=list(trace.ranks), format_version=f"{first.version[0]}.{first.version[1]}",
+                     provenance=prov, rank_info=ranks)
+
+
+def select_ops(step: Step, *, module: str | None = None, op: str | None = None,
+               phase: str | None = None) -> list[OpNode]:
+    """The ops of ``step`` matching a module glob, an op-name glob and a phase name."""
+    want_phase = None
+    if phase is not None:
+        try:
+            want_phase = Phase[phase.upper()]
+        except KeyError:
+            raise TraceError(f"Unknown phase {phase!r}; use one of "
+                             f"{', '.join(p.label for p in Phase)}.") from None
+    out = []
+    for node in step.ops:
+        if want_phase is not None and node.phase is not want_phase:
+            continue
+        if module is not None and not fnmatch.fnmatchcase(node.module, module):
+            continue
+        if op is not None and not (fnmatch.fnmatchcase(node.name, op)
+                                   or fnmatch.fnmatchcase(node.name.removeprefix("aten::"), op)):
+            continue
+        out.append(node)
+    return out
+
+
+def find_tensor(step: Step, key: str) -> TensorRecord:
+    """A tensor of ``step`` by index (``"12"``) or by name (``"layers.0.weight"``; the last
+    version of that name in the step)."""
+    if key.isdigit():
+        i = int(key)
+        if i >= len(step.tensors):
+            raise TraceError(f"Step {step.step} has {len(step.tensors)} tensors; there is no "
+                             f"tensor {i}.")
+        return step.tensors[i]
+    named = [t for t in step.tensors if t.name == key]
+    if not named:
+        raise TraceError(f"Step {step.step} has no tensor named {key!r}; 'tracefmt show' lists "
+                         "tensor ids and names.")
+    return named[-1]
+
+
+def dump_tensor(tensor: TensorRecord, out: str | os.PathLike[str], *, raw: bool = False) -> Path:
+    """Write a tensor's values to ``.npy`` (never pickled).
+
+    bfloat16 and float8 have no numpy dtype a plain ``.npy`` reader knows, so by default they are
+    widened to float32 (exact: every such value is a float32); ``raw=True`` writes the stored bits
+    (uint16 / uint8) instead.
+    """
+    values = tensor.values()
+    if tensor.dtype in _WIDEN and not raw:
+        values = values.astype(np.float32)
+    elif tensor.dtype in _WIDEN:
+        values = values.view(np.uint16 if values.dtype.itemsize == 2 else np.uint8)
+    path = Path(out)
+    np.save(path, np.ascontiguousarray(values), allow_pickle=False)
+    return path
+
+
+_WIDEN = frozenset({DType.BFLOAT16, DType.FLOAT8_E4M3FN, DType.FLOAT8_E4M3FNUZ, DType.FLOAT8_E5M2,
+                    DType.FLOAT8_E5M2FNUZ, DType.FLOAT8_E8M0FNU})
+
+
+def shapes_text(tensors: Sequence[TensorRecord]) -> str:
+    """``f32[8,16], bf16[16,16]`` for a list of tensors."""
+    return ", ".join(f"{_SHORT.get(t.dtype, t.dtype.label)}[{','.join(map(str, t.shape))}]"
+                     for t in tensors)
+
+
+_SHORT = {DType.FLOAT32: "f32", DType.FLOAT16: "f16", DType.BFLOAT16: "bf16", DType.FLOAT64: "f64",
+          DType.INT64: "i64", DType.INT32: "i32", DType.BOOL: "bool", DType.UINT8: "u8",
+          DType.INT8: "i8"}
