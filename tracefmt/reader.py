@@ -267,29 +267,36 @@ class RankFile:
         return int(self._rows(L.STEPS, i, 1)[0]["step"])
 
     def find(self, step: int) -> int:
-        """Row index of ``step``; interpolation search (one or two reads for regular schedules)."""
+        """Row index of ``step`` in the step index.
+
+        Interpolation search (one or two reads for a regular schedule) alternating with bisection,
+        so an irregular or hostile index still costs O(log n) reads.  Terminates on unsorted rows.
+        """
         lo, hi = 0, self.num_steps() - 1
         if hi < 0:
             raise TraceError(f"{self.path} has no committed steps yet.")
         s_lo, s_hi = self._step_number(lo), self._step_number(hi)
+        bisect = False
         while lo <= hi and s_lo <= step <= s_hi:
-            if s_lo == step:
+            if step == s_lo:
                 return lo
-            if s_hi == step:
+            if step == s_hi:
                 return hi
-            guess = lo + int((step - s_lo) * (hi - lo) // max(s_hi - s_lo, 1))
-            guess = min(max(guess, lo + 1), hi - 1)
-            if guess <= lo or guess >= hi:
+            if hi - lo < 2:
                 break
+            if bisect or s_hi == s_lo:
+                guess = (lo + hi) // 2
+            else:
+                guess = lo + (step - s_lo) * (hi - lo) // (s_hi - s_lo)
+            guess = min(max(guess, lo + 1), hi - 1)
+            bisect = not bisect
             s = self._step_number(guess)
             if s == step:
                 return guess
             if s < step:
                 lo, s_lo = guess, s
-                lo += 1
-                s_lo = self._step_number(lo) if lo <= hi else s_lo
             else:
-                hi, s_hi = guess - 1, self._step_number(guess - 1)
+                hi, s_hi = guess, s
         raise TraceError(f"Step {step} is not in {self.path} (rank {self.rank}); "
                          "'tracefmt ls' lists the recorded steps.")
 
