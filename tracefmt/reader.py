@@ -190,6 +190,7 @@ class RankFile:
                 raise TraceFormatError(f"{where}: dataset /{name} has dtype {ds.dtype} and "
                                        f"{ds.ndim} dimensions; the format wants 1-D {dtype}.")
             self._ds[name] = ds
+        self._check_extents()
         self._graph_cache: dict[int, _GraphData] = {}
         self._string_cache: dict[int, str] = {}
         self._strings_loaded: tuple[np.ndarray, np.ndarray] | None = None
@@ -197,10 +198,30 @@ class RankFile:
     def close(self) -> None:
         self._file.close()
 
+    def _check_extents(self) -> None:
+        """Refuse datasets whose declared length the stored bytes cannot back.
+
+        An extent is only metadata: a hostile file can declare 10**12 rows with nothing stored, and
+        reading them would allocate it all.  Deflated tables expand at most ~1032x; unfiltered
+        value heaps store every chunk they cover.
+        """
+        compressing = self.values_filter not in ("none", "fletcher32")
+        for name, ds in self._ds.items():
+            declared = int(ds.shape[0]) * ds.dtype.itemsize
+            if name in L.VALUE_HEAPS and compressing:
+                continue
+            stored = int(ds.id.get_storage_size())
+            chunk = (ds.chunks or (1,))[0] * ds.dtype.itemsize
+            budget = stored + chunk if name in L.VALUE_HEAPS else 1100 * stored + chunk
+            if declared > budget:
+                raise TraceFormatError(f"{self.path}: /{name} declares {declared} bytes but stores "
+                                       f"{stored}; the file is damaged or truncated.")
+
     def refresh(self) -> None:
         """See rows a live writer committed since the file was opened (or last refreshed)."""
         for ds in self._ds.values():
             ds.refresh()
+        self._check_extents()
         self._strings_loaded = None
 
     # -- checked reads ---------------------------------------------------------------------------

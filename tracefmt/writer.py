@@ -40,6 +40,13 @@ from tracefmt.version import __version__
 _ZERO_DIGEST = np.zeros(16, dtype=np.uint8)
 
 
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def rank_file_path(run_dir: str | os.PathLike[str], rank: int) -> Path:
     """Path of ``rank``'s file inside a run directory: ``run_dir/rank-00000.tft.h5``."""
     return Path(run_dir) / L.RANK_FILE_PATTERN.format(rank=rank)
@@ -275,6 +282,13 @@ class TraceWriter:
             if not 0 <= tensor < graph.num_tensors:
                 raise ValueError(f"Step {record.step}: values or histogram for tensor {tensor}, "
                                  f"but the graph has {graph.num_tensors} tensors.")
+        for tensor, array in record.values.items():
+            spec = graph.tensors[tensor]
+            want = _numel(spec.shape) * DTYPE_INFO[spec.dtype].itemsize
+            if array.nbytes != want:
+                raise ValueError(f"Step {record.step}: values of tensor {tensor} "
+                                 f"({spec.name or 'unnamed'}) have {array.nbytes} bytes; shape "
+                                 f"{spec.shape} of {spec.dtype.label} needs {want}.")
         for e in record.events:
             if e.op is not None and not 0 <= e.op < graph.num_ops:
                 raise ValueError(f"Step {record.step}: event {e.kind!r} names op {e.op}.")
@@ -284,14 +298,7 @@ class TraceWriter:
     def _write_values(self, graph: Graph, tensor: int, array: np.ndarray) -> tuple[int, ...]:
         spec = graph.tensors[tensor]
         info = DTYPE_INFO[spec.dtype]
-        numel = 1
-        for d in spec.shape:
-            numel *= d
         flat = np.ascontiguousarray(array).reshape(-1)
-        if flat.nbytes != numel * info.itemsize:
-            raise ValueError(f"Values of tensor {tensor} ({spec.name or 'unnamed'}) have "
-                             f"{flat.nbytes} bytes; shape {spec.shape} of {spec.dtype.label} "
-                             f"needs {numel * info.itemsize}.")
         storage = flat if flat.dtype == info.storage else flat.view(np.uint8).view(info.storage)
         offset = self._append(f"{L.DATA_GROUP}/{heap_name(spec.dtype)}", storage)
         return (tensor, offset, storage.size, fingerprint(storage))
