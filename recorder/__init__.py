@@ -1,0 +1,36 @@
+"""recorder: record whole PyTorch training steps (forward, backward, optimizer) into tracefmt traces.
+
+Two lines added to a training loop::
+
+    import recorder
+    with recorder.record("runs/exp1", schedule=recorder.schedule(every=1)) as rec:
+        for batch in loader:
+            ...  # the unchanged forward, backward, optimizer.step(), zero_grad()
+            rec.step(loss=loss)
+
+Every aten op between two ``rec.step()`` calls is captured in execution order with its phase, module
+path, inputs and outputs (linked producer to consumer), shapes, dtypes, attributes, host time, and
+per-tensor statistics computed on the tensor's device.  Steps are written by a background thread.
+This is the only package of the project that imports torch; it does so lazily, so ``schedule`` and
+``select`` work (and are tested) without it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from recorder.options import ValuesSelection, select
+from recorder.schedule import Action, Schedule, schedule
+
+if TYPE_CHECKING:
+    from recorder.session import Recorder, record
+
+__all__ = ["Action", "Recorder", "Schedule", "ValuesSelection", "record", "schedule", "select"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("record", "Recorder"):
+        from recorder import session
+
+        return getattr(session, name)
+    raise AttributeError(f"module 'recorder' has no attribute {name!r}")

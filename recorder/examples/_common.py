@@ -1,0 +1,107 @@
+"""The training loop and command line the examples share."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import recorder
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def parser(description: str, *, steps: int = 20) -> argparse.ArgumentParser:
+    """Arguments every example takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--steps", type=int, default=steps, help="training steps to run")
+    p.add_argument("--out", default="runs/demo", help="run directory to record into")
+    p.add_argument("--every", type=int, default=1, help="record one step in N")
+    p.add_argument("--off", action="store_true", help="run without the recorder (for timing)")
+    p.add_argument("--no-stats", action="store_true", help="record the graph only")
+    p.add_argument("--values", choices=["none", "all"], default="none",
+                   help="record full values of every tensor")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing trace")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the timing summary as JSON")
+    return p
+
+
+def run(args: argparse.Namespace, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+        batches: Callable[[int], Batch], loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
+        *, name: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train ``args.steps`` steps, recording them unless ``--off``; returns a timing summary."""
+    console = Console(stderr=True, quiet=args.quiet)
+    times: list[float] = []
+    with _maybe_record(args, model) as rec, _progress(console, args.steps, name) as progress:
+        task = progress.add_task(name, total=args.steps, loss=float("nan"))
+        for step in range(args.steps):
+            t0 = time.perf_counter()
+            batch = batches(step)
+            model.train()
+            loss = loss_fn(model, batch)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if rec is not None:
+                rec.step(loss=loss)
+            times.append(time.perf_counter() - t0)
+            progress.update(task, advance=1, loss=float(loss.detach()))
+    steady = sorted(times[1:] or times)
+    summary = {"example": name, "steps": args.steps, "recorded": not args.off,
+               "out": None if args.off else args.out,
+               "median_step_ms": round(1000 * steady[len(steady) // 2], 3),
+               "mean_step_ms": round(1000 * sum(steady) / len(steady), 3),
+               "final_loss": round(float(loss.detach()), 5)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        where = "not recorded" if args.off else f"recorded into {args.out}"
+        console.print(f"{name}: {args.steps} steps, median {summary['median_step_ms']} ms/step, "
+                      f"final loss {summary['final_loss']}, {where}", highlight=False)
+    return summary
+
+
+class _Off:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _maybe_record(args: argparse.Namespace, model: torch.nn.Module) -> Any:
+    if args.off:
+        return _Off()
+    capture = ("graph",) if args.no_stats else ("graph", "stats")
+    return recorder.record(args.out, schedule=recorder.schedule(every=args.every), model=model,
+                           capture=capture, values=None if args.values == "none" else "all",
+                           overwrite=args.overwrite)
+
+
+def _progress(console: Console, total: int, name: str) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
+                    console=console, transient=False, disable=console.quiet)
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    """Seed, thread count and device from the arguments."""
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.device(args.device)
+
+
+def cycle(items: Sequence[Batch]) -> Iterator[Batch]:
+    while True:
+        yield from items

@@ -1,0 +1,260 @@
+"""``record(...)``: the user-facing recorder, shaped like ``torch.profiler.profile``.
+
+Example::
+
+    import recorder
+    with recorder.record("runs/exp1", schedule=recorder.schedule(every=100), model=model) as rec:
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            rec.step(loss=loss)
+
+Everything between two ``rec.step()`` calls is one step.  For a step the schedule picks, hooks and a
+dispatch mode are entered through an ``ExitStack`` at the step's start and left at its end; for
+other steps nothing of the recorder is active.  Leaving the ``with`` block (normally or by an
+exception) discards the unfinished step, writes every completed one, and removes every hook, mode
+and tensor reference of the recorder.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Collection, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from recorder.capture import StepCapture
+from recorder.options import Options, ValuesSelection
+from recorder.pipeline import BackgroundWriter, Sink
+from recorder.schedule import Action, Schedule
+from recorder.schedule import schedule as make_schedule
+from recorder.tracking import Names
+from tracefmt.errors import TraceError
+
+__all__ = ["Recorder", "record"]
+
+ScheduleLike = Schedule | Callable[[int], "Action | bool"]
+
+
+def _open_trace_writer(path: str | os.PathLike[str], options: Options, *, run_id: str | None,
+                       overwrite: bool, values_filter: str,
+                       provenance_extra: Mapping[str, str]) -> tuple[Sink, str]:
+    try:
+        from tracefmt.writer import TraceWriter, rank_file_path
+    except ImportError as e:
+        raise TraceError("tracefmt.writer is not available in this installation, so the "
+                         "recorder cannot write traces; pass sink=... to receive step records "
+                         "instead.") from e
+    run_dir = Path(path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    file = rank_file_path(run_dir, options.rank)
+    extra = {"torch": torch.__version__, "recorder": "recorder", **provenance_extra}
+    writer = TraceWriter(file, run_id=run_id, rank=options.rank, world_size=options.world_size,
+                         values_filter=values_filter, hist_bins=options.hist_bins,
+                         provenance_extra=extra, overwrite=overwrite)
+    return writer, str(file)
+
+
+class Recorder:
+    """A recording session; use :func:`record` to make one and ``with`` to run it."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, schedule: ScheduleLike,
+                 options: Options, *, model: torch.nn.Module | None, sink: Sink | None,
+                 run_id: str | None, overwrite: bool, values_filter: str, start_step: int,
+                 provenance_extra: Mapping[str, str]) -> None:
+        self._path = path
+        self._schedule = schedule
+        self.options = options
+        self._model = model
+        self._sink = sink
+        self._run_id = run_id
+        self._overwrite = overwrite
+        self._values_filter = values_filter
+        self._provenance_extra = dict(provenance_extra)
+        self._step = start_step
+        self._names = Names()
+        self._stack: ExitStack | None = None
+        self._step_stack: ExitStack | None = None
+        self._capture: StepCapture | None = None
+        self._capture_action = Action.NONE
+        self._writer: BackgroundWriter | None = None
+        self._stopped = False
+        self._warned_compile = False
+        self.recorded_steps: list[int] = []
+
+    @property
+    def step_num(self) -> int:
+        """The number of the step now running (0-based, plus ``start_step``)."""
+        return self._step
+
+    @property
+    def dropped(self) -> int:
+        """Steps captured but dropped because the writer queue was full (``backpressure='drop'``)."""
+        return 0 if self._writer is None else self._writer.dropped
+
+    def _action(self, step: int) -> Action:
+        result = self._schedule(step)
+        if isinstance(result, Action):
+            return result
+        return Action.RECORD if result else Action.NONE
+
+    # -- with ----------------------------------------------------------------------------------
+    def __enter__(self) -> Recorder:
+        if self._stack is not None:
+            raise RuntimeError("This recorder is already running; make a new one with record().")
+        stack = ExitStack()
+        try:
+            if self._sink is None:
+                assert self._path is not None
+                self._sink, target = _open_trace_writer(
+                    self._path, self.options, run_id=self._run_id, overwrite=self._overwrite,
+                    values_filter=self._values_filter, provenance_extra=self._provenance_extra)
+            else:
+                target = str(self._path or type(self._sink).__name__)
+            o = self.options
+            self._writer = BackgroundWriter(
+                self._sink, target=target, max_steps=o.max_queue_steps,
+                max_bytes=o.max_queue_bytes, backpressure=o.backpressure,
+                flush_every_steps=o.flush_every_steps, flush_every_seconds=o.flush_every_seconds)
+            stack.callback(self._release)
+            stack.callback(self._writer.close)
+            if self._model is not None:
+                self._names.add_root(self._model)
+            self._step_stack = stack.enter_context(ExitStack())
+            self._stack = stack
+            self._begin()
+        except BaseException:
+            stack.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._end_capture()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+        if exc_type is None and self._writer is not None:
+            self._writer.check()
+
+    def _release(self) -> None:
+        """Drop every reference to the user's objects (hygiene after the with block)."""
+        self._capture = None
+        self._model = None
+        self._names.clear()
+        self._step_stack = None
+
+    # -- steps -----------------------------------------------------------------------------
+    def step(self, loss: Any = None, **scalars: Any) -> None:
+        """End the current step (record it if the schedule says so) and start the next one.
+
+        ``loss`` and ``scalars`` (numbers or one-element tensors) are stored with the step.
+        Raises :class:`tracefmt.errors.TraceError` when the writer failed since the last call.
+        """
+        if self._stack is None or self._writer is None:
+            raise RuntimeError("rec.step() was called outside `with recorder.record(...) as rec`.")
+        if loss is not None:
+            scalars = {"loss": loss, **scalars}
+        raw = self._end_capture()
+        if raw is not None and not self._writer.failed:
+            raw.scalars = {k: v.detach() if isinstance(v, torch.Tensor) else v
+                           for k, v in scalars.items()}
+            if self._writer.submit(raw):
+                self.recorded_steps.append(raw.step)
+        self._step += 1
+        try:
+            self._writer.check()
+        except TraceError:
+            self._stopped = True
+            raise
+        self._begin()
+
+    def flush(self) -> None:
+        """Return once every step recorded so far is written and flushed to disk."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _begin(self) -> None:
+        if self._stopped:
+            return
+        action = self._action(self._step)
+        if action is Action.NONE:
+            return
+        capture = StepCapture(self._step, self.options, self._names)
+        assert self._step_stack is not None
+        self._step_stack.enter_context(capture.install())
+        self._capture, self._capture_action = capture, action
+
+    def _end_capture(self) -> Any:
+        capture, self._capture = self._capture, None
+        if capture is None:
+            return None
+        assert self._step_stack is not None
+        self._step_stack.close()
+        raw = capture.finish()
+        if not self._warned_compile and any(e.kind == "compile_bypassed" for e in raw.events):
+            self._warned_compile = True
+            warnings.warn("A torch.compile'd module ran while the recorder was capturing; it ran "
+                          "eagerly on recorded steps, and the trace shows the eager aten ops. "
+                          "Steps off the schedule run compiled.", stacklevel=3)
+        return raw if self._capture_action is Action.RECORD else None
+
+
+def record(path: str | os.PathLike[str] | None = None, *,
+           schedule: ScheduleLike | None = None,
+           model: torch.nn.Module | None = None,
+           capture: str | Collection[str] = ("graph", "stats"),
+           values: ValuesSelection | str | None = None,
+           views: bool = False, hist_bins: int = 0, source: bool = False,
+           backpressure: str = "block", max_queue_steps: int = 4,
+           max_queue_bytes: int = 1 << 30, flush_every_steps: int = 1,
+           flush_every_seconds: float = 10.0, rank: int = 0, world_size: int = 1,
+           run_id: str | None = None, overwrite: bool = False, values_filter: str = "none",
+           start_step: int = 0, sink: Sink | None = None,
+           provenance_extra: Mapping[str, str] | None = None) -> Recorder:
+    """Record training steps into the run directory ``path`` (``path/rank-00000.tft.h5``).
+
+    * ``schedule``: which steps (default every step); see :func:`recorder.schedule`.
+    * ``model``: names parameters and buffers by FQN and module paths from it; without it the
+      first module called at top level in a step is taken as the model.
+    * ``capture``: any of ``"graph"`` (always), ``"stats"`` (per-tensor statistics and fingerprint),
+      ``"values"``; ``values`` picks which full values (``"all"`` or :func:`recorder.select`).
+    * ``views``: also compute statistics and values of pure views (off: a view's numbers are its
+      base's).  ``hist_bins``: a fixed-bin histogram per tensor.  ``source``: the user's
+      ``file:line`` per op (slower).
+    * ``backpressure``: ``"block"`` waits for the writer, ``"drop"`` skips the step and counts it.
+      ``max_queue_steps`` / ``max_queue_bytes`` bound the queue; ``flush_every_steps`` /
+      ``flush_every_seconds`` say when the file is flushed.
+    * ``rank`` / ``world_size``: this process's place in a distributed run (one file per rank).
+    * ``sink``: receive :class:`tracefmt.records.StepRecord` objects instead of writing a file.
+    """
+    if path is None and sink is None:
+        raise ValueError("record() needs a run directory path (or sink=... to receive step "
+                         "records in memory).")
+    if path is not None and sink is not None:
+        raise ValueError("record() takes a path or a sink, not both.")
+    if schedule is None:
+        schedule = make_schedule()
+    if not callable(schedule):
+        raise TypeError(f"record(schedule=...) takes recorder.schedule(...) or a function of the "
+                        f"step number, got {schedule!r}.")
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise TypeError(f"record(model=...) takes a torch.nn.Module, got {type(model).__name__}.")
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(f"record(start_step=...) must be a non-negative int, got {start_step!r}.")
+    options = Options.build(capture=capture, values=values, views=views, hist_bins=hist_bins,
+                            source=source, backpressure=backpressure,
+                            max_queue_steps=max_queue_steps, max_queue_bytes=max_queue_bytes,
+                            flush_every_steps=flush_every_steps,
+                            flush_every_seconds=flush_every_seconds, rank=rank,
+                            world_size=world_size)
+    return Recorder(path, schedule, options, model=model, sink=sink, run_id=run_id,
+                    overwrite=overwrite, values_filter=values_filter, start_step=start_step,
+                    provenance_extra=provenance_extra or {})
