@@ -180,9 +180,18 @@ _WIDEN = frozenset({DType.BFLOAT16, DType.FLOAT8_E4M3FN, DType.FLOAT8_E4M3FNUZ, 
 
 
 def shapes_text(tensors: Sequence[TensorRecord]) -> str:
-    """``f32[8,16], bf16[16,16]`` for a list of tensors."""
-    return ", ".join(f"{_SHORT.get(t.dtype, t.dtype.label)}[{','.join(map(str, t.shape))}]"
-                     for t in tensors)
+    """``f32[8,16], bf16[16,16]`` for a list of tensors; runs of equal ones as ``16x i64[64]``."""
+    labels = [f"{_SHORT.get(t.dtype, t.dtype.label)}[{','.join(map(str, t.shape))}]"
+              for t in tensors]
+    parts: list[str] = []
+    i = 0
+    while i < len(labels):
+        j = i
+        while j < len(labels) and labels[j] == labels[i]:
+            j += 1
+        parts.append(labels[i] if j - i == 1 else f"{j - i}x {labels[i]}")
+        i = j
+    return ", ".join(parts)
 
 
 _SHORT = {DType.FLOAT32: "f32", DType.FLOAT16: "f16", DType.BFLOAT16: "bf16", DType.FLOAT64: "f64",
