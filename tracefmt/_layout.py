@@ -141,6 +141,18 @@ VALUE_HEAPS: tuple[str, ...] = tuple(f"{DATA_GROUP}/{name}" for name in STORAGE_
 # Tables are small and repetitive: deflate + shuffle, and fletcher32 so corruption is never silent.
 TABLE_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True,
                                  "fletcher32": True}
+# Tables every step appends to: fletcher32 only, no compression.  Each flush rewrites a table's last,
+# partial chunk; uncompressed it keeps its size and is rewritten in place, while a compressed one is
+# written anew, and in SWMR mode HDF5 never reuses the space freed: with deflate, a 10-op stats-only
+# step flushed every step cost 21x its raw bytes on disk, a 100-op step 2.8x; fletcher32 only, 1.0x
+# (bench/format_read.py, per_step_small_graphs).
+STEP_TABLES = frozenset({STEPS, STATS, OP_STATS, DATA_INDEX, HISTS, EVENTS, SCALARS})
+STEP_TABLE_FILTERS: dict[str, Any] = {"fletcher32": True}
+
+
+def table_filters(name: str) -> dict[str, Any]:
+    """The h5py filter arguments of table or heap ``name`` (not of the value heaps)."""
+    return STEP_TABLE_FILTERS if name in STEP_TABLES else TABLE_FILTERS
 
 # Reader limits (hostile files).  Generous for real traces, small enough to refuse absurd ones.
 MAX_NDIM = 64

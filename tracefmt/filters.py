@@ -1,9 +1,12 @@
 """Filters (compressors and checksums) a trace's value heaps may use, by name.
 
 The default, ``none``, uses no HDF5 filter at all: any HDF5 build reads it, it writes at disk speed,
-and every tensor's values carry a fingerprint the reader checks.  ``blosc2-zstd`` (alias ``fast``)
-needs the ``hdf5plugin`` package on both sides; the filter's name is written in the file so a
-reader without the plugin says what to install instead of failing inside HDF5.
+and every tensor's values carry a fingerprint the reader checks.  ``blosc2-lz4-bitshuffle`` (alias
+``fast``; about twice as fast to write as ``blosc2-zstd``, which compresses more) and the other
+Blosc2 and Zstd filters need the ``hdf5plugin`` package on both sides; the filter's name is written
+in the file so a reader without the plugin says what to install instead of failing inside HDF5.
+(hdf5plugin's standalone Bitshuffle filter, a little faster still, is not offered: it crashed the
+reading process on 21 of 300 corrupted chunks, where Blosc2 raised an error.)
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ def _plugin() -> Any:
     return hdf5plugin
 
 
-def _blosc2(cname: str) -> Callable[[], dict[str, Any]]:
+def _blosc2(cname: str, bitshuffle: bool = False) -> Callable[[], dict[str, Any]]:
     def kwargs() -> dict[str, Any]:
         plugin = _plugin()
-        return dict(plugin.Blosc2(cname=cname, clevel=1, filters=plugin.Blosc2.SHUFFLE))
+        shuffle = plugin.Blosc2.BITSHUFFLE if bitshuffle else plugin.Blosc2.SHUFFLE
+        return dict(plugin.Blosc2(cname=cname, clevel=1, filters=shuffle))
     return kwargs
 
 
@@ -70,9 +74,11 @@ FILTERS: dict[str, ValuesFilter] = {f.name: f for f in (
                  _blosc2("zstd")),
     ValuesFilter("blosc2-lz4", "Blosc2 lz4 level 1 + byte shuffle (hdf5plugin)", True,
                  _blosc2("lz4")),
+    ValuesFilter("blosc2-lz4-bitshuffle", "Blosc2 lz4 level 1 + bit shuffle (hdf5plugin)", True,
+                 _blosc2("lz4", bitshuffle=True)),
     ValuesFilter("zstd", "Zstandard level 1 (hdf5plugin)", True, _zstd),
 )}
-ALIASES = {"default": "none", "fast": "blosc2-zstd"}
+ALIASES = {"default": "none", "fast": "blosc2-lz4-bitshuffle"}
 
 
 def get_filter(name: str) -> ValuesFilter:

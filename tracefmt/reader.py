@@ -15,8 +15,11 @@ Example::
 
 from __future__ import annotations
 
+import builtins
+import ctypes
 import functools
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5s, h5t
 
 from tracefmt import _layout as L
 from tracefmt.dtypes import DTYPE_INFO, DType, fingerprint, heap_name, logical_view
@@ -117,12 +121,29 @@ def parse_version(text: object, where: str) -> tuple[int, int]:
     return major, minor
 
 
-def _attr(f: h5py.File, name: str, where: str) -> Any:
+def _attr(f: h5py.File, name: str, where: str, missing: Any = ...) -> Any:
+    """Root attribute ``name`` (text decoded), or ``missing`` when absent (default: refuse).
+
+    Variable-length data is refused before it is read: HDF5 2.0 loops for ever decoding a damaged
+    global heap (a zeroed 4 KiB block is enough), and tracefmt writes fixed-length strings.
+    """
     try:
-        value = f.attrs[name]
-    except KeyError:
-        raise TraceFormatError(f"{where}: root attribute {name!r} is missing.") from None
-    except (OSError, TypeError, ValueError) as e:
+        attrs = f.attrs
+        if name not in attrs:
+            if missing is not ...:
+                return missing
+            raise TraceFormatError(f"{where}: root attribute {name!r} is missing.")
+        kind = attrs.get_id(name).get_type()
+        if kind.get_class() == h5t.VLEN or (isinstance(kind, h5t.TypeStringID)
+                                            and kind.is_variable_str()):
+            raise TraceFormatError(
+                f"{where}: root attribute {name!r} is variable-length data; tracefmt files store "
+                "fixed-length UTF-8 strings, and this reader does not read variable-length data "
+                "(a damaged heap can hang HDF5). Rewrite the attribute as a fixed-length string.")
+        value = attrs[name]
+    except TraceError:
+        raise
+    except _H5_ERRORS as e:
         raise TraceFormatError(f"{where}: root attribute {name!r} cannot be read: {e}") from e
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
@@ -134,30 +155,91 @@ def _int_attr(f: h5py.File, name: str, where: str) -> int:
     return int(value)
 
 
+#: What h5py raises when HDF5 cannot decode a damaged file's structures (KeyError for an object
+#: header it cannot open, RuntimeError for a bad checksum, OSError for a failed read).
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+# A live writer rewrites a table's last, partial chunk in place; a reader that reads it at that
+# moment sees a torn chunk (fletcher32 fails).  That is transient, so a failed read is tried again
+# after these pauses (seconds) before the file is called damaged.
+_REREAD_PAUSES = (0.001, 0.01, 0.05)
+
+
+
+def _swmr_writer_flag(path: Path) -> bool:
+    """Whether the superblock (version 2 or 3, at offset 0) says a SWMR writer has the file open,
+    or had it when it was killed.  Only then can a failed read be a torn one."""
+    try:
+        with builtins.open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return (len(head) == 12 and head.startswith(b"\x89HDF\r\n\x1a\n") and head[8] >= 2
+            and bool(head[11] & 0x04))
+
+
+# A reader in SWMR mode retries a metadata read that fails its checksum, assuming it caught the
+# writer mid-write, sleeping 1 ns, 2 ns, 4 ns, ... between tries: HDF5's default of 100 tries makes
+# one damaged byte hang the reader for ever (2**100 ns).  24 tries wait at most ~17 ms in all.
+SWMR_READ_ATTEMPTS = 24
+
+
+def _set_read_attempts() -> Any:
+    """``H5Pset_metadata_read_attempts`` from the HDF5 library h5py uses (h5py does not wrap it)."""
+    try:
+        fn = ctypes.CDLL(h5py.h5p.__file__).H5Pset_metadata_read_attempts
+    except (OSError, AttributeError):  # pragma: no cover - an HDF5 build without the symbol
+        return None
+    fn.argtypes = [ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SET_READ_ATTEMPTS = _set_read_attempts()
+
+
+def _open_swmr(path: Path) -> h5py.File:
+    """Open ``path`` read-only in SWMR mode (a live or killed writer's file opens too), with a
+    bounded number of metadata read attempts."""
+    if _SET_READ_ATTEMPTS is None:  # pragma: no cover
+        return h5py.File(path, "r", swmr=True)
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)  # as h5py.File makes it, plus the attempts
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
+    if _SET_READ_ATTEMPTS(fapl.id, SWMR_READ_ATTEMPTS) < 0:  # pragma: no cover
+        return h5py.File(path, "r", swmr=True)
+    if not path.exists():
+        raise FileNotFoundError(str(path))
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ,
+                        fapl=fapl)
+    return h5py.File(fid)
+
+
 class RankFile:
     """One open rank file.  Use through :class:`Trace`; public methods return plain data."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._mtypes: dict[str, Any] = {}  # HDF5 memory type per dataset, for _read
         where = str(path)
         try:
-            self._file = h5py.File(path, "r", swmr=True)
+            self._file = _open_swmr(path)
         except FileNotFoundError as e:
             raise TraceNotFoundError(f"No trace file at {where!r}.") from e
-        except OSError as e:
+        except _H5_ERRORS as e:  # OSError mostly; RuntimeError for a damaged superblock
             raise TraceFormatError(f"{where!r} is not a readable HDF5 file: {e}") from e
         try:
             self._init(where)
-        except BaseException:
+        except BaseException as e:
             self._file.close()
+            if isinstance(e, _H5_ERRORS) and not isinstance(e, TraceError):
+                raise TraceCorruptError(f"{where}: HDF5 cannot read the file's structure ({e}); "
+                                        "the file is damaged.") from e
             raise
 
     def _init(self, where: str) -> None:
         f = self._file
-        magic = f.attrs.get(L.ATTR_MAGIC)
-        if isinstance(magic, bytes):
-            magic = magic.decode("utf-8", "replace")
-        if magic != L.FORMAT_MAGIC:
+        magic = _attr(f, L.ATTR_MAGIC, where, missing=None)
+        if not isinstance(magic, str) or magic != L.FORMAT_MAGIC:
             raise TraceFormatError(f"{where!r} is an HDF5 file but not a tracefmt trace (root "
                                    f"attribute {L.ATTR_MAGIC!r} is {magic!r}).")
         self.version = parse_version(_attr(f, L.ATTR_VERSION, where), where)
@@ -177,19 +259,30 @@ class RankFile:
         self.hist_bins = _int_attr(f, L.ATTR_HIST_BINS, where)
         if not 0 <= self.hist_bins <= L.MAX_HIST_BINS:
             raise TraceFormatError(f"{where}: hist_bins {self.hist_bins} is out of range.")
-        expected = {**{k: v[0] for k, v in L.TABLES.items()},
+        # The step index first: a writer flushes a step's rows before its steps row, so every step
+        # counted here has its rows in the datasets opened after it (see refresh()).
+        expected = {L.STEPS: L.STEP_DTYPE,
+                    **{k: v[0] for k, v in L.TABLES.items()},
                     **{k: v[0] for k, v in L.HEAPS.items()},
                     L.HISTS: L.hist_dtype(max(self.hist_bins, 1))}
         expected.update({h: np.dtype(h.rsplit("/", 1)[1]) for h in L.VALUE_HEAPS})
         self._ds: dict[str, h5py.Dataset] = {}
         for name, dtype in expected.items():
-            ds = f.get(name)
+            ds = None
+            try:
+                if name in f:  # not f.get(), which would call a damaged header "missing"
+                    ds = f[name]
+            except _H5_ERRORS as e:  # the link is there, the object header is damaged
+                raise TraceCorruptError(f"{where}: dataset /{name} cannot be opened ({e}); the "
+                                        "file is damaged.") from e
             if not isinstance(ds, h5py.Dataset):
                 raise TraceFormatError(f"{where}: dataset /{name} is missing.")
             if ds.ndim != 1 or ds.dtype != dtype:
                 raise TraceFormatError(f"{where}: dataset /{name} has dtype {ds.dtype} and "
                                        f"{ds.ndim} dimensions; the format wants 1-D {dtype}.")
             self._ds[name] = ds
+            if name == L.STEPS:
+                self._committed = int(ds.shape[0])
         self._check_extents()
         self._graph_cache: dict[int, _GraphData] = {}
         self._string_cache: dict[int, str] = {}
@@ -218,10 +311,24 @@ class RankFile:
                                        f"{stored}; the file is damaged or truncated.")
 
     def refresh(self) -> None:
-        """See rows a live writer committed since the file was opened (or last refreshed)."""
-        for ds in self._ds.values():
-            ds.refresh()
-        self._check_extents()
+        """See rows a live writer committed since the file was opened (or last refreshed).
+
+        The step index is refreshed first and its length kept as the committed count: refreshed
+        after the tables, it could show a step whose rows those tables do not show yet.
+        """
+        try:
+            steps = self._ds[L.STEPS]
+            steps.refresh()
+            self._committed = int(steps.shape[0])
+            for name, ds in self._ds.items():
+                if name != L.STEPS:
+                    ds.refresh()
+            self._check_extents()
+        except _H5_ERRORS as e:
+            if isinstance(e, TraceError):
+                raise
+            raise TraceCorruptError(f"{self.path}: refreshing failed ({e}); the file is "
+                                    "damaged.") from e
         self._strings_loaded = None
 
     # -- checked reads ---------------------------------------------------------------------------
@@ -240,11 +347,31 @@ class RankFile:
                                    f"are out of range (it has {n} rows).")
         if count == 0:
             return np.zeros(0, dtype=self._ds[name].dtype)
-        try:
-            return np.asarray(self._ds[name][start:start + count])
-        except (OSError, ValueError, RuntimeError) as e:
-            raise TraceCorruptError(f"{self._where(step)}: reading rows {start}..{start + count} "
-                                    f"of /{name} failed ({e}); the file is damaged.") from e
+        pauses = _REREAD_PAUSES if _swmr_writer_flag(self.path) else ()
+        for pause in (*pauses, None):
+            try:
+                return self._read(name, start, count)
+            except _H5_ERRORS as e:
+                if pause is None:
+                    raise TraceCorruptError(f"{self._where(step)}: reading rows {start}.."
+                                            f"{start + count} of /{name} failed ({e}); the file "
+                                            "is damaged.") from e
+                time.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read(self, name: str, start: int, count: int) -> np.ndarray:
+        """Rows ``[start, start+count)`` through h5py's low-level API, with the memory type built
+        once per dataset: ``Dataset[a:b]`` rebuilds the HDF5 type of a compound dtype on every call
+        (about 130 us, most of the cost of reading one row)."""
+        ds = self._ds[name]
+        mtype = self._mtypes.get(name)
+        if mtype is None:
+            mtype = self._mtypes[name] = h5t.py_create(ds.dtype)
+        out = np.empty(count, dtype=ds.dtype)
+        fspace = ds.id.get_space()
+        fspace.select_hyperslab((start,), (count,))
+        ds.id.read(h5s.create_simple((count,)), fspace, out, mtype=mtype)
+        return out
 
     def string(self, sid: int, step: int | None = None) -> str | None:
         """Interned string ``sid`` (``None`` for -1)."""
@@ -278,7 +405,8 @@ class RankFile:
 
     # -- steps -----------------------------------------------------------------------------------
     def num_steps(self) -> int:
-        return self.length(L.STEPS)
+        """Steps committed when the file was opened or last refreshed."""
+        return self._committed
 
     def step_rows(self) -> np.ndarray:
         """The whole step index (one row per committed step)."""
@@ -324,19 +452,25 @@ class RankFile:
     def summaries(self) -> list[StepSummary]:
         rows = self.step_rows()
         graphs = self._rows(L.GRAPHS, 0, self.length(L.GRAPHS))
-        out = []
-        for r in rows:
-            g = int(r["graph"])
-            if g >= len(graphs):
-                raise TraceFormatError(f"{self._where(int(r['step']))}: graph {g} is out of range.")
-            out.append(StepSummary(
-                step=int(r["step"]), rank=self.rank, graph=g,
-                num_ops=int(graphs[g]["op_count"]), num_tensors=int(graphs[g]["tensor_count"]),
-                num_values=int(r["data_count"]), num_events=int(r["event_count"]),
-                has_nan=bool(r["flags"] & L.STEP_HAS_NAN), has_inf=bool(r["flags"] & L.STEP_HAS_INF),
-                dropped=int(r["dropped"]), wall_time=float(r["wall_time"]),
-                duration=float(r["duration"])))
-        return out
+        # Column-wise: per-row numpy scalar access costs ~10 us a step (1 s at 100,000 steps).
+        g = rows["graph"]
+        bad = np.flatnonzero(g >= len(graphs))
+        if bad.size:
+            i = int(bad[0])
+            raise TraceFormatError(f"{self._where(int(rows['step'][i]))}: graph {int(g[i])} is "
+                                   "out of range.")
+        flags = rows["flags"]
+        columns = zip(rows["step"].tolist(), g.tolist(), graphs["op_count"][g].tolist(),
+                      graphs["tensor_count"][g].tolist(), rows["data_count"].tolist(),
+                      rows["event_count"].tolist(), ((flags & L.STEP_HAS_NAN) != 0).tolist(),
+                      ((flags & L.STEP_HAS_INF) != 0).tolist(), rows["dropped"].tolist(),
+                      rows["wall_time"].tolist(), rows["duration"].tolist(), strict=True)
+        rank = self.rank
+        return [StepSummary(step=s, rank=rank, graph=gi, num_ops=n_ops, num_tensors=n_tensors,
+                            num_values=n_values, num_events=n_events, has_nan=nan, has_inf=inf,
+                            dropped=dropped, wall_time=wall, duration=dur)
+                for s, gi, n_ops, n_tensors, n_values, n_events, nan, inf, dropped, wall, dur
+                in columns]
 
     def _graph(self, g: int, step: int) -> _GraphData:
         cached = self._graph_cache.get(g)
@@ -348,7 +482,8 @@ class RankFile:
         ops = self._rows(L.OPS, int(row["op_start"]), n_ops, step, L.MAX_GRAPH_OPS)
         edges = self._rows(L.EDGES, int(row["edge_start"]), n_edges, step, L.MAX_STEP_ROWS)
         tensors = self._rows(L.TENSORS, int(row["tensor_start"]), n_tensors, step, L.MAX_STEP_ROWS)
-        dims = self._rows(L.DIMS, int(row["dim_start"]), n_dims, step, L.MAX_STEP_ROWS)
+        # A list: slicing it per tensor is ~10x cheaper than slicing an array into numpy scalars.
+        dims = self._rows(L.DIMS, int(row["dim_start"]), n_dims, step, L.MAX_STEP_ROWS).tolist()
         where = self._where(step)
         text = functools.partial(self._text, step=step)
         try:
@@ -381,13 +516,13 @@ class RankFile:
         return data
 
     @staticmethod
-    def _meta(t: tuple[Any, ...], dims: np.ndarray, n_ops: int, where: str,
+    def _meta(t: tuple[Any, ...], dims: list[int], n_ops: int, where: str,
               text: Any) -> TensorMeta:
         dtype, role, ndim, d0, device, name, producer, slot, version, offset = t
         if ndim > L.MAX_NDIM or d0 + 2 * ndim > len(dims):
             raise TraceFormatError(f"{where}: a tensor's dimensions lie outside /{L.DIMS}.")
-        shape = tuple(int(d) for d in dims[d0:d0 + ndim])
-        strides = tuple(int(s) for s in dims[d0 + ndim:d0 + 2 * ndim])
+        shape = tuple(dims[d0:d0 + ndim])
+        strides = tuple(dims[d0 + ndim:d0 + 2 * ndim])
         if any(d < 0 for d in shape):
             raise TraceFormatError(f"{where}: a tensor has a negative dimension {shape}.")
         if not -1 <= producer < n_ops:
@@ -478,15 +613,23 @@ class RankFile:
             raise TraceCorruptError(f"{self._where(step)}: the values of {label} (/{heap}, items "
                                     f"{offset}..{offset + count}) do not match their fingerprint; "
                                     "the file is damaged.")
-        return logical_view(storage, meta.dtype, meta.shape)
+        try:
+            return logical_view(storage, meta.dtype, meta.shape)
+        except ValueError as e:  # e.g. (0, 2**40, 2**40): empty, but too big a shape for numpy
+            raise TraceFormatError(f"{self._where(step)}: {label} has shape {meta.shape}, which "
+                                   f"no numpy array can take ({e}).") from e
 
     def dataset_sizes(self) -> list[DatasetSize]:
         """Rows, logical bytes and bytes on disk of every dataset in the file."""
         out = []
         for name, ds in self._ds.items():
             rows = int(ds.shape[0])
-            out.append(DatasetSize(name, rows, rows * ds.dtype.itemsize,
-                                   int(ds.id.get_storage_size())))
+            try:
+                stored = int(ds.id.get_storage_size())
+            except _H5_ERRORS as e:
+                raise TraceCorruptError(f"{self.path}: the size of /{name} cannot be read ({e}); "
+                                        "the file is damaged.") from e
+            out.append(DatasetSize(name, rows, rows * ds.dtype.itemsize, stored))
         return out
 
 

@@ -103,8 +103,11 @@ def encode_attrs(attrs: Mapping[str, Any]) -> str:
 
 def decode_attrs(text: str) -> dict[str, Any]:
     """Inverse of :func:`encode_attrs`; raises ``ValueError`` on anything but a JSON object."""
-    value = json.loads(text, object_hook=_decode_hook,
-                       parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    try:
+        value = json.loads(text, object_hook=_decode_hook,
+                           parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    except RecursionError:  # "[[[[..." from a hostile file
+        raise ValueError("op attributes are nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError("op attributes are not a JSON object")
     return value

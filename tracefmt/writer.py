@@ -1,8 +1,10 @@
 """Append-only, crash-safe writer of one rank's trace file.
 
 Layout and filters come from :mod:`tracefmt._layout` and :mod:`tracefmt.filters`.  The file is
-created with ``libver="latest"`` and switched to SWMR mode, so a reader can follow it live and a
-SIGKILL loses at most what was not flushed.  Commit protocol (spec: "Commit protocol"): a step's
+created with the HDF5 1.10 object formats (``libver=("v110", "latest")``: the oldest that support
+SWMR) and switched to SWMR mode, so a reader can follow it live and a SIGKILL loses at most what was
+not flushed.  A bare ``libver="latest"`` would let HDF5 2.0 write datatype messages that HDF5 1.x
+tools (h5dump 1.10, 1.14) cannot decode.  Commit protocol (spec: "Commit protocol"): a step's
 rows go to every table first; :meth:`TraceWriter.flush` flushes them, *then* appends the step's row
 to ``steps`` and flushes again.  A step exists for readers only once its ``steps`` row does.
 
@@ -28,6 +30,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5s, h5t
 
 from tracefmt import _layout as L
 from tracefmt.dtypes import DTYPE_INFO, fingerprint, heap_name
@@ -38,6 +41,9 @@ from tracefmt.records import Graph, StepRecord
 from tracefmt.version import __version__
 
 _ZERO_DIGEST = np.zeros(16, dtype=np.uint8)
+# Oldest object formats that support SWMR; "latest" as the upper bound.  A lower bound of "latest"
+# makes HDF5 2.0 write datatype message version 5, which HDF5 1.10-1.14 readers refuse.
+_LIBVER = ("v110", "latest")
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -45,6 +51,40 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fixed_utf8(text: str) -> np.ndarray:
+    """``text`` as a fixed-length UTF-8 string attribute value.
+
+    Not h5py's default variable-length string: that lives in a global heap, and HDF5 2.0 hangs
+    decoding a damaged one, so readers refuse variable-length attributes.
+    """
+    data = text.encode("utf-8")
+    return np.array(data, dtype=h5py.string_dtype("utf-8", max(len(data), 1)))
+
+
+def _numpy_can_hold(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
+    """Whether numpy can make an empty array of ``shape`` (it refuses when the product of the
+    other dimensions overflows, even next to a zero)."""
+    try:
+        np.empty(shape, dtype=dtype)
+    except (ValueError, MemoryError):
+        return False
+    return True
 
 
 def rank_file_path(run_dir: str | os.PathLike[str], rank: int) -> Path:
@@ -69,8 +109,8 @@ class TraceWriter:
     """Writes steps to one rank's trace file.  Not thread-safe: use it from one thread.
 
     ``values_filter`` names the filter of the value heaps (:data:`tracefmt.filters.FILTERS`;
-    ``"fast"`` is Blosc2-Zstd).  ``hist_bins`` fixes the bins of every histogram in the file (0:
-    none).  ``fsync`` makes :meth:`flush` wait for the disk, not only the page cache.
+    ``"fast"`` is Blosc2-LZ4 with bit shuffle).  ``hist_bins`` fixes the bins of every histogram in
+    the file (0: none).  ``fsync`` makes :meth:`flush` wait for the disk, not only the page cache.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, run_id: str | None = None, rank: int = 0,
@@ -90,8 +130,11 @@ class TraceWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._closed = True
+        # Built under a temporary name, renamed once in SWMR mode and flushed: a process killed
+        # before that leaves no unopenable file under the trace's name (HDF5 cannot open it).
+        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self._file = h5py.File(self.path, "w", libver="latest", rdcc_nbytes=8 << 20,
+            self._file = h5py.File(tmp, "w", libver=_LIBVER, rdcc_nbytes=8 << 20,
                                    rdcc_nslots=10007)
         except OSError as e:
             raise TraceError(f"Cannot create trace file {str(self.path)!r}: {e}") from e
@@ -99,25 +142,31 @@ class TraceWriter:
         self.run_id = run_id or uuid.uuid4().hex
         self.rank, self.world_size, self.hist_bins = rank, world_size, hist_bins
         f = self._file
-        f.attrs[L.ATTR_MAGIC] = L.FORMAT_MAGIC
-        f.attrs[L.ATTR_VERSION] = L.FORMAT_VERSION
-        f.attrs[L.ATTR_PROVENANCE] = make_provenance(provenance_extra).to_json()
-        f.attrs[L.ATTR_RUN_ID] = self.run_id
+        f.attrs[L.ATTR_MAGIC] = _fixed_utf8(L.FORMAT_MAGIC)
+        f.attrs[L.ATTR_VERSION] = _fixed_utf8(L.FORMAT_VERSION)
+        f.attrs[L.ATTR_PROVENANCE] = _fixed_utf8(make_provenance(provenance_extra).to_json())
+        f.attrs[L.ATTR_RUN_ID] = _fixed_utf8(self.run_id)
         f.attrs[L.ATTR_RANK] = np.int64(rank)
         f.attrs[L.ATTR_WORLD_SIZE] = np.int64(world_size)
-        f.attrs[L.ATTR_VALUES_FILTER] = self._filter.name
+        f.attrs[L.ATTR_VALUES_FILTER] = _fixed_utf8(self._filter.name)
         f.attrs[L.ATTR_HIST_BINS] = np.int64(hist_bins)
         self._ds: dict[str, h5py.Dataset] = {}
+        self._mtypes: dict[str, Any] = {}  # HDF5 memory type per dataset, for _append
         self._len: dict[str, int] = {}
         tables = dict(L.TABLES)
         tables[L.HISTS] = (L.hist_dtype(max(hist_bins, 1)), L.HIST_ROWS_PER_CHUNK)
         for name, (dtype, rows) in [*tables.items(), *L.HEAPS.items()]:
-            self._create(name, dtype, rows, L.TABLE_FILTERS)
+            self._create(name, dtype, rows, L.table_filters(name))
         for name in L.VALUE_HEAPS:
             dtype = np.dtype(name.rsplit("/", 1)[1])
             self._create(name, dtype, L.VALUE_CHUNK_BYTES // dtype.itemsize, filter_kwargs)
         f.swmr_mode = True
         f.flush()
+        if fsync:
+            os.fsync(f.id.get_vfd_handle())
+        os.replace(tmp, self.path)
+        if fsync:
+            _fsync_dir(self.path.parent)
         self._strings: dict[str, int] = {}
         self._graphs: dict[bytes, int] = {}
         self._pending: list[np.ndarray] = []
@@ -153,8 +202,18 @@ class TraceWriter:
         n = len(rows)
         if n:
             ds = self._ds[name]
-            ds.resize((start + n,))
-            ds[start:start + n] = rows
+            ds.id.set_extent((start + n,))
+            if rows.dtype == ds.dtype and rows.flags.c_contiguous:
+                # h5py's ``ds[a:b] = rows`` rebuilds the HDF5 type of a compound dtype on every
+                # call (about 130 us); build it once per dataset and write through the low level.
+                mtype = self._mtypes.get(name)
+                if mtype is None:
+                    mtype = self._mtypes[name] = h5t.py_create(ds.dtype)
+                fspace = ds.id.get_space()
+                fspace.select_hyperslab((start,), (n,))
+                ds.id.write(h5s.create_simple((n,)), fspace, rows, mtype=mtype)
+            else:
+                ds[start:start + n] = rows
             self._len[name] = start + n
         return start
 
@@ -173,12 +232,35 @@ class TraceWriter:
             self._strings[text] = sid
         return sid
 
+    def _intern_all(self, texts: list[str | None]) -> None:
+        """Intern ``texts`` in order, as :meth:`_intern` would, with one append per table.
+
+        A new graph brings hundreds of new strings; two appends each cost more than its rows.
+        """
+        new = list(dict.fromkeys(t for t in texts if t is not None and t not in self._strings))
+        if not new:
+            return
+        encoded = [t.encode("utf-8") for t in new]
+        for text, data in zip(new, encoded, strict=True):
+            if len(data) > L.MAX_STRING_BYTES:
+                raise ValueError(f"A string of {len(data)} bytes is longer than the format's "
+                                 f"limit of {L.MAX_STRING_BYTES}: {text[:60]!r}...")
+        rows = np.zeros(len(new), dtype=L.STRING_INDEX_DTYPE)
+        rows["length"] = [len(d) for d in encoded]
+        rows["offset"] = self._len[L.STRINGS_BYTES] + np.cumsum(rows["length"]) - rows["length"]
+        self._append(L.STRINGS_BYTES, np.frombuffer(b"".join(encoded), dtype=np.uint8))
+        first = self._append(L.STRINGS_INDEX, rows)
+        for i, text in enumerate(new):
+            self._strings[text] = first + i
+
     # -- graphs ----------------------------------------------------------------------------------
     def _graph_row(self, graph: Graph) -> int:
         key = graph.digest
         row = self._graphs.get(key)
         if row is not None:
             return row
+        self._intern_all([*(s for op in graph.ops for s in (op.name, op.module, op.attrs, op.source)),
+                          *(s for t in graph.tensors for s in (t.device, t.name))])
         intern = self._intern
         ops = np.zeros(graph.num_ops, dtype=L.OP_DTYPE)
         edges: list[tuple[int, int, int]] = []
@@ -289,6 +371,10 @@ class TraceWriter:
                 raise ValueError(f"Step {record.step}: values of tensor {tensor} "
                                  f"({spec.name or 'unnamed'}) have {array.nbytes} bytes; shape "
                                  f"{spec.shape} of {spec.dtype.label} needs {want}.")
+            if want == 0 and not _numpy_can_hold(spec.shape, DTYPE_INFO[spec.dtype].logical):
+                raise ValueError(f"Step {record.step}: tensor {tensor} has shape {spec.shape}, "
+                                 "which no numpy array can take, so its (empty) values could not "
+                                 "be read back; record it without values.")
         for e in record.events:
             if e.op is not None and not 0 <= e.op < graph.num_ops:
                 raise ValueError(f"Step {record.step}: event {e.kind!r} names op {e.op}.")

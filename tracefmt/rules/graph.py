@@ -1,0 +1,237 @@
+"""Rules about what graphs hold: strings, graph rows, ops, edges and tensors.
+
+Only graphs and strings that committed steps reach are checked: rows past the last commit belong to
+a step that was never committed (a crash) and are not part of the trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+from tracefmt import _layout as L
+from tracefmt.dtypes import DType
+from tracefmt.model import Phase, Role
+from tracefmt.records import decode_attrs
+from tracefmt.rules._base import Issue, rule
+from tracefmt.rules._context import GRAPH_RANGES, FileContext, GraphView
+
+_PHASES = frozenset(int(p) for p in Phase)
+_DTYPES = frozenset(int(d) for d in DType)
+_ROLES = frozenset(int(r) for r in Role)
+
+
+def _graph_start(ctx: FileContext, view: GraphView, field: str) -> int:
+    return int(ctx.table(L.GRAPHS)[view.index][field])
+
+
+# A string reference: (table, row, step or None, field, string id, required).
+_Ref = tuple[str, int, "int | None", str, int, bool]
+
+
+def _string_refs(ctx: FileContext) -> Iterator[_Ref]:
+    """Every string reference that committed steps reach (locations are built only for issues)."""
+    for view in ctx.graph_views():
+        op0 = _graph_start(ctx, view, "op_start")
+        for i, op in enumerate(view.op_list):
+            yield L.OPS, op0 + i, None, "name", op[0], True
+            yield L.OPS, op0 + i, None, "module", op[2], False
+            yield L.OPS, op0 + i, None, "attrs", op[3], False
+            yield L.OPS, op0 + i, None, "source", op[4], False
+        t0 = _graph_start(ctx, view, "tensor_start")
+        for j, t in enumerate(view.tensor_list):
+            yield L.TENSORS, t0 + j, None, "device", t[4], False
+            yield L.TENSORS, t0 + j, None, "name", t[5], False
+    for ref in ctx.steps():
+        for table, fields in ((L.EVENTS, ((0, "kind", True), (3, "message", False))),
+                              (L.SCALARS, ((0, "name", True),))):
+            if not ref.ranges[table][1]:
+                continue
+            rows = ctx.step_rows(ref, table)
+            if rows is None:
+                continue
+            start = ref.ranges[table][0]
+            for k, row in enumerate(rows.tolist()):
+                for pos, field, required in fields:
+                    yield table, start + k, ref.step, field, row[pos], required
+
+
+def _ref_loc(ctx: FileContext, ref: _Ref) -> str:
+    return f"{ctx.loc(ref[0], ref[1], ref[2])} {ref[3]}"
+
+
+@rule("TF-STR-001", "String ids are -1 or rows of strings/index; required strings are present")
+def strings_ids(ctx: FileContext) -> Iterator[Issue]:
+    n = ctx.length(L.STRINGS_INDEX)
+    for ref in _string_refs(ctx):
+        sid, required = ref[4], ref[5]
+        if sid == L.NO_STRING and required:
+            yield Issue(_ref_loc(ctx, ref), "This string is required but the id is -1 (none).")
+        elif not L.NO_STRING <= sid < n:
+            yield Issue(_ref_loc(ctx, ref), f"String id {sid} is not a row of "
+                                            f"/{L.STRINGS_INDEX} ({n} rows).")
+
+
+@rule("TF-STR-002", "Strings lie inside strings/bytes, are at most 1 MiB and valid UTF-8")
+def strings_text(ctx: FileContext) -> Iterator[Issue]:
+    n = ctx.length(L.STRINGS_INDEX)
+    seen: set[int] = set()
+    for ref in _string_refs(ctx):
+        sid = ref[4]
+        if 0 <= sid < n and sid not in seen:
+            seen.add(sid)
+            problem = ctx.string_problem(sid)
+            if problem:
+                yield Issue(_ref_loc(ctx, ref), f"{problem[:1].upper()}{problem[1:]}.")
+
+
+@rule("TF-GRAPH-001", "A referenced graph's ranges lie inside ops, edges, tensors and dims")
+def graph_ranges(ctx: FileContext) -> Iterator[Issue]:
+    graphs = ctx.table(L.GRAPHS)
+    for g in ctx.referenced_graphs():
+        if g >= len(graphs):
+            continue  # TF-STEP-002
+        row = graphs[g]
+        for table, (start_field, count_field, limit) in GRAPH_RANGES.items():
+            start, count = int(row[start_field]), int(row[count_field])
+            if not ctx.range_ok(table, start, count, limit):
+                yield Issue(ctx.loc(L.GRAPHS, g),
+                            f"Graph {g}'s rows {start}..{start + count} of /{table} are out of "
+                            f"range (/{table} has {ctx.length(table)} rows; at most {limit} per "
+                            "graph).")
+
+
+@rule("TF-GRAPH-002", "Equal graphs are stored once (graph deduplication)")
+def graph_dedupe(ctx: FileContext) -> Iterator[Issue]:
+    seen: dict[bytes, int] = {}
+    for view in ctx.graph_views():
+        h = hashlib.blake2b(digest_size=16)
+        for part in (view.ops, view.edges, view.tensors, view.dims):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part.tobytes())
+        key = h.digest()
+        if key in seen:
+            yield Issue(ctx.loc(L.GRAPHS, view.index),
+                        f"Graph {view.index} has the same rows as graph {seen[key]}; a step whose "
+                        "graph equals an earlier one must reference the earlier graph row.")
+        else:
+            seen[key] = view.index
+
+
+@rule("TF-OP-001", "Op phases are codes of the Phase table")
+def op_phase(ctx: FileContext) -> Iterator[Issue]:
+    for view in ctx.graph_views():
+        op0 = _graph_start(ctx, view, "op_start")
+        for i, op in enumerate(view.op_list):
+            if op[1] not in _PHASES:
+                yield Issue(ctx.loc(L.OPS, op0 + i), f"Phase code {op[1]} is not in the Phase "
+                                                     "table.", ctx.unknown_severity)
+
+
+@rule("TF-OP-002", "Op edge ranges lie in the graph; edges name tensors; arg/item are valid")
+def op_edges(ctx: FileContext) -> Iterator[Issue]:
+    for view in ctx.graph_views():
+        op0 = _graph_start(ctx, view, "op_start")
+        for i, op in enumerate(view.op_list):
+            loc = ctx.loc(L.OPS, op0 + i)
+            for kind, start, count in (("input", op[5], op[6]), ("output", op[7], op[8])):
+                if start + count > view.n_edges:
+                    yield Issue(loc, f"Op {i}'s {kind} edges {start}..{start + count} lie outside "
+                                     f"its graph's {view.n_edges} edges.")
+                    continue
+                for k, (tensor, arg, item) in enumerate(view.edge_list[start:start + count]):
+                    if tensor >= view.n_tensors:
+                        yield Issue(loc, f"Op {i}'s {kind} {k} names tensor {tensor}; the graph "
+                                         f"has {view.n_tensors}.")
+                    if kind == "input" and (arg < 0 or item < -1):
+                        yield Issue(loc, f"Op {i}'s input {k} has arg {arg}, item {item}; inputs "
+                                         "need arg >= 0 and item >= -1.")
+                    if kind == "output" and (arg != k or item != -1):
+                        yield Issue(loc, f"Op {i}'s output {k} has arg {arg}, item {item}; output "
+                                         f"k needs arg k and item -1.")
+
+
+@rule("TF-OP-003", "Op attributes are a JSON object in the tracefmt encoding")
+def op_attrs(ctx: FileContext) -> Iterator[Issue]:
+    for view in ctx.graph_views():
+        op0 = _graph_start(ctx, view, "op_start")
+        for i, op in enumerate(view.op_list):
+            text = ctx.string(op[3])
+            if text is None:
+                continue  # none, or a broken string (TF-STR-001, TF-STR-002)
+            try:
+                decode_attrs(text)
+            except (ValueError, RecursionError) as e:
+                yield Issue(ctx.loc(L.OPS, op0 + i), f"Op {i}'s attributes are not a JSON object "
+                                                     f"in the tracefmt encoding: {e}.")
+
+
+@rule("TF-TENSOR-001", "Tensor dtypes and roles are codes of their tables")
+def tensor_codes(ctx: FileContext) -> Iterator[Issue]:
+    for view in ctx.graph_views():
+        t0 = _graph_start(ctx, view, "tensor_start")
+        for j, t in enumerate(view.tensor_list):
+            for code, table, name in ((t[0], _DTYPES, "DType"), (t[1], _ROLES, "Role")):
+                if code not in table:
+                    yield Issue(ctx.loc(L.TENSORS, t0 + j),
+                                f"Tensor {j}'s {name.lower()} code {code} is not in the {name} "
+                                "table.", ctx.unknown_severity)
+
+
+@rule("TF-TENSOR-002", "Tensor shapes and strides lie in dims and are valid")
+def tensor_dims(ctx: FileContext) -> Iterator[Issue]:
+    for view in ctx.graph_views():
+        t0 = _graph_start(ctx, view, "tensor_start")
+        dims = view.dims.tolist()
+        for j, t in enumerate(view.tensor_list):
+            loc = ctx.loc(L.TENSORS, t0 + j)
+            ndim, d0, version, offset = t[2], t[3], t[8], t[9]
+            if ndim > L.MAX_NDIM or d0 + 2 * ndim > view.n_dims:
+                yield Issue(loc, f"Tensor {j} has {ndim} dimensions at dims {d0}; the graph has "
+                                 f"{view.n_dims} dims entries and the limit is {L.MAX_NDIM}.")
+                continue
+            shape, strides = dims[d0:d0 + ndim], dims[d0 + ndim:d0 + 2 * ndim]
+            if any(d < 0 for d in shape):
+                yield Issue(loc, f"Tensor {j} has a negative dimension in shape {tuple(shape)}.")
+            if not (all(s == -1 for s in strides) or all(s >= 0 for s in strides)):
+                yield Issue(loc, f"Tensor {j} has strides {tuple(strides)}; strides are all -1 "
+                                 "(not recorded) or all >= 0.")
+            if version < 0 or offset < 0:
+                yield Issue(loc, f"Tensor {j} has version {version} and storage offset {offset}; "
+                                 "both must be >= 0.")
+
+
+@rule("TF-TENSOR-003", "Producers and op outputs agree")
+def tensor_producer(ctx: FileContext) -> Iterator[Issue]:
+    for view in ctx.graph_views():
+        t0 = _graph_start(ctx, view, "tensor_start")
+        for j, t in enumerate(view.tensor_list):
+            producer, slot = t[6], t[7]
+            if not -1 <= producer < view.n_ops:
+                yield Issue(ctx.loc(L.TENSORS, t0 + j), f"Tensor {j} names producer op "
+                                                        f"{producer}; the graph has {view.n_ops}.")
+            elif producer >= 0:
+                outs = view.op_tensors(producer, outputs=True)
+                if outs is not None and not (0 <= slot < len(outs) and outs[slot] == j):
+                    yield Issue(ctx.loc(L.TENSORS, t0 + j),
+                                f"Tensor {j} says it is output {slot} of op {producer}, but that "
+                                f"op's outputs are {outs}.")
+        op0 = _graph_start(ctx, view, "op_start")
+        for i in range(view.n_ops):
+            for k, tensor in enumerate(view.op_tensors(i, outputs=True) or ()):
+                producer = view.tensor_list[tensor][6]
+                if producer not in (-1, i):
+                    yield Issue(ctx.loc(L.OPS, op0 + i), f"Op {i}'s output {k} is tensor {tensor}, "
+                                                         f"whose producer is op {producer}.")
+
+
+@rule("TF-TENSOR-004", "A producer runs before its consumers")
+def tensor_order(ctx: FileContext) -> Iterator[Issue]:
+    for view in ctx.graph_views():
+        op0 = _graph_start(ctx, view, "op_start")
+        for i in range(view.n_ops):
+            for tensor in view.op_tensors(i, outputs=False) or ():
+                producer = view.tensor_list[tensor][6]
+                if i <= producer < view.n_ops:
+                    yield Issue(ctx.loc(L.OPS, op0 + i), f"Op {i} reads tensor {tensor}, which op "
+                                                         f"{producer} produces at or after it.")

@@ -1,0 +1,82 @@
+"""Check that a trace meets ``spec/format.md``: one rule per requirement id, each returning findings.
+
+:func:`validate` takes a rank file or a run directory and returns a list of :class:`Finding`; an
+empty list means the trace is valid.  It never raises for a bad file (a file that does not open is a
+``TF-FILE-001`` finding); it raises :class:`~tracefmt.errors.TraceNotFoundError` only when the path
+names no file or run directory.  ``deep=True`` also reads every stored chunk (checksums) and checks
+every recorded value against its fingerprint.
+
+Example::
+
+    from tracefmt.validate import validate
+    for finding in validate("runs/exp1", deep=True):
+        print(finding)    # runs/exp1/rank-00000.tft.h5:/steps[3] (step 3): TF-STEP-005 error: ...
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from tracefmt import _layout as L
+from tracefmt.errors import TraceNotFoundError
+from tracefmt.rules import RULES, Finding, Rule
+from tracefmt.rules._base import GATE_LAYOUT, GATE_TRACE
+from tracefmt.rules._context import FileContext, RunContext
+
+__all__ = ["RULES", "UNREADABLE", "Finding", "Rule", "validate"]
+
+#: The rule whose findings mean "this is not a readable trace" (the CLI's exit code 2).
+UNREADABLE = "TF-FILE-001"
+
+
+def _rank_files(path: Path) -> tuple[list[Path], bool]:
+    if path.is_dir():
+        files = sorted(path.glob(L.RANK_FILE_GLOB))
+        if not files:
+            raise TraceNotFoundError(f"{str(path)!r} is a directory with no rank files "
+                                     f"({L.RANK_FILE_GLOB}); is it a tracefmt run directory?")
+        return files, True
+    if path.exists():
+        return [path], False
+    raise TraceNotFoundError(f"No trace file or run directory at {str(path)!r}.")
+
+
+def _runs(rule: Rule, ctx: FileContext) -> bool:
+    if rule.gate >= GATE_TRACE and not ctx.is_trace:
+        return False
+    return not (rule.gate >= GATE_LAYOUT and not ctx.supported)
+
+
+def validate(path: str | os.PathLike[str], *, deep: bool = False,
+             progress: Callable[[int, int], None] | None = None) -> list[Finding]:
+    """Validate a rank file or a run directory; return every finding (empty: valid).
+
+    ``progress(done, total)`` is called after each rule has run on each file; ``total`` is the
+    number of (file, rule) checks.  Rules marked deep run only with ``deep=True``.
+    """
+    files, is_dir = _rank_files(Path(path))
+    selected = [r for r in RULES.values() if deep or not r.deep]
+    file_rules = [r for r in selected if r.scope == "file"]
+    run_rules = [r for r in selected if r.scope == "run"]
+    total, done = len(files) * len(file_rules) + len(run_rules), 0
+    findings: list[Finding] = []
+    identities = []
+    for file in files:
+        with FileContext(file, deep=deep) as ctx:
+            for rule in file_rules:
+                if _runs(rule, ctx):
+                    findings.extend(rule(ctx))
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            findings.extend(ctx.failure_findings())
+            identities.append((file, ctx.identity()))
+    run = RunContext(Path(path), is_dir, tuple(identities))
+    for rule in run_rules:
+        findings.extend(rule(run))
+        done += 1
+        if progress is not None:
+            progress(done, total)
+    return findings
