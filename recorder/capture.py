@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from recorder._convert import TORCH_TO_DTYPE, CudaEvent, json_value, weak_tensor_map
+from recorder._convert import TORCH_TO_DTYPE, CudaEvent, TensorMap, json_value
 from recorder.options import Options
-from recorder.stats import PendingStats, StatsCollector
+from recorder.stats import SMALL_NUMEL, PendingStats, StatsCollector
 from recorder.tracking import Names, PhaseTracker
 from tracefmt.dtypes import DType
 from tracefmt.model import Event, Phase, Role
@@ -39,6 +39,14 @@ _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 _UNINITIALIZED = frozenset({"aten::empty", "aten::empty_like", "aten::empty_strided",
                             "aten::new_empty", "aten::new_empty_strided", "aten::empty_permuted"})
 
+#: Ops that write arguments their schema does not mark as written: batch norm updates
+#: ``running_mean`` and ``running_var`` (arguments 3 and 4) in place when ``training`` (argument 5).
+_UNDECLARED_WRITES = {"aten::native_batch_norm": (5, frozenset({3, 4})),
+                      "aten::cudnn_batch_norm": (5, frozenset({3, 4})),
+                      "aten::miopen_batch_norm": (5, frozenset({3, 4}))}
+#: Roles of tensors the recorder has no name for yet.
+_UNNAMED = (Role.ACTIVATION, Role.INPUT)
+
 
 @dataclass(frozen=True)
 class _OpInfo:
@@ -50,6 +58,7 @@ class _OpInfo:
     written: frozenset[int]
     view_returns: tuple[bool, ...]
     uninitialized: bool
+    written_if: tuple[int, frozenset[int]] | None = None
 
     @classmethod
     def of(cls, func: Any) -> _OpInfo:
@@ -62,7 +71,7 @@ class _OpInfo:
         names = tuple(a.name for a in args)
         return cls(f"{schema.name}.{func._overloadname}", names,
                    {n: i for i, n in enumerate(names)}, written, views,
-                   schema.name in _UNINITIALIZED)
+                   schema.name in _UNINITIALIZED, _UNDECLARED_WRITES.get(schema.name))
 
 
 class _Slot:
@@ -125,8 +134,8 @@ class StepCapture:
         self.names = names
         self.tracker = PhaseTracker(names, on_tensor_named=self.name_tensor,
                                     on_compiled=self._compiled)
-        self._objects = weak_tensor_map()
-        self._named = weak_tensor_map()
+        self._objects = TensorMap()
+        self._named = TensorMap()
         self._gens: dict[int, int] = {}
         self._ops: list[Any] = []
         self._tensors: list[Any] = []
@@ -136,6 +145,8 @@ class StepCapture:
         self._cuda_times: list[tuple[int, Any, Any, int]] = []
         self._events: list[Event] = []
         self._values: dict[int, torch.Tensor] = {}
+        self._tentative: list[tuple[int, str, str]] = []
+        self._measured: set[int] = set()
         self._stats = StatsCollector(hist_bins=options.hist_bins) if options.stats else None
         self._failed = False
         self._compiled_seen = False
@@ -175,6 +186,12 @@ class StepCapture:
         this capture held to the step's tensors (their copies travel in the result)."""
         duration = time.perf_counter() - self._t0
         n = len(self._tensors)
+        selection = self.options.values
+        for index, module, op in self._tentative:
+            if selection is not None and not selection.matches(self._roles[index].label, module,
+                                                                op):
+                del self._values[index]
+        self._tentative = []
         stats = self._stats.finish(n) if self._stats is not None else None
         ready = None
         if any(v.device.type == "cuda" for v in self._values.values()):
@@ -183,22 +200,25 @@ class StepCapture:
         raw = RawStep(self.step, self._ops, self._tensors, self._roles, self._names,
                       self._host_ns, stats, self._values, self._cuda_times, self._events,
                       wall_time=self._wall, duration=duration, values_ready=ready)
-        self._objects = weak_tensor_map()
-        self._named = weak_tensor_map()
+        self._objects = TensorMap()
+        self._named = TensorMap()
         self._values = {}
         self._stats = None
         return raw
 
     # -- values -----------------------------------------------------------------------------
-    def _storage_key(self, t: torch.Tensor) -> int | None:
+    @staticmethod
+    def _storage_key(t: torch.Tensor) -> int | None:
+        """The address of ``t``'s storage (without building a storage object)."""
         try:
-            ptr = t.untyped_storage().data_ptr()
+            ptr = int(t.data_ptr() - t.storage_offset() * t.element_size())
         except (RuntimeError, NotImplementedError):
             return None
         return ptr or None
 
     def _new_value(self, t: torch.Tensor, producer: int, slot_no: int, version: int,
-                   role: Role, name: str | None, key: int | None) -> int:
+                   role: Role, name: str | None, key: int | None, slot: _Slot | None) -> int:
+        """A new graph tensor for the value ``t`` holds now; ``slot``: ``t``'s slot, if any."""
         device = self._devices.get(t.device)
         if device is None:
             device = self._devices[t.device] = str(t.device)
@@ -207,7 +227,6 @@ class StepCapture:
                               producer, slot_no, version, t.storage_offset()))
         self._roles.append(role)
         self._names.append(name)
-        slot = self._objects.get(t)
         if slot is None:
             slot = _Slot(index, key, self._gens.get(key, 0) if key else 0, version, role, name)
             self._objects[t] = slot
@@ -218,12 +237,31 @@ class StepCapture:
             slot.history.append(index)
         return index
 
-    def _observe(self, index: int, t: torch.Tensor, module: str, op: str) -> None:
-        """Statistics and (if selected) a copy of value ``index``, whose contents are ``t`` now."""
+    def _observe(self, index: int, t: torch.Tensor, module: str, op: str,
+                 same_bytes: int | None = None) -> None:
+        """Statistics and (if selected) a copy of value ``index``, whose contents are ``t`` now.
+
+        ``same_bytes``: an earlier value already measured that holds exactly these bytes in the
+        same order; its statistics are reused.
+        """
         if self._stats is not None:
-            self._stats.add(index, t)
+            if same_bytes is not None and same_bytes in self._measured:
+                self._stats.alias(index, same_bytes)
+            else:
+                self._stats.add(index, t)
+            self._measured.add(index)
         selection = self.options.values
-        if selection is not None and selection.matches(self._roles[index].label, module, op):
+        if selection is None:
+            return
+        role = self._roles[index]
+        selected = selection.matches(role.label, module, op)
+        if (not selected and role in _UNNAMED and self.tracker.fresh_optimizer_state
+                and selection.matches(Role.OPTIMIZER_STATE.label, module, op)):
+            # Optimizer state made in this step is named only after the optimizer step: copy
+            # it now, keep the copy in finish() if the name given by then is selected.
+            selected = True
+            self._tentative.append((index, module, op))
+        if selected:
             copy = t.detach()
             if copy.device.type == "cuda":
                 host = torch.empty(copy.shape, dtype=copy.dtype, pin_memory=True)
@@ -241,7 +279,7 @@ class StepCapture:
         named = self._named.get(t)
         role, name = named if named is not None else (
             (slot.role, slot.name) if slot is not None else (Role.INPUT, None))
-        index = self._new_value(t, -1, 0, version, role, name, self._storage_key(t))
+        index = self._new_value(t, -1, 0, version, role, name, self._storage_key(t), slot)
         self._observe(index, t, module, op)
         return index
 
@@ -291,7 +329,12 @@ class StepCapture:
             v = self._input(t, module, name)
             if v is not None:
                 inputs.append((v, pos, item))
-        written = [t for t, pos, _ in tensors if pos in info.written]
+        written_pos = info.written
+        if info.written_if is not None:
+            flag, extra = info.written_if
+            if len(args) > flag and args[flag] is True:
+                written_pos = written_pos | extra
+        written = [t for t, pos, _ in tensors if pos in written_pos]
         grad_of = None
         if node is not None and node._sequence_nr() == 2**64 - 1:
             grad_of = tracker.accumulate_grad_param(node)
@@ -331,26 +374,30 @@ class StepCapture:
                 if isinstance(o, torch.Tensor):
                     returned.append((o, views[i] if i < len(views) and len(views) > 1
                                      else bool(views and views[0])))
-        for w in written:
-            if not any(w is o for o, _ in returned):
-                returned.append((w, False))
+        if written:
+            returned_ids = {id(o) for o, _ in returned}
+            returned.extend((w, False) for w in written if id(w) not in returned_ids)
+            written_ids = {id(w) for w in written}
+        else:
+            written_ids = set()
+        input_ids = {id(t) for t, _, _ in tensors}
         outputs = []
         for slot_no, (o, is_view) in enumerate(returned):
             if o.dtype not in TORCH_TO_DTYPE:
                 continue
             previous = self._objects.get(o)
             key = self._storage_key(o)
-            is_written = any(o is w for w in written)
+            is_written = id(o) in written_ids
             if is_written and key is not None:
                 self._gens[key] = self._gens.get(key, 0) + 1
-            named = self._named.get(o)
-            if previous is not None and any(o is t for t, _, _ in tensors):
+            if previous is not None and id(o) in input_ids:
                 # A new version (written) or the same object handed back (alias): keep its name.
                 version = previous.version + (1 if is_written else 0)
                 role, name = previous.role, previous.name
                 observe = is_written or self.options.views
             else:
                 version = 0
+                named = self._named.get(o)
                 if named is not None:
                     role, name = named
                 elif grad_of is not None:
@@ -362,13 +409,30 @@ class StepCapture:
                 # AccumulateGrad's detach) is what the user asks about, so it gets its own.
                 observe = (not is_view or self.options.views or role is not Role.ACTIVATION
                            ) and not info.uninitialized
-            index = self._new_value(o, op_index, slot_no, version, role, name, key)
+            index = self._new_value(o, op_index, slot_no, version, role, name, key,
+                                    previous)
             outputs.append(index)
             if observe:
-                self._observe(index, o, module, info.name)
+                same = None
+                if not is_written and key is not None and o.numel() > SMALL_NUMEL:
+                    same = self._same_bytes(o, tensors)
+                self._observe(index, o, module, info.name, same)
         self._ops.append((info.name, phase, module, tuple(inputs), tuple(outputs),
                           attrs or None, source))
         self._host_ns.append(elapsed)
+
+    def _same_bytes(self, o: torch.Tensor, tensors: list[tuple[torch.Tensor, int, int]]
+                    ) -> int | None:
+        """The value of an input whose bytes ``o`` shares exactly (``detach``, ``_unsafe_view``,
+        ``alias``, a reshape of a contiguous tensor), if any."""
+        ptr = o.data_ptr()
+        for t, _, _ in tensors:
+            if (t.data_ptr() == ptr and t.dtype == o.dtype and t.numel() == o.numel()
+                    and t.is_contiguous() and o.is_contiguous()):
+                slot = self._objects.get(t)
+                if slot is not None:
+                    return int(slot.value)
+        return None
 
     @staticmethod
     def _source() -> str | None:

@@ -112,8 +112,8 @@ class Options:
     backpressure: str = "block"
     max_queue_steps: int = 4
     max_queue_bytes: int = 1 << 30
-    flush_every_steps: int = 1
-    flush_every_seconds: float = 10.0
+    flush_every_steps: int = 10
+    flush_every_seconds: float = 1.0
     rank: int = 0
     world_size: int = 1
 
@@ -126,7 +126,7 @@ class Options:
               values: ValuesSelection | str | None = None, views: bool = False,
               hist_bins: int = 0, source: bool = False, backpressure: str = "block",
               max_queue_steps: int = 4, max_queue_bytes: int = 1 << 30,
-              flush_every_steps: int = 1, flush_every_seconds: float = 10.0,
+              flush_every_steps: int = 10, flush_every_seconds: float = 1.0,
               rank: int = 0, world_size: int = 1) -> Options:
         """Check every option and return them frozen; raises ``ValueError`` / ``TypeError``."""
         kinds = frozenset((capture,) if isinstance(capture, str) else capture)

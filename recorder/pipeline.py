@@ -86,8 +86,8 @@ class BackgroundWriter:
     """A writer thread draining a bounded queue of captured steps into a sink."""
 
     def __init__(self, sink: Sink, *, target: str, max_steps: int = 4, max_bytes: int = 1 << 30,
-                 backpressure: str = "block", flush_every_steps: int = 1,
-                 flush_every_seconds: float = 10.0) -> None:
+                 backpressure: str = "block", flush_every_steps: int = 10,
+                 flush_every_seconds: float = 1.0) -> None:
         self._sink = sink
         self._target = target
         self._max_steps = max_steps

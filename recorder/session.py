@@ -214,8 +214,8 @@ def record(path: str | os.PathLike[str] | None = None, *,
            values: ValuesSelection | str | None = None,
            views: bool = False, hist_bins: int = 0, source: bool = False,
            backpressure: str = "block", max_queue_steps: int = 4,
-           max_queue_bytes: int = 1 << 30, flush_every_steps: int = 1,
-           flush_every_seconds: float = 10.0, rank: int = 0, world_size: int = 1,
+           max_queue_bytes: int = 1 << 30, flush_every_steps: int = 10,
+           flush_every_seconds: float = 1.0, rank: int = 0, world_size: int = 1,
            run_id: str | None = None, overwrite: bool = False, values_filter: str = "none",
            start_step: int = 0, sink: Sink | None = None,
            provenance_extra: Mapping[str, str] | None = None) -> Recorder:
@@ -230,8 +230,16 @@ def record(path: str | os.PathLike[str] | None = None, *,
       base's).  ``hist_bins``: a fixed-bin histogram per tensor.  ``source``: the user's
       ``file:line`` per op (slower).
     * ``backpressure``: ``"block"`` waits for the writer, ``"drop"`` skips the step and counts it.
-      ``max_queue_steps`` / ``max_queue_bytes`` bound the queue; ``flush_every_steps`` /
-      ``flush_every_seconds`` say when the file is flushed.
+      ``max_queue_steps`` / ``max_queue_bytes`` bound the queue.
+    * Flushing: the writer thread commits written steps to the file and fsyncs it (the
+      trace writer's default) when ``flush_every_steps`` steps (default 10) are unflushed or
+      ``flush_every_seconds`` (default 1.0) have passed since the last flush, whichever comes
+      first; a step that arrives after a quiet spell is flushed at once.  So a process killed
+      outright (SIGKILL, the OOM killer) loses at most the last 10 recorded steps or about one
+      second of them; an exception leaving the ``with`` block, ``rec.flush()`` and the end of
+      the block lose nothing.  A flush costs the writer thread a few ms (mostly waiting for the
+      disk), never the training thread.  Pass ``flush_every_steps=1`` to keep every step the
+      moment it is written.
     * ``rank`` / ``world_size``: this process's place in a distributed run (one file per rank).
     * ``sink``: receive :class:`tracefmt.records.StepRecord` objects instead of writing a file.
     """

@@ -1,18 +1,27 @@
-"""Per-tensor statistics and fingerprints, computed on the tensor's own device without syncing.
+"""Per-tensor statistics and fingerprints of a step, computed on the tensor's own device.
 
-Why this shape: statistics are the expensive part of recording (every op output is read once more).
-So each tensor is read by a few fused-ish reductions whose 0-d results stay on the device; the
-results of a whole step are stacked and copied to the host once, at the end of the step.  Small
-tensors (most of a step's tensors, little of its bytes) are copied into a batch and reduced together
-by segment, because per-call overhead, not memory bandwidth, is their cost.
+Why this shape: statistics are the expensive part of recording (every op output is read once more),
+so each pass over the data must count.  Measured on the FACTS nanoGPT step (473 tensors above
+16k elements, 532 MB, CPU time on one thread): int64 word sum (fingerprint) 27 ms, ``aminmax`` 24,
+float64-accumulated ``sum`` 47 and ``vector_norm`` 67 (float32 accumulation would be 21 and 22,
+but the spec asks for float64), ``count_nonzero`` 84 on floats and 33 on the integer view of the
+same bits, ``torch.std`` 158.
 
-Definitions (the trace's, see ``tracefmt._layout.STATS_DTYPE``): min and max over all elements
-(NaN when any element is NaN); mean; std with Bessel's correction (0 for one element); L2 norm;
-counts of NaN, +-Inf and zeros; and the fingerprint of :func:`tracefmt.dtypes.fingerprint`: the
-wrapping 64-bit sum of the C-contiguous bytes read as little-endian words, the last word zero-padded.
-Integer and bool tensors have moments of their values; complex and packed float4 tensors get the
-fingerprint only.  On CPU, NaN and Inf are counted only when min or max is not finite (one pass
-fewer); on other devices they are always counted, since looking would need a sync.
+CPU tensors (this module) may look at values at no cost, so:
+
+* std is derived from sum and norm, unless the mean dominates the spread (the difference would
+  cancel), where it is computed in two passes;
+* NaN and Inf are counted only when min or max is not finite (then the moments are taken again
+  over the finite values, as the spec defines them); zeros only when ``min <= 0 <= max``, on the
+  integer view of the bits (a ``-0.0``, found by ``amin`` of that view, sends the count back to
+  the float kernel);
+* results become Python numbers at once: nothing is stacked at the end of the step.
+
+Small tensors (most of a step's tensors, little of its bytes) cost per call, not per byte: they
+are copied when seen and reduced together on the writer thread with numpy, by segment.  Tensors
+on other devices go through :mod:`recorder._stats_device`, which never syncs.  A tensor that
+shares bytes, shape and layout with one already measured (``detach``, ``_unsafe_view``) is an
+*alias*: its row is copied, not computed.  Definitions: :mod:`recorder.stats_common`.
 """
 
 from __future__ import annotations
@@ -24,116 +33,76 @@ from typing import Any
 import numpy as np
 import torch
 
-from recorder._convert import CudaEvent
+from recorder._convert import to_numpy
+from recorder._stats_device import DeviceStats, Part
+from recorder.stats_common import (
+    _FLOATS,
+    _FP_ONLY,
+    _NEEDS_UPCAST,
+    SMALL_NUMEL,
+    fill_rows,
+    fingerprint,
+    histogram,
+)
 from tracefmt._layout import STAT_COUNTS, STAT_FINGERPRINT, STAT_MOMENTS
+from tracefmt.dtypes import fingerprint as bytes_fingerprint
 from tracefmt.records import empty_stats
 
-__all__ = ["PendingStats", "StatsCollector", "fingerprint"]
+__all__ = ["SMALL_NUMEL", "PendingStats", "StatsCollector", "fingerprint"]
 
-#: Tensors with at most this many elements are batched (copied, then reduced together).
-SMALL_NUMEL = 1 << 14
-
-_FP_ONLY = {torch.complex64, torch.complex128, torch.complex32}
-for _name in ("float4_e2m1fn_x2",):
-    if hasattr(torch, _name):
-        _FP_ONLY.add(getattr(torch, _name))
-_NEEDS_UPCAST = {d for d in (getattr(torch, n, None) for n in (
-    "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu"))
-    if d is not None}
-_FLOATS = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+#: Integer dtype of the same width, to count zeros on the bits.
+_INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+             torch.float64: torch.int64}
+_INT_MIN = {torch.int16: -(1 << 15), torch.int32: -(1 << 31), torch.int64: -(1 << 63)}
+#: Derive std from the sums only while the variance is at least this share of the mean square.
+_CANCEL = 1e-8
+_ALL = STAT_MOMENTS | STAT_COUNTS | STAT_FINGERPRINT
+_Hist = tuple[int, Any, Any, Any]
 
 
-def _word_sum(flat_bytes: torch.Tensor) -> torch.Tensor:
-    """Wrapping int64 sum of 1-D uint8 bytes as little-endian 64-bit words, last one zero-padded."""
-    nbytes = flat_bytes.numel()
-    whole = nbytes - nbytes % 8
-    if whole:
-        head = flat_bytes[:whole]
-        try:
-            words = head.view(torch.int64)
-        except RuntimeError:  # storage offset not 8-byte aligned
-            words = head.clone().view(torch.int64)
-        total = words.sum()
-    else:
-        total = torch.zeros((), dtype=torch.int64, device=flat_bytes.device)
-    if whole != nbytes:
-        shifts = torch.arange(0, 8 * (nbytes - whole), 8, device=flat_bytes.device)
-        total = total + (flat_bytes[whole:].to(torch.int64) << shifts).sum()
-    return total
-
-
-def fingerprint(t: torch.Tensor) -> torch.Tensor:
-    """The tracefmt fingerprint of ``t`` as a 0-d int64 tensor on ``t``'s device (no sync).
-
-    Convert with ``int(x) % 2**64`` to get the unsigned value that
-    :func:`tracefmt.dtypes.fingerprint` computes from the same bytes.
-    """
-    return _word_sum(t.detach().contiguous().reshape(-1).view(torch.uint8))
-
-
-@dataclass
-class _DeviceBatch:
-    """What one device contributes to a step's statistics."""
-
-    zero_f: torch.Tensor
-    zero_i: torch.Tensor
-    derive: torch.Tensor  # -1.0: "derive std from sum and norm"
-    indices: list[int] = field(default_factory=list)
-    numels: list[int] = field(default_factory=list)
-    flags: list[int] = field(default_factory=list)
-    floats: list[torch.Tensor] = field(default_factory=list)  # min, max, sum, norm, std
-    ints: list[torch.Tensor] = field(default_factory=list)  # nonzero, nan, inf, fingerprint
-    small: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-    hists: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+def _signed(fp: int) -> int:
+    return fp - (1 << 64) if fp >= 1 << 63 else fp
 
 
 @dataclass
 class PendingStats:
-    """A step's statistics on their way to the host; :meth:`resolve` waits and builds the table.
+    """A step's statistics on their way to the trace; :meth:`resolve` (on the writer thread)
+    finishes the small tensors, waits for device results and builds the table.
 
-    It holds only small result tensors (and, on CUDA, an event), never the step's tensors.
+    It holds only copies of small tensors and small result tensors, never the step's tensors.
     """
 
     n_tensors: int
-    parts: list[tuple[list[int], list[int], list[int], torch.Tensor, torch.Tensor]]
-    hists: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]
-    events: list[Any]
+    cpu_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    cpu_small: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    parts: list[Part] = field(default_factory=list)
+    hists: list[_Hist] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
+    aliases: list[tuple[int, int]] = field(default_factory=list)
+    hist_bins: int = 0
 
     def resolve(self) -> tuple[np.ndarray, dict[int, tuple[float, float, np.ndarray]]]:
         """Return the ``STATS_DTYPE`` table (one row per tensor) and the histograms."""
         for event in self.events:
             event.synchronize()
         rows = empty_stats(self.n_tensors)
+        hists: dict[int, tuple[float, float, np.ndarray]] = {}
+        if self.cpu_rows:
+            cols = list(zip(*self.cpu_rows, strict=True))
+            floats = np.array(cols[3:8], dtype=np.float64).T
+            ints = np.array(cols[8:12], dtype=np.int64).T
+            fill_rows(rows, cols[0], cols[1], cols[2], floats, ints)
+        if self.cpu_small:
+            small_hists = _small_rows(rows, self.cpu_small, self.hist_bins)
+            hists.update(small_hists)
         for indices, numels, flags, floats_t, ints_t in self.parts:
-            if not indices:
-                continue
-            idx = np.asarray(indices, dtype=np.int64)
-            n = np.asarray(numels, dtype=np.float64)
-            fl = np.asarray(flags, dtype=np.uint8)
-            f = floats_t.numpy().reshape(-1, 5)
-            i = ints_t.numpy().reshape(-1, 4)
-            moments = (fl & STAT_MOMENTS) != 0
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = f[:, 2] / n
-                var = (f[:, 3] ** 2 - f[:, 2] * mean) / np.maximum(n - 1, 1)
-                std = np.where(n > 1, np.sqrt(np.maximum(var, 0.0)), 0.0)
-                std = np.where(np.isfinite(f[:, 2]) & np.isfinite(f[:, 3]), std, np.nan)
-                std = np.where(f[:, 4] >= 0, f[:, 4], std)
-            has_nan = i[:, 1] > 0
-            rows["min"][idx] = np.where(moments, np.where(has_nan, np.nan, f[:, 0]), np.nan)
-            rows["max"][idx] = np.where(moments, np.where(has_nan, np.nan, f[:, 1]), np.nan)
-            rows["mean"][idx] = np.where(moments, mean, np.nan)
-            rows["std"][idx] = np.where(moments, std, np.nan)
-            rows["norm"][idx] = np.where(moments, f[:, 3], np.nan)
-            counts = (fl & STAT_COUNTS) != 0
-            rows["nan"][idx] = np.where(counts, i[:, 1], 0)
-            rows["inf"][idx] = np.where(counts, i[:, 2], 0)
-            rows["zero"][idx] = np.where(counts, n.astype(np.int64) - i[:, 0], 0)
-            rows["fingerprint"][idx] = i[:, 3].astype(np.int64).view(np.uint64)
-            rows["flags"][idx] = fl
-        hists = {}
-        for index, lo, hi, counts_t in self.hists:
-            hists[index] = (float(lo), float(hi), counts_t.cpu().numpy().astype(np.uint64))
+            fill_rows(rows, indices, numels, flags, floats_t.numpy(), ints_t.numpy())
+        for index, lo, hi, counts in self.hists:
+            hists[index] = (float(lo), float(hi), counts.cpu().numpy().astype(np.uint64))
+        for index, source in self.aliases:
+            rows[index] = rows[source]
+            if source in hists:
+                hists[index] = hists[source]
         return rows, hists
 
 
@@ -143,16 +112,13 @@ class StatsCollector:
     def __init__(self, *, hist_bins: int = 0, small_numel: int = SMALL_NUMEL) -> None:
         self._hist_bins = hist_bins
         self._small_numel = small_numel
-        self._devices: dict[torch.device, _DeviceBatch] = {}
+        self._pending = PendingStats(0, hist_bins=hist_bins)
+        self._device: DeviceStats | None = None
 
-    def _batch(self, device: torch.device) -> _DeviceBatch:
-        batch = self._devices.get(device)
-        if batch is None:
-            batch = _DeviceBatch(torch.zeros((), dtype=torch.float64, device=device),
-                                 torch.zeros((), dtype=torch.int64, device=device),
-                                 torch.full((), -1.0, dtype=torch.float64, device=device))
-            self._devices[device] = batch
-        return batch
+    def alias(self, index: int, source: int) -> None:
+        """Graph tensor ``index`` holds exactly the bytes of ``source`` (already added): copy its
+        row instead of reading the data again."""
+        self._pending.aliases.append((index, source))
 
     def add(self, index: int, t: torch.Tensor) -> None:
         """Compute (or queue) the statistics of graph tensor ``index``, whose value is ``t`` now.
@@ -161,202 +127,141 @@ class StatsCollector:
         """
         if t.layout is not torch.strided or t.device.type == "meta":
             return
-        batch = self._batch(t.device)
-        n = t.numel()
-        if n <= self._small_numel:
-            batch.small.append((index, t.detach().clone(memory_format=torch.contiguous_format)))
+        if t.device.type != "cpu":
+            if self._device is None:
+                self._device = DeviceStats(hist_bins=self._hist_bins,
+                                           small_numel=self._small_numel)
+            self._device.add(index, t)
             return
-        x = t.detach()
-        batch.indices.append(index)
-        batch.numels.append(n)
+        if t.numel() <= self._small_numel:
+            self._pending.cpu_small.append(
+                (index, t.detach().clone(memory_format=torch.contiguous_format)))
+            return
+        self._add_cpu(index, t.detach())
+
+    def _add_cpu(self, index: int, x: torch.Tensor) -> None:
+        if not x.is_contiguous():
+            x = x.contiguous()
+        x = x.reshape(-1)
+        n = x.numel()
+        fp = int(fingerprint(x))
         dtype = x.dtype
-        fp = fingerprint(x)
         if dtype in _FP_ONLY:
-            batch.flags.append(STAT_FINGERPRINT)
-            z = batch.zero_f
-            batch.floats.extend((z, z, z, z, z))
-            batch.ints.extend((batch.zero_i, batch.zero_i, batch.zero_i, fp))
+            self._pending.cpu_rows.append((index, n, STAT_FINGERPRINT, 0.0, 0.0, 0.0, 0.0, 0.0,
+                                           0, 0, 0, fp))
             return
-        if dtype not in _FLOATS:
-            x = x.to(torch.float64) if dtype not in _NEEDS_UPCAST else x.float()
-        lo, hi = torch.aminmax(x)
-        total = x.sum(dtype=torch.float64)
-        norm = torch.linalg.vector_norm(x, dtype=torch.float64)
-        nonzero = torch.count_nonzero(x)
-        nan = inf = batch.zero_i
-        std = batch.derive
-        if t.device.type == "cpu":
-            if dtype.is_floating_point and not (math.isfinite(lo.item())
-                                                and math.isfinite(hi.item())):
-                nan = (x != x).sum()
-                inf = (x.abs() == math.inf).sum()
-            s, q = total.item(), norm.item() ** 2
-            if q > 0 and q - s * s / n <= 1e-8 * q:  # mean >> spread: the sums cancel
-                std = torch.std(x.to(torch.float64))
-        else:  # looking at the values would sync; count and compute std exactly, always
-            if dtype.is_floating_point:
-                nan = (x != x).sum()
-                inf = (x.abs() == math.inf).sum()
-            std = torch.std(x.to(torch.float64))
-        batch.flags.append(STAT_MOMENTS | STAT_COUNTS | STAT_FINGERPRINT)
-        batch.floats.extend((lo, hi, total, norm, std))
-        batch.ints.extend((nonzero, nan, inf, fp))
+        if dtype in _FLOATS:
+            v = x
+        elif dtype in _NEEDS_UPCAST:
+            v = x.float()
+        else:  # integers and bool: moments of their values
+            v = x.to(torch.float64)
+        lo_t, hi_t = torch.aminmax(v)
+        lo, hi = lo_t.item(), hi_t.item()
+        nan = inf = 0
+        nonzero = n if lo > 0 or hi < 0 else _count_nonzero(v if dtype in _NEEDS_UPCAST else x)
+        good = v
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # moments over the finite values
+            nan = int((v != v).sum())
+            inf = int((v.abs() == math.inf).sum())
+            good = v[torch.isfinite(v)]
+            if good.numel():
+                lo_t, hi_t = torch.aminmax(good)
+                lo, hi = lo_t.item(), hi_t.item()
+        m = good.numel()
+        total = good.sum(dtype=torch.float64).item()
+        norm = torch.linalg.vector_norm(good, dtype=torch.float64).item()
+        std = -1.0
+        q = norm * norm
+        if m > 1 and q > 0 and q - total * total / m <= _CANCEL * q:
+            # mean >> spread: the sums cancel; two passes instead
+            std = float(torch.std(good.to(torch.float64), correction=0))
+        self._pending.cpu_rows.append((index, n, _ALL, lo, hi, total, norm, std, nonzero, nan, inf,
+                                       fp))
         if self._hist_bins:
-            batch.hists.append((index, *_histogram(x.reshape(-1), self._hist_bins)))
+            self._pending.hists.append((index, *histogram(v, self._hist_bins)))
 
     def finish(self, n_tensors: int) -> PendingStats:
-        """Launch the batched reductions, start the copies to the host and return the pending
-        result; the collector is empty afterwards."""
-        parts = []
-        hists: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        events = []
-        for device, batch in self._devices.items():
-            if batch.small:
-                self._reduce_small(batch)
-            if not batch.indices:
-                continue
-            floats_t = torch.stack(batch.floats).to(torch.float64)
-            ints_t = torch.stack(batch.ints)
-            hist_items = batch.hists
-            if device.type == "cuda":
-                floats_t = _to_host(floats_t)
-                ints_t = _to_host(ints_t)
-                hist_items = [(i, _to_host(lo), _to_host(hi), _to_host(c))
-                              for i, lo, hi, c in hist_items]
-                event = CudaEvent()
-                event.record()
-                events.append(event)
-            elif device.type != "cpu":
-                floats_t, ints_t = floats_t.cpu(), ints_t.cpu()
-            parts.append((batch.indices, batch.numels, batch.flags, floats_t, ints_t))
-            hists.extend(hist_items)
-        self._devices = {}
-        return PendingStats(n_tensors, parts, hists, events)
-
-    def _reduce_small(self, batch: _DeviceBatch) -> None:
-        """Reduce the batched small tensors of one device by segment: a fixed number of ops."""
-        device = batch.zero_f.device
-        items = batch.small
-        batch.small = []
-        numeric = [(i, c) for i, c in items if c.dtype not in _FP_ONLY]
-        # Fingerprints of all of them, from their bytes.
-        raw = [c.reshape(-1).view(torch.uint8) for _, c in items]
-        byte_lens = torch.tensor([r.numel() for r in raw], dtype=torch.int64, device=device)
-        k = len(items)
-        fps = _segment_word_sums(torch.cat(raw), byte_lens, k)
-        moments: dict[int, tuple[torch.Tensor, ...]] = {}
-        if numeric:
-            groups: dict[torch.dtype, list[torch.Tensor]] = {}
-            for _, c in numeric:
-                groups.setdefault(c.dtype, []).append(c.reshape(-1))
-            order = [i for d in groups for i, c in numeric if c.dtype == d]
-            parts = []
-            for d, ts in groups.items():
-                joined = torch.cat(ts) if d not in _NEEDS_UPCAST else torch.cat(
-                    [x.float() for x in ts])
-                parts.append(joined.to(torch.float64))
-            vals = torch.cat(parts)
-            numel_of = {i: c.numel() for i, c in numeric}
-            lens = torch.tensor([numel_of[i] for i in order], dtype=torch.int64, device=device)
-            stats = _segment_moments(vals, lens, len(order), self._hist_bins)
-            for pos, i in enumerate(order):
-                moments[i] = tuple(s[pos] for s in stats[:8])
-            if self._hist_bins:
-                lo, hi, counts = stats[8:]
-                for pos, i in enumerate(order):
-                    batch.hists.append((i, lo[pos], hi[pos], counts[pos]))
-        z_f, z_i = batch.zero_f, batch.zero_i
-        for pos, (index, c) in enumerate(items):
-            batch.indices.append(index)
-            batch.numels.append(c.numel())
-            got = moments.get(index)
-            if got is None:
-                batch.flags.append(STAT_FINGERPRINT)
-                batch.floats.extend((z_f, z_f, z_f, z_f, z_f))
-                batch.ints.extend((z_i, z_i, z_i, fps[pos]))
-                continue
-            lo, hi, total, norm, std, nonzero, nan, inf = got
-            flags = STAT_COUNTS | STAT_FINGERPRINT | (STAT_MOMENTS if c.numel() else 0)
-            batch.flags.append(flags)
-            batch.floats.extend((lo, hi, total, norm, std))
-            batch.ints.extend((nonzero, nan, inf, fps[pos]))
+        """Launch what is batched (device reductions and copies to the host) and return the
+        pending result; the collector is empty afterwards."""
+        pending, self._pending = self._pending, PendingStats(0, hist_bins=self._hist_bins)
+        pending.n_tensors = n_tensors
+        if self._device is not None:
+            parts, hists, events = self._device.finish()
+            pending.parts.extend(parts)
+            pending.hists.extend(hists)
+            pending.events.extend(events)
+            self._device = None
+        return pending
 
 
-def _segment_ids(lens: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.repeat_interleave(torch.arange(k, device=lens.device), lens)
+def _count_nonzero(x: torch.Tensor) -> int:
+    """Elements of ``x`` that are not zero, counting on the integer view of floats when no
+    ``-0.0`` is there (about 2.5x faster than the float kernel)."""
+    view = _INT_VIEW.get(x.dtype)
+    if view is None:
+        return int(torch.count_nonzero(x))
+    bits = x.view(view)
+    if int(bits.amin()) == _INT_MIN[view]:  # a -0.0 (the smallest signed pattern) is present
+        return int(torch.count_nonzero(x))
+    return int(torch.count_nonzero(bits))
 
 
-def _segment_word_sums(flat_bytes: torch.Tensor, byte_lens: torch.Tensor, k: int) -> torch.Tensor:
-    """Fingerprints of ``k`` byte strings laid end to end (each padded to whole words)."""
-    seg = _segment_ids(byte_lens, k)
-    starts = torch.cumsum(byte_lens, 0) - byte_lens
-    pos = torch.arange(flat_bytes.numel(), device=flat_bytes.device) - starts[seg]
-    words = flat_bytes.to(torch.int64) << ((pos & 7) * 8)
-    return torch.zeros(k, dtype=torch.int64, device=flat_bytes.device).index_add_(0, seg, words)
+def _small_rows(rows: np.ndarray, items: list[tuple[int, torch.Tensor]],
+                hist_bins: int) -> dict[int, tuple[float, float, np.ndarray]]:
+    """Statistics of small CPU tensors, all at once with numpy segment reductions."""
+    indices = [i for i, _ in items]
+    numels = [c.numel() for _, c in items]
+    fps = [_signed(bytes_fingerprint(to_numpy(c))) for _, c in items]
+    numeric = [pos for pos, (_, c) in enumerate(items) if c.dtype not in _FP_ONLY and c.numel()]
+    k = len(items)
+    floats = np.zeros((k, 5))
+    ints = np.zeros((k, 4), dtype=np.int64)
+    ints[:, 3] = fps
+    flags = np.full(k, STAT_FINGERPRINT, dtype=np.uint8)
+    hists: dict[int, tuple[float, float, np.ndarray]] = {}
+    if numeric:
+        vals = np.concatenate([items[p][1].reshape(-1).to(torch.float64).numpy()
+                               for p in numeric])
+        lens = np.array([numels[p] for p in numeric], dtype=np.int64)
+        starts = np.cumsum(lens) - lens
+        seg = np.repeat(np.arange(len(numeric)), lens)
+        is_nan = np.isnan(vals)
+        is_inf = np.isinf(vals)
+        finite = ~(is_nan | is_inf)
+        good = np.where(finite, vals, 0.0)  # moments over the finite values
+        n_finite = np.maximum(np.add.reduceat(finite.astype(np.int64), starts), 1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            lo = np.minimum.reduceat(np.where(finite, vals, np.inf), starts)
+            hi = np.maximum.reduceat(np.where(finite, vals, -np.inf), starts)
+            total = np.add.reduceat(good, starts)
+            norm = np.sqrt(np.add.reduceat(good * good, starts))
+            centred = np.where(finite, good - (total / n_finite)[seg], 0.0)
+            std = np.sqrt(np.add.reduceat(centred * centred, starts) / n_finite)  # two-pass
+        pos = np.asarray(numeric)
+        floats[pos] = np.stack([lo, hi, total, norm, std], axis=1)
+        ints[pos, 0] = np.add.reduceat((vals != 0).astype(np.int64), starts)
+        ints[pos, 1] = np.add.reduceat(is_nan.astype(np.int64), starts)
+        ints[pos, 2] = np.add.reduceat(is_inf.astype(np.int64), starts)
+        flags[pos] = _ALL
+        if hist_bins:
+            hists = _small_histograms([indices[p] for p in numeric], vals, lens, starts,
+                                      finite, hist_bins)
+    fill_rows(rows, indices, numels, flags, floats, ints)
+    return hists
 
 
-def _segment_moments(vals: torch.Tensor, lens: torch.Tensor, k: int,
-                     hist_bins: int) -> tuple[torch.Tensor, ...]:
-    """min, max, sum, norm, std, nonzero, nan, inf (and with ``hist_bins`` lo, hi, counts) of
-    ``k`` float64 segments laid end to end.  std uses sums shifted by each segment's first value,
-    so a large mean does not cancel a small spread."""
-    seg = _segment_ids(lens, k)
-    dev = vals.device
-    lo = torch.full((k,), math.inf, dtype=torch.float64, device=dev).scatter_reduce_(
-        0, seg, vals, "amin")
-    hi = torch.full((k,), -math.inf, dtype=torch.float64, device=dev).scatter_reduce_(
-        0, seg, vals, "amax")
-    zeros_f = torch.zeros(k, dtype=torch.float64, device=dev)
-    zeros_i = torch.zeros(k, dtype=torch.int64, device=dev)
-    total = zeros_f.index_add(0, seg, vals)
-    norm = zeros_f.index_add(0, seg, vals * vals).sqrt()
-    starts = torch.cumsum(lens, 0) - lens
-    shifted = vals - vals[starts.clamp(max=vals.numel() - 1)][seg] if vals.numel() else vals
-    n = lens.to(torch.float64)
-    d_sum = zeros_f.index_add(0, seg, shifted)
-    d_sq = zeros_f.index_add(0, seg, shifted * shifted)
-    var = ((d_sq - d_sum * d_sum / n.clamp(min=1)) / (n - 1).clamp(min=1)).clamp(min=0)
-    std = torch.where(n > 1, var.sqrt(), 0.0)
-    nonzero = zeros_i.index_add(0, seg, (vals != 0).to(torch.int64))
-    is_nan = vals != vals
-    nan = zeros_i.index_add(0, seg, is_nan.to(torch.int64))
-    is_inf = vals.abs() == math.inf
-    inf = zeros_i.index_add(0, seg, is_inf.to(torch.int64))
-    if not hist_bins:
-        return lo, hi, total, norm, std, nonzero, nan, inf
-    finite = ~(is_nan | is_inf)
-    flo = torch.full((k,), math.inf, dtype=torch.float64, device=dev).scatter_reduce_(
-        0, seg, torch.where(finite, vals, math.inf), "amin")
-    fhi = torch.full((k,), -math.inf, dtype=torch.float64, device=dev).scatter_reduce_(
-        0, seg, torch.where(finite, vals, -math.inf), "amax")
-    bins = _bin_of(vals, flo[seg], fhi[seg], hist_bins)
-    slot = torch.where(finite, seg * hist_bins + bins, k * hist_bins)
-    counts = torch.zeros(k * hist_bins + 1, dtype=torch.int64, device=dev).index_add_(
-        0, slot, torch.ones_like(slot))[:-1].reshape(k, hist_bins)
-    return lo, hi, total, norm, std, nonzero, nan, inf, flo, fhi, counts
-
-
-def _bin_of(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
-    """Equal-width bin of each finite ``x`` over ``[lo, hi]``, ``hi`` in the last bin."""
-    width = hi - lo
-    scaled = torch.where(width > 0, (x - lo) / torch.where(width > 0, width, 1.0) * bins, 0.0)
-    return scaled.nan_to_num(0.0, 0.0, 0.0).floor().clamp(0, bins - 1).to(torch.int64)
-
-
-def _histogram(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """lo, hi and bin counts over the finite values of a 1-D tensor, without syncing."""
-    xd = x.to(torch.float64)
-    finite = torch.isfinite(xd)
-    lo = torch.where(finite, xd, math.inf).amin()
-    hi = torch.where(finite, xd, -math.inf).amax()
-    slot = torch.where(finite, _bin_of(xd, lo, hi, bins), bins)
-    counts = torch.zeros(bins + 1, dtype=torch.int64, device=x.device).index_add_(
-        0, slot, torch.ones_like(slot))[:-1]
-    return lo, hi, counts
-
-
-def _to_host(t: torch.Tensor) -> torch.Tensor:
-    """Start a non-blocking copy into pinned host memory (CUDA); valid after an event syncs."""
-    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    host.copy_(t, non_blocking=True)
-    return host
+def _small_histograms(indices: list[int], vals: np.ndarray, lens: np.ndarray, starts: np.ndarray,
+                      finite: np.ndarray, bins: int) -> dict[int, tuple[float, float, np.ndarray]]:
+    """Equal-width histograms over each segment's finite values (``hi`` in the last bin)."""
+    k = len(indices)
+    seg = np.repeat(np.arange(k), lens)
+    lo = np.minimum.reduceat(np.where(finite, vals, np.inf), starts)
+    hi = np.maximum.reduceat(np.where(finite, vals, -np.inf), starts)
+    width = (hi - lo)[seg]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        scaled = np.where(width > 0, (vals - lo[seg]) / np.where(width > 0, width, 1.0) * bins, 0.0)
+    b = np.clip(np.floor(np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)), 0, bins - 1)
+    slot = seg * bins + b.astype(np.int64)
+    counts = np.bincount(slot[finite], minlength=k * bins).reshape(k, bins).astype(np.uint64)
+    return {i: (float(lo[j]), float(hi[j]), counts[j]) for j, i in enumerate(indices)}

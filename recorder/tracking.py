@@ -128,6 +128,8 @@ class PhaseTracker:
         self.backward_depth = 0
         self.optimizer_depth = 0
         self.backward_calls = 0
+        #: True inside an optimizer step that creates state for some parameter (its first step).
+        self.fresh_optimizer_state = False
         self._bound_seq: list[int] = []
         self._bound_path: list[str] = []
         self._on_tensor_named = on_tensor_named
@@ -198,6 +200,10 @@ class PhaseTracker:
     def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.optimizer_depth += 1
         self.names.optimizers.add(optimizer)
+        state = optimizer.state
+        self.fresh_optimizer_state = self.fresh_optimizer_state or any(
+            not state.get(p) for group in optimizer.param_groups for p in group["params"]
+            if p.grad is not None)
         for g, group in enumerate(optimizer.param_groups):
             for i, p in enumerate(group["params"]):
                 name = self.names.param_name(p, optimizer, g, i)
@@ -211,6 +217,8 @@ class PhaseTracker:
         self.optimizer_depth = max(0, self.optimizer_depth - 1)
         for t, role, name in self.names.optimizer_state(optimizer):
             self._on_tensor_named(t, role, name)
+        if not self.optimizer_depth:
+            self.fresh_optimizer_state = False
 
     @contextmanager
     def _in_backward(self) -> Iterator[None]:

@@ -38,8 +38,12 @@ def parser(description: str, *, steps: int = 20) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         batches: Callable[[int], Batch], loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
-        *, name: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Train ``args.steps`` steps, recording them unless ``--off``; returns a timing summary."""
+        *, name: str, argv: Sequence[str] | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict[str, Any]:
+    """Train ``args.steps`` steps, recording them unless ``--off``; returns a timing summary.
+
+    ``scheduler`` is stepped after the optimizer, and its learning rate recorded as a scalar.
+    """
     console = Console(stderr=True, quiet=args.quiet)
     times: list[float] = []
     with _maybe_record(args, model) as rec, _progress(console, args.steps, name) as progress:
@@ -52,8 +56,12 @@ def run(args: argparse.Namespace, model: torch.nn.Module, optimizer: torch.optim
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            scalars = {}
+            if scheduler is not None:
+                scheduler.step()
+                scalars["lr"] = scheduler.get_last_lr()[0]
             if rec is not None:
-                rec.step(loss=loss)
+                rec.step(loss=loss, **scalars)
             times.append(time.perf_counter() - t0)
             progress.update(task, advance=1, loss=float(loss.detach()))
     steady = sorted(times[1:] or times)
@@ -105,3 +113,18 @@ def setup(args: argparse.Namespace) -> torch.device:
 def cycle(items: Sequence[Batch]) -> Iterator[Batch]:
     while True:
         yield from items
+
+
+def example_main(description: str, add_args: Callable[[argparse.ArgumentParser], None],
+                 make: Callable[[argparse.Namespace, torch.device], tuple[Any, ...]], *,
+                 name: str, argv: Sequence[str] | None = None) -> int:
+    """The ``main`` of an example: parse, ``make(args, device)`` -> ``(model, optimizer,
+    batches, loss_fn[, scheduler])``, train and record."""
+    p = parser(description)
+    add_args(p)
+    args = p.parse_args(argv)
+    device = setup(args)
+    model, optimizer, batches, loss_fn, *rest = make(args, device)
+    run(args, model, optimizer, batches, loss_fn, name=name,
+        scheduler=rest[0] if rest else None)
+    return 0
