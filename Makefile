@@ -17,21 +17,30 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Tools the tests use from Debian (h5dump for the layout test).  Installed when missing and we are root.
+# Tools the tests use from Debian (h5dump for the layout test, chromium for the replayer's Netron
+# browser test).  Installed when missing and we are root.
 system-deps:
 	@if ! command -v h5dump >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && apt-get install -y -qq hdf5-tools >/dev/null) || echo "warning: apt-get could not install hdf5-tools"; \
 	  else echo "warning: h5dump missing and not root: the h5dump test will skip"; fi; \
 	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "warning: apt-get could not install chromium"; \
+	  else echo "warning: chromium missing and not root: the Netron browser tests will skip"; fi; \
+	fi
 
 demo: setup
-	$(PY) -m tracefmt.synthetic --out $(DEMO_DIR) --steps 20 --ranks 2
+	# Record 20 training steps of the built-in character-level GPT (a minute or two on 2 cores).
+	$(PY) -m recorder.examples.gpt --steps 20 --out $(DEMO_DIR) --overwrite
 	$(VENV)/bin/tracefmt info $(DEMO_DIR)
 	$(VENV)/bin/tracefmt ls $(DEMO_DIR)
-	$(VENV)/bin/tracefmt show $(DEMO_DIR) --step 3 --phase forward
-	$(VENV)/bin/tracefmt dump $(DEMO_DIR) --step 3 --tensor layers.0.weight -o $(DEMO_DIR)/weight.npy
+	$(VENV)/bin/tracefmt show $(DEMO_DIR) --step 3 --phase forward --limit 25
+	$(VENV)/bin/tracefmt show $(DEMO_DIR) --step 3 --sort time --limit 10
 	$(VENV)/bin/tracefmt validate $(DEMO_DIR) --deep
+	$(VENV)/bin/replayer export $(DEMO_DIR) --step 3 --phase forward -o $(DEMO_DIR)/step3-forward.onnx
+	@echo "Next: open $(DEMO_DIR)/step3-forward.onnx in Netron, or read README.md's tour."
 
 lint: setup
 	$(VENV)/bin/ruff check tracefmt recorder replayer tests bench

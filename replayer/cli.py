@@ -1,19 +1,27 @@
 """The ``replayer`` command.  Thin: parse, call the library, print.
 
 A ``TraceError`` (``ReplayError`` included) becomes one line on stderr and exit code 2.
+``check`` exits 0 when every checked op matched, 1 when one did not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
-import onnx
+import numpy as np
 
 import tracefmt
-from replayer.export import PHASES, export_step
+from replayer.errors import ReplayError
+from replayer.export import PHASES
 from tracefmt.errors import TraceError
 
+EXIT_MISMATCH = 1
 EXIT_ERROR = 2
 
 
@@ -35,24 +43,154 @@ def main() -> None:
     """Rebuild, view, check and diff recorded training steps, without torch."""
 
 
+@contextlib.contextmanager
+def _progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar on stderr, shown for long work when stderr is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+_step = click.option("--step", "step_no", type=int, required=True, help="Step number.")
+_rank = click.option("--rank", type=int, default=None, help="Rank (default: lowest).")
+_module = click.option("--module", default=None, help="Only ops in modules matching this glob.")
+
+
+def _depth_option(default_help: str) -> Callable[[Any], Any]:
+    return click.option("--depth", type=int, default=None,
+                        help="Fold modules deeper than this into expandable Module nodes "
+                             f"({default_help}).")
+
+
 @main.command()
 @click.argument("trace", type=click.Path(exists=True))
-@click.option("--step", "step_no", type=int, required=True, help="Step number to export.")
-@click.option("--rank", type=int, default=None, help="Rank (default: lowest).")
+@_step
+@_rank
 @click.option("--phase", type=click.Choice(PHASES), default="all", show_default=True)
-@click.option("--module", default=None, help="Only ops in modules matching this glob.")
-@click.option("--no-values", is_flag=True, help="Leave recorded values out (inputs, not weights).")
+@_module
+@_depth_option("default: flat, every op a node")
+@click.option("--no-values", is_flag=True, help="Leave recorded values out (graph inputs, not "
+                                                "initializers).")
+@click.option("--split-saved", is_flag=True, help="Draw forward tensors read by backward ops as "
+                                                  "separate inputs (faster in Netron).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 def export(trace: str, step_no: int, rank: int | None, phase: str, module: str | None,
-           no_values: bool, output: str) -> None:
+           depth: int | None, no_values: bool, split_saved: bool, output: str) -> None:
     """Export one recorded step as an ONNX model."""
-    with tracefmt.open(trace) as t:
-        model, stats = export_step(t, step_no, rank=rank, phase=phase, module=module,
-                                   with_values=not no_values)
-    onnx.save(model, output)
-    click.echo(f"wrote {output}: {stats.ops} ops, {stats.standard} as standard ONNX, "
-               f"{stats.ops - stats.standard} as {len(stats.custom)} custom op types")
+    from replayer.export import export_step, save_model
 
+    data_path = Path(output).with_name(Path(output).name + ".data")
+    with tracefmt.open(trace) as t, _progress("export", True) as progress:
+        model, stats = export_step(t, step_no, rank=rank, phase=phase, module=module, depth=depth,
+                                   with_values=not no_values, split_saved=split_saved,
+                                   progress=progress, external_data=data_path)
+    save_model(model, output)
+    extra = f" (values in {data_path.name})" if stats.external else ""
+    modules = f", {stats.modules} Module nodes" if stats.modules else ""
+    click.echo(f"wrote {output}{extra}: {stats.ops} ops, {stats.standard} as standard ONNX, "
+               f"{stats.ops - stats.standard} as {len(stats.custom)} custom op types{modules}")
+
+
+def _parse_feeds(feeds: tuple[str, ...]) -> dict[str, np.ndarray]:
+    out = {}
+    for item in feeds:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ReplayError(f"--feed {item!r} is not NAME=FILE.npy.")
+        try:
+            out[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ReplayError(f"--feed {name}: cannot read {path!r} as a .npy array: {e}") from e
+    return out
+
+
+@main.command()
+@click.argument("trace", type=click.Path(exists=True))
+@_step
+@_rank
+@click.option("--phase", type=click.Choice(PHASES), default="all", show_default=True)
+@_module
+@click.option("--chain", is_flag=True, help="Feed each op its producers' replayed outputs, not the "
+                                            "recorded ones (errors accumulate along the step).")
+@click.option("--feed", "feeds", multiple=True, metavar="NAME=FILE.npy",
+              help="What-if: replace a recorded tensor (implies --chain); repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="List every op, not only failures.")
+def check(trace: str, step_no: int, rank: int | None, phase: str, module: str | None,
+          chain: bool, feeds: tuple[str, ...], as_json: bool, verbose: bool) -> None:
+    """Re-run a recorded step in ONNX Runtime and compare every op with the record.
+
+    Exit status 0: every checked op matched; 1: at least one did not (a what-if never fails).
+    """
+    from replayer.check import check_step
+
+    arrays = _parse_feeds(feeds)
+    with tracefmt.open(trace) as t, _progress("check", not as_json) as progress:
+        report = check_step(t, step_no, rank=rank, phase=phase, module=module, chain=chain,
+                            feeds=arrays, progress=progress)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        from rich.console import Console
+
+        from replayer.report import render
+
+        render(report, Console(), verbose=verbose)
+    if not report.passed and not arrays:
+        sys.exit(EXIT_MISMATCH)
+
+
+@main.command()
+@click.argument("trace", type=click.Path(exists=True))
+@_step
+@_rank
+@click.option("--phase", type=click.Choice(PHASES), default="forward", show_default=True)
+@_module
+@_depth_option("default: chosen from the op count")
+@click.option("--flat", is_flag=True, help="Every op a node (no folding).")
+@click.option("--port", type=int, default=0, help="Port on 127.0.0.1 (default: a free one).")
+@click.option("--browse", is_flag=True, help="Open a web browser.")
+def view(trace: str, step_no: int, rank: int | None, phase: str, module: str | None,
+         depth: int | None, flat: bool, port: int, browse: bool) -> None:
+    """Serve one step with Netron on 127.0.0.1 until Ctrl-C."""
+    import signal
+    import threading
+
+    import netron
+
+    from replayer.view import serve_step, stop
+
+    with tracefmt.open(trace) as t:
+        served = serve_step(t, step_no, rank=rank, phase=phase, module=module, depth=depth,
+                            auto_depth=not flat, port=port, browse=browse)
+    # Ctrl-C sets an event rather than raising wherever the main thread happens to be.
+    stopping = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    try:
+        click.echo(served.message)
+        click.echo(f"serving step {step_no} at {served.url} (Ctrl-C stops)")
+        while not stopping.is_set() and netron.status((served.host, served.port)):
+            stopping.wait(0.2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        stop(served.host, served.port)
+    click.echo("stopped")
+
+
+from replayer.cli_diff import diff  # noqa: E402  (registered after the group exists)
+
+main.add_command(diff)
 
 if __name__ == "__main__":
     main()

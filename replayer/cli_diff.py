@@ -1,0 +1,80 @@
+"""``replayer diff A B``: thin click layer over :func:`replayer.diff_runs.diff_sides`.
+
+Exit status: 0 when the sides are equal within tolerance, 1 when they differ, 2 on usage errors
+(bad arguments, missing traces or steps: the group turns a ``TraceError`` into one line and 2).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from replayer.diff_report import render, to_json, write_html
+from replayer.diff_runs import Progress as ProgressFn
+from replayer.diff_runs import diff_sides
+
+__all__ = ["diff"]
+
+EXIT_EQUAL, EXIT_DIFFERENT = 0, 1
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[ProgressFn | None]:
+    """A progress bar on stderr for run diffs, when stderr is a terminal."""
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("[bold]diff"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("diff", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@click.command("diff")
+@click.argument("side_a", metavar="A")
+@click.argument("side_b", metavar="B")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None,
+              help="Relative tolerance for every dtype (default: by dtype, e.g. 1.3e-6 float32).")
+@click.option("--atol", type=click.FloatRange(min=0), default=None,
+              help="Absolute tolerance for every dtype (default: by dtype, e.g. 1e-5 float32).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--report", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write an HTML report with a plot of divergence along the step.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Rows in the tables of structural changes and divergences.")
+@click.option("--stats-only", is_flag=True,
+              help="Measure distances from statistics even where values were recorded.")
+@click.option("--all-steps", is_flag=True,
+              help="Run diffs: go on past the first step that differs beyond tolerance.")
+@click.pass_context
+def diff(ctx: click.Context, side_a: str, side_b: str, rtol: float | None, atol: float | None,
+         as_json: bool, report: str | None, top: int, stats_only: bool, all_steps: bool) -> None:
+    """Find where two recorded steps, runs or ranks diverge first, and why.
+
+    A and B are TRACE[:STEP][@RANK]: two steps of a run (runs/a:3 runs/a:4), the same step of
+    two runs (runs/a:3 runs/b), two ranks (runs/a:3@0 runs/a:3@1).  With no step on either side,
+    every step the two have in common is compared and the first that differs is reported.
+    Exit status 0: equal within tolerance; 1: different; 2: usage error.
+    """
+    with _progress(not as_json) as progress:
+        result = diff_sides(side_a, side_b, rtol=rtol, atol=atol, values=not stats_only,
+                            progress=progress, stop_at_first_different=not all_steps)
+    if as_json:
+        click.echo(json.dumps(to_json(result, limit=max(top, 100))))
+    else:
+        render(result, Console(), top=top)
+    if report is not None:
+        write_html(result, report, top=max(top, 25))
+        if not as_json:
+            click.echo(f"wrote {report}")
+    ctx.exit(EXIT_EQUAL if result.equal else EXIT_DIFFERENT)
