@@ -110,3 +110,22 @@ def test_not_a_trace(tmp_path: Path) -> None:
     code, _, err = run("info", str(bogus))
     assert code == 2
     assert "not a readable HDF5 file" in err
+
+
+def test_validate_exit_codes(small_trace: Path, tmp_path: Path) -> None:
+    code, out, _ = run("validate", str(small_trace), "--deep")
+    assert code == 0
+    assert "valid" in out
+    import h5py
+
+    with h5py.File(small_trace, "r+") as f:
+        row = f["steps"][1]
+        row["step"] = 0  # steps no longer strictly increasing
+        f["steps"][1] = row
+    code, out, _ = run("validate", str(small_trace), "--json")
+    assert code == 1
+    assert any(f["rule"].startswith("TF-STEP") for f in json.loads(out))
+    bogus = tmp_path / "bogus.tft.h5"
+    bogus.write_bytes(b"not hdf5")
+    code, _, _ = run("validate", str(bogus))
+    assert code == 2

@@ -254,8 +254,6 @@ def _scalar_graph(strides: tuple[int, ...] | None) -> GraphBuilder:
     return g
 
 
-@pytest.mark.xfail(strict=True, reason="writer bug: Graph.digest hashes the in-memory graph, so "
-                   "strides=() and strides=None store byte-identical graph rows twice")
 def test_writer_dedupes_graphs_that_store_the_same_rows(tmp_path: Path) -> None:
     path = tmp_path / "t.tft.h5"
     with TraceWriter(path, fsync=False) as w:

@@ -244,6 +244,7 @@ def validate(path: str, deep: bool, as_json: bool) -> None:
     """Check a trace against spec/: exit 0 clean, 1 findings, 2 unreadable."""
     from rich.progress import Progress
 
+    from tracefmt.validate import UNREADABLE
     from tracefmt.validate import validate as run_validate
 
     with Progress(transient=True, disable=as_json or not sys.stderr.isatty(),
@@ -265,7 +266,9 @@ def validate(path: str, deep: bool, as_json: bool) -> None:
         _console().print(table)
     else:
         click.echo(f"{path}: valid ({'deep' if deep else 'structural'} check, no findings)")
-    if any(f.severity == "error" for f in findings):
+    if any(f.rule == UNREADABLE for f in findings):
+        sys.exit(EXIT_ERROR)
+    if findings:
         sys.exit(EXIT_FINDINGS)
 
 

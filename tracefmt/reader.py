@@ -283,7 +283,7 @@ class RankFile:
             self._ds[name] = ds
             if name == L.STEPS:
                 self._committed = int(ds.shape[0])
-        self._check_extents()
+        self._reset_budgets()
         self._graph_cache: dict[int, _GraphData] = {}
         self._string_cache: dict[int, str] = {}
         self._strings_loaded: tuple[np.ndarray, np.ndarray] | None = None
@@ -291,24 +291,33 @@ class RankFile:
     def close(self) -> None:
         self._file.close()
 
-    def _check_extents(self) -> None:
-        """Refuse datasets whose declared length the stored bytes cannot back.
+    def _reset_budgets(self) -> None:
+        """Forget the read budgets; :meth:`_budget` recomputes them when a read needs one."""
+        self._budgets: dict[str, int | None] = {}
 
-        An extent is only metadata: a hostile file can declare 10**12 rows with nothing stored, and
-        reading them would allocate it all.  Deflated tables expand at most ~1032x; unfiltered
-        value heaps store every chunk they cover.
+    def _budget(self, name: str) -> int | None:
+        """Bytes of ``name`` the stored chunks can back (``None``: no bound for a compressor).
+
+        An extent is only metadata: a hostile file can declare 10**12 rows with nothing stored,
+        and reading them would allocate it all.  Deflated tables expand at most ~1032x and
+        unfiltered value heaps store every chunk they cover.  Checked per read, not at open, so
+        rows past what committed steps reference (a writer that hit a full disk) do not make the
+        whole file unreadable.
         """
-        compressing = self.values_filter not in ("none", "fletcher32")
-        for name, ds in self._ds.items():
-            declared = int(ds.shape[0]) * ds.dtype.itemsize
-            if name in L.VALUE_HEAPS and compressing:
-                continue
-            stored = int(ds.id.get_storage_size())
+        if name in self._budgets:
+            return self._budgets[name]
+        ds = self._ds[name]
+        budget: int | None = None
+        if not (name in L.VALUE_HEAPS and self.values_filter not in ("none", "fletcher32")):
+            try:
+                stored = int(ds.id.get_storage_size())
+            except _H5_ERRORS as e:
+                raise TraceCorruptError(f"{self.path}: the storage of /{name} cannot be read "
+                                        f"({e}); the file is damaged.") from e
             chunk = (ds.chunks or (1,))[0] * ds.dtype.itemsize
             budget = stored + chunk if name in L.VALUE_HEAPS else 1100 * stored + chunk
-            if declared > budget:
-                raise TraceFormatError(f"{self.path}: /{name} declares {declared} bytes but stores "
-                                       f"{stored}; the file is damaged or truncated.")
+        self._budgets[name] = budget
+        return budget
 
     def refresh(self) -> None:
         """See rows a live writer committed since the file was opened (or last refreshed).
@@ -323,7 +332,7 @@ class RankFile:
             for name, ds in self._ds.items():
                 if name != L.STEPS:
                     ds.refresh()
-            self._check_extents()
+            self._reset_budgets()
         except _H5_ERRORS as e:
             if isinstance(e, TraceError):
                 raise
@@ -347,6 +356,11 @@ class RankFile:
                                    f"are out of range (it has {n} rows).")
         if count == 0:
             return np.zeros(0, dtype=self._ds[name].dtype)
+        budget = self._budget(name)
+        if budget is not None and (start + count) * self._ds[name].dtype.itemsize > budget:
+            raise TraceFormatError(f"{self._where(step)}: rows {start}..{start + count} of /{name} "
+                                   f"lie beyond the {budget} bytes the file stores; the file is "
+                                   "damaged or truncated.")
         pauses = _REREAD_PAUSES if _swmr_writer_flag(self.path) else ()
         for pause in (*pauses, None):
             try:

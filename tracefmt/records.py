@@ -142,6 +142,9 @@ class GraphBuilder:
         if any(d < 0 for d in shape_t):
             raise ValueError(f"Tensor shape {shape_t} has a negative dimension.")
         strides_t = None if strides is None else tuple(int(s) for s in strides)
+        if not shape_t:
+            strides_t = ()  # a 0-d tensor has empty strides either way: one canonical form
+
         if strides_t is not None and len(strides_t) != len(shape_t):
             raise ValueError(f"Strides {strides_t} do not match shape {shape_t}.")
         self._tensors.append(TensorSpec(DType(dtype), shape_t, strides_t, device, Role(role), name,
