@@ -19,25 +19,13 @@ import numpy as np
 import tracefmt
 from replayer.errors import ReplayError
 from replayer.export import PHASES
-from tracefmt.errors import TraceError
+from tracefmt.cli import TraceErrorGroup
 
 EXIT_MISMATCH = 1
 EXIT_ERROR = 2
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except TraceError as e:
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(EXIT_ERROR)
-        except OSError as e:
-            click.echo(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
-            ctx.exit(EXIT_ERROR)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=TraceErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(tracefmt.__version__, prog_name="replayer")
 def main() -> None:
     """Rebuild, view, check and diff recorded training steps, without torch."""

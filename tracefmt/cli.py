@@ -26,8 +26,9 @@ EXIT_FINDINGS = 1
 EXIT_ERROR = 2
 
 
-class _Group(click.Group):
-    """Turns every TraceError (and I/O error) into one line and exit code 2."""
+class TraceErrorGroup(click.Group):
+    """Turns every TraceError (and I/O error) into one line and exit code 2.  Shared by the
+    ``tracefmt`` and ``replayer`` commands."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -67,7 +68,7 @@ def _num(x: float | int | None) -> str:
     return f"{x:.4g}"
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=TraceErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(tracefmt.__version__, prog_name="tracefmt")
 def main() -> None:
     """Inspect and check tracefmt trace files (a rank file or a run directory)."""
