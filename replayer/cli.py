@@ -140,8 +140,9 @@ def check(trace: str, step_no: int, rank: int | None, phase: str, module: str | 
 
 
 @main.command()
-@click.argument("trace", type=click.Path(exists=True))
-@_step
+@click.argument("trace", type=click.Path(exists=True), required=False)
+@click.option("--step", "step_no", type=int, default=None, help="Step number (required without "
+              "--diff).")
 @_rank
 @click.option("--phase", type=click.Choice(PHASES), default="forward", show_default=True)
 @_module
@@ -149,30 +150,64 @@ def check(trace: str, step_no: int, rank: int | None, phase: str, module: str | 
 @click.option("--flat", is_flag=True, help="Every op a node (no folding).")
 @click.option("--port", type=int, default=0, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--browse", is_flag=True, help="Open a web browser.")
-def view(trace: str, step_no: int, rank: int | None, phase: str, module: str | None,
-         depth: int | None, flat: bool, port: int, browse: bool) -> None:
-    """Serve one step with Netron on 127.0.0.1 until Ctrl-C."""
+@click.option("--diff", "diff_sides", nargs=2, default=None, metavar="A B",
+              help="Diff two TRACE[:STEP][@RANK] sides (as `replayer diff`) and show B's step "
+                   "(for whole runs the first that differs) with divergent ops marked '≠'.")
+def view(trace: str | None, step_no: int | None, rank: int | None, phase: str,
+         module: str | None, depth: int | None, flat: bool, port: int, browse: bool,
+         diff_sides: tuple[str, str] | None) -> None:
+    """Serve one step with Netron on 127.0.0.1 until Ctrl-C.
+
+    With --diff A B, no TRACE or --step: serve side B's step with the ops that diverge from A
+    marked (node names start with '≠', metadata tracefmt.diverged=true).
+    """
+    from replayer.view import serve_diff, serve_step
+
+    if diff_sides:
+        if trace is not None or step_no is not None or rank is not None:
+            raise click.UsageError("--diff A B names the sides itself (TRACE[:STEP][@RANK]); "
+                                   "give no TRACE, --step or --rank with it.")
+        from replayer.diff_runs import parse_side
+
+        for side in diff_sides:
+            parse_side(side)
+        dv, served = serve_diff(diff_sides[0], diff_sides[1], phase=phase, module=module,
+                                depth=depth, auto_depth=not flat, port=port, browse=browse)
+        click.echo(f"{len(dv.notes)} ops of B diverged from A"
+                   + ("" if dv.notes else " (identical)") + ".")
+        if dv.origin is not None:
+            click.echo(f"origin: {dv.origin}")
+        _serve_until_stopped(served.host, served.port, served.message,
+                             f"serving step {dv.step} of {dv.path} at {served.url} (Ctrl-C stops)")
+        return
+    if trace is None or step_no is None:
+        raise click.UsageError("Give TRACE and --step (or --diff A B).")
+    with tracefmt.open(trace) as t:
+        served = serve_step(t, step_no, rank=rank, phase=phase, module=module, depth=depth,
+                            auto_depth=not flat, port=port, browse=browse)
+    _serve_until_stopped(served.host, served.port, served.message,
+                         f"serving step {step_no} at {served.url} (Ctrl-C stops)")
+
+
+def _serve_until_stopped(host: str, port: int, message: str, line: str) -> None:
     import signal
     import threading
 
     import netron
 
-    from replayer.view import serve_step, stop
+    from replayer.view import stop
 
-    with tracefmt.open(trace) as t:
-        served = serve_step(t, step_no, rank=rank, phase=phase, module=module, depth=depth,
-                            auto_depth=not flat, port=port, browse=browse)
     # Ctrl-C sets an event rather than raising wherever the main thread happens to be.
     stopping = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stopping.set())
     try:
-        click.echo(served.message)
-        click.echo(f"serving step {step_no} at {served.url} (Ctrl-C stops)")
-        while not stopping.is_set() and netron.status((served.host, served.port)):
+        click.echo(message)
+        click.echo(line)
+        while not stopping.is_set() and netron.status((host, port)):
             stopping.wait(0.2)
     finally:
         signal.signal(signal.SIGINT, previous)
-        stop(served.host, served.port)
+        stop(host, port)
     click.echo("stopped")
 
 
