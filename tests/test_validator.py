@@ -75,7 +75,7 @@ CASES: list[Case] = [
     Case("TF-LAYOUT-001", lambda p, t: bad.recreate(p, "events", chunks=None, maxshape=None)),
     Case("TF-FILT-001", lambda p, t: bad.recreate(p, "events", compression="gzip", shuffle=True)),
     Case("TF-FILT-002", lambda p, t: bad.recreate(p, "data/float64", fletcher32=True)),
-    Case("TF-FILT-003", lambda p, t: bad.flip_chunk_byte(p, "scalars"), deep=True),
+    Case("TF-FILT-003", lambda p, t: bad.flip_chunk_byte(p, "ops"), deep=True),
     Case("TF-STR-001", lambda p, t: bad.set_field(p, "ops", 0, module=10_000)),
     Case("TF-STR-001", lambda p, t: bad.set_field(p, "ops", 0, name=-1)),
     Case("TF-STR-002", _break_string),
@@ -185,9 +185,9 @@ def test_newer_minor_version_is_a_warning(trace: Path) -> None:
 
 
 def test_damaged_table_is_reported_without_deep(trace: Path) -> None:
-    findings = validate(bad.flip_chunk_byte(trace, "steps"))
+    findings = validate(bad.flip_chunk_byte(trace, "ops"))
     assert {f.rule for f in findings} == {"TF-FILT-003"}
-    assert "/steps" in findings[0].message
+    assert "/ops" in findings[0].message
 
 
 def test_unreadable_file_is_one_finding(tmp_path: Path) -> None:

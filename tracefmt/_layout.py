@@ -141,13 +141,14 @@ VALUE_HEAPS: tuple[str, ...] = tuple(f"{DATA_GROUP}/{name}" for name in STORAGE_
 # Tables are small and repetitive: deflate + shuffle, and fletcher32 so corruption is never silent.
 TABLE_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True,
                                  "fletcher32": True}
-# Tables every step appends to: fletcher32 only, no compression.  Each flush rewrites a table's last,
-# partial chunk; uncompressed it keeps its size and is rewritten in place, while a compressed one is
-# written anew, and in SWMR mode HDF5 never reuses the space freed: with deflate, a 10-op stats-only
-# step flushed every step cost 21x its raw bytes on disk, a 100-op step 2.8x; fletcher32 only, 1.0x
-# (bench/format_read.py, per_step_small_graphs).
+# Tables every step appends to: no filter.  Each flush rewrites a table's last, partial chunk.
+# Compressed, the chunk is written anew and in SWMR mode HDF5 never reuses the space freed: with
+# deflate a 10-op stats-only step flushed every step cost 21x its raw bytes, a 100-op step 2.8x.
+# With fletcher32 the chunk is rewritten in place, and a SIGKILL during that rewrite leaves a chunk
+# whose checksum fails, losing rows that were already flushed (seen in tests/test_crash.py).
+# Unfiltered, the rewrite puts the same bytes over the flushed rows: a torn write cannot hurt them.
 STEP_TABLES = frozenset({STEPS, STATS, OP_STATS, DATA_INDEX, HISTS, EVENTS, SCALARS})
-STEP_TABLE_FILTERS: dict[str, Any] = {"fletcher32": True}
+STEP_TABLE_FILTERS: dict[str, Any] = {}
 
 
 def table_filters(name: str) -> dict[str, Any]:

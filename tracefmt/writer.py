@@ -394,6 +394,7 @@ class TraceWriter:
         self._check_open()
         try:
             if self._pending:
+                self._seal_filtered_heaps()
                 self._file.flush()  # phase 1: every row the pending steps point at
                 self._append(L.STEPS, np.concatenate(self._pending))
                 self.steps_written += len(self._pending)
@@ -403,6 +404,23 @@ class TraceWriter:
                 os.fsync(self._file.id.get_vfd_handle())
         except OSError as e:
             raise TraceError(f"Flushing {str(self.path)!r} failed: {e}") from e
+
+    def _seal_filtered_heaps(self) -> None:
+        """Pad filtered value heaps to a chunk boundary before a commit.
+
+        A filtered chunk holding flushed values must never be written again: a checksum or
+        compressor rewrites the whole chunk, and a SIGKILL during that rewrite would make values
+        already committed unreadable.  The padding is never referenced (and compresses to almost
+        nothing); the unfiltered default needs none, its rewrites repeat the same bytes.
+        """
+        if self._filter.name == "none":
+            return
+        for name in L.VALUE_HEAPS:
+            n = self._len[name]
+            chunk = self._ds[name].chunks[0]
+            if n % chunk:
+                self._ds[name].id.set_extent((n + chunk - n % chunk,))
+                self._len[name] = n + chunk - n % chunk
 
     def close(self) -> None:
         """Flush and close.  Idempotent."""

@@ -206,7 +206,7 @@ def layout_datasets(ctx: FileContext) -> Iterator[Issue]:
             yield Issue(ctx.loc(name), problem)
 
 
-@rule("TF-FILT-001", "Tables use fletcher32 and only shuffle, deflate, fletcher32")
+@rule("TF-FILT-001", "Graph tables use fletcher32 and standard filters; per-step tables none")
 def filters_tables(ctx: FileContext) -> Iterator[Issue]:
     for name in expected_datasets(ctx.hist_bins or 0):
         if name in L.VALUE_HEAPS:
@@ -216,7 +216,12 @@ def filters_tables(ctx: FileContext) -> Iterator[Issue]:
         except Skip:
             continue
         ids = _pipeline(ds)
-        if H5Z_FLETCHER32 not in ids or not set(ids) <= _TABLE_FILTER_IDS:
+        if name in L.STEP_TABLES:
+            if ids:
+                yield Issue(ctx.loc(name), f"/{name} uses HDF5 filters {ids}; a per-step table "
+                                           "must be unfiltered (its last chunk is rewritten in "
+                                           "place at every flush).")
+        elif H5Z_FLETCHER32 not in ids or not set(ids) <= _TABLE_FILTER_IDS:
             yield Issue(ctx.loc(name), f"/{name} uses HDF5 filters {ids}; tables must use "
                                        "fletcher32 (3) and no filters but shuffle (2) and "
                                        "deflate (1).")
