@@ -112,7 +112,8 @@ class Recorder:
         stack = ExitStack()
         try:
             if self._sink is None:
-                assert self._path is not None
+                if self._path is None:
+                    raise ValueError("record() needs a path or a sink= to write steps to.")
                 self._sink, target = _open_trace_writer(
                     self._path, self.options, run_id=self._run_id, overwrite=self._overwrite,
                     values_filter=self._values_filter, provenance_extra=self._provenance_extra)
@@ -188,7 +189,8 @@ class Recorder:
         if action is Action.NONE:
             return
         capture = StepCapture(self._step, self.options, self._names)
-        assert self._step_stack is not None
+        if self._step_stack is None:
+            raise RuntimeError("rec.step() was called outside the record() block.")
         self._step_stack.enter_context(capture.install())
         self._capture, self._capture_action = capture, action
 
@@ -196,8 +198,8 @@ class Recorder:
         capture, self._capture = self._capture, None
         if capture is None:
             return None
-        assert self._step_stack is not None
-        self._step_stack.close()
+        if self._step_stack is not None:
+            self._step_stack.close()
         raw = capture.finish()
         if not self._warned_compile and any(e.kind == "compile_bypassed" for e in raw.events):
             self._warned_compile = True

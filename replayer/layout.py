@@ -34,7 +34,8 @@ def _extent(meta: TensorMeta) -> int:
 
 def addresses(meta: TensorMeta, size: int) -> np.ndarray:
     """The storage index of every element of a tensor laid out as ``meta`` says."""
-    assert meta.strides is not None
+    if meta.strides is None:
+        raise ValueError("addresses() needs a tensor whose strides were recorded.")
     base = np.arange(size, dtype=np.int64)
     if meta.numel == 0:
         return np.zeros(meta.shape, dtype=np.int64)

@@ -19,6 +19,7 @@ from pathlib import Path
 import onnx
 
 from replayer.diff_types import OpDivergence, RunDiff, StepDiff, StructuralChange
+from replayer.errors import ReplayError
 from replayer.export import (
     MappedStep,
     build_model,
@@ -248,8 +249,9 @@ def prepare_diff(side_a: str, side_b: str, *, rtol: float | None = None,
     parse_side(side_a)
     result = diff_sides(side_a, side_b, rtol=rtol, atol=atol, values=values)
     d = result.diff if isinstance(result, RunDiff) else result
-    if d is None:
-        assert isinstance(result, RunDiff)
+    if d is None:  # only a run diff with no common step has no step diff
+        if not isinstance(result, RunDiff):
+            raise ReplayError("The diff produced no step to show.")
         step = result.steps[0].step if result.steps else 0
         return DiffView(result, sb.path, step, result.rank_b, {}, None)
     summaries = divergence_notes(d, "b")
