@@ -199,7 +199,8 @@ def test_a_torn_chunk_read_is_tried_again(tmp_path: Path, monkeypatch: pytest.Mo
     call the file damaged.  (Seen in the free-running test above, about one run in ten.)  Only a
     file whose superblock says a SWMR writer has it open is read again: a damaged closed file
     fails at once."""
-    from tracefmt.reader import RankFile, _swmr_writer_flag
+    from tracefmt._h5open import swmr_writer_flag
+    from tracefmt.reader import RankFile
 
     path = tmp_path / "rank-00000.tft.h5"
     read, torn = RankFile._read, list[str]()
@@ -213,7 +214,7 @@ def test_a_torn_chunk_read_is_tried_again(tmp_path: Path, monkeypatch: pytest.Mo
     writer = Writer(path, seed=3, steps=1, lockstep=1)
     try:
         writer.wait_for("0")
-        assert _swmr_writer_flag(path)
+        assert swmr_writer_flag(path)
         with monkeypatch.context() as m:
             m.setattr(RankFile, "_read", torn_once)
             with tracefmt.open(path) as trace:
@@ -224,7 +225,7 @@ def test_a_torn_chunk_read_is_tried_again(tmp_path: Path, monkeypatch: pytest.Mo
         assert writer.proc.wait(60) == 0, writer.stderr()
     finally:
         writer.stop()
-    assert not _swmr_writer_flag(path)
+    assert not swmr_writer_flag(path)
     torn.clear()
     monkeypatch.setattr(RankFile, "_read", torn_once)
     with tracefmt.open(path) as trace, pytest.raises(tracefmt.TraceCorruptError, match="/steps"):

@@ -15,8 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import builtins
-import ctypes
 import functools
 import os
 import time
@@ -31,6 +29,14 @@ import numpy as np
 from h5py import h5s, h5t
 
 from tracefmt import _layout as L
+from tracefmt._h5open import (
+    H5_ERRORS,
+    REREAD_PAUSES,
+    int_root_attr,
+    open_swmr,
+    root_attr,
+    swmr_writer_flag,
+)
 from tracefmt.dtypes import DTYPE_INFO, DType, fingerprint, heap_name, logical_view
 from tracefmt.errors import (
     TraceCorruptError,
@@ -121,99 +127,6 @@ def parse_version(text: object, where: str) -> tuple[int, int]:
     return major, minor
 
 
-def _attr(f: h5py.File, name: str, where: str, missing: Any = ...) -> Any:
-    """Root attribute ``name`` (text decoded), or ``missing`` when absent (default: refuse).
-
-    Variable-length data is refused before it is read: HDF5 2.0 loops for ever decoding a damaged
-    global heap (a zeroed 4 KiB block is enough), and tracefmt writes fixed-length strings.
-    """
-    try:
-        attrs = f.attrs
-        if name not in attrs:
-            if missing is not ...:
-                return missing
-            raise TraceFormatError(f"{where}: root attribute {name!r} is missing.")
-        kind = attrs.get_id(name).get_type()
-        if kind.get_class() == h5t.VLEN or (isinstance(kind, h5t.TypeStringID)
-                                            and kind.is_variable_str()):
-            raise TraceFormatError(
-                f"{where}: root attribute {name!r} is variable-length data; tracefmt files store "
-                "fixed-length UTF-8 strings, and this reader does not read variable-length data "
-                "(a damaged heap can hang HDF5). Rewrite the attribute as a fixed-length string.")
-        value = attrs[name]
-    except TraceError:
-        raise
-    except _H5_ERRORS as e:
-        raise TraceFormatError(f"{where}: root attribute {name!r} cannot be read: {e}") from e
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def _int_attr(f: h5py.File, name: str, where: str) -> int:
-    value = _attr(f, name, where)
-    if not isinstance(value, (int, np.integer)):
-        raise TraceFormatError(f"{where}: root attribute {name!r} is not an integer.")
-    return int(value)
-
-
-#: What h5py raises when HDF5 cannot decode a damaged file's structures (KeyError for an object
-#: header it cannot open, RuntimeError for a bad checksum, OSError for a failed read).
-_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
-
-# A live writer rewrites a table's last, partial chunk in place; a reader that reads it at that
-# moment sees a torn chunk (fletcher32 fails).  That is transient, so a failed read is tried again
-# after these pauses (seconds) before the file is called damaged.
-_REREAD_PAUSES = (0.001, 0.01, 0.05)
-
-
-
-def _swmr_writer_flag(path: Path) -> bool:
-    """Whether the superblock (version 2 or 3, at offset 0) says a SWMR writer has the file open,
-    or had it when it was killed.  Only then can a failed read be a torn one."""
-    try:
-        with builtins.open(path, "rb") as f:
-            head = f.read(12)
-    except OSError:
-        return False
-    return (len(head) == 12 and head.startswith(b"\x89HDF\r\n\x1a\n") and head[8] >= 2
-            and bool(head[11] & 0x04))
-
-
-# A reader in SWMR mode retries a metadata read that fails its checksum, assuming it caught the
-# writer mid-write, sleeping 1 ns, 2 ns, 4 ns, ... between tries: HDF5's default of 100 tries makes
-# one damaged byte hang the reader for ever (2**100 ns).  24 tries wait at most ~17 ms in all.
-SWMR_READ_ATTEMPTS = 24
-
-
-def _set_read_attempts() -> Any:
-    """``H5Pset_metadata_read_attempts`` from the HDF5 library h5py uses (h5py does not wrap it)."""
-    try:
-        fn = ctypes.CDLL(h5py.h5p.__file__).H5Pset_metadata_read_attempts
-    except (OSError, AttributeError):  # pragma: no cover - an HDF5 build without the symbol
-        return None
-    fn.argtypes = [ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SET_READ_ATTEMPTS = _set_read_attempts()
-
-
-def _open_swmr(path: Path) -> h5py.File:
-    """Open ``path`` read-only in SWMR mode (a live or killed writer's file opens too), with a
-    bounded number of metadata read attempts."""
-    if _SET_READ_ATTEMPTS is None:  # pragma: no cover
-        return h5py.File(path, "r", swmr=True)
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)  # as h5py.File makes it, plus the attempts
-    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
-    if _SET_READ_ATTEMPTS(fapl.id, SWMR_READ_ATTEMPTS) < 0:  # pragma: no cover
-        return h5py.File(path, "r", swmr=True)
-    if not path.exists():
-        raise FileNotFoundError(str(path))
-    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ,
-                        fapl=fapl)
-    return h5py.File(fid)
-
-
 class RankFile:
     """One open rank file.  Use through :class:`Trace`; public methods return plain data."""
 
@@ -222,41 +135,41 @@ class RankFile:
         self._mtypes: dict[str, Any] = {}  # HDF5 memory type per dataset, for _read
         where = str(path)
         try:
-            self._file = _open_swmr(path)
+            self._file = open_swmr(path)
         except FileNotFoundError as e:
             raise TraceNotFoundError(f"No trace file at {where!r}.") from e
-        except _H5_ERRORS as e:  # OSError mostly; RuntimeError for a damaged superblock
+        except H5_ERRORS as e:  # OSError mostly; RuntimeError for a damaged superblock
             raise TraceFormatError(f"{where!r} is not a readable HDF5 file: {e}") from e
         try:
             self._init(where)
         except BaseException as e:
             self._file.close()
-            if isinstance(e, _H5_ERRORS) and not isinstance(e, TraceError):
+            if isinstance(e, H5_ERRORS) and not isinstance(e, TraceError):
                 raise TraceCorruptError(f"{where}: HDF5 cannot read the file's structure ({e}); "
                                         "the file is damaged.") from e
             raise
 
     def _init(self, where: str) -> None:
         f = self._file
-        magic = _attr(f, L.ATTR_MAGIC, where, missing=None)
+        magic = root_attr(f, L.ATTR_MAGIC, where, missing=None)
         if not isinstance(magic, str) or magic != L.FORMAT_MAGIC:
             raise TraceFormatError(f"{where!r} is an HDF5 file but not a tracefmt trace (root "
                                    f"attribute {L.ATTR_MAGIC!r} is {magic!r}).")
-        self.version = parse_version(_attr(f, L.ATTR_VERSION, where), where)
+        self.version = parse_version(root_attr(f, L.ATTR_VERSION, where), where)
         try:
-            self.provenance = Provenance.from_json(str(_attr(f, L.ATTR_PROVENANCE, where)))
+            self.provenance = Provenance.from_json(str(root_attr(f, L.ATTR_PROVENANCE, where)))
         except ValueError as e:
             raise TraceFormatError(f"{where}: the provenance attribute is malformed: {e}") from e
-        self.run_id = str(_attr(f, L.ATTR_RUN_ID, where))
-        self.rank = _int_attr(f, L.ATTR_RANK, where)
-        self.world_size = _int_attr(f, L.ATTR_WORLD_SIZE, where)
+        self.run_id = str(root_attr(f, L.ATTR_RUN_ID, where))
+        self.rank = int_root_attr(f, L.ATTR_RANK, where)
+        self.world_size = int_root_attr(f, L.ATTR_WORLD_SIZE, where)
         if not 0 <= self.rank < self.world_size:
             raise TraceFormatError(f"{where}: rank {self.rank} is outside world_size "
                                    f"{self.world_size}.")
-        self.values_filter = str(_attr(f, L.ATTR_VALUES_FILTER, where))
+        self.values_filter = str(root_attr(f, L.ATTR_VALUES_FILTER, where))
         if self.values_filter not in FILTERS:
             raise TraceFormatError(f"{where}: unknown values filter {self.values_filter!r}.")
-        self.hist_bins = _int_attr(f, L.ATTR_HIST_BINS, where)
+        self.hist_bins = int_root_attr(f, L.ATTR_HIST_BINS, where)
         if not 0 <= self.hist_bins <= L.MAX_HIST_BINS:
             raise TraceFormatError(f"{where}: hist_bins {self.hist_bins} is out of range.")
         # The step index first: a writer flushes a step's rows before its steps row, so every step
@@ -272,7 +185,7 @@ class RankFile:
             try:
                 if name in f:  # not f.get(), which would call a damaged header "missing"
                     ds = f[name]
-            except _H5_ERRORS as e:  # the link is there, the object header is damaged
+            except H5_ERRORS as e:  # the link is there, the object header is damaged
                 raise TraceCorruptError(f"{where}: dataset /{name} cannot be opened ({e}); the "
                                         "file is damaged.") from e
             if not isinstance(ds, h5py.Dataset):
@@ -311,7 +224,7 @@ class RankFile:
         if not (name in L.VALUE_HEAPS and self.values_filter not in ("none", "fletcher32")):
             try:
                 stored = int(ds.id.get_storage_size())
-            except _H5_ERRORS as e:
+            except H5_ERRORS as e:
                 raise TraceCorruptError(f"{self.path}: the storage of /{name} cannot be read "
                                         f"({e}); the file is damaged.") from e
             chunk = (ds.chunks or (1,))[0] * ds.dtype.itemsize
@@ -333,7 +246,7 @@ class RankFile:
                 if name != L.STEPS:
                     ds.refresh()
             self._reset_budgets()
-        except _H5_ERRORS as e:
+        except H5_ERRORS as e:
             if isinstance(e, TraceError):
                 raise
             raise TraceCorruptError(f"{self.path}: refreshing failed ({e}); the file is "
@@ -361,11 +274,11 @@ class RankFile:
             raise TraceFormatError(f"{self._where(step)}: rows {start}..{start + count} of /{name} "
                                    f"lie beyond the {budget} bytes the file stores; the file is "
                                    "damaged or truncated.")
-        pauses = _REREAD_PAUSES if _swmr_writer_flag(self.path) else ()
+        pauses = REREAD_PAUSES if swmr_writer_flag(self.path) else ()
         for pause in (*pauses, None):
             try:
                 return self._read(name, start, count)
-            except _H5_ERRORS as e:
+            except H5_ERRORS as e:
                 if pause is None:
                     raise TraceCorruptError(f"{self._where(step)}: reading rows {start}.."
                                             f"{start + count} of /{name} failed ({e}); the file "
@@ -640,7 +553,7 @@ class RankFile:
             rows = int(ds.shape[0])
             try:
                 stored = int(ds.id.get_storage_size())
-            except _H5_ERRORS as e:
+            except H5_ERRORS as e:
                 raise TraceCorruptError(f"{self.path}: the size of /{name} cannot be read ({e}); "
                                         "the file is damaged.") from e
             out.append(DatasetSize(name, rows, rows * ds.dtype.itemsize, stored))

@@ -25,10 +25,10 @@ import numpy as np
 from h5py import h5t
 
 from tracefmt import _layout as L
+from tracefmt._h5open import open_swmr
 from tracefmt.dtypes import fingerprint
 from tracefmt.filters import FILTERS
 from tracefmt.rules._base import Finding, Severity, Skip
-from tracefmt.rules._open import open_swmr
 from tracefmt.schema import expected_datasets
 
 WINDOW_BYTES = 8 << 20       # rows of a per-step table read at once
