@@ -141,10 +141,10 @@ class BackgroundWriter:
             return
         self._reported = True
         step = "" if self._error_step is None else f" while writing step {self._error_step}"
+        what = str(error) if isinstance(error, TraceError) else f"{type(error).__name__}: {error}"
         raise TraceError(f"The trace writer for {self._target!r} failed{step}: "
-                         f"{type(error).__name__}: {error}. Steps written before it are kept; "
-                         "the recorder stops recording. Check free disk space and the path, "
-                         "then rerun.") from error
+                         f"{what.rstrip('.')}. The recorder has stopped recording; the steps "
+                         "flushed before the failure are kept.") from error
 
     @property
     def failed(self) -> bool:

@@ -186,3 +186,54 @@ def test_kill_while_creating_leaves_no_unopenable_file(tmp_path: Path, at: str) 
         w.write_step(make_step(0, 0))
     with tracefmt.open(tmp_path) as trace:
         assert_step_matches(trace.step(0), make_step(0, 0))
+
+
+# A full disk (here: a file size limit) makes a flush fail.  The writer must say so with a
+# TraceError, refuse further writes, let go of the file on close without raising again, and the
+# process must exit normally: closing the HDF5 file after the failure used to leave freed dataset
+# handles that crashed the interpreter (SIGSEGV) when they were released at exit.
+DISK_FULL = r'''
+import resource, signal, sys
+from tests._writer_proc import make_step
+from tracefmt import TraceError, TraceWriter
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]),) * 2)
+writer = TraceWriter(sys.argv[1])
+step = 0
+try:
+    while True:
+        writer.write_step(make_step(0, step))
+        writer.flush()
+        print("flushed", step, flush=True)
+        step += 1
+except TraceError as e:
+    print("error", str(e).replace("\n", " "), flush=True)
+try:
+    writer.write_step(make_step(0, step + 1))
+except TraceError as e:
+    print("refused", str(e).replace("\n", " "), flush=True)
+writer.close()
+writer.close()
+print("closed", flush=True)
+'''
+
+
+def test_disk_full_raises_then_exits_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "rank-00000.tft.h5"
+    proc = subprocess.run([sys.executable, "-c", DISK_FULL, str(path), str(24 << 20)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    lines = proc.stdout.splitlines()
+    flushed = [int(line.split()[1]) for line in lines if line.startswith("flushed")]
+    error = next(line for line in lines if line.startswith("error"))
+    refused = next(line for line in lines if line.startswith("refused"))
+    assert lines[-1] == "closed"
+    assert "File too large" in error, error
+    assert "failed earlier" in refused, refused
+    assert flushed, proc.stdout
+    with tracefmt.open(tmp_path) as trace:
+        assert trace.steps() == flushed
+        for n in flushed:
+            assert_step_matches(trace.step(n), make_step(0, n))

@@ -17,13 +17,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
 import socket
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -130,6 +131,7 @@ class TraceWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._closed = True
+        self._failure: str | None = None  # set by the first failed write; the writer is then dead
         # Built under a temporary name, renamed once in SWMR mode and flushed: a process killed
         # before that leaves no unopenable file under the trace's name (HDF5 cannot open it).
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -139,34 +141,41 @@ class TraceWriter:
         except OSError as e:
             raise TraceError(f"Cannot create trace file {str(self.path)!r}: {e}") from e
         self._closed = False
-        self.run_id = run_id or uuid.uuid4().hex
-        self.rank, self.world_size, self.hist_bins = rank, world_size, hist_bins
         f = self._file
-        f.attrs[L.ATTR_MAGIC] = _fixed_utf8(L.FORMAT_MAGIC)
-        f.attrs[L.ATTR_VERSION] = _fixed_utf8(L.FORMAT_VERSION)
-        f.attrs[L.ATTR_PROVENANCE] = _fixed_utf8(make_provenance(provenance_extra).to_json())
-        f.attrs[L.ATTR_RUN_ID] = _fixed_utf8(self.run_id)
-        f.attrs[L.ATTR_RANK] = np.int64(rank)
-        f.attrs[L.ATTR_WORLD_SIZE] = np.int64(world_size)
-        f.attrs[L.ATTR_VALUES_FILTER] = _fixed_utf8(self._filter.name)
-        f.attrs[L.ATTR_HIST_BINS] = np.int64(hist_bins)
         self._ds: dict[str, h5py.Dataset] = {}
         self._mtypes: dict[str, Any] = {}  # HDF5 memory type per dataset, for _append
         self._len: dict[str, int] = {}
+        self.run_id = run_id or uuid.uuid4().hex
+        self.rank, self.world_size, self.hist_bins = rank, world_size, hist_bins
         tables = dict(L.TABLES)
         tables[L.HISTS] = (L.hist_dtype(max(hist_bins, 1)), L.HIST_ROWS_PER_CHUNK)
-        for name, (dtype, rows) in [*tables.items(), *L.HEAPS.items()]:
-            self._create(name, dtype, rows, L.table_filters(name))
-        for name in L.VALUE_HEAPS:
-            dtype = np.dtype(name.rsplit("/", 1)[1])
-            self._create(name, dtype, L.VALUE_CHUNK_BYTES // dtype.itemsize, filter_kwargs)
-        f.swmr_mode = True
-        f.flush()
-        if fsync:
-            os.fsync(f.id.get_vfd_handle())
-        os.replace(tmp, self.path)
-        if fsync:
-            _fsync_dir(self.path.parent)
+        try:
+            f.attrs[L.ATTR_MAGIC] = _fixed_utf8(L.FORMAT_MAGIC)
+            f.attrs[L.ATTR_VERSION] = _fixed_utf8(L.FORMAT_VERSION)
+            f.attrs[L.ATTR_PROVENANCE] = _fixed_utf8(make_provenance(provenance_extra).to_json())
+            f.attrs[L.ATTR_RUN_ID] = _fixed_utf8(self.run_id)
+            f.attrs[L.ATTR_RANK] = np.int64(rank)
+            f.attrs[L.ATTR_WORLD_SIZE] = np.int64(world_size)
+            f.attrs[L.ATTR_VALUES_FILTER] = _fixed_utf8(self._filter.name)
+            f.attrs[L.ATTR_HIST_BINS] = np.int64(hist_bins)
+            for name, (dtype, rows) in [*tables.items(), *L.HEAPS.items()]:
+                self._create(name, dtype, rows, L.table_filters(name))
+            for name in L.VALUE_HEAPS:
+                dtype = np.dtype(name.rsplit("/", 1)[1])
+                self._create(name, dtype, L.VALUE_CHUNK_BYTES // dtype.itemsize, filter_kwargs)
+            f.swmr_mode = True
+            f.flush()
+            if fsync:
+                os.fsync(f.id.get_vfd_handle())
+            os.replace(tmp, self.path)
+            if fsync:
+                _fsync_dir(self.path.parent)
+        except (OSError, RuntimeError) as e:
+            self._failure = f"creating the file: {e}"
+            self._abandon()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise TraceError(f"Cannot create trace file {str(self.path)!r}: {e}") from e
         self._strings: dict[str, int] = {}
         self._graphs: dict[bytes, int] = {}
         self._pending: list[np.ndarray] = []
@@ -194,6 +203,21 @@ class TraceWriter:
         if self._closed:
             raise WriterClosedError(f"The writer of {str(self.path)!r} is closed; open a new "
                                     "TraceWriter to write more steps.")
+        if self._failure is not None:
+            raise TraceError(f"The writer of {str(self.path)!r} failed earlier ({self._failure}); "
+                             "the steps flushed before that are intact, nothing more can be "
+                             "written to this file.")
+
+    @contextlib.contextmanager
+    def _io(self, what: str) -> Iterator[None]:
+        """Turn a failed HDF5 write (disk full, I/O error) into a :class:`TraceError` and mark the
+        writer failed: HDF5's in-memory state no longer matches the file after one."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            self._failure = f"{what}: {e}".replace("\n", " ")
+            raise TraceError(f"{what} to {str(self.path)!r} failed: {e}; the steps flushed "
+                             "before are intact (check free disk space and file size limits).") from e
 
     # -- low-level appends -----------------------------------------------------------------------
     def _append(self, name: str, rows: np.ndarray) -> int:
@@ -301,11 +325,15 @@ class TraceWriter:
         Steps must be written in strictly increasing step order.
         """
         self._check_open()
-        graph = record.graph
         if self._last_step is not None and record.step <= self._last_step:
             raise ValueError(f"Step {record.step} was written after step {self._last_step}; steps "
                              "must be written in increasing order.")
         self._check_sizes(record)
+        with self._io(f"Writing step {record.step}"):
+            self._write_step(record)
+
+    def _write_step(self, record: StepRecord) -> None:
+        graph = record.graph
         graph_row = self._graph_row(graph)
         flags = 0
         stats_start = self._len[L.STATS]
@@ -392,7 +420,7 @@ class TraceWriter:
     def flush(self) -> None:
         """Commit every written step and return when it is on disk (page cache, then ``fsync``)."""
         self._check_open()
-        try:
+        with self._io("Flushing"):
             if self._pending:
                 self._seal_filtered_heaps()
                 self._file.flush()  # phase 1: every row the pending steps point at
@@ -402,8 +430,6 @@ class TraceWriter:
             self._file.flush()  # phase 2: the commit rows
             if self._fsync:
                 os.fsync(self._file.id.get_vfd_handle())
-        except OSError as e:
-            raise TraceError(f"Flushing {str(self.path)!r} failed: {e}") from e
 
     def _seal_filtered_heaps(self) -> None:
         """Pad filtered value heaps to a chunk boundary before a commit.
@@ -423,11 +449,31 @@ class TraceWriter:
                 self._len[name] = n + chunk - n % chunk
 
     def close(self) -> None:
-        """Flush and close.  Idempotent."""
+        """Flush and close.  Idempotent.  After a failed write it only lets go of the file (see
+        :meth:`_abandon`) and raises nothing more: the failure was raised when it happened."""
         if self._closed:
             return
-        try:
-            self.flush()
-        finally:
+        if self._failure is None:
+            try:
+                self.flush()
+            except TraceError:
+                self._abandon()
+                raise
             self._closed = True
             self._file.close()
+        else:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Let go of a file whose writes failed, without closing it in HDF5.
+
+        Closing it makes HDF5 flush again; that fails, leaves dataset handles whose memory it has
+        already freed, and a later release of those handles (h5py, at the latest when the process
+        exits) crashes the process with SIGSEGV.  Locked handles are never released by h5py, so the
+        file stays open in HDF5 until the process ends: a leak of one file, in a process that was
+        told its recording failed.  What was flushed before the failure is on disk already.
+        """
+        self._closed = True
+        for ds in self._ds.values():
+            ds.id.locked = True
+        self._file.id.locked = True
