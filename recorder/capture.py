@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import traceback
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -29,6 +30,7 @@ from recorder.options import Options
 from recorder.stats import SMALL_NUMEL, PendingStats, StatsCollector
 from recorder.tracking import Names, PhaseTracker
 from tracefmt.dtypes import DType
+from tracefmt.errors import TraceError
 from tracefmt.model import Event, Phase, Role
 
 __all__ = ["RawStep", "StepCapture"]
@@ -127,6 +129,7 @@ class StepCapture:
     """Records the ops of one step; :meth:`install` starts it, :meth:`finish` ends it."""
 
     _infos: ClassVar[dict[Any, _OpInfo]] = {}
+    _active: ClassVar[StepCapture | None] = None
 
     def __init__(self, step: int, options: Options, names: Names) -> None:
         self.step = step
@@ -174,11 +177,27 @@ class StepCapture:
 
     # -- lifecycle --------------------------------------------------------------------------
     def install(self) -> Any:
-        """Enter hooks and the dispatch mode; returns an ``ExitStack`` that removes them."""
-        stack = self.tracker.install()
-        for t, role, name in self.names.named_tensors():
-            self.name_tensor(t, role, name)
-        stack.enter_context(_Mode(self))
+        """Enter hooks and the dispatch mode; returns an ``ExitStack`` that removes them.
+
+        One capture at a time per process: the module and optimizer hooks are global, and two
+        nested dispatch modes would each record the other's bookkeeping ops.
+        """
+        active = StepCapture._active
+        if active is not None:
+            raise TraceError(f"Another recorder is capturing step {active.step} in this process; "
+                             "two recorders cannot capture the same steps. Give them schedules "
+                             "that do not overlap, or record with one recorder.")
+        StepCapture._active = self
+        stack = ExitStack()
+        stack.callback(setattr, StepCapture, "_active", None)
+        try:
+            stack.enter_context(self.tracker.install())
+            for t, role, name in self.names.named_tensors():
+                self.name_tensor(t, role, name)
+            stack.enter_context(_Mode(self))
+        except BaseException:
+            stack.close()
+            raise
         return stack
 
     def finish(self) -> RawStep:

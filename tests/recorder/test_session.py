@@ -93,6 +93,31 @@ def test_steps_off_the_schedule_install_nothing() -> None:
     assert [r.step for r in sink.records] == [1, 4]
 
 
+def test_two_recorders_capturing_the_same_step_are_refused() -> None:
+    """Nested captures would record each other's bookkeeping ops (it broke the graph): the
+    second recorder says so; recorders whose schedules do not overlap work side by side."""
+    before = _global_state()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with recorder.record(sink=ListSink()) as rec:
+        _train_step(model, opt)
+        with pytest.raises(TraceError, match="Another recorder is capturing step 0"):  # noqa: SIM117
+            with recorder.record(sink=ListSink()):
+                pass
+        rec.step()
+    assert _global_state() == before
+    first, second = ListSink(), ListSink()
+    with (recorder.record(sink=first, schedule=recorder.schedule(steps=[0, 4])) as a,
+          recorder.record(sink=second, schedule=recorder.schedule(steps=[2])) as b):
+        for _ in range(5):
+            _train_step(model, opt)
+            a.step()
+            b.step()
+    assert [r.step for r in first.records] == [0, 4]
+    assert [r.step for r in second.records] == [2]
+    assert _global_state() == before
+
+
 def test_warmup_steps_are_captured_but_not_written() -> None:
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -58,7 +58,8 @@ def test_fingerprint_catches_every_single_bit_flip() -> None:
 
 def _check_row(row: np.void, t: torch.Tensor) -> None:
     """The row equals the spec's reference (``tracefmt.stats.tensor_stats``: moments over the
-    finite values, population std, float64) computed from the values."""
+    finite values, population std, float64) computed from the values, within the accuracy spec
+    section 5.7 allows 16- and 32-bit floats (float32 sums: 1e-6 of the magnitudes)."""
     fp = tracefmt_fingerprint(to_numpy(t))
     assert int(row["fingerprint"]) == fp
     assert row["flags"] & STAT_FINGERPRINT
@@ -73,9 +74,9 @@ def _check_row(row: np.void, t: torch.Tensor) -> None:
         return
     np.testing.assert_equal([row["min"], row["max"]], [ref["min"], ref["max"]])
     scale = float(np.abs(x[np.isfinite(x)]).mean())
-    np.testing.assert_allclose(row["mean"], ref["mean"], rtol=1e-9, atol=1e-12 * scale)
-    np.testing.assert_allclose(row["std"], ref["std"], rtol=1e-7, atol=1e-9 * scale)
-    np.testing.assert_allclose(row["norm"], ref["norm"], rtol=1e-9)
+    np.testing.assert_allclose(row["mean"], ref["mean"], rtol=1e-9, atol=1e-6 * scale)
+    np.testing.assert_allclose(row["std"], ref["std"], rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(row["norm"], ref["norm"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("n", [1, 7, 1000, SMALL_NUMEL + 1, 100_000])
