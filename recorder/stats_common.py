@@ -2,8 +2,9 @@
 and the assembly of a step's stats table from per-tensor results.
 
 Definitions (the trace's, spec section 5.7; ``tracefmt.stats.tensor_stats`` is the reference): min,
-max, mean, population std and L2 norm over the *finite* values, accumulated in float64 (no moments
-when there is none); counts of NaN, +-Inf and zeros; and the fingerprint of
+max, mean, population std and L2 norm over the *finite* values, defined in float64 (16- and 32-bit
+floats may accumulate in float32 within a relative 1e-6; no moments when there is no finite
+value); counts of NaN, +-Inf and zeros; and the fingerprint of
 :func:`tracefmt.dtypes.fingerprint`: the wrapping 64-bit sum of the C-contiguous bytes read as
 little-endian words, the last word zero-padded.  Integer and bool tensors have moments of their
 values; complex and packed float4 tensors get the fingerprint only.

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +19,7 @@ from onnx import helper
 
 from replayer.ops import OpContext
 from tracefmt.model import OpNode
+from tracefmt.records import decode_json, encode_json
 
 ATEN_DOMAIN = "ai.tracefmt.aten"
 MODULE_DOMAIN = "ai.tracefmt"
@@ -60,18 +59,6 @@ def _typed(value: Any) -> Any | None:
     return None
 
 
-def _json(value: Any) -> str:
-    def enc(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return {"$float": repr(v)}
-        if isinstance(v, list):
-            return [enc(x) for x in v]
-        if isinstance(v, dict):
-            return {str(k): enc(x) for k, x in v.items()}
-        return v
-    return json.dumps(enc(value), allow_nan=False, sort_keys=True)
-
-
 def custom_attributes(op: OpNode, output_slots: list[int]) -> dict[str, Any]:
     """The attributes of the custom node of ``op`` (see the module docstring)."""
     attrs: dict[str, Any] = {}
@@ -81,7 +68,7 @@ def custom_attributes(op: OpNode, output_slots: list[int]) -> dict[str, Any]:
             key = f"arg_{key}"
         typed = _typed(value)
         if typed is None:
-            attrs[key] = _json(value)
+            attrs[key] = encode_json(value)
             as_json.append(key)
         else:
             attrs[key] = typed
@@ -103,14 +90,6 @@ def emit_custom(ctx: OpContext) -> None:
              **custom_attributes(op, slots))
 
 
-def _decode_json(text: str) -> Any:
-    def hook(obj: dict[str, Any]) -> Any:
-        if len(obj) == 1 and "$float" in obj:
-            return float(obj["$float"])
-        return obj
-    return json.loads(text, object_hook=hook)
-
-
 def decode_custom(node: onnx.NodeProto) -> tuple[str, dict[str, Any], list[tuple[int, int]],
                                                   list[int]]:
     """(aten name, recorded attributes, input_args pairs, output slots) of a custom aten node."""
@@ -123,7 +102,7 @@ def decode_custom(node: onnx.NodeProto) -> tuple[str, dict[str, Any], list[tuple
         if isinstance(value, bytes):
             value = value.decode("utf-8")
         if key in json_keys:
-            value = _decode_json(str(value))
+            value = decode_json(str(value))
         elif isinstance(value, list):
             value = list(value)
         attrs[key.removeprefix("arg_") if key.startswith("arg_") and key[4:] in RESERVED

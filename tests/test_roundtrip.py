@@ -8,6 +8,7 @@ with non-finite floats, events, scalars, statistics, op timings and histograms.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import tempfile
 from pathlib import Path
@@ -191,6 +192,79 @@ def test_attrs_json_round_trip(attrs: dict[str, Any]) -> None:
     text = encode_attrs(attrs)
     json.loads(text, parse_constant=_refuse)  # strict JSON: no NaN / Infinity literals
     assert same_json(decode_attrs(text), attrs)
+
+
+#: Keys and leaves that look like the encoding's own markers (spec section 10).
+MARKER_KEYS = st.sampled_from(["$float", "$dict", "$", "$$dict"]) | TEXT.map("$".__add__) | TEXT
+MARKER_LEAVES = (st.sampled_from([math.inf, -math.inf, math.nan, "inf", "-inf", "nan"])
+                 | st.none() | st.integers() | st.floats() | TEXT)
+MARKER_JSON = st.recursive(
+    MARKER_LEAVES,
+    lambda inner: (st.lists(inner, max_size=3)
+                   | st.dictionaries(MARKER_KEYS, inner, max_size=3)
+                   | st.builds(lambda k, v: {k: v}, st.sampled_from(["$float", "$dict"]), inner)),
+    max_leaves=10)
+
+
+@examples(300)
+@given(attrs=st.dictionaries(MARKER_KEYS, MARKER_JSON, max_size=4))
+def test_attrs_with_marker_shaped_data_round_trip(attrs: dict[str, Any]) -> None:
+    """Dicts and lists nested in any order, non-finite floats, and objects whose keys begin with
+    ``$`` (``{"$float": "inf"}``, ``{"$dict": ...}`` included) all decode back to themselves."""
+    text = encode_attrs(attrs)
+    json.loads(text, parse_constant=_refuse)
+    assert same_json(decode_attrs(text), attrs)
+
+
+@pytest.mark.parametrize("value", [
+    {"$float": "inf"}, {"$float": "-inf"}, {"$float": "nan"}, {"$float": math.inf},
+    {"$float": "inf", "b": 2}, {"$dict": {"a": 1}}, {"$dict": {"$x": 1}},
+    {"$dict": {"$float": "nan"}}, {"$dict": {"$dict": {"$float": "inf"}}}, {"$x": [math.nan]},
+    [{"$float": "inf"}, math.inf, [{"$dict": {}}]], {"a": {"$float": "-inf", "$dict": -math.inf}},
+])
+def test_attrs_that_look_like_markers_stay_data(value: Any) -> None:
+    """A user dict equal to ``{"$float": "inf"}`` used to decode as the float inf."""
+    text = encode_attrs({"v": value})
+    json.loads(text, parse_constant=_refuse)
+    assert same_json(decode_attrs(text), {"v": value})
+
+
+def test_attrs_encoding_is_the_specified_text() -> None:
+    assert encode_attrs({"a": math.inf, "b": {"$float": "inf"}, "c": {"$k": [-math.inf]}}) == (
+        '{"a":{"$float":"inf"},"b":{"$dict":{"$float":"inf"}},'
+        '"c":{"$dict":{"$k":[{"$float":"-inf"}]}}}')
+    assert encode_attrs({"$top": 1}) == '{"$dict":{"$top":1}}'
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ('{"a":{"$float":"inf"}}', {"a": math.inf}),
+    ('{"a":[{"$float":"-inf"},{"$float":"nan"}]}', {"a": [-math.inf, math.nan]}),
+    ('{"a":{"\\u0024float":"inf"}}', {"a": math.inf}),
+    ('{"a":{"$x":1,"$float":"inf"}}', {"a": {"$x": 1, "$float": "inf"}}),
+    ('{"a":{"$float":"infinity"}}', {"a": {"$float": "infinity"}}),
+    ('{"a":{"$dict":{"b":1}}}', {"a": {"$dict": {"b": 1}}}),
+    ('{"a":{"$dict":[1]}}', {"a": {"$dict": [1]}}),
+    ('{"$x":{"$y":2}}', {"$x": {"$y": 2}}),
+])
+def test_attrs_written_before_dict_escaping_read_the_same(text: str, want: dict[str, Any]) -> None:
+    """Objects the old encoder wrote bare (no ``$dict``) decode as they always did."""
+    assert same_json(decode_attrs(text), want)
+
+
+def test_marker_shaped_attrs_survive_a_trace(tmp_path: Path) -> None:
+    attrs = {"fill": {"$float": "inf"}, "pad": {"$dict": {"$float": "nan"}}, "eps": math.nan}
+    g = GraphBuilder()
+    g.add_op("aten::fill.Scalar", phase=Phase.FORWARD, attrs=attrs)
+    _write(tmp_path / "attrs.tft.h5", [StepRecord(step=0, graph=g.finish())])
+    with tracefmt.open(tmp_path / "attrs.tft.h5") as trace:
+        assert same_json(trace.step(0).ops[0].attrs, attrs)
+
+
+@pytest.mark.parametrize("text", ['{"a":' + "[" * 100_000 + "]" * 100_000 + "}",
+                                  '{"a":' + '{"$x":' * 100_000 + "1" + "}" * 100_001])
+def test_attrs_nested_too_deeply_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="nested too deeply"):
+        decode_attrs(text)
 
 
 # -- whole steps: graphs, strings, stats, timings, histograms, events, scalars -------------------

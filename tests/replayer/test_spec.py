@@ -36,7 +36,8 @@ def odd_trace(tmp_path: Path) -> Path:
     g.add_op("aten::weird-op.over load", phase=Phase.BACKWARD, module="m",
              inputs=[(a, 0, 0), (b, 0, 1)], outputs=[out],
              attrs={"flag": True, "nothing": None, "floats": [1.5, 2.0], "ints": [1, 2],
-                    "mixed": [1, 2.5], "aten": "mine", "big": math.inf, "name": "x"})
+                    "mixed": [1, 2.5], "aten": "mine", "big": math.inf, "name": "x",
+                    "marker": {"$float": "inf"}})
     x = g.add_tensor(DType.FLOAT32, (2, 3), producer=1, producer_slot=0)
     y = g.add_tensor(DType.FLOAT32, (3,), producer=1, producer_slot=1)
     g.add_op("aten::two_outputs.default", phase=Phase.BACKWARD, module="", inputs=[out],
@@ -139,13 +140,14 @@ def test_rx_aten_004(odd_trace: Path) -> None:
     assert attrs["ints"] == [1, 2]
     assert attrs["name"] == b"x"
     assert attrs["arg_aten"] == b"mine"
-    assert sorted(attrs["json_attrs"]) == [b"flag", b"mixed", b"nothing"]  # type: ignore
+    assert sorted(attrs["json_attrs"]) == [b"flag", b"marker", b"mixed", b"nothing"]  # type: ignore
     assert attrs["big"] == math.inf
-    assert attrs["mixed"] == b"[1, 2.5]"
+    assert attrs["mixed"] == b"[1,2.5]"
     name, recorded, pairs, slots = decode_custom(node)
     assert name == "aten::weird-op.over load"
     assert recorded == {"flag": True, "nothing": None, "floats": [1.5, 2.0], "ints": [1, 2],
-                        "mixed": [1, 2.5], "aten": "mine", "big": math.inf, "name": "x"}
+                        "mixed": [1, 2.5], "aten": "mine", "big": math.inf, "name": "x",
+                        "marker": {"$float": "inf"}}  # data shaped like a marker stays data
     assert pairs == [(0, 0), (0, 1)]
     assert slots == [0]
 
