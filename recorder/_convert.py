@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import weakref
 from typing import Any
 
@@ -87,11 +88,15 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def json_value(value: Any) -> Any:
     """A non-tensor op argument as JSON data (numbers, strings, lists, dicts, None).
 
     dtypes, devices, layouts and memory formats become their names; symbolic sizes their hint;
-    anything else its ``repr``, so an attribute never needs code to read back.
+    anything else its ``repr`` without memory addresses (``<... object at 0x7f...>`` would make
+    every step's graph differ), so an attribute never needs code to read back.
     """
     if value is None or isinstance(value, (bool, int, str)):
         return value
@@ -107,4 +112,6 @@ def json_value(value: Any) -> Any:
         return value.name
     if isinstance(value, complex):
         return {"real": value.real, "imag": value.imag}
-    return repr(value)
+    if isinstance(value, torch.Generator):
+        return f"torch.Generator(device='{value.device}')"
+    return _ADDRESS.sub("", repr(value))

@@ -253,3 +253,20 @@ def test_modules_found_without_model_argument() -> None:
     assert names == {"0.weight", "0.bias", "2.weight", "2.bias"}
     assert {t.name for t in graph.tensors if t.role is Role.GRADIENT} == {
         f"{n}.grad" for n in names}
+
+
+def test_attrs_hold_no_memory_addresses() -> None:
+    """An argument recorded by its repr must not carry an address: it would differ every step,
+    so equal steps would never share a graph (and the trace would depend on the allocator)."""
+    gen = torch.Generator().manual_seed(0)
+    sink = ListSink()
+    with recorder.record(sink=sink) as rec:
+        for _ in range(2):
+            torch.randint(0, 10, (4,), generator=gen)
+            rec.step()
+    attrs = [op.attrs for r in sink.records for op in r.graph.ops
+             if op.name.startswith("aten::randint")]
+    assert len(attrs) == 2
+    assert attrs[0] == attrs[1]
+    assert all("0x" not in (a or "") for a in attrs), attrs
+    assert "torch.Generator(device='cpu')" in (attrs[0] or "")
