@@ -7,7 +7,9 @@ Prints ``ready`` once the TraceWriter exists, then writes steps 0, 1, 2, ... and
 number only after ``flush()`` returned for it.  Every step is a pure function of ``(seed, step)``
 (:func:`make_step`), so a test regenerates what a flushed step must read back as.  Some steps carry
 a few MB of values (a kill often lands inside their write), and every fourth step brings a new graph
-with new strings (a kill also lands inside graph and string writes).  ``--wait-close`` waits for a
+with new strings (a kill also lands inside graph and string writes).  Steps on a recurring graph
+differ from it in an op attribute and a storage offset most of the time, so most steps also write
+rows of ``op_attrs``, ``tensor_offsets`` and ``step_overrides``.  ``--wait-close`` waits for a
 line on stdin before closing, so a reader can check the file while it is still open for writing;
 ``--lockstep N`` waits for a line after each of the first N steps.
 """
@@ -28,10 +30,11 @@ from tracefmt.stats import tensor_stats
 BIG = 1 << 20  # elements of the large tensor (4 MiB of float32, 2 MiB of bfloat16)
 
 
-def make_graph(variant: int) -> Graph:
-    """Graph ``variant``: 0-2 recur, any other value is new (new module names and strings)."""
+def make_graph(variant: int, step: int = 0) -> Graph:
+    """Graph ``variant``: 0-2 recur, any other value is new (new module names and strings).
+    ``step`` sets the values a step has of its own: an op attribute and a storage offset."""
     g = GraphBuilder()
-    x = g.add_tensor(DType.FLOAT32, (4, 8), role=Role.INPUT, name="x")
+    x = g.add_tensor(DType.FLOAT32, (4, 8), role=Role.INPUT, name="x", storage_offset=step % 5)
     w = g.add_tensor(DType.BFLOAT16, (8, 8), role=Role.PARAMETER, name=f"block{variant}.weight")
     y = g.add_tensor(DType.FLOAT32, (4, 8), producer=g.num_ops)
     g.add_op("aten::mm.default", phase=Phase.FORWARD, module=f"block{variant}.fc", inputs=[x, w],
@@ -42,7 +45,7 @@ def make_graph(variant: int) -> Graph:
              outputs=[big], attrs={"size": [BIG // 256, 256]})
     e = g.add_tensor(DType.FLOAT8_E4M3FN, (16,), producer=g.num_ops, name="scaled")
     g.add_op("aten::_to_copy.default", phase=Phase.BACKWARD, module=f"block{variant}",
-             inputs=[y], outputs=[e])
+             inputs=[y], outputs=[e], attrs={"scale": step % 7} if step % 7 else None)
     return g.finish()
 
 
@@ -53,7 +56,7 @@ def graph_variant(step: int) -> int:
 def make_step(seed: int, step: int) -> StepRecord:
     """The record of ``step``: a pure function of ``(seed, step)``."""
     rng = np.random.default_rng([seed, step])
-    graph = make_graph(graph_variant(step))
+    graph = make_graph(graph_variant(step), step)
     arrays: dict[int, np.ndarray] = {}
     for i, spec in enumerate(graph.tensors):
         data = rng.standard_normal(spec.shape, dtype=np.float32)

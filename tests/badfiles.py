@@ -34,6 +34,31 @@ def write_base(path: Path, *, steps: int = 3, hist_bins: int = 4, **writer_kwarg
     return path
 
 
+#: (lr, input offset) of each step of :func:`write_overrides`: step 0 sets the graph's base values,
+#: step 1 changes both, step 2 repeats step 0 (no rows of its own), step 3 changes the lr only.
+OVERRIDE_STEPS = [(0.01, 0), (0.02, 8), (0.01, 0), (0.03, 0)]
+
+
+def write_overrides(path: Path) -> Path:
+    """A small valid trace whose steps share one graph but not its op attributes and storage
+    offsets (:data:`OVERRIDE_STEPS`): step 1 has two op_attrs rows and one tensor_offsets row,
+    step 3 two op_attrs rows."""
+    rng = np.random.default_rng(1)
+    with TraceWriter(path, fsync=False) as w:
+        for s, (lr, offset) in enumerate(OVERRIDE_STEPS):
+            w.write_step(synthetic_step(s, mlp_graph(lr=lr, input_offset=offset), rng,
+                                        with_values=False))
+            w.flush()
+    return path
+
+
+def shorten(path: Path, dataset: str, rows: int) -> Path:
+    """Cut table ``dataset`` down to its first ``rows`` rows."""
+    with edit(path) as f:
+        f[dataset].resize((rows,))
+    return path
+
+
 @contextmanager
 def edit(path: Path) -> Iterator[h5py.File]:
     """The closed trace at ``path`` opened for editing."""

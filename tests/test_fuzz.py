@@ -55,6 +55,17 @@ def _two_graphs(path: Path) -> None:
             w.write_step(synthetic_step(s, graph, rng, hist_bins=4, with_values=s % 2 == 0))
 
 
+def _overrides(path: Path) -> None:
+    """One graph, steps with their own op attributes and storage offsets (format 1.1)."""
+    rng = np.random.default_rng(3)
+    with TraceWriter(path, fsync=False) as w:
+        for s in range(12):
+            graph = mlp_graph(lr=0.01 * (1 + s % 3), input_offset=8 * (s % 2))
+            w.write_step(synthetic_step(s, graph, rng, with_values=False))
+            if s % 4 == 3:
+                w.flush()
+
+
 BASES: dict[str, Callable[[Path], None]] = {
     "values-none": lambda p: write_synthetic(p, steps=3, hist_bins=8, fsync=False),
     "values-fletcher32": lambda p: write_synthetic(p, steps=2, values_filter="fletcher32",
@@ -62,6 +73,7 @@ BASES: dict[str, Callable[[Path], None]] = {
     "values-gzip": lambda p: write_synthetic(p, steps=2, values_filter="gzip", fsync=False),
     "stats-only": _stats_only,
     "two-graphs": _two_graphs,
+    "overrides": _overrides,
 }
 if importlib.util.find_spec("hdf5plugin") is not None:
     BASES["values-fast"] = lambda p: write_synthetic(p, steps=3, values_filter="fast", fsync=False)

@@ -21,7 +21,7 @@ import pytest
 from tracefmt import DType, Event, GraphBuilder, Phase, Role, StepRecord, TraceWriter
 from tracefmt import _layout as L
 from tracefmt.dtypes import STORAGE_HEAPS
-from tracefmt.records import empty_op_stats
+from tracefmt.records import Graph, empty_op_stats
 from tracefmt.stats import tensor_stats
 
 #: The documented datasets and their row fields (spec/format.md).  Kept literal on purpose: a change
@@ -45,6 +45,10 @@ TABLE_FIELDS: dict[str, list[str]] = {
     "data_index": ["tensor", "offset", "count", "fingerprint"],
     "events": ["kind", "op", "tensor", "message"],
     "scalars": ["name", "value"],
+    "op_attrs": ["op", "attrs"],
+    "tensor_offsets": ["tensor", "storage_offset"],
+    "step_overrides": ["op_attrs_start", "op_attrs_count", "tensor_offset_start",
+                       "tensor_offset_count"],
 }
 HEAPS = ["strings/bytes", "dims"]
 VALUE_HEAPS = [f"data/{n}" for n in ("float16", "float32", "float64", "int16", "int32",
@@ -80,8 +84,15 @@ with h5py.File(sys.argv[1], "r") as f:
         return blob[offset:offset + length].tobytes().decode("utf-8")
 
     steps = []
-    for row in f["steps"][:]:
+    overrides = f["step_overrides"][:]  # format 1.1: row k belongs to steps row k
+    for k, row in enumerate(f["steps"][:]):
         g = f["graphs"][int(row["graph"])]
+        o = overrides[k]  # the step's own op attributes and storage offsets
+        own_attrs = {int(r["op"]): int(r["attrs"]) for r in
+                     f["op_attrs"][o["op_attrs_start"]:o["op_attrs_start"] + o["op_attrs_count"]]}
+        own_offsets = {int(r["tensor"]): int(r["storage_offset"]) for r in
+                       f["tensor_offsets"][o["tensor_offset_start"]:
+                                           o["tensor_offset_start"] + o["tensor_offset_count"]]}
         ops = f["ops"][g["op_start"]:g["op_start"] + g["op_count"]]
         edges = f["edges"][g["edge_start"]:g["edge_start"] + g["edge_count"]]
         tensors = f["tensors"][g["tensor_start"]:g["tensor_start"] + g["tensor_count"]]
@@ -89,12 +100,12 @@ with h5py.File(sys.argv[1], "r") as f:
         stats = f["stats"][row["stats_start"]:row["stats_start"] + row["stats_count"]]
         step = {"step": int(row["step"]), "graph": int(row["graph"]), "ops": [], "tensors": [],
                 "values": {}}
-        for op in ops:
+        for i, op in enumerate(ops):
             ins = edges[op["in_start"]:op["in_start"] + op["in_count"]]
             outs = edges[op["out_start"]:op["out_start"] + op["out_count"]]
             step["ops"].append({"name": text(op["name"]), "phase": int(op["phase"]),
                                 "module": text(op["module"]),
-                                "attrs": json.loads(text(op["attrs"]) or "{}"),
+                                "attrs": json.loads(text(own_attrs.get(i, op["attrs"])) or "{}"),
                                 "inputs": [int(e["tensor"]) for e in ins],
                                 "outputs": [int(e["tensor"]) for e in outs]})
         for i, t in enumerate(tensors):
@@ -104,6 +115,7 @@ with h5py.File(sys.argv[1], "r") as f:
                                     "strides": [int(x) for x in dims[d0 + nd:d0 + 2 * nd]],
                                     "name": text(t["name"]), "device": text(t["device"]),
                                     "producer": int(t["producer"]),
+                                    "storage_offset": own_offsets.get(i, int(t["storage_offset"])),
                                     "mean": float(stats[i]["mean"])})
         for d in f["data_index"][row["data_start"]:row["data_start"] + row["data_count"]]:
             t = tensors[int(d["tensor"])]
@@ -123,19 +135,28 @@ print(json.dumps(out))
 '''
 
 
-def _write_trace(path: Path) -> dict[int, dict[int, np.ndarray]]:
-    """Two steps sharing one graph: x (float32) @ w (bfloat16 parameter) -> y; values of w and y."""
+def _graph(step: int) -> Graph:
+    """x (float32) @ w (bfloat16 parameter) -> y; the op's ``alpha`` and x's storage offset are
+    the step's own (step 10: 1.5 and 0, step 20: 3.0 and 6)."""
     g = GraphBuilder()
-    x = g.add_tensor(DType.FLOAT32, (2, 3), role=Role.INPUT, name="x")
+    x = g.add_tensor(DType.FLOAT32, (2, 3), role=Role.INPUT, name="x",
+                     storage_offset=6 * (step // 10 - 1))
     w = g.add_tensor(DType.BFLOAT16, (3, 4), role=Role.PARAMETER, name="fc.weight", strides=(4, 1))
     y = g.add_tensor(DType.FLOAT32, (2, 4), producer=g.num_ops, device="cuda:0")
     g.add_op("aten::mm.default", phase=Phase.FORWARD, module="model.fc", inputs=[x, w],
-             outputs=[y], attrs={"alpha": 1.5})
-    graph = g.finish()
+             outputs=[y], attrs={"alpha": 1.5 * step / 10})
+    return g.finish()
+
+
+def _write_trace(path: Path) -> dict[int, dict[int, np.ndarray]]:
+    """Two steps sharing one graph (but not its op attribute and x's storage offset); values of w
+    and y."""
+    x, w, y = 0, 1, 2
     rng = np.random.default_rng(3)
     values: dict[int, dict[int, np.ndarray]] = {}
     with TraceWriter(path, run_id="layout-test", fsync=False) as writer:
         for step in (10, 20):
+            graph = _graph(step)
             arrays = {x: rng.standard_normal((2, 3)).astype(np.float32),
                       w: rng.standard_normal((3, 4)).astype(ml_dtypes.bfloat16),
                       y: rng.standard_normal((2, 4)).astype(np.float32)}
@@ -197,8 +218,9 @@ def test_h5py_alone_reads_the_documented_layout(tmp_path: Path) -> None:
     assert steps[0]["graph"] == steps[1]["graph"] == 0  # the repeated graph is stored once
     for s in steps:
         assert s["ops"] == [{"name": "aten::mm.default", "phase": int(Phase.FORWARD),
-                             "module": "model.fc", "attrs": {"alpha": 1.5}, "inputs": [0, 1],
-                             "outputs": [2]}]
+                             "module": "model.fc", "attrs": {"alpha": 1.5 * s["step"] / 10},
+                             "inputs": [0, 1], "outputs": [2]}]
+        assert [t["storage_offset"] for t in s["tensors"]] == [6 * (s["step"] // 10 - 1), 0, 0]
         shapes = [(t["dtype"], t["shape"], t["name"], t["producer"]) for t in s["tensors"]]
         assert shapes == [(int(DType.FLOAT32), [2, 3], "x", -1),
                           (int(DType.BFLOAT16), [3, 4], "fc.weight", -1),

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import h5py
 import numpy as np
 import pytest
 
@@ -23,6 +24,7 @@ class Case(NamedTuple):
     rule: str
     make: Callable[[Path, Path], Path]  # (copy of the base trace, tmp dir) -> path to validate
     deep: bool = False
+    base: str = "plain"  # "overrides": steps that share a graph but not its attrs and offsets
 
 
 def _garbage(p: Path, tmp: Path) -> Path:
@@ -50,6 +52,20 @@ def _other_fingerprint(p: Path, dataset: str) -> Path:
 
 def _duplicate_scalar(p: Path, tmp: Path) -> Path:
     return bad.set_field(p, "scalars", 1, name=int(bad.get(p, "scalars", 0, "name")))
+
+
+def _duplicate_but_attrs(p: Path, tmp: Path) -> Path:
+    """Graph 1 copies graph 0 but for one op's attributes and one tensor's storage offset: two
+    graphs in 1.0, one graph (with per-step values) from 1.1."""
+    bad.duplicate_graph(p)
+    op0, t0 = int(bad.get(p, "graphs", 1, "op_start")), int(bad.get(p, "graphs", 1, "tensor_start"))
+    bad.set_field(p, "ops", op0 + 5, attrs=int(bad.get(p, "ops", 6, "attrs")))
+    return bad.set_field(p, "tensors", t0, storage_offset=8)
+
+
+def _base_attrs(p: Path, tmp: Path) -> Path:
+    """op_attrs row 0 (step 1, op 6) gives the op the attributes its graph already has."""
+    return bad.set_field(p, "op_attrs", 0, attrs=int(bad.get(p, "ops", 6, "attrs")))
 
 
 CASES: list[Case] = [
@@ -108,12 +124,38 @@ CASES: list[Case] = [
     Case("TF-HIST-001", lambda p, t: bad.set_field(p, "hists", 0, lo=5.0, hi=1.0)),
     Case("TF-EVENT-001", lambda p, t: bad.set_field(p, "events", 0, op=50)),
     Case("TF-SCALAR-001", _duplicate_scalar),
+    Case("TF-LAYOUT-001", lambda p, t: bad.delete(p, "op_attrs")),
+    Case("TF-STR-001", lambda p, t: bad.set_field(p, "op_attrs", 0, attrs=10_000),
+         base="overrides"),
+    Case("TF-GRAPH-002", _duplicate_but_attrs),
+    Case("TF-OVERRIDE-001", lambda p, t: bad.shorten(p, "step_overrides", 3), base="overrides"),
+    Case("TF-OVERRIDE-001", lambda p, t: bad.set_field(p, "step_overrides", 1,
+                                                       op_attrs_count=10**6), base="overrides"),
+    Case("TF-OVERRIDE-001", lambda p, t: bad.set_field(p, "step_overrides", 3,
+                                                       op_attrs_start=0), base="overrides"),
+    Case("TF-OVERRIDE-002", lambda p, t: bad.set_field(p, "op_attrs", 0, op=99),
+         base="overrides"),
+    Case("TF-OVERRIDE-002", lambda p, t: bad.set_field(p, "op_attrs", 1, op=6), base="overrides"),
+    Case("TF-OVERRIDE-002", lambda p, t: bad.set_field(p, "tensor_offsets", 0, tensor=10**6),
+         base="overrides"),
+    Case("TF-OVERRIDE-003", lambda p, t: bad.set_field(p, "op_attrs", 0, attrs=_module_sid(p)),
+         base="overrides"),
+    Case("TF-OVERRIDE-003", lambda p, t: bad.set_field(p, "tensor_offsets", 0, storage_offset=-3),
+         base="overrides"),
+    Case("TF-OVERRIDE-004", _base_attrs, base="overrides"),
+    Case("TF-OVERRIDE-004", lambda p, t: bad.set_field(p, "tensor_offsets", 0, storage_offset=0),
+         base="overrides"),
 ]
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bad.write_base(tmp_path_factory.mktemp("base") / "base.tft.h5")
+
+
+@pytest.fixture(scope="module")
+def overrides(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bad.write_overrides(tmp_path_factory.mktemp("overrides") / "overrides.tft.h5")
 
 
 @pytest.fixture
@@ -148,6 +190,28 @@ def test_golden_traces_validate_clean(name: str) -> None:
     assert validate(GOLDEN / name, deep=True) == []
 
 
+@pytest.mark.parametrize("deep", [False, True])
+def test_clean_trace_with_per_step_values_validates_clean(overrides: Path, deep: bool) -> None:
+    assert validate(overrides, deep=deep) == []
+    with h5py.File(overrides, "r", swmr=True) as f:  # the base really has rows of both tables
+        assert (f["graphs"].shape[0], f["op_attrs"].shape[0], f["tensor_offsets"].shape[0]) == \
+            (1, 4, 1)
+
+
+def test_graphs_differing_in_attrs_are_distinct_in_a_1_0_file(trace: Path, tmp_path: Path) -> None:
+    """TF-GRAPH-002 compares attrs and storage offsets in a 1.0 file: the 1.0 golden traces hold
+    such graphs and stay valid."""
+    path = bad.set_attr(_duplicate_but_attrs(trace, tmp_path), "format_version", "1.0")
+    assert validate(path) == []
+
+
+def test_a_1_0_file_needs_no_override_tables(trace: Path) -> None:
+    for name in ("op_attrs", "tensor_offsets", "step_overrides"):
+        bad.delete(trace, name)
+    assert [f.rule for f in validate(trace)] == ["TF-LAYOUT-001"] * 3
+    assert validate(bad.set_attr(trace, "format_version", "1.0"), deep=True) == []
+
+
 def test_clean_run_directory(base: Path, tmp_path: Path) -> None:
     run = bad.run_dir(base, tmp_path / "run", {
         "rank-00000.tft.h5": {"world_size": np.int64(2)},
@@ -157,7 +221,10 @@ def test_clean_run_directory(base: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.rule}-{i}" for i, c in enumerate(CASES)])
-def test_bad_file_fires_exactly_its_rule(case: Case, trace: Path, tmp_path: Path) -> None:
+def test_bad_file_fires_exactly_its_rule(case: Case, trace: Path, overrides: Path,
+                                         tmp_path: Path) -> None:
+    if case.base == "overrides":
+        trace = Path(shutil.copy(overrides, tmp_path / "o.tft.h5"))
     path = case.make(trace, tmp_path)
     findings = validate(path, deep=case.deep)
     assert {f.rule for f in findings} == {case.rule}, _summary(findings)

@@ -10,6 +10,7 @@ naming the file and step.  It reads nothing itself: strings and values come thro
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,11 @@ ValuesLoader = Callable[[int, TensorMeta, int, int, int], np.ndarray]
 
 @dataclass(frozen=True)
 class StepSummary:
-    """One row of ``tracefmt ls``: what a step holds, read from the step index alone."""
+    """One row of ``tracefmt ls``: what a step holds, read from the step index alone.
+
+    ``graph`` is the step's row of ``graphs``: steps that share it have the same ops, tensors and
+    edges, though (format 1.1) their ops' attributes and tensors' storage offsets may differ.
+    """
 
     step: int
     rank: int
@@ -56,7 +61,13 @@ class StepSummary:
 
 @dataclass(frozen=True)
 class Step:
-    """One recorded step of one rank, with its graph, statistics and (lazily) values."""
+    """One recorded step of one rank, with its graph, statistics and (lazily) values.
+
+    ``ops`` and ``tensors`` carry this step's op attributes and storage offsets.  ``graph`` is the
+    row of ``graphs`` the step uses; two steps with the same ``graph`` have the same structure but
+    may differ in op attributes (an optimizer's step size, a data loader's slice bounds) and in
+    storage offsets (the views it slices), so compare ``ops`` and ``tensors``, not ``graph``.
+    """
 
     step: int
     rank: int
@@ -74,7 +85,12 @@ class Step:
 
 @dataclass(frozen=True)
 class GraphData:
-    """A decoded graph, shared by every step that uses it: op tuples and tensor metadata."""
+    """A decoded graph, shared by every step that uses it: op tuples and tensor metadata.
+
+    The ops and tensors carry the graph's *base* attributes and storage offsets, those stored in
+    its ``ops`` and ``tensors`` rows (the first step that used the graph had them);
+    :func:`decode_step` puts a step's own in their place.
+    """
 
     ops: tuple[tuple[Any, ...], ...]
     metas: tuple[TensorMeta, ...]
@@ -91,6 +107,9 @@ class StepRows:
     hists: np.ndarray
     events: np.ndarray
     scalars: np.ndarray
+    #: The step's ``op_attrs`` and ``tensor_offsets`` rows: its values that differ from the
+    #: graph's (none before format 1.1).
+    overrides: tuple[np.ndarray, np.ndarray]
 
 
 def decode_summaries(rows: np.ndarray, graphs: np.ndarray, rank: int,
@@ -179,6 +198,9 @@ def decode_step(rows: StepRows, graph: GraphData, *, rank: int, hist_bins: int, 
                 text: Callable[[int], str], load_values: ValuesLoader) -> Step:
     """The :class:`Step` of ``rows`` over ``graph``; its values stay on disk until asked.
 
+    Each op's attributes and each tensor's storage offset are the graph's, or the step's own
+    from its ``op_attrs`` and ``tensor_offsets`` rows.
+
     The caller has checked that the stats and op-stats rows are absent or one per tensor and op.
     ``text(sid)`` resolves an interned string ("" for none); ``load_values`` reads one tensor's
     values when :meth:`~tracefmt.model.TensorRecord.values` asks.
@@ -200,16 +222,18 @@ def decode_step(rows: StepRows, graph: GraphData, *, rank: int, hist_bins: int, 
         histograms[t] = Histogram(float(h["lo"]), float(h["hi"]),
                                   tuple(int(c) for c in h["counts"][:hist_bins]))
     stat_list = rows.stats.tolist()
+    metas = _step_metas(graph.metas, rows.overrides[1], where)
     tensors = tuple(
         TensorRecord(index=i, meta=meta, stats=_stats(stat_list[i]) if stats_count else None,
                      histogram=histograms.get(i), has_values=i in values,
                      _load=None if i not in values else
                      functools.partial(load_values, i, meta, *values[i]))
-        for i, meta in enumerate(graph.metas))
+        for i, meta in enumerate(metas))
     timing = rows.op_stats.tolist()
+    own = _step_attrs(rows.overrides[0], n_ops, where, text)
     ops = tuple(
         OpNode(index=i, name=name, phase=phase, module=module, inputs=ins, outputs=outs,
-               input_args=args, attrs=attrs, source=source,
+               input_args=args, attrs=own.get(i, attrs), source=source,
                host_ns=_opt(timing[i][0]) if op_count else None,
                device_ns=_opt(timing[i][1]) if op_count else None,
                mem_bytes=_opt(timing[i][2]) if op_count else None)
@@ -226,6 +250,50 @@ def decode_step(rows: StepRows, graph: GraphData, *, rank: int, hist_bins: int, 
                 wall_time=float(r["wall_time"]), duration=float(r["duration"]),
                 dropped=int(r["dropped"]), has_nan=bool(r["flags"] & L.STEP_HAS_NAN),
                 has_inf=bool(r["flags"] & L.STEP_HAS_INF))
+
+
+def _increasing(indices: list[int], n: int, what: str, where: str) -> None:
+    """Check that a step's override rows name strictly increasing ``what``s below ``n``."""
+    previous = -1
+    for i in indices:
+        if not previous < i < n:
+            raise TraceFormatError(f"{where}: the step's own values name {what} {i} after "
+                                   f"{previous}; they must name increasing {what}s of the graph's "
+                                   f"{n}.")
+        previous = i
+
+
+def _step_metas(metas: tuple[TensorMeta, ...], rows: np.ndarray,
+                where: str) -> tuple[TensorMeta, ...]:
+    """The graph's tensor metadata with the step's ``tensor_offsets`` rows applied."""
+    if not len(rows):
+        return metas
+    pairs = rows.tolist()
+    _increasing([t for t, _ in pairs], len(metas), "tensor", where)
+    out = list(metas)
+    for t, offset in pairs:
+        out[t] = dataclasses.replace(out[t], storage_offset=offset)
+    return tuple(out)
+
+
+def _step_attrs(rows: np.ndarray, n_ops: int, where: str,
+                text: Callable[[int], str]) -> dict[int, dict[str, Any]]:
+    """A step's ``op_attrs`` rows as {op index: attributes}."""
+    out: dict[int, dict[str, Any]] = {}
+    pairs = rows.tolist()
+    _increasing([op for op, _ in pairs], n_ops, "op", where)
+    for op, sid in pairs:
+        if sid == L.NO_STRING:
+            out[op] = {}
+            continue
+        try:
+            out[op] = decode_attrs(text(sid))
+        except ValueError as e:
+            if isinstance(e, TraceError):
+                raise
+            raise TraceFormatError(f"{where}: the step's attributes of op {op} are malformed: "
+                                   f"{e}") from e
+    return out
 
 
 def decode_string(index: np.ndarray, data: np.ndarray, sid: int, where: str) -> str:

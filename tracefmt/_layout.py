@@ -14,7 +14,7 @@ from tracefmt.dtypes import STORAGE_HEAPS
 
 FORMAT_MAGIC = "tracefmt"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 RANK_FILE_PATTERN = "rank-{rank:05d}.tft.h5"
 RANK_FILE_GLOB = "rank-*.tft.h5"
@@ -48,6 +48,9 @@ HISTS = "hists"
 DATA_INDEX = "data_index"
 EVENTS = "events"
 SCALARS = "scalars"
+OP_ATTRS = "op_attrs"
+TENSOR_OFFSETS = "tensor_offsets"
+STEP_OVERRIDES = "step_overrides"
 DATA_GROUP = "data"
 
 STRING_INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4")])
@@ -103,6 +106,19 @@ EVENT_DTYPE = np.dtype([("kind", "<i4"), ("op", "<i4"), ("tensor", "<i4"), ("mes
 
 SCALAR_DTYPE = np.dtype([("name", "<i4"), ("value", "<f8")])
 
+# Since 1.1, a step stores apart what changes from step to step on an unchanged graph: an op's
+# attributes (an optimizer's step size, a slice's bounds) and a tensor's storage offset (a view
+# sliced at a per-step position).  ``op_attrs`` and ``tensor_offsets`` hold the ops and tensors
+# of a step whose value differs from the graph's (its base value: the first step's).
+OP_ATTRS_DTYPE = np.dtype([("op", "<u4"), ("attrs", "<i4")])
+TENSOR_OFFSET_DTYPE = np.dtype([("tensor", "<u4"), ("storage_offset", "<i8")])
+# Row k holds the ranges of those tables of row k of ``steps``.  A table of its own, not fields of
+# STEP_DTYPE: a field changes the dtype of ``steps``, and 1.0 readers refuse that.
+STEP_OVERRIDE_DTYPE = np.dtype([
+    ("op_attrs_start", "<u8"), ("op_attrs_count", "<u4"),
+    ("tensor_offset_start", "<u8"), ("tensor_offset_count", "<u4"),
+])
+
 
 def hist_dtype(bins: int) -> np.dtype[np.void]:
     """Row dtype of the histogram table for a file with ``bins`` bins per histogram."""
@@ -126,7 +142,15 @@ TABLES: dict[str, tuple[np.dtype[Any], int]] = {
     DATA_INDEX: (DATA_INDEX_DTYPE, 1024),
     EVENTS: (EVENT_DTYPE, 1024),
     SCALARS: (SCALAR_DTYPE, 2048),
+    # 8-12 KiB: every file stores at least one whole chunk of each per-step table, and a step
+    # has a few override rows or none.
+    OP_ATTRS: (OP_ATTRS_DTYPE, 1024),
+    TENSOR_OFFSETS: (TENSOR_OFFSET_DTYPE, 1024),
+    STEP_OVERRIDES: (STEP_OVERRIDE_DTYPE, 512),
 }
+#: The minor version that added a dataset; datasets not listed here date from 1.0.  A file of an
+#: older minor version lacks them (and a reader gives them no meaning in such a file).
+SINCE_MINOR: dict[str, int] = {OP_ATTRS: 1, TENSOR_OFFSETS: 1, STEP_OVERRIDES: 1}
 # 1-D heaps of plain numbers: path -> (dtype, items per chunk).
 HEAPS: dict[str, tuple[np.dtype[Any], int]] = {
     STRINGS_BYTES: (np.dtype("u1"), 65536),
@@ -147,8 +171,14 @@ TABLE_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "
 # With fletcher32 the chunk is rewritten in place, and a SIGKILL during that rewrite leaves a chunk
 # whose checksum fails, losing rows that were already flushed (seen in tests/test_crash.py).
 # Unfiltered, the rewrite puts the same bytes over the flushed rows: a torn write cannot hurt them.
-STEP_TABLES = frozenset({STEPS, STATS, OP_STATS, DATA_INDEX, HISTS, EVENTS, SCALARS})
+STEP_TABLES = frozenset({STEPS, STATS, OP_STATS, DATA_INDEX, HISTS, EVENTS, SCALARS, OP_ATTRS,
+                         TENSOR_OFFSETS, STEP_OVERRIDES})
 STEP_TABLE_FILTERS: dict[str, Any] = {}
+
+
+def has_dataset(name: str, minor: int) -> bool:
+    """Whether a file of format version ``1.minor`` has dataset ``name`` (see SINCE_MINOR)."""
+    return SINCE_MINOR.get(name, 0) <= minor
 
 
 def table_filters(name: str) -> dict[str, Any]:

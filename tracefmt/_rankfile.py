@@ -123,8 +123,11 @@ class RankFile:
             raise TraceFormatError(f"{where}: hist_bins {self.hist_bins} is out of range.")
         # The step index first: a writer flushes a step's rows before its steps row, so every step
         # counted here has its rows in the datasets opened after it (see refresh()).
+        # Datasets a later minor version added are required from that version on; in an older
+        # file they are absent, or ignored (1.0: no op_attrs, every op has its graph's attrs).
+        minor = self.version[1]
         expected = {L.STEPS: L.STEP_DTYPE,
-                    **{k: v[0] for k, v in L.TABLES.items()},
+                    **{k: v[0] for k, v in L.TABLES.items() if L.has_dataset(k, minor)},
                     **{k: v[0] for k, v in L.HEAPS.items()},
                     L.HISTS: L.hist_dtype(max(self.hist_bins, 1))}
         expected.update({h: np.dtype(h.rsplit("/", 1)[1]) for h in L.VALUE_HEAPS})
@@ -320,6 +323,9 @@ class RankFile:
                                 self.rank, self._where)
 
     def _graph(self, g: int, step: int) -> GraphData:
+        """Graph row ``g``, decoded once and shared by the steps that use it.  Its ops and
+        tensors carry the graph's base attributes and storage offsets (those of the first step
+        written with it); :meth:`load` applies a step's own."""
         cached = self._graph_cache.get(g)
         if cached is not None:
             return cached
@@ -338,8 +344,24 @@ class RankFile:
         self._graph_cache[g] = data
         return data
 
+    def _overrides(self, index: int, step: int, n_ops: int,
+                   n_tensors: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``op_attrs`` and ``tensor_offsets`` rows of the step in row ``index`` of the step
+        index (none before format 1.1)."""
+        if L.STEP_OVERRIDES not in self._ds:
+            return (np.zeros(0, dtype=L.OP_ATTRS_DTYPE), np.zeros(0, dtype=L.TENSOR_OFFSET_DTYPE))
+        r = self._rows(L.STEP_OVERRIDES, index, 1, step)[0]
+        return (self._rows(L.OP_ATTRS, int(r["op_attrs_start"]), int(r["op_attrs_count"]), step,
+                           limit=n_ops),
+                self._rows(L.TENSOR_OFFSETS, int(r["tensor_offset_start"]),
+                           int(r["tensor_offset_count"]), step, limit=n_tensors))
+
     def load(self, index: int) -> Step:
-        """Load the step in row ``index`` of the step index."""
+        """Load the step in row ``index`` of the step index.
+
+        Its ops and tensors carry the step's attributes and storage offsets: the graph's,
+        replaced by the step's rows of ``op_attrs`` and ``tensor_offsets`` (format 1.1).
+        """
         r = self._rows(L.STEPS, index, 1)[0]
         step = int(r["step"])
         graph = self._graph(int(r["graph"]), step)
@@ -355,7 +377,8 @@ class RankFile:
             data=self._rows(L.DATA_INDEX, int(r["data_start"]), int(r["data_count"]), step),
             hists=self._rows(L.HISTS, int(r["hist_start"]), int(r["hist_count"]), step),
             events=self._rows(L.EVENTS, int(r["event_start"]), int(r["event_count"]), step),
-            scalars=self._rows(L.SCALARS, int(r["scalar_start"]), int(r["scalar_count"]), step))
+            scalars=self._rows(L.SCALARS, int(r["scalar_start"]), int(r["scalar_count"]), step),
+            overrides=self._overrides(index, step, n_ops, n_tensors))
         return decode_step(rows, graph, rank=self.rank, hist_bins=self.hist_bins,
                            where=self._where(step), text=functools.partial(self._text, step=step),
                            load_values=functools.partial(self._values, step))

@@ -231,7 +231,12 @@ class GraphBuilder:
 
 @dataclass(frozen=True)
 class Graph:
-    """A finished, immutable step graph.  Equal graphs have equal :attr:`digest`."""
+    """A finished, immutable step graph.
+
+    Graphs that differ only in their ops' attributes and their tensors' storage offsets have equal
+    :attr:`digest`: the writer stores them as one graph, and each step's own attributes and
+    offsets apart (spec section 7).
+    """
 
     ops: tuple[OpSpec, ...]
     tensors: tuple[TensorSpec, ...]
@@ -246,11 +251,23 @@ class Graph:
 
     @property
     def digest(self) -> bytes:
-        """128-bit BLAKE2b digest of the graph's canonical encoding (used for deduplication)."""
+        """128-bit BLAKE2b digest of the graph's structure (the writer's deduplication key):
+        everything but the ops' ``attrs`` and the tensors' ``storage_offset``.
+
+        Those two change from step to step in real training (an optimizer's step size, a data
+        loader's slice bounds and the offsets of the views it slices); left in the digest, no
+        training step would ever reuse a stored graph.  The encoding is the ``repr`` of plain
+        tuples of ints and strings (enum members by value): a dataclass ``repr`` with enum names
+        cost about four times as much.
+        """
         cached: bytes | None = self.__dict__.get("_digest")
         if cached is None:
+            ops = [(op.name, op.phase.value, op.module, op.inputs, op.outputs, op.source)
+                   for op in self.ops]
+            tensors = [(t.dtype.value, t.shape, t.strides, t.device, t.role.value, t.name,
+                        t.producer, t.producer_slot, t.version) for t in self.tensors]
             h = hashlib.blake2b(digest_size=16)
-            h.update(repr((self.ops, self.tensors)).encode())
+            h.update(repr((ops, tensors)).encode())
             cached = h.digest()
             object.__setattr__(self, "_digest", cached)
         return cached

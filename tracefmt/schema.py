@@ -9,7 +9,7 @@ Example::
 
     >>> from tracefmt.schema import schema
     >>> schema()["format_version"]
-    '1.0'
+    '1.1'
 """
 
 from __future__ import annotations
@@ -47,9 +47,12 @@ ROOT_ATTRIBUTES: dict[str, tuple[str, str]] = {
 }
 
 
-def expected_datasets(hist_bins: int) -> dict[str, np.dtype[Any]]:
-    """Every dataset path of a file with ``hist_bins`` bins per histogram, with its row dtype."""
-    out: dict[str, np.dtype[Any]] = {name: dt for name, (dt, _) in L.TABLES.items()}
+def expected_datasets(hist_bins: int, minor: int = L.FORMAT_MINOR) -> dict[str, np.dtype[Any]]:
+    """Every dataset path of a file of format version ``1.minor`` with ``hist_bins`` bins per
+    histogram, with its row dtype.  (A file of an older minor version lacks the datasets added
+    since; one of a newer minor version has at least these.)"""
+    out: dict[str, np.dtype[Any]] = {name: dt for name, (dt, _) in L.TABLES.items()
+                                     if L.has_dataset(name, minor)}
     out.update({name: dt for name, (dt, _) in L.HEAPS.items()})
     out[L.HISTS] = L.hist_dtype(max(hist_bins, 1))
     out.update({name: np.dtype(name.rsplit("/", 1)[1]) for name in L.VALUE_HEAPS})
@@ -91,9 +94,10 @@ def _fields(dtype: np.dtype[Any]) -> list[dict[str, Any]]:
     return fields
 
 
-def _dataset(kind: str, dtype: np.dtype[Any], chunk_rows: int, filters: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {"kind": kind, "chunk_rows": chunk_rows, "filters": filters,
-                             "row_bytes": dtype.itemsize}
+def _dataset(kind: str, dtype: np.dtype[Any], chunk_rows: int, filters: Any,
+             since: str = f"{L.FORMAT_MAJOR}.0") -> dict[str, Any]:
+    entry: dict[str, Any] = {"kind": kind, "since": since, "chunk_rows": chunk_rows,
+                             "filters": filters, "row_bytes": dtype.itemsize}
     if dtype.names:
         entry["fields"] = _fields(dtype)
     else:
@@ -109,7 +113,8 @@ def schema() -> dict[str, Any]:
 
     datasets: dict[str, Any] = {}
     for name, (dtype, rows) in L.TABLES.items():
-        datasets[name] = _dataset("table", dtype, rows, table_filters(name))
+        datasets[name] = _dataset("table", dtype, rows, table_filters(name),
+                                  f"{L.FORMAT_MAJOR}.{L.SINCE_MINOR.get(name, 0)}")
     for name, (dtype, rows) in L.HEAPS.items():
         datasets[name] = _dataset("heap", dtype, rows, table_filters(name))
     hists = _dataset("table", L.hist_dtype(1), L.HIST_ROWS_PER_CHUNK, table_filters(L.HISTS))

@@ -23,6 +23,7 @@ from tracefmt.reader import Step, Trace
 #: How datasets group into the byte budget ``tracefmt info`` reports.
 KIND_OF_DATASET = {
     L.GRAPHS: "graph", L.OPS: "graph", L.EDGES: "graph", L.TENSORS: "graph", L.DIMS: "graph",
+    L.OP_ATTRS: "graph", L.TENSOR_OFFSETS: "graph", L.STEP_OVERRIDES: "index",
     L.STATS: "stats", L.OP_STATS: "stats", L.HISTS: "stats",
     L.STEPS: "index", L.DATA_INDEX: "index",
     L.STRINGS_BYTES: "strings", L.STRINGS_INDEX: "strings",

@@ -16,10 +16,17 @@ from tracefmt.records import Graph, empty_op_stats, empty_stats
 from tracefmt.stats import histogram, tensor_stats
 
 
-def mlp_graph(batch: int = 8, width: int = 16, layers: int = 2) -> Graph:
-    """Forward, backward and optimizer ops of a tiny MLP, with module paths and roles."""
+def mlp_graph(batch: int = 8, width: int = 16, layers: int = 2, *, lr: float = 0.01,
+              input_offset: int = 0) -> Graph:
+    """Forward, backward and optimizer ops of a tiny MLP, with module paths and roles.
+
+    ``lr`` (the optimizer ops' ``alpha`` is ``-lr``) and ``input_offset`` (the input's storage
+    offset) change a step's values but not its structure: graphs that differ only there share one
+    stored graph, and each step stores its own values (format 1.1).
+    """
     g = GraphBuilder()
-    x = g.add_tensor(DType.FLOAT32, (batch, width), role=Role.INPUT, name="input")
+    x = g.add_tensor(DType.FLOAT32, (batch, width), role=Role.INPUT, name="input",
+                     storage_offset=input_offset)
     params = []
     for i in range(layers):
         w = g.add_tensor(DType.BFLOAT16, (width, width), role=Role.PARAMETER,
@@ -42,7 +49,7 @@ def mlp_graph(batch: int = 8, width: int = 16, layers: int = 2) -> Graph:
         new = g.add_tensor(DType.BFLOAT16, (width, width), role=Role.PARAMETER,
                            name=f"layers.{i}.weight", producer=g.num_ops, version=1)
         g.add_op("aten::add_.Tensor", phase=Phase.OPTIMIZER, module="",
-                 inputs=[w, grad], outputs=[new], attrs={"alpha": -0.01})
+                 inputs=[w, grad], outputs=[new], attrs={"alpha": -lr})
     return g.finish()
 
 

@@ -8,6 +8,12 @@ tools (h5dump 1.10, 1.14) cannot decode.  Commit protocol (spec: "Commit protoco
 rows go to every table first; :meth:`TraceWriter.flush` flushes them, *then* appends the step's row
 to ``steps`` and flushes again.  A step exists for readers only once its ``steps`` row does.
 
+Graphs are deduplicated by structure (:attr:`~tracefmt.records.Graph.digest` leaves out the ops'
+attributes and the tensors' storage offsets): the first step with a structure stores the graph with
+its attributes and offsets (the base values), and a later step with the same structure stores only
+the ops and tensors whose values differ from the base, as rows of ``op_attrs`` and
+``tensor_offsets``.
+
 Example::
 
     with TraceWriter("runs/exp1/rank-00000.tft.h5") as w:
@@ -178,7 +184,12 @@ class TraceWriter:
             raise TraceError(f"Cannot create trace file {str(self.path)!r}: {e}") from e
         self._strings: dict[str, int] = {}
         self._graphs: dict[bytes, int] = {}
+        # Per graph row, each op's base attributes and each tensor's base storage offset.  The
+        # attributes are kept as the interned texts themselves (keys of self._strings, so no
+        # copy): checking a step costs one comparison per op and tensor.
+        self._base: dict[int, tuple[tuple[str | None, ...], tuple[int, ...]]] = {}
         self._pending: list[np.ndarray] = []
+        self._pending_overrides: list[tuple[int, int, int, int]] = []  # of each pending step
         self._last_step: int | None = None
         self.steps_written = 0
 
@@ -316,7 +327,28 @@ class TraceWriter:
                         np.frombuffer(key, dtype=np.uint8))
         row = self._append(L.GRAPHS, graph_row)
         self._graphs[key] = row
+        self._base[row] = (tuple(op.attrs for op in graph.ops),
+                           tuple(t.storage_offset for t in graph.tensors))
         return row
+
+    def _overrides(self, graph: Graph, graph_row: int) -> tuple[int, int, int, int]:
+        """Append this step's ops and tensors whose attributes and storage offsets differ from
+        the graph row's base values to ``op_attrs`` and ``tensor_offsets``; return the step's
+        ``step_overrides`` row (its ranges of both)."""
+        base_attrs, base_offsets = self._base[graph_row]
+        attrs = [(i, op.attrs) for i, (op, b) in enumerate(zip(graph.ops, base_attrs, strict=True))
+                 if op.attrs != b]
+        attrs_start, offsets_start = self._len[L.OP_ATTRS], self._len[L.TENSOR_OFFSETS]
+        if attrs:
+            self._intern_all([text for _, text in attrs])
+            rows = np.array([(i, self._intern(text)) for i, text in attrs], L.OP_ATTRS_DTYPE)
+            self._append(L.OP_ATTRS, rows)
+        offsets = [(i, t.storage_offset) for i, (t, b)
+                   in enumerate(zip(graph.tensors, base_offsets, strict=True))
+                   if t.storage_offset != b]
+        if offsets:
+            self._append(L.TENSOR_OFFSETS, np.array(offsets, dtype=L.TENSOR_OFFSET_DTYPE))
+        return attrs_start, len(attrs), offsets_start, len(offsets)
 
     # -- steps -----------------------------------------------------------------------------------
     def write_step(self, record: StepRecord) -> None:
@@ -335,6 +367,7 @@ class TraceWriter:
     def _write_step(self, record: StepRecord) -> None:
         graph = record.graph
         graph_row = self._graph_row(graph)
+        overrides = self._overrides(graph, graph_row)
         flags = 0
         stats_start = self._len[L.STATS]
         stats_count = 0
@@ -377,7 +410,11 @@ class TraceWriter:
                   op_stats_count, data_start, len(data_rows), hist_start, len(hists),
                   event_start, len(events), scalar_start, len(scalars), record.wall_time,
                   record.duration, flags, record.dropped)
+        # The step's step_overrides row waits with its steps row and is appended at the next
+        # flush, before phase 1.  The two tables are matched by row number: a record refused
+        # half-way (a ValueError above) must leave a row in neither.
         self._pending.append(row)
+        self._pending_overrides.append(overrides)
         self._last_step = record.step
 
     def _check_sizes(self, record: StepRecord) -> None:
@@ -422,11 +459,13 @@ class TraceWriter:
         self._check_open()
         with self._io("Flushing"):
             if self._pending:
+                self._append(L.STEP_OVERRIDES, np.array(self._pending_overrides,
+                                                        dtype=L.STEP_OVERRIDE_DTYPE))
                 self._seal_filtered_heaps()
                 self._file.flush()  # phase 1: every row the pending steps point at
                 self._append(L.STEPS, np.concatenate(self._pending))
                 self.steps_written += len(self._pending)
-                self._pending = []
+                self._pending, self._pending_overrides = [], []
             self._file.flush()  # phase 2: the commit rows
             if self._fsync:
                 os.fsync(self._file.id.get_vfd_handle())

@@ -45,6 +45,12 @@ STEP_RANGES: dict[str, tuple[str, str]] = {
     L.EVENTS: ("event_start", "event_count"),
     L.SCALARS: ("scalar_start", "scalar_count"),
 }
+#: A step's override ranges (format 1.1): table path -> (start field, count field) of its
+#: ``step_overrides`` row.
+OVERRIDE_RANGES: dict[str, tuple[str, str]] = {
+    L.OP_ATTRS: ("op_attrs_start", "op_attrs_count"),
+    L.TENSOR_OFFSETS: ("tensor_offset_start", "tensor_offset_count"),
+}
 #: A graph's ranges: table path -> (start field, count field, largest count).
 GRAPH_RANGES: dict[str, tuple[str, str, int]] = {
     L.OPS: ("op_start", "op_count", L.MAX_GRAPH_OPS),
@@ -80,13 +86,19 @@ def parse_version(text: str) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class StepRef:
-    """One committed step: its row in ``steps`` and the fields rules use."""
+    """One committed step: its row in ``steps`` and the fields rules use.
+
+    ``overrides`` are the step's ranges of ``op_attrs`` and ``tensor_offsets`` (from its
+    ``step_overrides`` row), by table; None in a file older than 1.1, or when the row is missing
+    (TF-OVERRIDE-001 reports that).
+    """
 
     row: int
     step: int
     graph: int
     flags: int
     ranges: dict[str, tuple[int, int]]
+    overrides: dict[str, tuple[int, int]] | None = None
 
 
 class GraphView:
@@ -169,6 +181,10 @@ class FileContext:
         self.supported = self.version is not None and self.version[0] == L.FORMAT_MAJOR
         self.newer_minor = self.supported and self.version is not None and \
             self.version[1] > L.FORMAT_MINOR
+        #: The minor version whose rules apply: the file's, or this validator's for a newer one.
+        self.minor = min(self.version[1], L.FORMAT_MINOR) if self.version is not None else 0
+        #: Whether the file's steps have their own op attributes and storage offsets (1.1 on).
+        self.has_overrides = L.has_dataset(L.STEP_OVERRIDES, self.minor)
         bins = int_value(self._raw_attr(L.ATTR_HIST_BINS)) if self.is_trace else None
         self.hist_bins = bins if bins is not None and 0 <= bins <= L.MAX_HIST_BINS else None
         vf = self._text_attr(L.ATTR_VALUES_FILTER) if self.is_trace else None
@@ -276,7 +292,7 @@ class FileContext:
         if not isinstance(obj, h5py.Dataset):
             return f"The dataset /{name} is missing." if obj is None else \
                 f"/{name} is not a dataset."
-        expected = expected_datasets(self.hist_bins or 0).get(name)
+        expected = self.expected_datasets().get(name)
         if obj.ndim != 1:
             return f"/{name} has {obj.ndim} dimensions; the format wants 1."
         if name == L.HISTS and self.hist_bins is None:
@@ -288,6 +304,10 @@ class FileContext:
         if obj.maxshape != (None,):
             return f"/{name} has maximum shape {obj.maxshape}; the format wants (None,)."
         return None
+
+    def expected_datasets(self) -> dict[str, np.dtype[Any]]:
+        """The datasets (and row dtypes) the file's format version says it has."""
+        return expected_datasets(self.hist_bins or 0, self.minor)
 
     def dataset(self, name: str) -> h5py.Dataset:
         """Dataset ``name``; raises Skip when it breaks TF-LAYOUT-001 (or its dtype is unknown)."""
@@ -351,13 +371,44 @@ class FileContext:
                 raise Skip
             rows = self.table(L.STEPS)
             names = list(rows.dtype.names or ())
+            overrides = self._step_overrides(len(rows))
             refs = []
             for i, values in enumerate(rows.tolist()):
                 r = dict(zip(names, values, strict=True))
                 refs.append(StepRef(i, r["step"], r["graph"], r["flags"],
-                                    {t: (r[s], r[c]) for t, (s, c) in STEP_RANGES.items()}))
+                                    {t: (r[s], r[c]) for t, (s, c) in STEP_RANGES.items()},
+                                    overrides[i] if i < len(overrides) else None))
             self._steps = refs
         return self._steps
+
+    def _step_overrides(self, n_steps: int) -> list[dict[str, tuple[int, int]]]:
+        """The ``step_overrides`` rows of the committed steps (fewer when the table is short or
+        broken: TF-OVERRIDE-001, TF-LAYOUT-001); none in a file older than 1.1."""
+        if not self.has_overrides:
+            return []
+        try:
+            n = min(self.length(L.STEP_OVERRIDES), n_steps)
+            if n * L.STEP_OVERRIDE_DTYPE.itemsize > LOAD_LIMIT_BYTES:
+                return []
+            rows = self.read(L.STEP_OVERRIDES, 0, n)
+        except Skip:
+            return []
+        names = list(L.STEP_OVERRIDE_DTYPE.names or ())
+        return [{t: (r[s], r[c]) for t, (s, c) in OVERRIDE_RANGES.items()}
+                for r in (dict(zip(names, values, strict=True)) for values in rows.tolist())]
+
+    def override_rows(self, ref: StepRef, name: str) -> np.ndarray | None:
+        """Step ``ref``'s rows of ``op_attrs`` or ``tensor_offsets``; None when it has none to
+        read (before 1.1) or the range is invalid (TF-OVERRIDE-001)."""
+        if ref.overrides is None:
+            return None
+        start, count = ref.overrides[name]
+        try:
+            if not self.range_ok(name, start, count):
+                return None
+        except Skip:
+            return None
+        return self.rows(name, start, count)
 
     def step_rows(self, ref: StepRef, name: str) -> np.ndarray | None:
         """Rows of table ``name`` in step ``ref``'s range; None when the range is invalid."""

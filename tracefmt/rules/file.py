@@ -16,13 +16,7 @@ from tracefmt.filters import FILTERS, ensure_readable
 from tracefmt.model import Provenance
 from tracefmt.rules._base import GATE_NONE, GATE_TRACE, Issue, Skip, rule
 from tracefmt.rules._context import FileContext, RunContext, int_value, parse_version, text_value
-from tracefmt.schema import (
-    H5Z_DEFLATE,
-    H5Z_FLETCHER32,
-    H5Z_SHUFFLE,
-    expected_datasets,
-    values_filter_ids,
-)
+from tracefmt.schema import H5Z_DEFLATE, H5Z_FLETCHER32, H5Z_SHUFFLE, values_filter_ids
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _TABLE_FILTER_IDS = {H5Z_DEFLATE, H5Z_SHUFFLE, H5Z_FLETCHER32}
@@ -200,7 +194,7 @@ def run_identity(run: RunContext) -> Iterator[Issue]:
 
 @rule("TF-LAYOUT-001", "Every dataset exists, 1-D, chunked, extendable, with its row dtype")
 def layout_datasets(ctx: FileContext) -> Iterator[Issue]:
-    for name in expected_datasets(ctx.hist_bins or 0):
+    for name in ctx.expected_datasets():
         problem = ctx.layout_problem(name)
         if problem:
             yield Issue(ctx.loc(name), problem)
@@ -208,7 +202,7 @@ def layout_datasets(ctx: FileContext) -> Iterator[Issue]:
 
 @rule("TF-FILT-001", "Graph tables use fletcher32 and standard filters; per-step tables none")
 def filters_tables(ctx: FileContext) -> Iterator[Issue]:
-    for name in expected_datasets(ctx.hist_bins or 0):
+    for name in ctx.expected_datasets():
         if name in L.VALUE_HEAPS:
             continue
         try:
@@ -255,7 +249,7 @@ def filters_chunks(ctx: FileContext) -> Iterator[Issue]:
         except MissingFilterError as e:
             skip_values = True
             yield Issue(ctx.loc(), f"The value heaps cannot be read: {e}", "warning")
-    for name in expected_datasets(ctx.hist_bins or 0):
+    for name in ctx.expected_datasets():
         if skip_values and name in L.VALUE_HEAPS:
             continue
         try:

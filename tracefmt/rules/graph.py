@@ -43,6 +43,11 @@ def _string_refs(ctx: FileContext) -> Iterator[_Ref]:
             yield L.TENSORS, t0 + j, None, "device", t[4], False
             yield L.TENSORS, t0 + j, None, "name", t[5], False
     for ref in ctx.steps():
+        op_attrs = ctx.override_rows(ref, L.OP_ATTRS)
+        if op_attrs is not None and ref.overrides is not None:
+            start = ref.overrides[L.OP_ATTRS][0]
+            for k, (_, sid) in enumerate(op_attrs.tolist()):
+                yield L.OP_ATTRS, start + k, ref.step, "attrs", sid, False
         for table, fields in ((L.EVENTS, ((0, "kind", True), (3, "message", False))),
                               (L.SCALARS, ((0, "name", True),))):
             if not ref.ranges[table][1]:
@@ -103,17 +108,25 @@ def graph_ranges(ctx: FileContext) -> Iterator[Issue]:
 
 @rule("TF-GRAPH-002", "Equal graphs are stored once (graph deduplication)")
 def graph_dedupe(ctx: FileContext) -> Iterator[Issue]:
+    # From 1.1 graphs are equal when all but their ops' attrs and tensors' storage offsets are:
+    # those two are per step (op_attrs, tensor_offsets).
+    what = "rows" if not ctx.has_overrides else "rows apart from attrs and storage offsets"
     seen: dict[bytes, int] = {}
     for view in ctx.graph_views():
+        ops, tensors = view.ops, view.tensors
+        if ctx.has_overrides:
+            ops, tensors = ops.copy(), tensors.copy()
+            ops["attrs"] = 0
+            tensors["storage_offset"] = 0
         h = hashlib.blake2b(digest_size=16)
-        for part in (view.ops, view.edges, view.tensors, view.dims):
+        for part in (ops, view.edges, tensors, view.dims):
             h.update(len(part).to_bytes(8, "little"))
             h.update(part.tobytes())
         key = h.digest()
         if key in seen:
             yield Issue(ctx.loc(L.GRAPHS, view.index),
-                        f"Graph {view.index} has the same rows as graph {seen[key]}; a step whose "
-                        "graph equals an earlier one must reference the earlier graph row.")
+                        f"Graph {view.index} has the same {what} as graph {seen[key]}; a step "
+                        "whose graph equals an earlier one must reference the earlier graph row.")
         else:
             seen[key] = view.index
 
