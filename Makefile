@@ -18,12 +18,18 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Tools the tests use from Debian (h5dump for the layout test, chromium for the replayer's Netron
-# browser test).  Installed when missing and we are root.
+# browser test, a C compiler for the recorder's one-pass statistics kernel).  Installed when
+# missing and we are root.
 system-deps:
 	@if ! command -v h5dump >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && apt-get install -y -qq hdf5-tools >/dev/null) || echo "warning: apt-get could not install hdf5-tools"; \
 	  else echo "warning: h5dump missing and not root: the h5dump test will skip"; fi; \
+	fi
+	@if ! command -v cc >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq gcc >/dev/null) || echo "warning: apt-get could not install gcc"; \
+	  else echo "warning: no C compiler and not root: the one-pass statistics kernel tests will skip"; fi; \
 	fi
 	@if ! command -v chromium >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -54,6 +54,7 @@ from typing import Any
 import torch
 
 import recorder
+from recorder._native import available as native_stats_available
 from recorder.examples.gpt import build
 
 SIZES: dict[str, dict[str, int]] = {
@@ -221,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {
         "bench": "recorder_overhead", "rounds": rounds, "warmup_rounds": warmup,
         "interleaved": True, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "python": platform.python_version(), "sizes": {}}
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "native_stats": native_stats_available(), "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="recorder-bench-") as d:
         for size in sizes:
             _log(f"{size}: {rounds} rounds + {warmup} warm-up")

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from recorder._native import available as native_stats_available
 from recorder.capture import StepCapture
 from recorder.options import Options, ValuesSelection
 from recorder.pipeline import BackgroundWriter, Sink
@@ -128,6 +129,8 @@ class Recorder:
             stack.callback(self._writer.close)
             if self._model is not None:
                 self._names.add_root(self._model)
+            if self.options.stats:
+                native_stats_available()  # build or load the kernel now, not in the first step
             self._step_stack = stack.enter_context(ExitStack())
             self._stack = stack
             self._begin()

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from recorder._convert import to_numpy
+from recorder._native import FusedStats, fused_stats
 from recorder._stats_device import DeviceStats, Part
 from recorder.stats_common import (
     _FLOATS,
@@ -113,9 +114,11 @@ class PendingStats:
 class StatsCollector:
     """Gathers the statistics of one step's tensors; one instance per captured step."""
 
-    def __init__(self, *, hist_bins: int = 0, small_numel: int = SMALL_NUMEL) -> None:
+    def __init__(self, *, hist_bins: int = 0, small_numel: int = SMALL_NUMEL,
+                 native: bool = True) -> None:
         self._hist_bins = hist_bins
         self._small_numel = small_numel
+        self._native = native  # the one-pass kernel (recorder._native) where it is available
         self._pending = PendingStats(0, hist_bins=hist_bins)
         self._device: DeviceStats | None = None
 
@@ -147,6 +150,10 @@ class StatsCollector:
         if not x.is_contiguous():
             x = x.contiguous()
         x = x.reshape(-1)
+        fused = fused_stats(x) if self._native else None
+        if fused is not None and fused.nonfinite == 0:
+            self._add_fused(index, x, fused)
+            return
         n = x.numel()
         fp = int(fingerprint(x))
         dtype = x.dtype
@@ -178,11 +185,26 @@ class StatsCollector:
         q = norm * norm
         if m > 1 and q > 0 and q - total * total / m <= _CANCEL * q:
             # mean >> spread: the sums cancel; two passes instead
-            std = _sum_and_norm(good - total / m)[1] / math.sqrt(m)
+            std = _centred_norm(good, total / m) / math.sqrt(m)
         self._pending.cpu_rows.append((index, n, _ALL, lo, hi, total, norm, std, nonzero, nan, inf,
                                        fp))
         if self._hist_bins:
             self._pending.hists.append((index, *histogram(v, self._hist_bins)))
+
+    def _add_fused(self, index: int, x: torch.Tensor, r: FusedStats) -> None:
+        """The row of a finite float32/bfloat16 tensor from the one-pass kernel's results."""
+        n = x.numel()
+        lo, hi = r.min, r.max
+        if lo == 0 or hi == 0:  # the kernel does not tell -0.0 from 0.0; torch does, as the spec
+            lo_t, hi_t = torch.aminmax(x)
+            lo, hi = lo_t.item(), hi_t.item()
+        std = -1.0
+        if n > 1 and r.sumsq > 0 and r.sumsq - r.sum * r.sum / n <= _CANCEL * r.sumsq:
+            std = _centred_norm(x, r.sum / n) / math.sqrt(n)  # mean >> spread: two passes
+        self._pending.cpu_rows.append((index, n, _ALL, lo, hi, r.sum, math.sqrt(r.sumsq), std,
+                                       r.nonzero, 0, 0, _signed(r.fingerprint)))
+        if self._hist_bins:
+            self._pending.hists.append((index, *histogram(x, self._hist_bins)))
 
     def finish(self, n_tensors: int) -> PendingStats:
         """Launch what is batched (device reductions and copies to the host) and return the
@@ -218,6 +240,12 @@ def _sum_and_norm(x: torch.Tensor) -> tuple[float, float]:
     if whole != n:
         squares += x[whole:].double().square().sum().item()
     return total, math.sqrt(squares)
+
+
+def _centred_norm(x: torch.Tensor, mean: float) -> float:
+    """L2 norm of ``x - mean`` (16-bit floats are widened first: the difference needs float32)."""
+    wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    return _sum_and_norm(wide - mean)[1]
 
 
 def _count_nonzero(x: torch.Tensor) -> int:

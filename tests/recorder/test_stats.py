@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from recorder import _native
 from recorder._convert import to_numpy
 from recorder.stats import SMALL_NUMEL, StatsCollector, fingerprint
 from tracefmt._layout import STAT_FINGERPRINT, STAT_MOMENTS
@@ -79,17 +82,27 @@ def _check_row(row: np.void, t: torch.Tensor) -> None:
     np.testing.assert_allclose(row["norm"], ref["norm"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("n", [1, 7, 1000, SMALL_NUMEL + 1, 100_000])
-def test_stats_equal_numpy(n: int) -> None:
+def _native_param(native: bool) -> bool:
+    if native and not _native.available():
+        pytest.skip("the one-pass statistics kernel could not be built here (no C compiler)")
+    return native
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+@pytest.mark.parametrize("n", [1, 7, 1000, SMALL_NUMEL + 1, 100_000, 3 * 65536 + 7])
+def test_stats_equal_numpy(n: int, native: bool) -> None:
     tensors = [_tensor(d, n, seed=i) for i, d in enumerate(DTYPES)]
     special = torch.randn(n)
     special[0] = math.nan
     special[-1] = math.inf
     all_nan = torch.full((n,), math.nan)
     neg_zero = torch.randn(n).clamp(min=0) * -1.0  # -0.0 where it was negative
+    relu = torch.randn(n).clamp(min=0)  # min exactly 0.0
     tensors += [special, torch.zeros(n), torch.full((n,), 1e4) + torch.randn(n) * 1e-3, all_nan,
-                neg_zero, neg_zero.to(torch.bfloat16), special.to(torch.float16)]
-    c = StatsCollector()
+                neg_zero, neg_zero.to(torch.bfloat16), special.to(torch.float16), relu,
+                -relu, relu.to(torch.bfloat16), (torch.randn(n) * 1e-3 + 2).to(torch.bfloat16),
+                special.to(torch.bfloat16), torch.randn(n + 1)[1:]]  # last: 4 bytes off alignment
+    c = StatsCollector(native=_native_param(native))
     for i, t in enumerate(tensors):
         c.add(i, t)
     rows, hists = c.finish(len(tensors)).resolve()
@@ -98,9 +111,10 @@ def test_stats_equal_numpy(n: int) -> None:
         _check_row(rows[i], t)
 
 
-def test_histograms_count_every_finite_value() -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+def test_histograms_count_every_finite_value(native: bool) -> None:
     tensors = [torch.randn(50), torch.randn(SMALL_NUMEL + 100), torch.tensor([1.0, math.inf, 3.0])]
-    c = StatsCollector(hist_bins=8)
+    c = StatsCollector(hist_bins=8, native=_native_param(native))
     for i, t in enumerate(tensors):
         c.add(i, t)
     _, hists = c.finish(len(tensors)).resolve()
@@ -168,3 +182,64 @@ def test_detach_and_unsafe_view_outputs_reuse_their_input_stats() -> None:
     for i, v in record.values.items():
         assert int(record.stats["fingerprint"][i]) == tracefmt_fingerprint(v)
         assert record.stats["flags"][i]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [1, 127, 128, 129, 65536 * 2 + 1, 65536 * 4 + 130])
+def test_native_kernel_equals_the_reference(dtype: torch.dtype, n: int) -> None:
+    """The one-pass kernel: exact counts and fingerprint, min/max, and sums within spec 5.7's
+    1e-6 (float sums over 128-element blocks, then double), for every split into threads and
+    tails."""
+    _native_param(True)
+    x = (torch.randn(n + 3) * 5 + 1).to(dtype)[3:]  # misaligned start
+    x[::7] = 0.0
+    r = _native.fused_stats(x)
+    assert r is not None
+    xd = x.double().numpy()
+    assert r.nonfinite == 0
+    assert r.nonzero == np.count_nonzero(xd)
+    assert r.fingerprint == tracefmt_fingerprint(to_numpy(x))
+    assert (r.min, r.max) == (xd.min(), xd.max())
+    assert abs(r.sum - xd.sum()) <= 1e-6 * np.abs(xd).sum()
+    assert abs(r.sumsq - np.square(xd).sum()) <= 1e-6 * np.square(xd).sum()
+    x[n // 2] = math.nan
+    r = _native.fused_stats(x)
+    assert r is not None
+    assert r.nonfinite == 1
+
+
+def test_native_kernel_refuses_what_it_cannot_read() -> None:
+    _native_param(True)
+    assert _native.fused_stats(torch.randn(4, 4).t()) is None  # not contiguous
+    assert _native.fused_stats(torch.randn(8, dtype=torch.float64)) is None
+    assert _native.fused_stats(torch.ones(8, dtype=torch.float16)) is None
+
+
+def test_native_kernel_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """No compiler, or one that fails: a warning naming the fix and the torch path; disabled by
+    TRACEFMT_NATIVE_STATS=0: nothing is built and nothing is said."""
+    monkeypatch.setenv("TRACEFMT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_native, "_compiler", lambda: None)
+    with pytest.warns(UserWarning, match="no C compiler found"):
+        assert _native._build() is None
+    monkeypatch.setattr(_native, "_compiler", lambda: "false")  # a compiler that always fails
+    with pytest.warns(UserWarning, match="could not build the one-pass statistics kernel"):
+        assert _native._build() is None
+    assert not list(tmp_path.iterdir())  # no half-written library left in the cache
+    monkeypatch.setenv("TRACEFMT_NATIVE_STATS", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _native._build() is None
+
+
+def test_native_kernel_is_cached_by_source_and_flags(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    _native_param(True)
+    monkeypatch.setenv("TRACEFMT_CACHE_DIR", str(tmp_path))
+    assert _native._build() is not None
+    built = sorted(p.name for p in tmp_path.iterdir())
+    assert len(built) == 1
+    assert built[0].startswith("fused_stats-")
+    assert _native._build() is not None  # loaded from the cache, not rebuilt
+    assert sorted(p.name for p in tmp_path.iterdir()) == built
