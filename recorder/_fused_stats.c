@@ -3,7 +3,7 @@
  * Built on first use by recorder/_native.py (any C99 compiler) and called through ctypes; see that
  * module for why it exists.  Per element: the bits decide zero and non-finite (integer tests, so
  * they stay exact under the float flags the build uses), the value feeds min, max, sum and sum of
- * squares.  Sums run in float over blocks of BLOCK elements (vector lanes in parallel: at most
+ * squares (over the finite elements; NaN and infinities are counted).  Sums run in float over blocks of BLOCK elements (vector lanes in parallel: at most
  * 16 terms per lane) and the blocks are added in double: a relative error of a few 1e-8 of the
  * sum of magnitudes (measured), inside the 1e-6 that spec section 5.7 allows.  The fingerprint is tracefmt's: the wrapping sum of the
  * bytes read as little-endian 64-bit words, the last word zero-padded.  Min and max are only
@@ -18,8 +18,8 @@
 #define MIN_PER_THREAD 65536 /* below this, a thread costs more than it saves */
 
 typedef struct {
-    double sum, sumsq, min, max;
-    int64_t nonzero, nonfinite;
+    double sum, sumsq, min, max; /* over the finite elements */
+    int64_t nonzero, nan, inf;
     uint64_t fingerprint;
 } tf_stats;
 
@@ -34,7 +34,7 @@ static void init(tf_stats *s) {
     s->sum = s->sumsq = 0.0;
     s->min = FLT_MAX;
     s->max = -FLT_MAX;
-    s->nonzero = s->nonfinite = 0;
+    s->nonzero = s->nan = s->inf = 0;
     s->fingerprint = 0;
 }
 
@@ -44,9 +44,32 @@ static void merge(tf_stats *into, const tf_stats *s) {
     into->min = s->min < into->min ? s->min : into->min;
     into->max = s->max > into->max ? s->max : into->max;
     into->nonzero += s->nonzero;
-    into->nonfinite += s->nonfinite;
+    into->nan += s->nan;
+    into->inf += s->inf;
     into->fingerprint += s->fingerprint;
 }
+
+/* One element, given as float32 bits: counts, and its value in the running min, max and sums
+ * (a non-finite element is counted, then stands in as 0 for the sums and +-FLT_MAX for min and
+ * max, chosen on the bits: the float code never sees a NaN or an infinity). */
+#define TF_ELEMENT(b, sum, sumsq, mn, mx, nonzero, nan, inf)                                   \
+    do {                                                                                       \
+        uint32_t mag_ = (b) & 0x7fffffffu;                                                     \
+        int finite_ = mag_ < 0x7f800000u;                                                      \
+        uint32_t bv_ = finite_ ? (b) : 0u, blo_ = finite_ ? (b) : 0x7f7fffffu,                 \
+                 bhi_ = finite_ ? (b) : 0xff7fffffu;                                           \
+        float v_, lo_, hi_;                                                                    \
+        memcpy(&v_, &bv_, sizeof v_);                                                          \
+        memcpy(&lo_, &blo_, sizeof lo_);                                                       \
+        memcpy(&hi_, &bhi_, sizeof hi_);                                                       \
+        (nonzero) += mag_ != 0;                                                                \
+        (nan) += mag_ > 0x7f800000u;                                                           \
+        (inf) += mag_ == 0x7f800000u;                                                          \
+        (sum) += v_;                                                                           \
+        (sumsq) += v_ * v_;                                                                    \
+        (mn) = lo_ < (mn) ? lo_ : (mn);                                                        \
+        (mx) = hi_ > (mx) ? hi_ : (mx);                                                        \
+    } while (0)
 
 static void run_f32(const uint32_t *bits, int64_t start, int64_t stop, tf_stats *s) {
     int64_t i = start;
@@ -54,39 +77,26 @@ static void run_f32(const uint32_t *bits, int64_t start, int64_t stop, tf_stats 
     for (; i + BLOCK <= stop; i += BLOCK) {
         const uint32_t *p = bits + i;
         float sum = 0.0f, sumsq = 0.0f;
-        uint32_t nonzero = 0, nonfinite = 0;
+        uint32_t nonzero = 0, nan = 0, inf = 0;
         uint64_t words = 0;
-        for (int j = 0; j < BLOCK; ++j) {
-            uint32_t b = p[j];
-            float v;
-            memcpy(&v, &b, sizeof v);
-            nonzero += (b & 0x7fffffffu) != 0;
-            nonfinite += (b & 0x7f800000u) == 0x7f800000u;
-            sum += v;
-            sumsq += v * v;
-            mn = v < mn ? v : mn;
-            mx = v > mx ? v : mx;
-        }
+        for (int j = 0; j < BLOCK; ++j)
+            TF_ELEMENT(p[j], sum, sumsq, mn, mx, nonzero, nan, inf);
         for (int j = 0; j < BLOCK; j += 2)
             words += (uint64_t)p[j] | ((uint64_t)p[j + 1] << 32);
         s->sum += sum;
         s->sumsq += sumsq;
         s->nonzero += nonzero;
-        s->nonfinite += nonfinite;
+        s->nan += nan;
+        s->inf += inf;
         s->fingerprint += words;
     }
-    for (; i < stop; ++i) { /* the tail (last part only) */
-        uint32_t b = bits[i];
-        float v;
-        memcpy(&v, &b, sizeof v);
-        s->nonzero += (b & 0x7fffffffu) != 0;
-        s->nonfinite += (b & 0x7f800000u) == 0x7f800000u;
-        s->sum += v;
-        s->sumsq += (double)v * v;
-        mn = v < mn ? v : mn;
-        mx = v > mx ? v : mx;
-        s->fingerprint += (uint64_t)b << (32 * (i & 1));
+    float sum = 0.0f, sumsq = 0.0f; /* the tail (last part only): fewer than BLOCK */
+    for (; i < stop; ++i) {
+        TF_ELEMENT(bits[i], sum, sumsq, mn, mx, s->nonzero, s->nan, s->inf);
+        s->fingerprint += (uint64_t)bits[i] << (32 * (i & 1));
     }
+    s->sum += sum;
+    s->sumsq += sumsq;
     s->min = mn;
     s->max = mx;
 }
@@ -97,40 +107,27 @@ static void run_bf16(const uint16_t *bits, int64_t start, int64_t stop, tf_stats
     for (; i + BLOCK <= stop; i += BLOCK) {
         const uint16_t *p = bits + i;
         float sum = 0.0f, sumsq = 0.0f;
-        uint32_t nonzero = 0, nonfinite = 0;
+        uint32_t nonzero = 0, nan = 0, inf = 0;
         uint64_t words = 0;
-        for (int j = 0; j < BLOCK; ++j) {
-            uint32_t b = (uint32_t)p[j] << 16;
-            float v;
-            memcpy(&v, &b, sizeof v);
-            nonzero += (b & 0x7fffffffu) != 0;
-            nonfinite += (b & 0x7f800000u) == 0x7f800000u;
-            sum += v;
-            sumsq += v * v;
-            mn = v < mn ? v : mn;
-            mx = v > mx ? v : mx;
-        }
+        for (int j = 0; j < BLOCK; ++j)
+            TF_ELEMENT((uint32_t)p[j] << 16, sum, sumsq, mn, mx, nonzero, nan, inf);
         for (int j = 0; j < BLOCK; j += 4)
             words += (uint64_t)p[j] | ((uint64_t)p[j + 1] << 16) | ((uint64_t)p[j + 2] << 32)
                      | ((uint64_t)p[j + 3] << 48);
         s->sum += sum;
         s->sumsq += sumsq;
         s->nonzero += nonzero;
-        s->nonfinite += nonfinite;
+        s->nan += nan;
+        s->inf += inf;
         s->fingerprint += words;
     }
+    float sum = 0.0f, sumsq = 0.0f;
     for (; i < stop; ++i) {
-        uint32_t b = (uint32_t)bits[i] << 16;
-        float v;
-        memcpy(&v, &b, sizeof v);
-        s->nonzero += (b & 0x7fffffffu) != 0;
-        s->nonfinite += (b & 0x7f800000u) == 0x7f800000u;
-        s->sum += v;
-        s->sumsq += (double)v * v;
-        mn = v < mn ? v : mn;
-        mx = v > mx ? v : mx;
+        TF_ELEMENT((uint32_t)bits[i] << 16, sum, sumsq, mn, mx, s->nonzero, s->nan, s->inf);
         s->fingerprint += (uint64_t)bits[i] << (16 * (i & 3));
     }
+    s->sum += sum;
+    s->sumsq += sumsq;
     s->min = mn;
     s->max = mx;
 }

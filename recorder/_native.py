@@ -14,8 +14,8 @@ each other's builds.  Without a compiler, or with ``TRACEFMT_NATIVE_STATS=0``, t
 computes the same row (within spec section 5.7's accuracy) more slowly, and a warning says so once.
 
 Float flags: sums may be reassociated (they are blocked sums anyway) and min/max assume no NaN;
-zero and non-finite counts are integer tests on the bits, and a tensor with a non-finite element
-goes back to the exact torch path, so no result depends on those flags.
+zero, NaN and infinity are integer tests on the bits, and a non-finite element enters the float
+code as 0 or ``+-FLT_MAX`` (chosen on the bits), so no result depends on those flags.
 """
 
 from __future__ import annotations
@@ -45,21 +45,22 @@ _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 class _Row(ctypes.Structure):
     _fields_ = [("sum", ctypes.c_double), ("sumsq", ctypes.c_double), ("min", ctypes.c_double),
-                ("max", ctypes.c_double), ("nonzero", ctypes.c_int64),
-                ("nonfinite", ctypes.c_int64), ("fingerprint", ctypes.c_uint64)]
+                ("max", ctypes.c_double), ("nonzero", ctypes.c_int64), ("nan", ctypes.c_int64),
+                ("inf", ctypes.c_int64), ("fingerprint", ctypes.c_uint64)]
 
 
 @dataclass(frozen=True)
 class FusedStats:
-    """One tensor's pass: ``min``/``max`` hold only when ``nonfinite`` is 0, and do not tell
-    ``-0.0`` from ``0.0``; ``fingerprint`` is unsigned."""
+    """One tensor's pass: moments over the finite elements (``min``/``max`` are ``+-FLT_MAX``
+    when there is none, and do not tell ``-0.0`` from ``0.0``); ``fingerprint`` is unsigned."""
 
     sum: float
     sumsq: float
     min: float
     max: float
     nonzero: int
-    nonfinite: int
+    nan: int
+    inf: int
     fingerprint: int
 
 
@@ -168,5 +169,5 @@ def fused_stats(x: torch.Tensor) -> FusedStats | None:
     if lib.tf_stats_run(x.data_ptr(), x.numel(), code, torch.get_num_threads(),
                         ctypes.byref(row)) != 0:
         return None
-    return FusedStats(row.sum, row.sumsq, row.min, row.max, row.nonzero, row.nonfinite,
+    return FusedStats(row.sum, row.sumsq, row.min, row.max, row.nonzero, row.nan, row.inf,
                       row.fingerprint)

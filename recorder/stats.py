@@ -151,8 +151,7 @@ class StatsCollector:
             x = x.contiguous()
         x = x.reshape(-1)
         fused = fused_stats(x) if self._native else None
-        if fused is not None and fused.nonfinite == 0:
-            self._add_fused(index, x, fused)
+        if fused is not None and self._add_fused(index, x, fused):
             return
         n = x.numel()
         fp = int(fingerprint(x))
@@ -191,20 +190,29 @@ class StatsCollector:
         if self._hist_bins:
             self._pending.hists.append((index, *histogram(v, self._hist_bins)))
 
-    def _add_fused(self, index: int, x: torch.Tensor, r: FusedStats) -> None:
-        """The row of a finite float32/bfloat16 tensor from the one-pass kernel's results."""
+    def _add_fused(self, index: int, x: torch.Tensor, r: FusedStats) -> bool:
+        """The row of a float32/bfloat16 tensor from the one-pass kernel's results; False (and
+        nothing added) for the rare tensor it cannot finish alone: one with non-finite elements
+        whose min or max is 0 (the kernel does not tell -0.0 from 0.0, and torch's min would be
+        -inf), or whose moments need a second pass, or with no finite element at all."""
         n = x.numel()
+        m = n - r.nan - r.inf
         lo, hi = r.min, r.max
-        if lo == 0 or hi == 0:  # the kernel does not tell -0.0 from 0.0; torch does, as the spec
+        if m < n and (m == 0 or lo == 0 or hi == 0):
+            return False
+        if lo == 0 or hi == 0:  # tell -0.0 from 0.0 as torch (and the reference) do
             lo_t, hi_t = torch.aminmax(x)
             lo, hi = lo_t.item(), hi_t.item()
         std = -1.0
-        if n > 1 and r.sumsq > 0 and r.sumsq - r.sum * r.sum / n <= _CANCEL * r.sumsq:
-            std = _centred_norm(x, r.sum / n) / math.sqrt(n)  # mean >> spread: two passes
+        if m > 1 and r.sumsq > 0 and r.sumsq - r.sum * r.sum / m <= _CANCEL * r.sumsq:
+            if m < n:
+                return False
+            std = _centred_norm(x, r.sum / m) / math.sqrt(m)  # mean >> spread: two passes
         self._pending.cpu_rows.append((index, n, _ALL, lo, hi, r.sum, math.sqrt(r.sumsq), std,
-                                       r.nonzero, 0, 0, _signed(r.fingerprint)))
+                                       r.nonzero, r.nan, r.inf, _signed(r.fingerprint)))
         if self._hist_bins:
             self._pending.hists.append((index, *histogram(x, self._hist_bins)))
+        return True
 
     def finish(self, n_tensors: int) -> PendingStats:
         """Launch what is batched (device reductions and copies to the host) and return the

@@ -101,7 +101,9 @@ def test_stats_equal_numpy(n: int, native: bool) -> None:
     tensors += [special, torch.zeros(n), torch.full((n,), 1e4) + torch.randn(n) * 1e-3, all_nan,
                 neg_zero, neg_zero.to(torch.bfloat16), special.to(torch.float16), relu,
                 -relu, relu.to(torch.bfloat16), (torch.randn(n) * 1e-3 + 2).to(torch.bfloat16),
-                special.to(torch.bfloat16), torch.randn(n + 1)[1:]]  # last: 4 bytes off alignment
+                special.to(torch.bfloat16), torch.randn(n + 1)[1:],  # 4 bytes off alignment
+                torch.randn(n).masked_fill(torch.arange(n) % 3 == 0, -math.inf),  # attention mask
+                torch.full((n,), math.inf), relu.masked_fill(torch.arange(n) % 5 == 1, math.nan)]
     c = StatsCollector(native=_native_param(native))
     for i, t in enumerate(tensors):
         c.add(i, t)
@@ -196,16 +198,23 @@ def test_native_kernel_equals_the_reference(dtype: torch.dtype, n: int) -> None:
     r = _native.fused_stats(x)
     assert r is not None
     xd = x.double().numpy()
-    assert r.nonfinite == 0
+    assert (r.nan, r.inf) == (0, 0)
     assert r.nonzero == np.count_nonzero(xd)
     assert r.fingerprint == tracefmt_fingerprint(to_numpy(x))
     assert (r.min, r.max) == (xd.min(), xd.max())
     assert abs(r.sum - xd.sum()) <= 1e-6 * np.abs(xd).sum()
     assert abs(r.sumsq - np.square(xd).sum()) <= 1e-6 * np.square(xd).sum()
     x[n // 2] = math.nan
+    x[n - 1] = -math.inf
     r = _native.fused_stats(x)
     assert r is not None
-    assert r.nonfinite == 1
+    assert (r.nan, r.inf) == (int(n > 1), 1)
+    finite = x.double().numpy()
+    finite = finite[np.isfinite(finite)]
+    if finite.size:
+        assert (r.min, r.max) == (finite.min(), finite.max())
+        assert abs(r.sum - finite.sum()) <= 1e-6 * np.abs(finite).sum()
+    assert r.fingerprint == tracefmt_fingerprint(to_numpy(x))
 
 
 def test_native_kernel_refuses_what_it_cannot_read() -> None:
