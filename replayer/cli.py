@@ -86,8 +86,12 @@ def export(trace: str, step_no: int, rank: int | None, phase: str, module: str |
     save_model(model, output)
     extra = f" (values in {data_path.name})" if stats.external else ""
     modules = f", {stats.modules} Module nodes" if stats.modules else ""
-    click.echo(f"wrote {output}{extra}: {stats.ops} ops, {stats.standard} as standard ONNX, "
-               f"{stats.ops - stats.standard} as {len(stats.custom)} custom op types{modules}")
+    custom = stats.ops - stats.standard
+    kinds = len(stats.custom)
+    custom_text = (f", {custom} as custom nodes of {kinds} op type{'s' if kinds != 1 else ''}"
+                   if custom else "")
+    click.echo(f"wrote {output}{extra}: {stats.ops} ops, {stats.standard} as standard ONNX"
+               f"{custom_text}{modules}")
 
 
 def _parse_feeds(feeds: tuple[str, ...]) -> dict[str, np.ndarray]:
