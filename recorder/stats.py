@@ -18,8 +18,9 @@ CPU tensors (this module) may look at values at no cost, so:
   the float kernel);
 * results become Python numbers at once: nothing is stacked at the end of the step.
 
-Small tensors (most of a step's tensors, little of its bytes) cost per call, not per byte: they
-are copied when seen and reduced together on the writer thread with numpy, by segment.  Tensors
+Small tensors (most of a step's tensors, little of its bytes) cost per call, not per byte: float32
+and bfloat16 ones go through the one-pass kernel at once; others are copied when seen and reduced
+together on the writer thread with numpy, by segment.  Tensors
 on other devices go through :mod:`recorder._stats_device`, which never syncs.  A tensor that
 shares bytes, shape and layout with one already measured (``detach``, ``_unsafe_view``) is an
 *alias*: its row is copied, not computed.  Definitions: :mod:`recorder.stats_common`.
@@ -55,6 +56,8 @@ __all__ = ["SMALL_NUMEL", "PendingStats", "StatsCollector", "fingerprint"]
 #: Integer dtype of the same width, to count zeros on the bits.
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
              torch.float64: torch.int64}
+#: Dtypes the one-pass kernel reads (recorder._native).
+_NATIVE_DTYPES = frozenset({torch.float32, torch.bfloat16})
 _INT_MIN = {torch.int16: -(1 << 15), torch.int32: -(1 << 31), torch.int64: -(1 << 63)}
 #: Derive std from the sums only while the variance is at least this share of the mean square
 #: (below it, the sums' relative error of up to 1e-6 would show in std).
@@ -140,7 +143,15 @@ class StatsCollector:
                                            small_numel=self._small_numel)
             self._device.add(index, t)
             return
-        if t.numel() <= self._small_numel:
+        n = t.numel()
+        if n <= self._small_numel:
+            if self._native and n and not self._hist_bins and t.dtype in _NATIVE_DTYPES:
+                # The kernel costs about what the copy would, and leaves no numpy work for the
+                # writer thread (which competes with training for the cores and the GIL).
+                x = t.detach().reshape(-1) if t.is_contiguous() else t.detach().contiguous().view(-1)
+                fused = fused_stats(x)
+                if fused is not None and self._add_fused(index, x, fused):
+                    return
             self._pending.cpu_small.append(
                 (index, t.detach().clone(memory_format=torch.contiguous_format)))
             return
