@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -244,6 +244,27 @@ class Graph:
     @property
     def num_ops(self) -> int:
         return len(self.ops)
+
+    def variant(self, attrs: Mapping[int, Mapping[str, Any] | None] | None = None,
+                storage_offsets: Mapping[int, int] | None = None) -> Graph:
+        """This graph with some ops' attributes (op index: JSON data, as :meth:`GraphBuilder.add_op`
+        takes them) and some tensors' storage offsets replaced.
+
+        The structure stays, so the :attr:`digest` is carried over rather than computed again: a
+        recorder whose steps repeat one graph builds each step's graph from the last one in a
+        fraction of the time.
+        """
+        ops = list(self.ops)
+        for i, value in (attrs or {}).items():
+            ops[i] = replace(ops[i], attrs=None if not value else encode_attrs(value))
+        tensors = list(self.tensors)
+        for i, offset in (storage_offsets or {}).items():
+            if offset < 0:
+                raise ValueError(f"Tensor {i}: storage offset {offset} is negative.")
+            tensors[i] = replace(tensors[i], storage_offset=int(offset))
+        graph = Graph(tuple(ops), tuple(tensors))
+        object.__setattr__(graph, "_digest", self.digest)
+        return graph
 
     @property
     def num_tensors(self) -> int:
