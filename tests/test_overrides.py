@@ -249,3 +249,19 @@ def test_the_cli_shows_a_step_s_own_attributes(trace: Path) -> None:
     assert result.exit_code == 0, result.output
     ops = json.loads(result.output)["ops"]
     assert [op["attrs"] for op in ops][:2] == [{"dim": 0, "start": 5, "end": 9}, {}]
+
+
+def test_graph_variant_equals_the_graph_built_with_those_values() -> None:
+    base = _graph(0.1, False, 0)
+    for step_size, no_attrs, start in PLAN[1:]:
+        fresh = _graph(step_size, no_attrs, start)
+        variant = base.variant(
+            {0: {"dim": 0, "start": start, "end": start + 4},
+             1: None if no_attrs else {"other": -step_size},
+             2: {"alpha": 1.0, "step_size": step_size}},
+            {1: start})
+        assert variant.ops == fresh.ops
+        assert variant.tensors == fresh.tensors
+        assert variant.digest == fresh.digest == base.digest
+    with pytest.raises(ValueError, match="negative"):
+        base.variant(storage_offsets={1: -1})
