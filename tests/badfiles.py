@@ -204,3 +204,15 @@ def run_dir(base: Path, directory: Path, ranks: dict[str, dict[str, Any]]) -> Pa
         for key, value in attrs.items():
             set_attr(Path(target), key, value)
     return directory
+
+
+def add_string(path: Path, data: bytes) -> int:
+    """Append raw bytes to the string table as a new interned string; return its id."""
+    with h5py.File(path, "r+") as f:
+        heap, index = f["strings/bytes"], f["strings/index"]
+        offset, sid = int(heap.shape[0]), int(index.shape[0])
+        heap.resize((offset + len(data),))
+        heap[offset:] = np.frombuffer(data, dtype=np.uint8)
+        index.resize((sid + 1,))
+        index[sid] = (offset, len(data))
+    return sid

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import tracefmt
+from tests.badfiles import add_string
 from tests.synth import mlp_graph, synthetic_step, write_synthetic
 from tracefmt import (
     DType,
@@ -57,18 +58,6 @@ def _set_item(path: Path, dataset: str, index: int, value: Any) -> None:
 def _rows(path: Path, dataset: str) -> np.ndarray:
     with h5py.File(path, "r") as f:
         return np.asarray(f[dataset][:])
-
-
-def _add_string(path: Path, data: bytes) -> int:
-    """Append raw bytes as a new interned string; return its id."""
-    with h5py.File(path, "r+") as f:
-        heap, index = f["strings/bytes"], f["strings/index"]
-        offset, sid = int(heap.shape[0]), int(index.shape[0])
-        heap.resize((offset + len(data),))
-        heap[offset:] = np.frombuffer(data, dtype=np.uint8)
-        index.resize((sid + 1,))
-        index[sid] = (offset, len(data))
-    return sid
 
 
 @pytest.fixture
@@ -312,15 +301,15 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
     "string outside the heap": (
         lambda p: _patch_row(p, "strings/index", 0, offset=2**40), "points outside"),
     "string not UTF-8": (
-        lambda p: _patch_row(p, "ops", 0, name=_add_string(p, b"\xff\xfe")), "not UTF-8"),
+        lambda p: _patch_row(p, "ops", 0, name=add_string(p, b"\xff\xfe")), "not UTF-8"),
     "attrs not JSON": (
-        lambda p: _patch_row(p, "ops", 0, attrs=_add_string(p, b"{nope")), "malformed"),
+        lambda p: _patch_row(p, "ops", 0, attrs=add_string(p, b"{nope")), "malformed"),
     "attrs not an object": (
-        lambda p: _patch_row(p, "ops", 0, attrs=_add_string(p, b"[1, 2]")), "malformed"),
+        lambda p: _patch_row(p, "ops", 0, attrs=add_string(p, b"[1, 2]")), "malformed"),
     "attrs with NaN literal": (
-        lambda p: _patch_row(p, "ops", 0, attrs=_add_string(p, b'{"a": NaN}')), "malformed"),
+        lambda p: _patch_row(p, "ops", 0, attrs=add_string(p, b'{"a": NaN}')), "malformed"),
     "attrs nested 100000 deep": (
-        lambda p: _patch_row(p, "ops", 0, attrs=_add_string(p, b"[" * 100_000)), "malformed"),
+        lambda p: _patch_row(p, "ops", 0, attrs=add_string(p, b"[" * 100_000)), "malformed"),
     "values for a missing tensor": (
         lambda p: _patch_row(p, "data_index", 0, tensor=10**6), "values recorded for tensor"),
     "values beyond the heap": (

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import tracefmt
-from tests.badfiles import set_attr
+from tests.badfiles import add_string, set_attr
 from tests.checks import assert_step_matches
 from tests.golden import DATA
 from tracefmt import DType, GraphBuilder, Phase, Role, StepRecord, TraceFormatError, TraceWriter
@@ -183,17 +183,6 @@ def _patch(path: Path, dataset: str, row: int, **fields: Any) -> None:
         f[dataset][row:row + 1] = rows
 
 
-def _add_string(path: Path, data: bytes) -> int:
-    with h5py.File(path, "r+") as f:
-        heap, index = f["strings/bytes"], f["strings/index"]
-        offset, sid = int(heap.shape[0]), int(index.shape[0])
-        heap.resize((offset + len(data),))
-        heap[offset:] = np.frombuffer(data, dtype=np.uint8)
-        index.resize((sid + 1,))
-        index[sid] = (offset, len(data))
-    return sid
-
-
 def _shorten(path: Path, dataset: str, rows: int) -> None:
     with h5py.File(path, "r+") as f:
         f[dataset].resize((rows,))
@@ -213,9 +202,9 @@ BREAKS = {
     "override of a missing tensor": (
         lambda p: _patch(p, L.TENSOR_OFFSETS, 0, tensor=10**6), "name tensor 1000000"),
     "override attrs not JSON": (
-        lambda p: _patch(p, L.OP_ATTRS, 0, attrs=_add_string(p, b"{nope")), "malformed"),
+        lambda p: _patch(p, L.OP_ATTRS, 0, attrs=add_string(p, b"{nope")), "malformed"),
     "override attrs not an object": (
-        lambda p: _patch(p, L.OP_ATTRS, 0, attrs=_add_string(p, b"[1]")), "malformed"),
+        lambda p: _patch(p, L.OP_ATTRS, 0, attrs=add_string(p, b"[1]")), "malformed"),
     "override attrs string out of range": (
         lambda p: _patch(p, L.OP_ATTRS, 0, attrs=10**6), "string id 1000000 is out of range"),
 }

@@ -81,29 +81,20 @@ def override_targets(ctx: FileContext) -> Iterator[Issue]:
                             f"step's /{table} rows name strictly increasing {what}s.")
 
 
-def _attrs_rows(ctx: FileContext) -> Iterator[tuple[int, int, int, int, int | None]]:
-    """Every readable op_attrs row: (global row, step, op, attrs string id, the op's base string
-    id or None when the op is not in the graph)."""
+def _rows(ctx: FileContext, table: str) -> Iterator[tuple[int, int, int, int, int | None]]:
+    """Every readable row of ``table`` (op_attrs or tensor_offsets): (global row, step, op or
+    tensor, attrs string id or offset, the graph's base value, or None when the op or tensor is
+    not in the graph)."""
+    attrs = table == L.OP_ATTRS
     for ref, view in ctx.step_graphs():
-        rows = ctx.override_rows(ref, L.OP_ATTRS)
+        rows = ctx.override_rows(ref, table)
         if rows is None:
             continue
-        start = _start(ref, L.OP_ATTRS)
-        for k, (op, sid) in enumerate(rows.tolist()):
-            yield start + k, ref.step, op, sid, view.op_list[op][3] if op < view.n_ops else None
-
-
-def _offset_rows(ctx: FileContext) -> Iterator[tuple[int, int, int, int, int | None]]:
-    """Every readable tensor_offsets row: (global row, step, tensor, offset, the tensor's base
-    offset or None when the tensor is not in the graph)."""
-    for ref, view in ctx.step_graphs():
-        rows = ctx.override_rows(ref, L.TENSOR_OFFSETS)
-        if rows is None:
-            continue
-        start = _start(ref, L.TENSOR_OFFSETS)
-        for k, (t, offset) in enumerate(rows.tolist()):
-            base = view.tensor_list[t][9] if t < view.n_tensors else None
-            yield start + k, ref.step, t, offset, base
+        start = _start(ref, table)
+        items, count, field = ((view.op_list, view.n_ops, 3) if attrs
+                               else (view.tensor_list, view.n_tensors, 9))
+        for k, (index, value) in enumerate(rows.tolist()):
+            yield start + k, ref.step, index, value, items[index][field] if index < count else None
 
 
 @rule("TF-OVERRIDE-003", "A step's own op attributes are -1 or JSON objects; its storage offsets "
@@ -111,7 +102,7 @@ def _offset_rows(ctx: FileContext) -> Iterator[tuple[int, int, int, int, int | N
 def override_values(ctx: FileContext) -> Iterator[Issue]:
     if not ctx.has_overrides:
         return
-    for row, step, op, sid, _ in _attrs_rows(ctx):
+    for row, step, op, sid, _ in _rows(ctx, L.OP_ATTRS):
         text = ctx.string(sid)
         if text is None:
             continue  # none, or a broken string (TF-STR-001, TF-STR-002)
@@ -121,7 +112,7 @@ def override_values(ctx: FileContext) -> Iterator[Issue]:
             yield Issue(ctx.loc(L.OP_ATTRS, row, step),
                         f"The step's attributes of op {op} are not a JSON object in the tracefmt "
                         f"encoding: {e}.")
-    for row, step, t, offset, _ in _offset_rows(ctx):
+    for row, step, t, offset, _ in _rows(ctx, L.TENSOR_OFFSETS):
         if offset < 0:
             yield Issue(ctx.loc(L.TENSOR_OFFSETS, row, step),
                         f"The step gives tensor {t} storage offset {offset}; it must be >= 0.")
@@ -143,7 +134,7 @@ def _text(ctx: FileContext, sid: int) -> tuple[bool, str | None]:
 def override_differs(ctx: FileContext) -> Iterator[Issue]:
     if not ctx.has_overrides:
         return
-    for row, step, op, sid, base in _attrs_rows(ctx):
+    for row, step, op, sid, base in _rows(ctx, L.OP_ATTRS):
         if base is None:
             continue  # TF-OVERRIDE-002
         (own_ok, own), (base_ok, base_text) = _text(ctx, sid), _text(ctx, base)
@@ -152,7 +143,7 @@ def override_differs(ctx: FileContext) -> Iterator[Issue]:
             yield Issue(ctx.loc(L.OP_ATTRS, row, step),
                         f"The row gives op {op} {what}, which its graph already has; a step "
                         "lists only the ops whose attributes differ from the graph's.")
-    for row, step, t, offset, base_offset in _offset_rows(ctx):
+    for row, step, t, offset, base_offset in _rows(ctx, L.TENSOR_OFFSETS):
         if offset == base_offset:
             yield Issue(ctx.loc(L.TENSOR_OFFSETS, row, step),
                         f"The row gives tensor {t} storage offset {offset}, which its graph "
