@@ -8,28 +8,35 @@ step (440 float32 tensors, ~490 MB) that was most of the recorder's cost.
 
 It is plain C99 (no torch headers, no build tool): the first recording process compiles it with
 ``$CC``, ``cc``, ``gcc`` or ``clang`` in about a second and caches the library under
-``$TRACEFMT_CACHE_DIR`` (default ``~/.cache/tracefmt``), keyed by the source, the compiler's
-version, the flags and the CPU's vector level, so machines sharing a home directory never load
-each other's builds.  Without a compiler, or with ``TRACEFMT_NATIVE_STATS=0``, the torch path
-computes the same row (within spec section 5.7's accuracy) more slowly, and a warning says so once.
+``$TRACEFMT_CACHE_DIR`` (default ``~/.cache/tracefmt``, else a private directory under the
+system's temporary directory), keyed by the source, the compiler's version, the flags and the
+CPU's vector level, so machines sharing a home directory never load each other's builds.  Ranks
+starting together build it once (a lock file); a library writable by other users is not loaded.
+Without a compiler, or with ``TRACEFMT_NATIVE_STATS=0``, the torch path computes the same row
+(within spec section 5.7's accuracy) more slowly; in the first case a warning says so, once per
+process and only on local rank 0.
 
 Float flags: sums may be reassociated (they are blocked sums anyway) and min/max assume no NaN;
 zero, NaN and infinity are integer tests on the bits, and a non-finite element enters the float
-code as 0 or ``+-FLT_MAX`` (chosen on the bits), so no result depends on those flags.
+code as 0 or ``+-FLT_MAX`` (chosen on the bits).  A sum that overflows float comes back infinite,
+and the caller then computes that row in float64.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,24 +48,29 @@ _SOURCE = Path(__file__).with_name("_fused_stats.c")
 _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno",
           "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-ffinite-math-only"]
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+#: A compile takes about a second; past this, something is wrong (and the torch path is used).
+_COMPILE_SECONDS = 60
 
 
 class _Row(ctypes.Structure):
     _fields_ = [("sum", ctypes.c_double), ("sumsq", ctypes.c_double), ("min", ctypes.c_double),
-                ("max", ctypes.c_double), ("nonzero", ctypes.c_int64), ("nan", ctypes.c_int64),
-                ("inf", ctypes.c_int64), ("fingerprint", ctypes.c_uint64)]
+                ("max", ctypes.c_double), ("nonzero", ctypes.c_int64),
+                ("negzero", ctypes.c_int64), ("nan", ctypes.c_int64), ("inf", ctypes.c_int64),
+                ("fingerprint", ctypes.c_uint64)]
 
 
 @dataclass(frozen=True)
 class FusedStats:
     """One tensor's pass: moments over the finite elements (``min``/``max`` are ``+-FLT_MAX``
-    when there is none, and do not tell ``-0.0`` from ``0.0``); ``fingerprint`` is unsigned."""
+    when there is none, and do not tell ``-0.0`` from ``0.0``: ``negzero`` counts the ``-0.0``
+    elements); a sum that overflowed float is infinite; ``fingerprint`` is unsigned."""
 
     sum: float
     sumsq: float
     min: float
     max: float
     nonzero: int
+    negzero: int
     nan: int
     inf: int
     fingerprint: int
@@ -69,12 +81,16 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where the library may live: ``$TRACEFMT_CACHE_DIR`` or ``~/.cache/tracefmt``, then a
+    private directory under the system's temporary directory (a read-only home, a container)."""
     explicit = os.environ.get("TRACEFMT_CACHE_DIR")
     if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tracefmt"
+        first = Path(explicit)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        first = Path(base) / "tracefmt"
+    return [first, Path(tempfile.gettempdir()) / f"tracefmt-{os.getuid()}"]
 
 
 def _compiler() -> str | None:
@@ -91,12 +107,73 @@ def _vector_flags() -> list[str]:
     return []
 
 
-def _openmp_flags() -> list[str]:
-    """``-fopenmp`` where torch runs libgomp: the kernel then links the same ``libgomp.so.1``
-    (the loader reuses the copy torch loaded) and splits its work over torch's worker threads.
-    Threads of its own would fight those workers, which spin for a while after each op."""
+def _openmp_flags(compiler_version: str) -> list[str]:
+    """``-fopenmp`` where torch runs libgomp and the compiler is GCC: the kernel then links the
+    same ``libgomp.so.1`` (the loader reuses the copy torch loaded) and splits its work over
+    torch's worker threads.  Threads of its own would fight those workers, which spin for a while
+    after each op; clang's ``-fopenmp`` would bring a second runtime (libomp)."""
     lib = Path(torch.__file__).parent / "lib"
-    return ["-fopenmp"] if sys.platform == "linux" and (lib / "libgomp.so.1").exists() else []
+    gcc = "Free Software Foundation" in compiler_version and "clang" not in compiler_version
+    return ["-fopenmp"] if gcc and sys.platform == "linux" and (lib / "libgomp.so.1").exists() \
+        else []
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in a session of its own; past ``timeout`` kill all of it (the compiler's
+    cc1, as and ld too, not only the driver)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise OSError(f"{cmd[0]} took more than {timeout:.0f} s") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold ``directory/.lock``: the ranks of a job starting together build the library once,
+    the others wait and load it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: concurrent builds still end in one atomic rename
+        yield
+        return
+    with open(directory / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _load(cc: str, flags: list[str], target: Path) -> ctypes.CDLL:
+    """The library at ``target``, compiled there first if it is not yet."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent):
+        if not target.exists():
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".fused_stats-", suffix=".so")
+            os.close(fd)
+            try:
+                proc = _run([cc, *flags, "-o", tmp, str(_SOURCE)], _COMPILE_SECONDS)
+                if proc.returncode != 0:
+                    raise OSError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
+                os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep other users of a shared cache out
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+    if target.stat().st_mode & 0o022:
+        raise OSError(f"{target} is writable by other users; not loading it. Remove it, or point "
+                      "TRACEFMT_CACHE_DIR at a directory only you can write.")
+    return ctypes.CDLL(str(target))
+
+
+def _warn(message: str) -> None:
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # once per process, and per node under torchrun
+        warnings.warn(f"recorder: {message}", stacklevel=5)
 
 
 def _build() -> ctypes.CDLL | None:
@@ -105,42 +182,34 @@ def _build() -> ctypes.CDLL | None:
         return None
     cc = _compiler()
     if cc is None:
-        warnings.warn("recorder: no C compiler found ($CC, cc, gcc, clang); CPU statistics use "
-                      "the slower torch path. Install one (e.g. gcc), or set "
-                      "TRACEFMT_NATIVE_STATS=0 to silence this.", stacklevel=4)
+        _warn("no C compiler found ($CC, cc, gcc, clang); CPU statistics use the slower torch "
+              "path. Install one (e.g. gcc), or set TRACEFMT_NATIVE_STATS=0 to silence this.")
         return None
-    flags = [*_FLAGS, *_vector_flags(), *_openmp_flags()]
+    errors: list[str] = []
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30,
-                                 check=False).stdout
+        version = _run([cc, "--version"], 30).stdout
         source = _SOURCE.read_bytes()
+    except OSError as e:
+        errors.append(str(e))
+        version, source = "", b""
+    base = [*_FLAGS, *_vector_flags()]
+    openmp = _openmp_flags(version)
+    for flags in ([*base, *openmp], base) if openmp else (base,):
         key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(flags).encode(),
                                          platform.machine().encode()])).hexdigest()[:20]
-        cache = _cache_dir()
-        target = cache / f"fused_stats-{key}.so"
-        if not target.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache, prefix=".fused_stats-", suffix=".so")
-            os.close(fd)
+        for cache in _cache_dirs() if source else ():
             try:
-                proc = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE)], capture_output=True,
-                                      text=True, timeout=300, check=False)
-                if proc.returncode != 0:
-                    raise OSError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
-                os.replace(tmp, target)  # atomic: concurrent ranks build the same file
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as e:
-        warnings.warn(f"recorder: could not build the one-pass statistics kernel ({e}); CPU "
-                      "statistics use the slower torch path. Set TRACEFMT_NATIVE_STATS=0 to "
-                      "silence this.", stacklevel=4)
-        return None
-    lib.tf_stats_run.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
-                                 ctypes.POINTER(_Row)]
-    lib.tf_stats_run.restype = ctypes.c_int
-    return lib
+                lib = _load(cc, flags, cache / f"fused_stats-{key}.so")
+            except OSError as e:
+                errors.append(str(e))
+                continue
+            lib.tf_stats_run.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
+                                         ctypes.c_int, ctypes.POINTER(_Row)]
+            lib.tf_stats_run.restype = ctypes.c_int
+            return lib
+    _warn(f"could not build the one-pass statistics kernel ({errors[-1] if errors else '?'}); "
+          "CPU statistics use the slower torch path. Set TRACEFMT_NATIVE_STATS=0 to silence this.")
+    return None
 
 
 def _library() -> ctypes.CDLL | None:
@@ -169,5 +238,5 @@ def fused_stats(x: torch.Tensor) -> FusedStats | None:
     if lib.tf_stats_run(x.data_ptr(), x.numel(), code, torch.get_num_threads(),
                         ctypes.byref(row)) != 0:
         return None
-    return FusedStats(row.sum, row.sumsq, row.min, row.max, row.nonzero, row.nan, row.inf,
-                      row.fingerprint)
+    return FusedStats(row.sum, row.sumsq, row.min, row.max, row.nonzero, row.negzero, row.nan,
+                      row.inf, row.fingerprint)

@@ -79,6 +79,8 @@ class GraphCache:
         self._graph: Graph | None = None
 
     def graph(self, raw: RawStep) -> Graph:
+        """The graph of ``raw``: a variant of the last step's when only arguments and storage
+        offsets differ, else built from scratch; either way what :class:`GraphBuilder` builds."""
         reprs = [repr(op[5]) if op[5] else "" for op in raw.ops]
         graph = self._variant(raw, reprs)
         if graph is None:
@@ -197,7 +199,9 @@ class BackgroundWriter:
             return
         self._reported = True
         step = "" if self._error_step is None else f" while writing step {self._error_step}"
-        what = str(error) if isinstance(error, TraceError) else f"{type(error).__name__}: {error}"
+        what = str(error) if isinstance(error, TraceError) else (
+            f"{type(error).__name__}: {error} (not an I/O error: a bug of the sink or the "
+            "recorder; please report it with the traceback below)")
         raise TraceError(f"The trace writer for {self._target!r} failed{step}: "
                          f"{what.rstrip('.')}. The recorder has stopped recording; the steps "
                          "flushed before the failure are kept.") from error

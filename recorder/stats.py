@@ -8,7 +8,9 @@ and norm 42 + 61 ms accumulated in float64 against 7 + 12 ms in float32 (pairwis
 1024-element blocks combined in float64), which spec section 5.7 allows for 16- and 32-bit floats
 (relative error within 1e-6); ``torch.std`` costs more than all of them together.
 
-CPU tensors (this module) may look at values at no cost, so:
+float32 and bfloat16 CPU tensors go through the one-pass C kernel of :mod:`recorder._native`
+(every field in one read).  Other CPU tensors, and all of them where the kernel could not be
+built, take the torch path, which may look at values at no cost (no device to sync), so:
 
 * std is derived from sum and norm, unless the mean dominates the spread (the difference would
   cancel), where it is computed in two passes;
@@ -20,10 +22,10 @@ CPU tensors (this module) may look at values at no cost, so:
 
 Small tensors (most of a step's tensors, little of its bytes) cost per call, not per byte: float32
 and bfloat16 ones go through the one-pass kernel at once; others are copied when seen and reduced
-together on the writer thread with numpy, by segment.  Tensors
-on other devices go through :mod:`recorder._stats_device`, which never syncs.  A tensor that
-shares bytes, shape and layout with one already measured (``detach``, ``_unsafe_view``) is an
-*alias*: its row is copied, not computed.  Definitions: :mod:`recorder.stats_common`.
+together on the writer thread with numpy, by segment.  Tensors on other devices go through
+:mod:`recorder._stats_device`, which never syncs.  A tensor that shares bytes, shape and layout
+with one already measured (``detach``, ``_unsafe_view``) is an *alias*: its row is copied, not
+computed.  Definitions: :mod:`recorder.stats_common`.
 """
 
 from __future__ import annotations
@@ -203,15 +205,17 @@ class StatsCollector:
 
     def _add_fused(self, index: int, x: torch.Tensor, r: FusedStats) -> bool:
         """The row of a float32/bfloat16 tensor from the one-pass kernel's results; False (and
-        nothing added) for the rare tensor it cannot finish alone: one with non-finite elements
-        whose min or max is 0 (the kernel does not tell -0.0 from 0.0, and torch's min would be
-        -inf), or whose moments need a second pass, or with no finite element at all."""
+        nothing added) for the rare tensor it cannot finish alone: sums that overflowed float
+        (values above about 1e19), no finite element, or non-finite elements together with what
+        needs torch (a -0.0 that may be the min or max, a mean far above the spread)."""
         n = x.numel()
         m = n - r.nan - r.inf
-        lo, hi = r.min, r.max
-        if m < n and (m == 0 or lo == 0 or hi == 0):
+        if m == 0 or not (math.isfinite(r.sum) and math.isfinite(r.sumsq)):
             return False
-        if lo == 0 or hi == 0:  # tell -0.0 from 0.0 as torch (and the reference) do
+        lo, hi = r.min, r.max
+        if r.negzero and (lo == 0 or hi == 0):  # the kernel does not tell -0.0 from 0.0
+            if m < n:
+                return False
             lo_t, hi_t = torch.aminmax(x)
             lo, hi = lo_t.item(), hi_t.item()
         std = -1.0
@@ -247,7 +251,8 @@ def _sum_and_norm(x: torch.Tensor) -> tuple[float, float]:
     float64 accumulation (which read every tensor twice more, in the profile of the GPT step) and
     stay within 1e-6 of it, relative to the sum of magnitudes and to the norm: the accuracy spec
     section 5.7 allows (``tests/recorder/test_stats.py`` checks it).  float64 (and integers,
-    converted to float64 before) accumulate in float64.
+    converted to float64 before) accumulate in float64, and so does a tensor whose float32 sums
+    overflow.
     """
     if x.dtype == torch.float64:
         return x.sum().item(), torch.linalg.vector_norm(x).item()
@@ -258,6 +263,8 @@ def _sum_and_norm(x: torch.Tensor) -> tuple[float, float]:
                                        dtype=torch.float32).double().square().sum().item()
     if whole != n:
         squares += x[whole:].double().square().sum().item()
+    if not (math.isfinite(total) and math.isfinite(squares)):  # float overflowed: |x| > ~1e19
+        return _sum_and_norm(x.double())
     return total, math.sqrt(squares)
 
 

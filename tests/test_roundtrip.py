@@ -38,6 +38,7 @@ def examples(n: int) -> settings:
 I32 = st.integers(-(2**31), 2**31 - 1)
 I64 = st.integers(-(2**63), 2**63 - 1)
 U64 = st.integers(0, 2**64 - 1)
+OFFSET = st.integers(0, 2**63 - 1)  # spec 5.4: storage offsets are >= 0 (the builder refuses less)
 #: Any unicode text HDF5 can hold as UTF-8 (no lone surrogates).
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
 #: float64 values from raw bits (every NaN payload, signed zeros, subnormals) or hypothesis floats.
@@ -281,7 +282,7 @@ def graphs(draw: st.DrawFn) -> Graph:
         return g.add_tensor(draw(st.sampled_from(DType)), shape, strides=strides,
                             device=draw(TEXT), role=draw(st.sampled_from(Role)),
                             name=draw(st.none() | TEXT), producer=producer, producer_slot=slot,
-                            version=draw(I32), storage_offset=draw(I64))
+                            version=draw(I32), storage_offset=draw(OFFSET))
 
     for _ in range(draw(st.integers(0, 3))):
         tensor(None, draw(I32))
@@ -361,7 +362,7 @@ def variants(draw: st.DrawFn, graph: Graph) -> Graph:
         lambda a: encode_attrs(a) if a else None)
     ops = tuple(dataclasses.replace(op, attrs=draw(attrs)) if draw(st.booleans()) else op
                 for op in graph.ops)
-    tensors = tuple(dataclasses.replace(t, storage_offset=draw(I64 | st.integers(0, 3)))
+    tensors = tuple(dataclasses.replace(t, storage_offset=draw(OFFSET | st.integers(0, 3)))
                     if draw(st.booleans()) else t for t in graph.tensors)
     return Graph(ops, tensors)
 

@@ -181,6 +181,9 @@ class GraphBuilder:
         shape_t = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape_t):
             raise ValueError(f"Tensor shape {shape_t} has a negative dimension.")
+        if storage_offset < 0:
+            raise ValueError(f"Storage offset {storage_offset} is negative; offsets count "
+                             "elements from the start of the storage.")
         strides_t = None if strides is None else tuple(int(s) for s in strides)
         if not shape_t:
             strides_t = ()  # a 0-d tensor has empty strides either way: one canonical form
@@ -260,7 +263,8 @@ class Graph:
         tensors = list(self.tensors)
         for i, offset in (storage_offsets or {}).items():
             if offset < 0:
-                raise ValueError(f"Tensor {i}: storage offset {offset} is negative.")
+                raise ValueError(f"Tensor {i}: storage offset {offset} is negative; offsets count "
+                                 "elements from the start of the storage.")
             tensors[i] = replace(tensors[i], storage_offset=int(offset))
         graph = Graph(tuple(ops), tuple(tensors))
         object.__setattr__(graph, "_digest", self.digest)

@@ -176,12 +176,14 @@ class TraceWriter:
             os.replace(tmp, self.path)
             if fsync:
                 _fsync_dir(self.path.parent)
-        except (OSError, RuntimeError) as e:
+        except BaseException as e:
             self._failure = f"creating the file: {e}"
             self._abandon()
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise TraceError(f"Cannot create trace file {str(self.path)!r}: {e}") from e
+            if isinstance(e, (OSError, RuntimeError)):
+                raise TraceError(f"Cannot create trace file {str(self.path)!r}: {e}") from e
+            raise
         self._strings: dict[str, int] = {}
         self._graphs: dict[bytes, int] = {}
         # Per graph row, each op's base attributes and each tensor's base storage offset.  The
@@ -457,6 +459,7 @@ class TraceWriter:
     def flush(self) -> None:
         """Commit every written step and return when it is on disk (page cache, then ``fsync``)."""
         self._check_open()
+        committed = 0
         with self._io("Flushing"):
             if self._pending:
                 self._append(L.STEP_OVERRIDES, np.array(self._pending_overrides,
@@ -464,11 +467,12 @@ class TraceWriter:
                 self._seal_filtered_heaps()
                 self._file.flush()  # phase 1: every row the pending steps point at
                 self._append(L.STEPS, np.concatenate(self._pending))
-                self.steps_written += len(self._pending)
+                committed = len(self._pending)
                 self._pending, self._pending_overrides = [], []
             self._file.flush()  # phase 2: the commit rows
             if self._fsync:
                 os.fsync(self._file.id.get_vfd_handle())
+        self.steps_written += committed
 
     def _seal_filtered_heaps(self) -> None:
         """Pad filtered value heaps to a chunk boundary before a commit.
@@ -498,8 +502,13 @@ class TraceWriter:
             except TraceError:
                 self._abandon()
                 raise
+            try:
+                with self._io("Closing"):
+                    self._file.close()  # HDF5 may still write free-space and superblock data
+            except TraceError:
+                self._abandon()
+                raise
             self._closed = True
-            self._file.close()
         else:
             self._abandon()
 

@@ -103,7 +103,9 @@ def test_stats_equal_numpy(n: int, native: bool) -> None:
                 -relu, relu.to(torch.bfloat16), (torch.randn(n) * 1e-3 + 2).to(torch.bfloat16),
                 special.to(torch.bfloat16), torch.randn(n + 1)[1:],  # 4 bytes off alignment
                 torch.randn(n).masked_fill(torch.arange(n) % 3 == 0, -math.inf),  # attention mask
-                torch.full((n,), math.inf), relu.masked_fill(torch.arange(n) % 5 == 1, math.nan)]
+                torch.full((n,), math.inf), relu.masked_fill(torch.arange(n) % 5 == 1, math.nan),
+                torch.randn(n) * 1e20, (torch.randn(n) * 1e20).to(torch.bfloat16),  # squares
+                torch.full((n,), 3e38) * torch.randn(n).sign()]  # overflow float: float64 path
     c = StatsCollector(native=_native_param(native))
     for i, t in enumerate(tensors):
         c.add(i, t)
@@ -233,9 +235,10 @@ def test_native_kernel_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPat
     with pytest.warns(UserWarning, match="no C compiler found"):
         assert _native._build() is None
     monkeypatch.setattr(_native, "_compiler", lambda: "false")  # a compiler that always fails
+    monkeypatch.setattr(_native, "_cache_dirs", lambda: [tmp_path])
     with pytest.warns(UserWarning, match="could not build the one-pass statistics kernel"):
         assert _native._build() is None
-    assert not list(tmp_path.iterdir())  # no half-written library left in the cache
+    assert not list(tmp_path.glob("*.so*"))  # no half-written library left in the cache
     monkeypatch.setenv("TRACEFMT_NATIVE_STATS", "0")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -247,8 +250,22 @@ def test_native_kernel_is_cached_by_source_and_flags(monkeypatch: pytest.MonkeyP
     _native_param(True)
     monkeypatch.setenv("TRACEFMT_CACHE_DIR", str(tmp_path))
     assert _native._build() is not None
-    built = sorted(p.name for p in tmp_path.iterdir())
-    assert len(built) == 1
-    assert built[0].startswith("fused_stats-")
+    built = sorted(tmp_path.glob("*.so"))
+    assert [p.name[:12] for p in built] == ["fused_stats-"]
+    assert built[0].stat().st_mode & 0o777 == 0o755  # other users of a shared cache can load it
     assert _native._build() is not None  # loaded from the cache, not rebuilt
-    assert sorted(p.name for p in tmp_path.iterdir()) == built
+    assert sorted(tmp_path.glob("*.so")) == built
+    built[0].chmod(0o777)  # anyone could have replaced it: refuse it
+    with pytest.raises(OSError, match="writable by other users"):
+        _native._load("cc", [], built[0])
+
+
+def test_native_build_details() -> None:
+    """OpenMP only with GCC (clang's would bring a second runtime); a hung compiler is killed."""
+    gcc = "gcc (Debian 12.2.0-14) 12.2.0\nCopyright (C) 2022 Free Software Foundation, Inc."
+    clang = "Debian clang version 14.0.6\nTarget: x86_64-pc-linux-gnu"
+    assert _native._openmp_flags(clang) == []
+    if (Path(torch.__file__).parent / "lib" / "libgomp.so.1").exists():
+        assert _native._openmp_flags(gcc) == ["-fopenmp"]
+    with pytest.raises(OSError, match="took more than"):
+        _native._run(["sleep", "30"], 0.5)
