@@ -150,7 +150,7 @@ class StatsCollector:
             if self._native and n and not self._hist_bins and t.dtype in _NATIVE_DTYPES:
                 # The kernel costs about what the copy would, and leaves no numpy work for the
                 # writer thread (which competes with training for the cores and the GIL).
-                x = t.detach().reshape(-1) if t.is_contiguous() else t.detach().contiguous().view(-1)
+                x = t if t.is_contiguous() else t.contiguous()
                 fused = fused_stats(x)
                 if fused is not None and self._add_fused(index, x, fused):
                     return
@@ -204,10 +204,11 @@ class StatsCollector:
             self._pending.hists.append((index, *histogram(v, self._hist_bins)))
 
     def _add_fused(self, index: int, x: torch.Tensor, r: FusedStats) -> bool:
-        """The row of a float32/bfloat16 tensor from the one-pass kernel's results; False (and
-        nothing added) for the rare tensor it cannot finish alone: sums that overflowed float
-        (values above about 1e19), no finite element, or non-finite elements together with what
-        needs torch (a -0.0 that may be the min or max, a mean far above the spread)."""
+        """The row of a contiguous float32/bfloat16 tensor ``x`` (any shape: only the rare cases
+        below read it again) from the one-pass kernel's results; False (and nothing added) for
+        the rare tensor it cannot finish alone: sums that overflowed float (values above about
+        1e19), no finite element, or non-finite elements together with what needs torch (a -0.0
+        that may be the min or max, a mean far above the spread)."""
         n = x.numel()
         m = n - r.nan - r.inf
         if m == 0 or not (math.isfinite(r.sum) and math.isfinite(r.sumsq)):
@@ -222,11 +223,11 @@ class StatsCollector:
         if m > 1 and r.sumsq > 0 and r.sumsq - r.sum * r.sum / m <= _CANCEL * r.sumsq:
             if m < n:
                 return False
-            std = _centred_norm(x, r.sum / m) / math.sqrt(m)  # mean >> spread: two passes
+            std = _centred_norm(x.reshape(-1), r.sum / m) / math.sqrt(m)  # two passes
         self._pending.cpu_rows.append((index, n, _ALL, lo, hi, r.sum, math.sqrt(r.sumsq), std,
                                        r.nonzero, r.nan, r.inf, _signed(r.fingerprint)))
         if self._hist_bins:
-            self._pending.hists.append((index, *histogram(x, self._hist_bins)))
+            self._pending.hists.append((index, *histogram(x.reshape(-1), self._hist_bins)))
         return True
 
     def finish(self, n_tensors: int) -> PendingStats:
