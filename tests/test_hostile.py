@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import tracefmt
-from tests.badfiles import add_string
+from tests.badfiles import add_string, set_field
 from tests.synth import mlp_graph, synthetic_step, write_synthetic
 from tracefmt import (
     DType,
@@ -40,14 +40,6 @@ def _text(value: str) -> np.ndarray:
     """A fixed-length UTF-8 string attribute value, as the writer stores them."""
     data = value.encode()
     return np.array(data, dtype=h5py.string_dtype("utf-8", max(len(data), 1)))
-
-
-def _patch_row(path: Path, dataset: str, row: int, **fields: Any) -> None:
-    with h5py.File(path, "r+") as f:
-        rows = f[dataset][row:row + 1]
-        for name, value in fields.items():
-            rows[name] = value
-        f[dataset][row:row + 1] = rows
 
 
 def _set_item(path: Path, dataset: str, index: int, value: Any) -> None:
@@ -92,7 +84,7 @@ def test_a_declared_10e12_element_tensor_is_refused_before_allocation(tmp_path: 
     _one_tensor_trace(path)
     with h5py.File(path, "r+") as f:
         f["dims"][0:2] = (10**6, 10**6)               # shape (10**6, 10**6): 4 TB of float32
-    _patch_row(path, "data_index", 0, count=10**12)  # and the index agrees, so only size can tell
+    set_field(path, "data_index", 0, count=10**12)  # and the index agrees, so only size can tell
     with tracefmt.open(path) as t:
         tensor = t.step(0).tensors[0]
         assert tensor.shape == (10**6, 10**6)
@@ -109,7 +101,7 @@ def test_a_declared_10e12_element_tensor_is_refused_before_allocation(tmp_path: 
 def test_a_stored_count_that_disagrees_with_the_shape_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "t.tft.h5"
     _one_tensor_trace(path)
-    _patch_row(path, "data_index", 0, count=15)
+    set_field(path, "data_index", 0, count=15)
     with tracefmt.open(path) as t, pytest.raises(TraceFormatError, match="15 stored items"):
         t.step(0).tensors[0].values()
 
@@ -268,58 +260,58 @@ def test_a_bad_metadata_checksum_fails_fast(trace: Path) -> None:
 
 BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
     "stats beyond the table": (
-        lambda p: _patch_row(p, "steps", 0, stats_start=10**9), r"/stats are out of range"),
+        lambda p: set_field(p, "steps", 0, stats_start=10**9), r"/stats are out of range"),
     "huge stats count": (
-        lambda p: _patch_row(p, "steps", 0, stats_count=2**32 - 1), "stats rows"),
+        lambda p: set_field(p, "steps", 0, stats_count=2**32 - 1), "stats rows"),
     "data index beyond the table": (
-        lambda p: _patch_row(p, "steps", 0, data_start=2**60), r"/data_index are out of range"),
+        lambda p: set_field(p, "steps", 0, data_start=2**60), r"/data_index are out of range"),
     "event rows beyond the table": (
-        lambda p: _patch_row(p, "steps", 0, event_count=10**6), r"/events are out of range"),
+        lambda p: set_field(p, "steps", 0, event_count=10**6), r"/events are out of range"),
     "graph out of range": (
-        lambda p: _patch_row(p, "steps", 0, graph=99), "graph"),
+        lambda p: set_field(p, "steps", 0, graph=99), "graph"),
     "ops beyond the table": (
-        lambda p: _patch_row(p, "graphs", 0, op_start=10**7), r"/ops are out of range"),
+        lambda p: set_field(p, "graphs", 0, op_start=10**7), r"/ops are out of range"),
     "dims beyond the table": (
-        lambda p: _patch_row(p, "graphs", 0, dim_count=10**8), r"/dims are out of range"),
+        lambda p: set_field(p, "graphs", 0, dim_count=10**8), r"/dims are out of range"),
     "op edges outside the graph": (
-        lambda p: _patch_row(p, "ops", 0, in_start=10**6), "edges outside its graph"),
+        lambda p: set_field(p, "ops", 0, in_start=10**6), "edges outside its graph"),
     "edge names a missing tensor": (
-        lambda p: _patch_row(p, "edges", 0, tensor=10**6), "names tensor 1000000"),
+        lambda p: set_field(p, "edges", 0, tensor=10**6), "names tensor 1000000"),
     "producer out of range": (
-        lambda p: _patch_row(p, "tensors", 0, producer=10**6), "producer op 1000000"),
+        lambda p: set_field(p, "tensors", 0, producer=10**6), "producer op 1000000"),
     "too many dimensions": (
-        lambda p: _patch_row(p, "tensors", 0, ndim=200), "dimensions lie outside /dims"),
+        lambda p: set_field(p, "tensors", 0, ndim=200), "dimensions lie outside /dims"),
     "negative dimension": (lambda p: _set_item(p, "dims", 0, -5), "negative dimension"),
     "unknown dtype code": (
-        lambda p: _patch_row(p, "tensors", 0, dtype=99), "malformed"),
+        lambda p: set_field(p, "tensors", 0, dtype=99), "malformed"),
     "unknown role code": (
-        lambda p: _patch_row(p, "tensors", 0, role=77), "malformed"),
+        lambda p: set_field(p, "tensors", 0, role=77), "malformed"),
     "unknown phase code": (
-        lambda p: _patch_row(p, "ops", 0, phase=9), "malformed"),
+        lambda p: set_field(p, "ops", 0, phase=9), "malformed"),
     "string id out of range": (
-        lambda p: _patch_row(p, "ops", 0, name=10**6), "string id 1000000 is out of range"),
+        lambda p: set_field(p, "ops", 0, name=10**6), "string id 1000000 is out of range"),
     "string outside the heap": (
-        lambda p: _patch_row(p, "strings/index", 0, offset=2**40), "points outside"),
+        lambda p: set_field(p, "strings/index", 0, offset=2**40), "points outside"),
     "string not UTF-8": (
-        lambda p: _patch_row(p, "ops", 0, name=add_string(p, b"\xff\xfe")), "not UTF-8"),
+        lambda p: set_field(p, "ops", 0, name=add_string(p, b"\xff\xfe")), "not UTF-8"),
     "attrs not JSON": (
-        lambda p: _patch_row(p, "ops", 0, attrs=add_string(p, b"{nope")), "malformed"),
+        lambda p: set_field(p, "ops", 0, attrs=add_string(p, b"{nope")), "malformed"),
     "attrs not an object": (
-        lambda p: _patch_row(p, "ops", 0, attrs=add_string(p, b"[1, 2]")), "malformed"),
+        lambda p: set_field(p, "ops", 0, attrs=add_string(p, b"[1, 2]")), "malformed"),
     "attrs with NaN literal": (
-        lambda p: _patch_row(p, "ops", 0, attrs=add_string(p, b'{"a": NaN}')), "malformed"),
+        lambda p: set_field(p, "ops", 0, attrs=add_string(p, b'{"a": NaN}')), "malformed"),
     "attrs nested 100000 deep": (
-        lambda p: _patch_row(p, "ops", 0, attrs=add_string(p, b"[" * 100_000)), "malformed"),
+        lambda p: set_field(p, "ops", 0, attrs=add_string(p, b"[" * 100_000)), "malformed"),
     "values for a missing tensor": (
-        lambda p: _patch_row(p, "data_index", 0, tensor=10**6), "values recorded for tensor"),
+        lambda p: set_field(p, "data_index", 0, tensor=10**6), "values recorded for tensor"),
     "values beyond the heap": (
-        lambda p: _patch_row(p, "data_index", 0, offset=2**50), r"/data/float32 are out of range"),
+        lambda p: set_field(p, "data_index", 0, offset=2**50), r"/data/float32 are out of range"),
     "histogram for a missing tensor": (
-        lambda p: _patch_row(p, "hists", 0, tensor=10**6), "histogram for tensor"),
+        lambda p: set_field(p, "hists", 0, tensor=10**6), "histogram for tensor"),
     "event names a missing op": (
-        lambda p: _patch_row(p, "events", 0, op=10**6), "event names an op or tensor"),
+        lambda p: set_field(p, "events", 0, op=10**6), "event names an op or tensor"),
     "scalar name out of range": (
-        lambda p: _patch_row(p, "scalars", 0, name=10**6), "string id 1000000"),
+        lambda p: set_field(p, "scalars", 0, name=10**6), "string id 1000000"),
 }
 
 

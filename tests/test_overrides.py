@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 import pytest
 
 import tracefmt
-from tests.badfiles import add_string, set_attr
+from tests.badfiles import add_string, set_attr, set_field
 from tests.checks import assert_step_matches
 from tests.golden import DATA
 from tracefmt import DType, GraphBuilder, Phase, Role, StepRecord, TraceFormatError, TraceWriter
@@ -175,14 +174,6 @@ def test_digest_ignores_only_attrs_and_offsets() -> None:
 
 # -- hostile files ---------------------------------------------------------------------------
 
-def _patch(path: Path, dataset: str, row: int, **fields: Any) -> None:
-    with h5py.File(path, "r+") as f:
-        rows = f[dataset][row:row + 1]
-        for name, value in fields.items():
-            rows[name] = value
-        f[dataset][row:row + 1] = rows
-
-
 def _shorten(path: Path, dataset: str, rows: int) -> None:
     with h5py.File(path, "r+") as f:
         f[dataset].resize((rows,))
@@ -192,21 +183,21 @@ BREAKS = {
     "step without its overrides row": (
         lambda p: _shorten(p, L.STEP_OVERRIDES, 4), "/step_overrides are out of range"),
     "op_attrs range past the table": (
-        lambda p: _patch(p, L.STEP_OVERRIDES, 1, op_attrs_start=2**40), "/op_attrs are out of range"),
+        lambda p: set_field(p, L.STEP_OVERRIDES, 1, op_attrs_start=2**40), "/op_attrs are out of range"),
     "more op_attrs rows than ops": (
-        lambda p: _patch(p, L.STEP_OVERRIDES, 1, op_attrs_count=9), "/op_attrs are out of range"),
+        lambda p: set_field(p, L.STEP_OVERRIDES, 1, op_attrs_count=9), "/op_attrs are out of range"),
     "override of a missing op": (
-        lambda p: _patch(p, L.OP_ATTRS, 0, op=10**6), "name op 1000000"),
+        lambda p: set_field(p, L.OP_ATTRS, 0, op=10**6), "name op 1000000"),
     "overrides out of order": (
-        lambda p: _patch(p, L.OP_ATTRS, 1, op=0), "must name increasing ops"),
+        lambda p: set_field(p, L.OP_ATTRS, 1, op=0), "must name increasing ops"),
     "override of a missing tensor": (
-        lambda p: _patch(p, L.TENSOR_OFFSETS, 0, tensor=10**6), "name tensor 1000000"),
+        lambda p: set_field(p, L.TENSOR_OFFSETS, 0, tensor=10**6), "name tensor 1000000"),
     "override attrs not JSON": (
-        lambda p: _patch(p, L.OP_ATTRS, 0, attrs=add_string(p, b"{nope")), "malformed"),
+        lambda p: set_field(p, L.OP_ATTRS, 0, attrs=add_string(p, b"{nope")), "malformed"),
     "override attrs not an object": (
-        lambda p: _patch(p, L.OP_ATTRS, 0, attrs=add_string(p, b"[1]")), "malformed"),
+        lambda p: set_field(p, L.OP_ATTRS, 0, attrs=add_string(p, b"[1]")), "malformed"),
     "override attrs string out of range": (
-        lambda p: _patch(p, L.OP_ATTRS, 0, attrs=10**6), "string id 1000000 is out of range"),
+        lambda p: set_field(p, L.OP_ATTRS, 0, attrs=10**6), "string id 1000000 is out of range"),
 }
 
 
