@@ -26,7 +26,7 @@ from tests.checks import assert_step_matches, bits_float, same_json
 from tracefmt import DType, Event, GraphBuilder, Phase, Role, StepRecord, TraceWriter
 from tracefmt import _layout as L
 from tracefmt.dtypes import DTYPE_INFO, fingerprint, from_numpy, to_storage
-from tracefmt.records import Graph, decode_attrs, encode_attrs
+from tracefmt.records import Graph, decode_attrs, encode_attrs, numpy_can_hold
 from tracefmt.stats import tensor_stats
 
 
@@ -335,21 +335,13 @@ def records(draw: st.DrawFn, graph: Graph, step: int, hist_bins: int) -> StepRec
     for i, spec in enumerate(graph.tensors):
         info = DTYPE_INFO[spec.dtype]
         numel = int(np.prod(spec.shape, dtype=object))
-        if numel <= 27 and _numpy_can_hold(spec.shape, info.logical) and draw(st.booleans()):
+        if numel <= 27 and numpy_can_hold(spec.shape, info.logical) and draw(st.booleans()):
             raw = draw(st.binary(min_size=numel * info.itemsize, max_size=numel * info.itemsize))
             values[i] = np.frombuffer(raw, dtype=info.storage).copy()
     return StepRecord(step=step, graph=graph, stats=stats, op_stats=op_stats, values=values,
                       histograms=hists, events=events,
                       scalars=draw(st.dictionaries(TEXT, F64, max_size=3)),
                       wall_time=draw(F64), duration=draw(F64), dropped=draw(U64))
-
-
-def _numpy_can_hold(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
-    try:
-        np.empty(shape if int(np.prod(shape, dtype=object)) == 0 else 0, dtype=dtype)
-    except ValueError:
-        return False
-    return True
 
 
 @st.composite

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tracefmt._layout import OP_STATS_DTYPE, STATS_DTYPE
-from tracefmt.dtypes import DType
+from tracefmt.dtypes import DTYPE_INFO, DType
 from tracefmt.model import Event, Phase, Role
 
 __all__ = [
@@ -298,6 +298,23 @@ class Graph:
         return cached
 
 
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def numpy_can_hold(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
+    """Whether numpy can make an empty array of ``shape`` (it refuses when the product of the
+    other dimensions overflows, even next to a zero)."""
+    try:
+        np.empty(shape, dtype=dtype)
+    except (ValueError, MemoryError):
+        return False
+    return True
+
+
 def empty_stats(n: int) -> np.ndarray:
     """A stats table for ``n`` tensors with nothing computed (flags 0); fill what you compute."""
     rows = np.zeros(n, dtype=STATS_DTYPE)
@@ -335,6 +352,38 @@ class StepRecord:
     wall_time: float = 0.0
     duration: float = math.nan
     dropped: int = 0
+
+    def check(self) -> None:
+        """Raise ``ValueError`` when the record does not fit its graph: table lengths, tensor and
+        op indices, value sizes (what :meth:`tracefmt.writer.TraceWriter.write_step` checks before
+        it writes anything)."""
+        record, graph = self, self.graph
+        if record.stats is not None and len(record.stats) != graph.num_tensors:
+            raise ValueError(f"Step {record.step}: {len(record.stats)} stats rows for "
+                             f"{graph.num_tensors} tensors.")
+        if record.op_stats is not None and len(record.op_stats) != graph.num_ops:
+            raise ValueError(f"Step {record.step}: {len(record.op_stats)} op timing rows for "
+                             f"{graph.num_ops} ops.")
+        for tensor in [*record.values, *record.histograms]:
+            if not 0 <= tensor < graph.num_tensors:
+                raise ValueError(f"Step {record.step}: values or histogram for tensor {tensor}, "
+                                 f"but the graph has {graph.num_tensors} tensors.")
+        for tensor, array in record.values.items():
+            spec = graph.tensors[tensor]
+            want = _numel(spec.shape) * DTYPE_INFO[spec.dtype].itemsize
+            if array.nbytes != want:
+                raise ValueError(f"Step {record.step}: values of tensor {tensor} "
+                                 f"({spec.name or 'unnamed'}) have {array.nbytes} bytes; shape "
+                                 f"{spec.shape} of {spec.dtype.label} needs {want}.")
+            if want == 0 and not numpy_can_hold(spec.shape, DTYPE_INFO[spec.dtype].logical):
+                raise ValueError(f"Step {record.step}: tensor {tensor} has shape {spec.shape}, "
+                                 "which no numpy array can take, so its (empty) values could not "
+                                 "be read back; record it without values.")
+        for e in record.events:
+            if e.op is not None and not 0 <= e.op < graph.num_ops:
+                raise ValueError(f"Step {record.step}: event {e.kind!r} names op {e.op}.")
+            if e.tensor is not None and not 0 <= e.tensor < graph.num_tensors:
+                raise ValueError(f"Step {record.step}: event {e.kind!r} names tensor {e.tensor}.")
 
     @property
     def nbytes(self) -> int:

@@ -53,13 +53,6 @@ _ZERO_DIGEST = np.zeros(16, dtype=np.uint8)
 _LIBVER = ("v110", "latest")
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable (POSIX; a no-op where directories cannot be opened)."""
     try:
@@ -82,16 +75,6 @@ def _fixed_utf8(text: str) -> np.ndarray:
     """
     data = text.encode("utf-8")
     return np.array(data, dtype=h5py.string_dtype("utf-8", max(len(data), 1)))
-
-
-def _numpy_can_hold(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
-    """Whether numpy can make an empty array of ``shape`` (it refuses when the product of the
-    other dimensions overflows, even next to a zero)."""
-    try:
-        np.empty(shape, dtype=dtype)
-    except (ValueError, MemoryError):
-        return False
-    return True
 
 
 def rank_file_path(run_dir: str | os.PathLike[str], rank: int) -> Path:
@@ -362,7 +345,7 @@ class TraceWriter:
         if self._last_step is not None and record.step <= self._last_step:
             raise ValueError(f"Step {record.step} was written after step {self._last_step}; steps "
                              "must be written in increasing order.")
-        self._check_sizes(record)
+        record.check()
         with self._io(f"Writing step {record.step}"):
             self._write_step(record)
 
@@ -418,35 +401,6 @@ class TraceWriter:
         self._pending.append(row)
         self._pending_overrides.append(overrides)
         self._last_step = record.step
-
-    def _check_sizes(self, record: StepRecord) -> None:
-        graph = record.graph
-        if record.stats is not None and len(record.stats) != graph.num_tensors:
-            raise ValueError(f"Step {record.step}: {len(record.stats)} stats rows for "
-                             f"{graph.num_tensors} tensors.")
-        if record.op_stats is not None and len(record.op_stats) != graph.num_ops:
-            raise ValueError(f"Step {record.step}: {len(record.op_stats)} op timing rows for "
-                             f"{graph.num_ops} ops.")
-        for tensor in [*record.values, *record.histograms]:
-            if not 0 <= tensor < graph.num_tensors:
-                raise ValueError(f"Step {record.step}: values or histogram for tensor {tensor}, "
-                                 f"but the graph has {graph.num_tensors} tensors.")
-        for tensor, array in record.values.items():
-            spec = graph.tensors[tensor]
-            want = _numel(spec.shape) * DTYPE_INFO[spec.dtype].itemsize
-            if array.nbytes != want:
-                raise ValueError(f"Step {record.step}: values of tensor {tensor} "
-                                 f"({spec.name or 'unnamed'}) have {array.nbytes} bytes; shape "
-                                 f"{spec.shape} of {spec.dtype.label} needs {want}.")
-            if want == 0 and not _numpy_can_hold(spec.shape, DTYPE_INFO[spec.dtype].logical):
-                raise ValueError(f"Step {record.step}: tensor {tensor} has shape {spec.shape}, "
-                                 "which no numpy array can take, so its (empty) values could not "
-                                 "be read back; record it without values.")
-        for e in record.events:
-            if e.op is not None and not 0 <= e.op < graph.num_ops:
-                raise ValueError(f"Step {record.step}: event {e.kind!r} names op {e.op}.")
-            if e.tensor is not None and not 0 <= e.tensor < graph.num_tensors:
-                raise ValueError(f"Step {record.step}: event {e.kind!r} names tensor {e.tensor}.")
 
     def _write_values(self, graph: Graph, tensor: int, array: np.ndarray) -> tuple[int, ...]:
         spec = graph.tensors[tensor]
