@@ -15,7 +15,8 @@ from tracefmt.errors import MissingFilterError
 from tracefmt.filters import FILTERS, ensure_readable
 from tracefmt.model import Provenance
 from tracefmt.rules._base import GATE_NONE, GATE_TRACE, Issue, Skip, rule
-from tracefmt.rules._context import FileContext, RunContext, int_value, parse_version, text_value
+from tracefmt.rules._context import FileContext, RunContext
+from tracefmt.rules._views import int_value, parse_version, text_value
 from tracefmt.schema import H5Z_DEFLATE, H5Z_FLETCHER32, H5Z_SHUFFLE, values_filter_ids
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"

@@ -14,7 +14,8 @@ from tracefmt.dtypes import DType
 from tracefmt.model import Phase, Role
 from tracefmt.records import decode_attrs
 from tracefmt.rules._base import Issue, rule
-from tracefmt.rules._context import GRAPH_RANGES, FileContext, GraphView
+from tracefmt.rules._context import FileContext
+from tracefmt.rules._views import GRAPH_RANGES, GraphView
 
 _PHASES = frozenset(int(p) for p in Phase)
 _DTYPES = frozenset(int(d) for d in DType)

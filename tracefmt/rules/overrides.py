@@ -15,7 +15,8 @@ import numpy as np
 from tracefmt import _layout as L
 from tracefmt.records import decode_attrs
 from tracefmt.rules._base import Issue, Skip, rule
-from tracefmt.rules._context import OVERRIDE_RANGES, FileContext, GraphView, StepRef
+from tracefmt.rules._context import FileContext
+from tracefmt.rules._views import OVERRIDE_RANGES, GraphView, StepRef
 
 #: Per override table: the field naming the op or tensor, and what it names.
 _TARGET = {L.OP_ATTRS: ("op", "op"), L.TENSOR_OFFSETS: ("tensor", "tensor")}

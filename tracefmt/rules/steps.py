@@ -10,7 +10,8 @@ import numpy as np
 from tracefmt import _layout as L
 from tracefmt.dtypes import DTYPE_INFO, DType, heap_name
 from tracefmt.rules._base import Issue, Skip, rule
-from tracefmt.rules._context import STEP_RANGES, FileContext, GraphView, StepRef
+from tracefmt.rules._context import FileContext
+from tracefmt.rules._views import STEP_RANGES, GraphView, StepRef
 
 _STEP_FLAGS = L.STEP_HAS_NAN | L.STEP_HAS_INF
 _STAT_FLAGS = L.STAT_MOMENTS | L.STAT_COUNTS | L.STAT_FINGERPRINT
