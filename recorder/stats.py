@@ -150,7 +150,9 @@ class StatsCollector:
             if self._native and n and not self._hist_bins and t.dtype in _NATIVE_DTYPES:
                 # The kernel costs about what the copy would, and leaves no numpy work for the
                 # writer thread (which competes with training for the cores and the GIL).
-                x = t if t.is_contiguous() else t.contiguous()
+                x = t.detach()  # so nothing below builds autograd nodes (or takes their numbers)
+                if not x.is_contiguous():
+                    x = x.contiguous()
                 fused = fused_stats(x)
                 if fused is not None and self._add_fused(index, x, fused):
                     return

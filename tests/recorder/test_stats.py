@@ -269,3 +269,17 @@ def test_native_build_details() -> None:
         assert _native._openmp_flags(gcc) == ["-fopenmp"]
     with pytest.raises(OSError, match="took more than"):
         _native._run(["sleep", "30"], 0.5)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+def test_statistics_build_no_autograd_nodes(native: bool) -> None:
+    """Statistics read tensors that require grad; they must not add nodes to the autograd graph
+    (nor take sequence numbers, which attribute backward ops to modules)."""
+    c = StatsCollector(native=_native_param(native))
+    params = [torch.randn(8, 4, requires_grad=True).t(), torch.randn(SMALL_NUMEL + 9, 2,
+                                                                        requires_grad=True).t()]
+    before = torch._C._autograd._get_sequence_nr()
+    for i, p in enumerate(params):
+        c.add(i, p)
+    assert torch._C._autograd._get_sequence_nr() == before
+    c.finish(len(params)).resolve()
