@@ -43,15 +43,17 @@ from typing import Any
 import numpy as np
 
 import tracefmt
-from replayer.diff import diff_steps
+from replayer.diff.steps import diff_steps
 from tracefmt import DType, GraphBuilder, Phase, Role, StepRecord, TraceWriter
 from tracefmt.records import STATS_DTYPE, Graph
 
 NUMEL = 16
 PARAMS = 64
-NAMES = {Phase.FORWARD: ("aten::addmm.default", "aten::relu.default"),
-         Phase.BACKWARD: ("aten::mm.default", "aten::threshold_backward.default"),
-         Phase.OPTIMIZER: ("aten::lerp_.Scalar", "aten::addcmul_.default")}
+NAMES = {
+    Phase.FORWARD: ("aten::addmm.default", "aten::relu.default"),
+    Phase.BACKWARD: ("aten::mm.default", "aten::threshold_backward.default"),
+    Phase.OPTIMIZER: ("aten::lerp_.Scalar", "aten::addcmul_.default"),
+}
 
 
 def log(msg: str) -> None:
@@ -61,15 +63,21 @@ def log(msg: str) -> None:
 def make_graph(n_ops: int) -> Graph:
     g = GraphBuilder()
     h = g.add_tensor(DType.FLOAT32, (NUMEL,), role=Role.INPUT, name="input")
-    params = [g.add_tensor(DType.FLOAT32, (NUMEL,), role=Role.PARAMETER, name=f"p{i}")
-              for i in range(PARAMS)]
+    params = [
+        g.add_tensor(DType.FLOAT32, (NUMEL,), role=Role.PARAMETER, name=f"p{i}") for i in range(PARAMS)
+    ]
     for k in range(n_ops):
-        phase = (Phase.FORWARD if k < 0.4 * n_ops else
-                 Phase.BACKWARD if k < 0.8 * n_ops else Phase.OPTIMIZER)
+        phase = (
+            Phase.FORWARD if k < 0.4 * n_ops else Phase.BACKWARD if k < 0.8 * n_ops else Phase.OPTIMIZER
+        )
         out = g.add_tensor(DType.FLOAT32, (NUMEL,), producer=g.num_ops)
-        g.add_op(NAMES[phase][k % 2], phase=phase,
-                 module=f"layers.{k // 16}.{'act' if k % 2 else 'fc'}",
-                 inputs=[h, params[k % PARAMS]], outputs=[out])
+        g.add_op(
+            NAMES[phase][k % 2],
+            phase=phase,
+            module=f"layers.{k // 16}.{'act' if k % 2 else 'fc'}",
+            inputs=[h, params[k % PARAMS]],
+            outputs=[out],
+        )
         h = out
     return g.finish()
 
@@ -104,8 +112,14 @@ def write(path: Path, graph: Graph, steps: list[np.ndarray], values: bool) -> fl
     t0 = time.perf_counter()
     with TraceWriter(path, fsync=False) as w:
         for i, data in enumerate(steps):
-            w.write_step(StepRecord(step=i, graph=graph, stats=stats_rows(data),
-                                    values=dict(enumerate(data)) if values else {}))
+            w.write_step(
+                StepRecord(
+                    step=i,
+                    graph=graph,
+                    stats=stats_rows(data),
+                    values=dict(enumerate(data)) if values else {},
+                )
+            )
             w.flush()
     return time.perf_counter() - t0
 
@@ -140,14 +154,20 @@ def measure(tmp: Path, n_ops: int, values: bool, repeat: int) -> dict[str, Any]:
         diff_steps(a, diverged)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    result = {"ops": n_ops, "tensors": graph.num_tensors,
-              "identical_s": round(min(times_same), 4), "diverged_s": round(min(times_div), 4),
-              "diverged_ops": len(d_div.divergences), "load_s": round(load, 3),
-              "peak_mb": round(peak / 2**20, 1),
-              "identical_cpu_s": round(min(cpu_same), 4), "diverged_cpu_s": round(min(cpu_div), 4),
-              "us_per_op": round(min(cpu_div) / n_ops * 1e6, 2),
-              "identical_us_per_op": round(min(cpu_same) / n_ops * 1e6, 2),
-              "write_s": round(gen, 1)}
+    result = {
+        "ops": n_ops,
+        "tensors": graph.num_tensors,
+        "identical_s": round(min(times_same), 4),
+        "diverged_s": round(min(times_div), 4),
+        "diverged_ops": len(d_div.divergences),
+        "load_s": round(load, 3),
+        "peak_mb": round(peak / 2**20, 1),
+        "identical_cpu_s": round(min(cpu_same), 4),
+        "diverged_cpu_s": round(min(cpu_div), 4),
+        "us_per_op": round(min(cpu_div) / n_ops * 1e6, 2),
+        "identical_us_per_op": round(min(cpu_same) / n_ops * 1e6, 2),
+        "write_s": round(gen, 1),
+    }
     log(f"{mode} {n_ops}: {json.dumps(result)}")
     return result
 
@@ -161,16 +181,23 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="bench-diff-", dir=args.tmp))
-    out: dict[str, Any] = {"bench": "diff", "python": platform.python_version(),
-                           "machine": platform.machine(), "numel_per_tensor": NUMEL}
+    out: dict[str, Any] = {
+        "bench": "diff",
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "numel_per_tensor": NUMEL,
+    }
     try:
         for mode in args.modes.split(","):
             rows = {str(n): measure(tmp, n, mode == "values", args.repeat) for n in sizes}
             small, large = rows[str(min(sizes))], rows[str(max(sizes))]
-            out[mode] = {"sizes": rows,
-                         "linear_ratio": round(large["us_per_op"] / small["us_per_op"], 2),
-                         "identical_linear_ratio": round(large["identical_us_per_op"]
-                                                         / small["identical_us_per_op"], 2)}
+            out[mode] = {
+                "sizes": rows,
+                "linear_ratio": round(large["us_per_op"] / small["us_per_op"], 2),
+                "identical_linear_ratio": round(
+                    large["identical_us_per_op"] / small["identical_us_per_op"], 2
+                ),
+            }
         if "stats" in out and "10000" in out["stats"]["sizes"]:
             out["goal_stats_10k_under_1s"] = out["stats"]["sizes"]["10000"]["diverged_s"] < 1.0
         out["rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

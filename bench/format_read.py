@@ -57,13 +57,27 @@ from tracefmt import DType, GraphBuilder, Phase, Role, StepRecord, TraceWriter
 from tracefmt.records import OP_STATS_DTYPE, STATS_DTYPE, Graph
 
 OP_NAMES = {
-    Phase.FORWARD: ["aten::mm.default", "aten::add.Tensor", "aten::gelu.default",
-                    "aten::native_layer_norm.default", "aten::_softmax.default", "aten::view.default"],
-    Phase.BACKWARD: ["aten::mm.default", "aten::gelu_backward.default",
-                     "aten::native_layer_norm_backward.default", "aten::_softmax_backward_data.default",
-                     "aten::sum.dim_IntList"],
-    Phase.OPTIMIZER: ["aten::_foreach_mul_.Scalar", "aten::addcmul_.Tensor", "aten::lerp_.Scalar",
-                      "aten::sqrt.default"],
+    Phase.FORWARD: [
+        "aten::mm.default",
+        "aten::add.Tensor",
+        "aten::gelu.default",
+        "aten::native_layer_norm.default",
+        "aten::_softmax.default",
+        "aten::view.default",
+    ],
+    Phase.BACKWARD: [
+        "aten::mm.default",
+        "aten::gelu_backward.default",
+        "aten::native_layer_norm_backward.default",
+        "aten::_softmax_backward_data.default",
+        "aten::sum.dim_IntList",
+    ],
+    Phase.OPTIMIZER: [
+        "aten::_foreach_mul_.Scalar",
+        "aten::addcmul_.Tensor",
+        "aten::lerp_.Scalar",
+        "aten::sqrt.default",
+    ],
 }
 
 
@@ -78,19 +92,33 @@ def make_graph(n_ops: int, seed: int = 0) -> Graph:
     g = GraphBuilder()
     x = g.add_tensor(DType.FLOAT32, (8, 128, 768), role=Role.INPUT, name="input")
     for i in range(n_ops):
-        phase = (Phase.FORWARD if i < 0.4 * n_ops else
-                 Phase.BACKWARD if i < 0.85 * n_ops else Phase.OPTIMIZER)
+        phase = (
+            Phase.FORWARD if i < 0.4 * n_ops else Phase.BACKWARD if i < 0.85 * n_ops else Phase.OPTIMIZER
+        )
         names = OP_NAMES[phase]
         layer = i * 12 // n_ops
         module = f"layers.{layer}.{'attn' if i % 2 else 'mlp'}"
         inputs = [x]
         if i % 4 == 0:
-            inputs.append(g.add_tensor(DType.BFLOAT16, (768, 768), role=Role.PARAMETER,
-                                       name=f"{module}.weight.{i}", strides=(768, 1)))
+            inputs.append(
+                g.add_tensor(
+                    DType.BFLOAT16,
+                    (768, 768),
+                    role=Role.PARAMETER,
+                    name=f"{module}.weight.{i}",
+                    strides=(768, 1),
+                )
+            )
         role = Role.GRADIENT if phase is Phase.BACKWARD else Role.ACTIVATION
         y = g.add_tensor(DType.FLOAT32, (8, 128, 768), role=role, producer=g.num_ops)
-        g.add_op(names[int(rng.integers(len(names)))], phase=phase, module=module, inputs=inputs,
-                 outputs=[y], attrs={"alpha": 1.0} if i % 7 == 0 else None)
+        g.add_op(
+            names[int(rng.integers(len(names)))],
+            phase=phase,
+            module=module,
+            inputs=inputs,
+            outputs=[y],
+            attrs={"alpha": 1.0} if i % 7 == 0 else None,
+        )
         x = y
     return g.finish()
 
@@ -120,20 +148,27 @@ class StatsSource:
         stats["min"] = (mean - 4 * std * (1 + 0.1 * rng.random(n))).astype(np.float32)
         stats["max"] = (mean + 4 * std * (1 + 0.1 * rng.random(n))).astype(np.float32)
         stats["mean"], stats["std"] = mean, std
-        stats["norm"] = np.sqrt(self.numel) * np.sqrt(std ** 2 + mean ** 2)
+        stats["norm"] = np.sqrt(self.numel) * np.sqrt(std**2 + mean**2)
         stats["zero"] = np.where(self.relu, (self.numel * (0.5 + 0.01 * rng.standard_normal(n))), 0)
-        stats["fingerprint"] = rng.integers(0, 2 ** 63, n, dtype=np.int64).view(np.uint64)
+        stats["fingerprint"] = rng.integers(0, 2**63, n, dtype=np.int64).view(np.uint64)
         op_stats = np.zeros(m, dtype=OP_STATS_DTYPE)
         op_stats["host_ns"] = (self.host * (1 + 0.1 * rng.random(m))).astype(np.int64)
         op_stats["device_ns"] = -1
         op_stats["mem_bytes"] = self.mem
-        return StepRecord(step=step, graph=graph, stats=stats, op_stats=op_stats,
-                          scalars={"loss": float(rng.random())}, wall_time=1.7e9 + step,
-                          duration=0.1)
+        return StepRecord(
+            step=step,
+            graph=graph,
+            stats=stats,
+            op_stats=op_stats,
+            scalars={"loss": float(rng.random())},
+            wall_time=1.7e9 + step,
+            duration=0.1,
+        )
 
 
-def write_trace(path: Path, n_steps: int, graph: Graph, *, stride: int = 10,
-                flush_every: int = 1000) -> float:
+def write_trace(
+    path: Path, n_steps: int, graph: Graph, *, stride: int = 10, flush_every: int = 1000
+) -> float:
     src = StatsSource(graph)
     t0 = time.perf_counter()
     with TraceWriter(path, fsync=False) as w:
@@ -173,8 +208,12 @@ def time_open_load(path: Path, n_steps: int, stride: int, reps: int) -> dict[str
             t0 = time.perf_counter()
             f.load(row)
             loads.append(time.perf_counter() - t0)
-    return {"s": statistics.median(times), "min_s": min(times),
-            "find_us": statistics.median(finds) * 1e6, "load_ms": statistics.median(loads) * 1e3}
+    return {
+        "s": statistics.median(times),
+        "min_s": min(times),
+        "find_us": statistics.median(finds) * 1e6,
+        "load_ms": statistics.median(loads) * 1e3,
+    }
 
 
 def _library_info(trace: tracefmt.Trace) -> None:
@@ -211,8 +250,11 @@ def time_info(path: Path) -> dict[str, Any]:
             raise RuntimeError(f"tracefmt info failed: {result.output}")
     out["cli_s"] = statistics.median(times)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "from tracefmt.cli import main; main()", "info",
-                    "--json", str(path)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-c", "from tracefmt.cli import main; main()", "info", "--json", str(path)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     out["subprocess_s"] = time.perf_counter() - t0
     return out
 
@@ -222,8 +264,7 @@ def per_step_bytes(path: Path, n_ops: int, warm: int, steps: int) -> dict[str, A
     step, between step ``warm`` and ``warm + steps``."""
     graph = make_graph(n_ops, seed=1)
     src = StatsSource(graph, seed=1)
-    raw = graph.num_tensors * STATS_DTYPE.itemsize \
-        + graph.num_ops * OP_STATS_DTYPE.itemsize
+    raw = graph.num_tensors * STATS_DTYPE.itemsize + graph.num_ops * OP_STATS_DTYPE.itemsize
     with TraceWriter(path, fsync=False) as w:
         for i in range(warm):
             w.write_step(src.step(i, graph))
@@ -241,10 +282,17 @@ def per_step_bytes(path: Path, n_ops: int, warm: int, steps: int) -> dict[str, A
         ds1 = {d.path: d.stored_bytes for d in t.rank_file().dataset_sizes()}
     per = (size1 - size0) / steps
     grown = {k: round((ds1[k] - ds0[k]) / steps, 1) for k in ds1 if ds1[k] != ds0[k]}
-    return {"ops": graph.num_ops, "tensors": graph.num_tensors, "warm_steps": warm,
-            "steps": steps, "bytes_per_step": round(per, 1), "raw_stats_bytes_per_step": raw,
-            "ratio": round(per / raw, 4), "by_dataset": grown,
-            "write_ms_per_step": round(write_s / steps * 1e3, 2)}
+    return {
+        "ops": graph.num_ops,
+        "tensors": graph.num_tensors,
+        "warm_steps": warm,
+        "steps": steps,
+        "bytes_per_step": round(per, 1),
+        "raw_stats_bytes_per_step": raw,
+        "ratio": round(per / raw, 4),
+        "by_dataset": grown,
+        "write_ms_per_step": round(write_s / steps * 1e3, 2),
+    }
 
 
 def main() -> None:
@@ -272,37 +320,76 @@ def main() -> None:
         log(f"info {info}")
         per = per_step_bytes(tmp / "per_step.tft.h5", 2000, *((10, 40) if args.quick else (20, 200)))
         log(f"per step {per}")
-        small_steps = {str(n): per_step_bytes(tmp / f"per_step_{n}.tft.h5", n, 20,
-                                              200 if args.quick else 1000) for n in (10, 100)}
+        small_steps = {
+            str(n): per_step_bytes(tmp / f"per_step_{n}.tft.h5", n, 20, 200 if args.quick else 1000)
+            for n in (10, 100)
+        }
         log(f"per step, small graphs {small_steps}")
         sizes = {k: os.path.getsize(tmp / f"{k}.tft.h5") for k in ("small", "large")}
     ratio = large["s"] / small["s"]
-    print(json.dumps({
-        "bench": "format_read", "quick": args.quick, "fsync": False,
-        "long_traces": {"ops": graph.num_ops, "tensors": graph.num_tensors, "stride": stride,
-                        "small_steps": small_n, "large_steps": large_n, "file_bytes": sizes},
-        "open_load": {
-            "small_s": round(small["s"], 5), "small_min_s": round(small["min_s"], 5),
-            "large_s": round(large["s"], 5), "large_min_s": round(large["min_s"], 5),
-            "ratio": round(ratio, 3),
-            "find_us": {"small": round(small["find_us"], 1), "large": round(large["find_us"], 1)},
-            "load_ms": {"small": round(small["load_ms"], 3), "large": round(large["load_ms"], 3)},
-            "reps": reps},
-        "info": {k: round(v, 4) for k, v in info.items()},
-        "per_step": per,
-        "per_step_small_graphs": {n: {k: v[k] for k in ("ops", "tensors", "bytes_per_step",
-                                                        "raw_stats_bytes_per_step", "ratio",
-                                                        "write_ms_per_step")}
-                                  for n, v in small_steps.items()},
-        "generation_s": {k: round(v, 1) for k, v in gen.items()},
-        "goals": {"open_load_ratio_at_most_1_5": ratio <= 1.5,
-                  "repeated_stats_step_at_most_1_1x_raw": per["ratio"] <= 1.1},
-        "env": {"cpus": os.cpu_count(), "loadavg": [round(load_before, 2),
-                                                     round(os.getloadavg()[0], 2)],
-                "python": platform.python_version(),
-                "tracefmt": tracefmt.__version__, "h5py": h5py.version.version,
-                "hdf5": h5py.version.hdf5_version, "numpy": np.__version__},
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "format_read",
+                "quick": args.quick,
+                "fsync": False,
+                "long_traces": {
+                    "ops": graph.num_ops,
+                    "tensors": graph.num_tensors,
+                    "stride": stride,
+                    "small_steps": small_n,
+                    "large_steps": large_n,
+                    "file_bytes": sizes,
+                },
+                "open_load": {
+                    "small_s": round(small["s"], 5),
+                    "small_min_s": round(small["min_s"], 5),
+                    "large_s": round(large["s"], 5),
+                    "large_min_s": round(large["min_s"], 5),
+                    "ratio": round(ratio, 3),
+                    "find_us": {
+                        "small": round(small["find_us"], 1),
+                        "large": round(large["find_us"], 1),
+                    },
+                    "load_ms": {
+                        "small": round(small["load_ms"], 3),
+                        "large": round(large["load_ms"], 3),
+                    },
+                    "reps": reps,
+                },
+                "info": {k: round(v, 4) for k, v in info.items()},
+                "per_step": per,
+                "per_step_small_graphs": {
+                    n: {
+                        k: v[k]
+                        for k in (
+                            "ops",
+                            "tensors",
+                            "bytes_per_step",
+                            "raw_stats_bytes_per_step",
+                            "ratio",
+                            "write_ms_per_step",
+                        )
+                    }
+                    for n, v in small_steps.items()
+                },
+                "generation_s": {k: round(v, 1) for k, v in gen.items()},
+                "goals": {
+                    "open_load_ratio_at_most_1_5": ratio <= 1.5,
+                    "repeated_stats_step_at_most_1_1x_raw": per["ratio"] <= 1.1,
+                },
+                "env": {
+                    "cpus": os.cpu_count(),
+                    "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                    "python": platform.python_version(),
+                    "tracefmt": tracefmt.__version__,
+                    "h5py": h5py.version.version,
+                    "hdf5": h5py.version.hdf5_version,
+                    "numpy": np.__version__,
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -117,8 +117,9 @@ def make_graph(tensors: list[tuple[str, str, np.ndarray]]) -> Graph:
 
 
 # -- writers: each takes (path) and writes the whole set -------------------------------------------
-def tracefmt_writer(tensors: list[tuple[str, str, np.ndarray]],
-                    values_filter: str) -> Callable[[Path], None]:
+def tracefmt_writer(
+    tensors: list[tuple[str, str, np.ndarray]], values_filter: str
+) -> Callable[[Path], None]:
     graph = make_graph(tensors)
     values = {i: a for i, (_, _, a) in enumerate(tensors)}
     stats = empty_stats(len(tensors))
@@ -129,6 +130,7 @@ def tracefmt_writer(tensors: list[tuple[str, str, np.ndarray]],
         with TraceWriter(path, values_filter=values_filter, fsync=False, overwrite=True) as w:
             w.write_step(StepRecord(step=0, graph=graph, stats=stats, values=values))
             w.flush()
+
     return write
 
 
@@ -139,15 +141,18 @@ def np_save_writer(tensors: list[tuple[str, str, np.ndarray]]) -> Callable[[Path
         with open(path, "wb") as f:
             for a in arrays:
                 np.save(f, a, allow_pickle=False)
+
     return write
 
 
 def safetensors_writer(tensors: list[tuple[str, str, np.ndarray]]) -> Callable[[Path], None]:
     from safetensors.numpy import save_file
+
     arrays = {name: storage(a) for _, name, a in tensors}
 
     def write(path: Path) -> None:
         save_file(arrays, str(path))
+
     return write
 
 
@@ -163,11 +168,13 @@ def torch_writer(tensors: list[tuple[str, str, np.ndarray]]) -> Callable[[Path],
 
     def write(path: Path) -> None:
         torch.save(state, path)
+
     return write
 
 
-def time_methods(methods: dict[str, Callable[[Path], None]], tmp: Path,
-                 reps: int) -> dict[str, tuple[list[float], int]]:
+def time_methods(
+    methods: dict[str, Callable[[Path], None]], tmp: Path, reps: int
+) -> dict[str, tuple[list[float], int]]:
     times: dict[str, list[float]] = {m: [] for m in methods}
     sizes: dict[str, int] = {}
     for r in range(reps):
@@ -186,12 +193,12 @@ def time_methods(methods: dict[str, Callable[[Path], None]], tmp: Path,
 
 def stored_value_bytes(path: Path) -> int:
     with tracefmt.open(path) as t:
-        return sum(d.stored_bytes for d in t.rank_file().dataset_sizes()
-                   if d.path.startswith("data/"))
+        return sum(d.stored_bytes for d in t.rank_file().dataset_sizes() if d.path.startswith("data/"))
 
 
-def per_kind(tensors: list[tuple[str, str, np.ndarray]], tmp: Path,
-             reps: int) -> dict[str, dict[str, dict[str, float]]]:
+def per_kind(
+    tensors: list[tuple[str, str, np.ndarray]], tmp: Path, reps: int
+) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, dict[str, dict[str, float]]] = {}
     for f in TRACEFMT_FILTERS[1:]:
         out[f] = {}
@@ -205,8 +212,10 @@ def per_kind(tensors: list[tuple[str, str, np.ndarray]], tmp: Path,
                 t0 = time.perf_counter()
                 write(path)
                 best = min(best, time.perf_counter() - t0)
-            out[f][kind] = {"ratio": round(raw / stored_value_bytes(path), 3),
-                            "mb_per_s": round(raw / 1e6 / best, 1)}
+            out[f][kind] = {
+                "ratio": round(raw / stored_value_bytes(path), 3),
+                "mb_per_s": round(raw / 1e6 / best, 1),
+            }
             path.unlink()
         log(f"per kind {f}: {out[f]}")
     return out
@@ -226,7 +235,8 @@ def main() -> None:
     raw = sum(a.nbytes for _, _, a in tensors)
     log(f"{len(tensors)} tensors, {raw / 1e6:.1f} MB")
     methods: dict[str, Callable[[Path], None]] = {
-        f"tracefmt:{f}": tracefmt_writer(tensors, f) for f in TRACEFMT_FILTERS}
+        f"tracefmt:{f}": tracefmt_writer(tensors, f) for f in TRACEFMT_FILTERS
+    }
     tw = torch_writer(tensors)
     if tw is not None:
         methods["torch.save"] = tw
@@ -255,28 +265,49 @@ def main() -> None:
         }
     fast = f"tracefmt:{ALIASES['fast']}"
     goals: dict[str, Any] = {
-        "default_at_least_torch_save_speed": None if torch_speed is None else
-        out_methods["tracefmt:none"]["speed_vs_torch_save"] >= 1.0,
-        "fast_at_least_half_torch_save_speed": None if torch_speed is None else
-        out_methods[fast]["speed_vs_torch_save"] >= 0.5,
+        "default_at_least_torch_save_speed": None
+        if torch_speed is None
+        else out_methods["tracefmt:none"]["speed_vs_torch_save"] >= 1.0,
+        "fast_at_least_half_torch_save_speed": None
+        if torch_speed is None
+        else out_methods[fast]["speed_vs_torch_save"] >= 0.5,
         "fast_at_least_2x_smaller_on_bf16_like": kinds[ALIASES["fast"]]["bf16_like"]["ratio"] >= 2.0,
     }
     try:
         import torch
+
         torch_version: str | None = torch.__version__
     except ImportError:
         torch_version = None
-    print(json.dumps({
-        "bench": "format_write", "quick": args.quick, "reps": reps, "timing": "best of reps",
-        "fsync": False, "target": "page cache", "raw_bytes": raw, "tensors": len(tensors),
-        "bytes_by_kind": {k: sum(a.nbytes for kk, _, a in tensors if kk == k) for k in KINDS},
-        "fast_filter": ALIASES["fast"], "methods": out_methods, "per_kind": kinds, "goals": goals,
-        "env": {"cpus": os.cpu_count(), "loadavg": [round(load_before, 2),
-                                                     round(os.getloadavg()[0], 2)],
-                "python": platform.python_version(),
-                "tracefmt": tracefmt.__version__, "h5py": h5py.version.version,
-                "hdf5": h5py.version.hdf5_version, "numpy": np.__version__, "torch": torch_version},
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "format_write",
+                "quick": args.quick,
+                "reps": reps,
+                "timing": "best of reps",
+                "fsync": False,
+                "target": "page cache",
+                "raw_bytes": raw,
+                "tensors": len(tensors),
+                "bytes_by_kind": {k: sum(a.nbytes for kk, _, a in tensors if kk == k) for k in KINDS},
+                "fast_filter": ALIASES["fast"],
+                "methods": out_methods,
+                "per_kind": kinds,
+                "goals": goals,
+                "env": {
+                    "cpus": os.cpu_count(),
+                    "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                    "python": platform.python_version(),
+                    "tracefmt": tracefmt.__version__,
+                    "h5py": h5py.version.version,
+                    "hdf5": h5py.version.hdf5_version,
+                    "numpy": np.__version__,
+                    "torch": torch_version,
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

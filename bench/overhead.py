@@ -66,8 +66,8 @@ from typing import Any
 import torch
 
 import recorder
-from recorder._native import available as native_stats_available
 from recorder.examples.gpt import build
+from recorder.stats.native import available as native_stats_available
 
 SIZES: dict[str, dict[str, int]] = {
     "facts": {"layers": 4, "embd": 256, "heads": 4, "block": 128, "batch": 8},
@@ -77,8 +77,7 @@ RECORDER_CONFIGS: dict[str, dict[str, Any]] = {
     "idle": {},
     "graph": {"capture": ("graph",)},
     "graph_stats": {"capture": ("graph", "stats")},
-    "graph_stats_params": {"capture": ("graph", "stats"),
-                           "values": recorder.select(roles="parameters")},
+    "graph_stats_params": {"capture": ("graph", "stats"), "values": recorder.select(roles="parameters")},
     "values_all": {"capture": ("graph", "stats"), "values": "all"},
 }
 OTHER_CONFIGS = ("off", "profiler", "hooks_save")
@@ -88,8 +87,9 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _plan(configs: list[str], warmup: int, rounds: int, rare: str, rare_rounds: int,
-          rng: random.Random) -> tuple[list[str], int]:
+def _plan(
+    configs: list[str], warmup: int, rounds: int, rare: str, rare_rounds: int, rng: random.Random
+) -> tuple[list[str], int]:
     """Warm-up rounds, then counted rounds, of every configuration in a random order, no
     configuration twice in a row; ``rare`` runs in one warm-up round and ``rare_rounds`` counted
     ones.  Returns the plan and the index of its first counted step."""
@@ -132,8 +132,14 @@ def _hooks_save(model: torch.nn.Module, path: Path, sizes: list[int]) -> Iterato
         sizes.append(written[0])
 
 
-def _continuous(model: torch.nn.Module, train: Callable[[int], Any], path: Path,
-                rng: random.Random, blocks: int, steps: int) -> float | None:
+def _continuous(
+    model: torch.nn.Module,
+    train: Callable[[int], Any],
+    path: Path,
+    rng: random.Random,
+    blocks: int,
+    steps: int,
+) -> float | None:
     """Blocks of ``steps`` consecutive steps, recorded (default capture, every step, the writer
     thread running alongside as in a real job) or not, in random order: the ratio of the median
     block times per step.  A block's time ends when its last step is flushed to disk, so all the
@@ -142,8 +148,7 @@ def _continuous(model: torch.nn.Module, train: Callable[[int], Any], path: Path,
         return None
     state = {"on": False}
     times: dict[str, list[float]] = {"on": [], "off": []}
-    with recorder.record(path, model=model, overwrite=True,
-                         schedule=lambda step: state["on"]) as rec:
+    with recorder.record(path, model=model, overwrite=True, schedule=lambda step: state["on"]) as rec:
         for _ in range(blocks):
             for mode in rng.sample(["off", "on"], 2):
                 state["on"] = mode == "on"
@@ -159,8 +164,17 @@ def _continuous(model: torch.nn.Module, train: Callable[[int], Any], path: Path,
     return round(statistics.median(times["on"]) / statistics.median(times["off"]), 3)
 
 
-def bench_size(size: str, rounds: int, warmup: int, values_rounds: int, seed: int,
-               tmp: Path, pairs: int, blocks: int = 4, block_steps: int = 5) -> dict[str, Any]:
+def bench_size(
+    size: str,
+    rounds: int,
+    warmup: int,
+    values_rounds: int,
+    seed: int,
+    tmp: Path,
+    pairs: int,
+    blocks: int = 4,
+    block_steps: int = 5,
+) -> dict[str, Any]:
     model, opt, data = build(seed=seed, **SIZES[size])
     batches = [data.batch(i) for i in range(8)]
 
@@ -176,9 +190,12 @@ def bench_size(size: str, rounds: int, warmup: int, values_rounds: int, seed: in
     rng = random.Random(seed)
     plan, counted_from = _plan(configs, warmup, rounds, "values_all", values_rounds, rng)
     # "idle" captures nothing; every other recorder captures exactly its planned steps.
-    recs = {name: recorder.record(tmp / f"{size}-{name}", model=model, overwrite=True,
-                                  schedule=_only(plan, name), **kw)
-            for name, kw in RECORDER_CONFIGS.items()}
+    recs = {
+        name: recorder.record(
+            tmp / f"{size}-{name}", model=model, overwrite=True, schedule=_only(plan, name), **kw
+        )
+        for name, kw in RECORDER_CONFIGS.items()
+    }
     times: dict[str, list[float]] = {c: [] for c in configs}
     drains: dict[str, list[float]] = {c: [] for c in RECORDER_CONFIGS}
     saved: list[int] = []
@@ -268,7 +285,8 @@ def bench_size(size: str, rounds: int, warmup: int, values_rounds: int, seed: in
         result["amortised_1_in_100"] = round((99 * idle_ratio + med["graph_stats"] / off) / 100, 4)
     if "graph_stats" in med and idle_pairs:
         result["amortised_1_in_100_paired"] = round(
-            (99 * result["idle_paired"] + med["graph_stats"] / off) / 100, 4)
+            (99 * result["idle_paired"] + med["graph_stats"] / off) / 100, 4
+        )
     per_step: dict[str, int] = {}
     for name, r in recs.items():
         if r.recorded_steps:
@@ -286,14 +304,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer rounds, small size only")
     p.add_argument("--rounds", type=int, default=None, help="counted rounds per size")
     p.add_argument("--warmup", type=int, default=3, help="uncounted rounds first")
-    p.add_argument("--values-rounds", type=int, default=3,
-                   help="rounds that include values_all (it writes the whole step)")
+    p.add_argument(
+        "--values-rounds",
+        type=int,
+        default=3,
+        help="rounds that include values_all (it writes the whole step)",
+    )
     p.add_argument("--sizes", default=None, help="comma-separated: facts,small")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pairs", type=int, default=30,
-                   help="adjacent off/idle pairs timed after the rounds (idle_paired)")
-    p.add_argument("--blocks", type=int, default=4,
-                   help="recorded/unrecorded block pairs for graph_stats_continuous (0: skip)")
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=30,
+        help="adjacent off/idle pairs timed after the rounds (idle_paired)",
+    )
+    p.add_argument(
+        "--blocks",
+        type=int,
+        default=4,
+        help="recorded/unrecorded block pairs for graph_stats_continuous (0: skip)",
+    )
     p.add_argument("--block-steps", type=int, default=5, help="steps per block")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = p.parse_args(argv)
@@ -307,26 +337,45 @@ def main(argv: list[str] | None = None) -> int:
         args.pairs = min(args.pairs, 6)
         args.blocks = min(args.blocks, 2)
     out: dict[str, Any] = {
-        "bench": "recorder_overhead", "rounds": rounds, "warmup_rounds": warmup,
-        "interleaved": True, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "python": platform.python_version(),
-        "native_stats": native_stats_available(), "sizes": {}}
+        "bench": "recorder_overhead",
+        "rounds": rounds,
+        "warmup_rounds": warmup,
+        "interleaved": True,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "native_stats": native_stats_available(),
+        "sizes": {},
+    }
     with tempfile.TemporaryDirectory(prefix="recorder-bench-") as d:
         for size in sizes:
             _log(f"{size}: {rounds} rounds + {warmup} warm-up")
-            out["sizes"][size] = bench_size(size, rounds, warmup, values_rounds, args.seed,
-                                            Path(d), args.pairs, args.blocks, args.block_steps)
+            out["sizes"][size] = bench_size(
+                size,
+                rounds,
+                warmup,
+                values_rounds,
+                args.seed,
+                Path(d),
+                args.pairs,
+                args.blocks,
+                args.block_steps,
+            )
             for f in Path(d).iterdir():
                 if f.is_file():
                     f.unlink()
-    out["goals"] = {s: {"graph<=1.3": r["ratio"].get("graph", 9) <= 1.3,
-                        "graph_stats<=1.5": r["ratio"].get("graph_stats", 9) <= 1.5,
-                        "amortised<=1.02": r.get("amortised_1_in_100", 9) <= 1.02}
-                    for s, r in out["sizes"].items()}
+    out["goals"] = {
+        s: {
+            "graph<=1.3": r["ratio"].get("graph", 9) <= 1.3,
+            "graph_stats<=1.5": r["ratio"].get("graph_stats", 9) <= 1.5,
+            "amortised<=1.02": r.get("amortised_1_in_100", 9) <= 1.02,
+        }
+        for s, r in out["sizes"].items()
+    }
     print(json.dumps(out))
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -78,20 +78,23 @@ def synthetic_step(n_ops: int, seed: int = 0) -> StepRecord:
         b = tensor(b_val, role=Role.PARAMETER, name=f"{module}.bias")
         y_val = x_val @ w_val
         y = tensor(y_val, producer=g.num_ops)
-        g.add_op("aten::mm.default", phase=Phase.FORWARD, module=module, inputs=[x, w],
-                 outputs=[y])
+        g.add_op("aten::mm.default", phase=Phase.FORWARD, module=module, inputs=[x, w], outputs=[y])
         z_val = y_val + b_val
         z = tensor(z_val, producer=g.num_ops)
-        g.add_op("aten::add.Tensor", phase=Phase.FORWARD, module=module, inputs=[y, b],
-                 outputs=[z])
+        g.add_op("aten::add.Tensor", phase=Phase.FORWARD, module=module, inputs=[y, b], outputs=[z])
         r_val = np.maximum(z_val, 0)
         r = tensor(r_val, producer=g.num_ops)
-        g.add_op("aten::relu.default", phase=Phase.FORWARD, module=module, inputs=[z],
-                 outputs=[r])
-        gb = tensor(_gelu_backward(r_val.astype(np.float64), z_val.astype(np.float64)),
-                    producer=g.num_ops)
-        g.add_op("aten::gelu_backward.default", phase=Phase.BACKWARD, module=module,
-                 inputs=[r, z], outputs=[gb])
+        g.add_op("aten::relu.default", phase=Phase.FORWARD, module=module, inputs=[z], outputs=[r])
+        gb = tensor(
+            _gelu_backward(r_val.astype(np.float64), z_val.astype(np.float64)), producer=g.num_ops
+        )
+        g.add_op(
+            "aten::gelu_backward.default",
+            phase=Phase.BACKWARD,
+            module=module,
+            inputs=[r, z],
+            outputs=[gb],
+        )
         x, x_val = r, r_val
     graph = g.finish()
     stats = empty_stats(graph.num_tensors)
@@ -127,6 +130,7 @@ def measure_size(n_ops: int, folder: Path, reps: int) -> dict[str, Any]:
         w.flush()
     ops = record.graph.num_ops
     with tracefmt.open(path) as trace:
+
         def export() -> None:
             model, _ = replayer.export_step(trace, 0)
             model.SerializeToString()
@@ -134,20 +138,23 @@ def measure_size(n_ops: int, folder: Path, reps: int) -> dict[str, Any]:
         def check() -> None:
             report = replayer.check_step(trace, 0)
             if not report.passed:
-                raise SystemExit(f"check failed on the synthetic {n_ops}-op step: "
-                                 f"{report.failed[:3]}")
+                raise SystemExit(f"check failed on the synthetic {n_ops}-op step: {report.failed[:3]}")
 
         export_s = _best(export, reps)
         check_s = _best(check, reps)
     path.unlink()
-    return {"ops": ops, "export_s": round(export_s, 3), "check_s": round(check_s, 3),
-            "export_s_per_1k_ops": round(1000 * export_s / ops, 4),
-            "check_s_per_1k_ops": round(1000 * check_s / ops, 4)}
+    return {
+        "ops": ops,
+        "export_s": round(export_s, 3),
+        "check_s": round(check_s, 3),
+        "export_s_per_1k_ops": round(1000 * export_s / ops, 4),
+        "check_s_per_1k_ops": round(1000 * check_s / ops, 4),
+    }
 
 
 def measure_netron(gpt: str | None, folder: Path) -> tuple[dict[str, Any] | None, str | None]:
     from replayer.browser import find_chromium, render
-    from replayer.view import serve_step, stop
+    from replayer.view.netron import serve_step, stop
 
     if find_chromium() is None:
         return None, "chromium is not installed (make system-deps)"
@@ -161,9 +168,23 @@ def measure_netron(gpt: str | None, folder: Path) -> tuple[dict[str, Any] | None
             return None, "torch is not importable"
         out = folder / "gpt"
         print("recording the GPT example ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "recorder.examples.gpt", "--steps", "2", "--out",
-                        str(out), "--values", "all", "--quiet"], check=True, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "recorder.examples.gpt",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+                "--values",
+                "all",
+                "--quiet",
+            ],
+            check=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         gpt = str(out)
     with tracefmt.open(gpt) as trace:
         served = serve_step(trace, 1)
@@ -171,10 +192,16 @@ def measure_netron(gpt: str | None, folder: Path) -> tuple[dict[str, Any] | None
         shot = render(served.url, timeout=120)
     finally:
         stop(served.host, served.port)
-    return {"trace": "recorder.examples.gpt step 1" if gpt.endswith("gpt") else gpt,
-            "phase": "forward", "depth": served.depth, "ops": served.ops,
-            "expected_nodes": served.nodes, "nodes": shot.nodes,
-            "first_graph_s": round(shot.seconds, 3), "expired": shot.expired}, None
+    return {
+        "trace": "recorder.examples.gpt step 1" if gpt.endswith("gpt") else gpt,
+        "phase": "forward",
+        "depth": served.depth,
+        "ops": served.ops,
+        "expected_nodes": served.nodes,
+        "nodes": shot.nodes,
+        "first_graph_s": round(shot.seconds, 3),
+        "expired": shot.expired,
+    }, None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,8 +213,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 50_000]
     reps = 1 if args.quick else args.reps
-    result: dict[str, Any] = {"bench": "replay", "python": platform.python_version(),
-                              "cpus": os.cpu_count(), "sizes": []}
+    result: dict[str, Any] = {
+        "bench": "replay",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "sizes": [],
+    }
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         folder = Path(tmp)
         for n in sizes:
@@ -196,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
         first, last = result["sizes"][0], result["sizes"][-1]
         result["linear"] = {
             "export": round(last["export_s_per_1k_ops"] / first["export_s_per_1k_ops"], 2),
-            "check": round(last["check_s_per_1k_ops"] / first["check_s_per_1k_ops"], 2)}
+            "check": round(last["check_s_per_1k_ops"] / first["check_s_per_1k_ops"], 2),
+        }
         if args.no_netron:
             result["netron"], result["netron_skipped"] = None, "--no-netron"
         else:

@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from recorder._convert import TORCH_TO_DTYPE, CudaEvent, TensorMap, json_value
+from recorder.convert import TORCH_TO_DTYPE, CudaEvent, TensorMap, json_value
 from recorder.options import Options
-from recorder.stats import SMALL_NUMEL, PendingStats, StatsCollector
+from recorder.stats.cpu import SMALL_NUMEL, PendingStats, StatsCollector
 from recorder.tracking import Names, PhaseTracker
 from tracefmt.dtypes import DType
 from tracefmt.errors import TraceError
@@ -38,14 +38,24 @@ __all__ = ["RawStep", "StepCapture"]
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 #: Ops whose output is uninitialized memory: statistics of it would be noise (and often NaN).
-_UNINITIALIZED = frozenset({"aten::empty", "aten::empty_like", "aten::empty_strided",
-                            "aten::new_empty", "aten::new_empty_strided", "aten::empty_permuted"})
+_UNINITIALIZED = frozenset(
+    {
+        "aten::empty",
+        "aten::empty_like",
+        "aten::empty_strided",
+        "aten::new_empty",
+        "aten::new_empty_strided",
+        "aten::empty_permuted",
+    }
+)
 
 #: Ops that write arguments their schema does not mark as written: batch norm updates
 #: ``running_mean`` and ``running_var`` (arguments 3 and 4) in place when ``training`` (argument 5).
-_UNDECLARED_WRITES = {"aten::native_batch_norm": (5, frozenset({3, 4})),
-                      "aten::cudnn_batch_norm": (5, frozenset({3, 4})),
-                      "aten::miopen_batch_norm": (5, frozenset({3, 4}))}
+_UNDECLARED_WRITES = {
+    "aten::native_batch_norm": (5, frozenset({3, 4})),
+    "aten::cudnn_batch_norm": (5, frozenset({3, 4})),
+    "aten::miopen_batch_norm": (5, frozenset({3, 4})),
+}
 #: Roles of tensors the recorder has no name for yet.
 _UNNAMED = (Role.ACTIVATION, Role.INPUT)
 
@@ -66,14 +76,20 @@ class _OpInfo:
     def of(cls, func: Any) -> _OpInfo:
         schema = func._schema
         args = schema.arguments
-        written = frozenset(i for i, a in enumerate(args)
-                            if a.alias_info is not None and a.alias_info.is_write)
-        views = tuple(r.alias_info is not None and not r.alias_info.is_write
-                      for r in schema.returns)
+        written = frozenset(
+            i for i, a in enumerate(args) if a.alias_info is not None and a.alias_info.is_write
+        )
+        views = tuple(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
         names = tuple(a.name for a in args)
-        return cls(f"{schema.name}.{func._overloadname}", names,
-                   {n: i for i, n in enumerate(names)}, written, views,
-                   schema.name in _UNINITIALIZED, _UNDECLARED_WRITES.get(schema.name))
+        return cls(
+            f"{schema.name}.{func._overloadname}",
+            names,
+            {n: i for i, n in enumerate(names)},
+            written,
+            views,
+            schema.name in _UNINITIALIZED,
+            _UNDECLARED_WRITES.get(schema.name),
+        )
 
 
 class _Slot:
@@ -81,8 +97,9 @@ class _Slot:
 
     __slots__ = ("gen", "history", "key", "name", "role", "value", "version")
 
-    def __init__(self, value: int, key: int | None, gen: int, version: int, role: Role,
-                 name: str | None) -> None:
+    def __init__(
+        self, value: int, key: int | None, gen: int, version: int, role: Role, name: str | None
+    ) -> None:
         self.value, self.key, self.gen, self.version = value, key, gen, version
         self.role, self.name = role, name
         self.history = [value]
@@ -97,8 +114,17 @@ class RawStep:
     """
 
     step: int
-    ops: list[tuple[str, Phase, str, tuple[tuple[int, int, int], ...], tuple[int, ...],
-                    dict[str, Any] | None, str | None]]
+    ops: list[
+        tuple[
+            str,
+            Phase,
+            str,
+            tuple[tuple[int, int, int], ...],
+            tuple[int, ...],
+            dict[str, Any] | None,
+            str | None,
+        ]
+    ]
     tensors: list[tuple[DType, tuple[int, ...], tuple[int, ...], str, int, int, int, int]]
     roles: list[Role]
     names: list[str | None]
@@ -135,8 +161,7 @@ class StepCapture:
         self.step = step
         self.options = options
         self.names = names
-        self.tracker = PhaseTracker(names, on_tensor_named=self.name_tensor,
-                                    on_compiled=self._compiled)
+        self.tracker = PhaseTracker(names, on_tensor_named=self.name_tensor, on_compiled=self._compiled)
         self._objects = TensorMap()
         self._named = TensorMap()
         self._gens: dict[int, int] = {}
@@ -170,10 +195,13 @@ class StepCapture:
     def _compiled(self, module: torch.nn.Module) -> None:
         if not self._compiled_seen:
             self._compiled_seen = True
-            self._events.append(Event(
-                "compile_bypassed",
-                f"{type(module).__name__} is torch.compile'd; under the recorder it ran eagerly, "
-                "so this step's graph shows the eager aten ops, not the compiled kernels."))
+            self._events.append(
+                Event(
+                    "compile_bypassed",
+                    f"{type(module).__name__} is torch.compile'd; under the recorder it ran eagerly, "
+                    "so this step's graph shows the eager aten ops, not the compiled kernels.",
+                )
+            )
 
     # -- lifecycle --------------------------------------------------------------------------
     def install(self) -> Any:
@@ -184,9 +212,11 @@ class StepCapture:
         """
         active = StepCapture._active
         if active is not None:
-            raise TraceError(f"Another recorder is capturing step {active.step} in this process; "
-                             "two recorders cannot capture the same steps. Give them schedules "
-                             "that do not overlap, or record with one recorder.")
+            raise TraceError(
+                f"Another recorder is capturing step {active.step} in this process; "
+                "two recorders cannot capture the same steps. Give them schedules "
+                "that do not overlap, or record with one recorder."
+            )
         StepCapture._active = self
         stack = ExitStack()
         stack.callback(setattr, StepCapture, "_active", None)
@@ -207,8 +237,7 @@ class StepCapture:
         n = len(self._tensors)
         selection = self.options.values
         for index, module, op in self._tentative:
-            if selection is not None and not selection.matches(self._roles[index].label, module,
-                                                                op):
+            if selection is not None and not selection.matches(self._roles[index].label, module, op):
                 del self._values[index]
         self._tentative = []
         stats = self._stats.finish(n) if self._stats is not None else None
@@ -216,9 +245,21 @@ class StepCapture:
         if any(v.device.type == "cuda" for v in self._values.values()):
             ready = CudaEvent()
             ready.record()
-        raw = RawStep(self.step, self._ops, self._tensors, self._roles, self._names,
-                      self._host_ns, stats, self._values, self._cuda_times, self._events,
-                      wall_time=self._wall, duration=duration, values_ready=ready)
+        raw = RawStep(
+            self.step,
+            self._ops,
+            self._tensors,
+            self._roles,
+            self._names,
+            self._host_ns,
+            stats,
+            self._values,
+            self._cuda_times,
+            self._events,
+            wall_time=self._wall,
+            duration=duration,
+            values_ready=ready,
+        )
         self._objects = TensorMap()
         self._named = TensorMap()
         self._values = {}
@@ -235,15 +276,34 @@ class StepCapture:
             return None
         return ptr or None
 
-    def _new_value(self, t: torch.Tensor, producer: int, slot_no: int, version: int,
-                   role: Role, name: str | None, key: int | None, slot: _Slot | None) -> int:
+    def _new_value(
+        self,
+        t: torch.Tensor,
+        producer: int,
+        slot_no: int,
+        version: int,
+        role: Role,
+        name: str | None,
+        key: int | None,
+        slot: _Slot | None,
+    ) -> int:
         """A new graph tensor for the value ``t`` holds now; ``slot``: ``t``'s slot, if any."""
         device = self._devices.get(t.device)
         if device is None:
             device = self._devices[t.device] = str(t.device)
         index = len(self._tensors)
-        self._tensors.append((TORCH_TO_DTYPE[t.dtype], tuple(t.shape), t.stride(), device,
-                              producer, slot_no, version, t.storage_offset()))
+        self._tensors.append(
+            (
+                TORCH_TO_DTYPE[t.dtype],
+                tuple(t.shape),
+                t.stride(),
+                device,
+                producer,
+                slot_no,
+                version,
+                t.storage_offset(),
+            )
+        )
         self._roles.append(role)
         self._names.append(name)
         if slot is None:
@@ -256,8 +316,9 @@ class StepCapture:
             slot.history.append(index)
         return index
 
-    def _observe(self, index: int, t: torch.Tensor, module: str, op: str,
-                 same_bytes: int | None = None) -> None:
+    def _observe(
+        self, index: int, t: torch.Tensor, module: str, op: str, same_bytes: int | None = None
+    ) -> None:
         """Statistics and (if selected) a copy of value ``index``, whose contents are ``t`` now.
 
         ``same_bytes``: an earlier value already measured that holds exactly these bytes in the
@@ -274,8 +335,12 @@ class StepCapture:
             return
         role = self._roles[index]
         selected = selection.matches(role.label, module, op)
-        if (not selected and role in _UNNAMED and self.tracker.fresh_optimizer_state
-                and selection.matches(Role.OPTIMIZER_STATE.label, module, op)):
+        if (
+            not selected
+            and role in _UNNAMED
+            and self.tracker.fresh_optimizer_state
+            and selection.matches(Role.OPTIMIZER_STATE.label, module, op)
+        ):
             # Optimizer state made in this step is named only after the optimizer step: copy
             # it now, keep the copy in finish() if the name given by then is selected.
             selected = True
@@ -296,8 +361,11 @@ class StepCapture:
             return int(slot.value)
         version = 0 if slot is None else slot.version + 1
         named = self._named.get(t)
-        role, name = named if named is not None else (
-            (slot.role, slot.name) if slot is not None else (Role.INPUT, None))
+        role, name = (
+            named
+            if named is not None
+            else ((slot.role, slot.name) if slot is not None else (Role.INPUT, None))
+        )
         index = self._new_value(t, -1, 0, version, role, name, self._storage_key(t), slot)
         self._observe(index, t, module, op)
         return index
@@ -324,8 +392,12 @@ class StepCapture:
     def _fail(self, e: Exception) -> None:
         self._failed = True
         where = "".join(traceback.format_exception_only(type(e), e)).strip()
-        self._events.append(Event("recorder_error", f"The recorder stopped capturing this step "
-                                  f"after op {len(self._ops)}: {where}"))
+        self._events.append(
+            Event(
+                "recorder_error",
+                f"The recorder stopped capturing this step after op {len(self._ops)}: {where}",
+            )
+        )
 
     def _before(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         info = self._infos.get(func)
@@ -340,8 +412,7 @@ class StepCapture:
             self._collect(a, pos, names[pos] if pos < len(names) else f"arg{pos}", tensors, attrs)
         for key, a in kwargs.items():
             self._collect(a, info.arg_index.get(key, -1), key, tensors, attrs)
-        phase, module = tracker.phase(
-            node, lambda: any(t.requires_grad for t, _, _ in tensors))
+        phase, module = tracker.phase(node, lambda: any(t.requires_grad for t, _, _ in tensors))
         name = info.name
         inputs = []
         for t, pos, item in tensors:
@@ -366,8 +437,9 @@ class StepCapture:
         return (info, phase, module, inputs, written, attrs, tensors, grad_of, source, cuda)
 
     @staticmethod
-    def _collect(a: Any, pos: int, name: str, tensors: list[tuple[torch.Tensor, int, int]],
-                 attrs: dict[str, Any]) -> None:
+    def _collect(
+        a: Any, pos: int, name: str, tensors: list[tuple[torch.Tensor, int, int]], attrs: dict[str, Any]
+    ) -> None:
         if isinstance(a, torch.Tensor):
             tensors.append((a, pos, -1))
         elif isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a):
@@ -382,8 +454,9 @@ class StepCapture:
         op_index = len(self._ops)
         if cuda is not None:
             cuda[1].record()
-            self._cuda_times.append((op_index, cuda[0], cuda[1],
-                                     torch.cuda.memory_allocated() - cuda[2]))
+            self._cuda_times.append(
+                (op_index, cuda[0], cuda[1], torch.cuda.memory_allocated() - cuda[2])
+            )
         returned: list[tuple[torch.Tensor, bool]] = []
         if isinstance(out, torch.Tensor):
             returned.append((out, bool(info.view_returns and info.view_returns[0])))
@@ -391,8 +464,9 @@ class StepCapture:
             views = info.view_returns
             for i, o in enumerate(out):
                 if isinstance(o, torch.Tensor):
-                    returned.append((o, views[i] if i < len(views) and len(views) > 1
-                                     else bool(views and views[0])))
+                    returned.append(
+                        (o, views[i] if i < len(views) and len(views) > 1 else bool(views and views[0]))
+                    )
         if written:
             returned_ids = {id(o) for o, _ in returned}
             returned.extend((w, False) for w in written if id(w) not in returned_ids)
@@ -426,28 +500,33 @@ class StepCapture:
                     role, name = Role.ACTIVATION, None
                 # A pure view repeats its base's numbers; a named one (a gradient handed over by
                 # AccumulateGrad's detach) is what the user asks about, so it gets its own.
-                observe = (not is_view or self.options.views or role is not Role.ACTIVATION
-                           ) and not info.uninitialized
-            index = self._new_value(o, op_index, slot_no, version, role, name, key,
-                                    previous)
+                observe = (
+                    not is_view or self.options.views or role is not Role.ACTIVATION
+                ) and not info.uninitialized
+            index = self._new_value(o, op_index, slot_no, version, role, name, key, previous)
             outputs.append(index)
             if observe:
                 same = None
                 if not is_written and key is not None and o.numel() > SMALL_NUMEL:
                     same = self._same_bytes(o, tensors)
                 self._observe(index, o, module, info.name, same)
-        self._ops.append((info.name, phase, module, tuple(inputs), tuple(outputs),
-                          attrs or None, source))
+        self._ops.append(
+            (info.name, phase, module, tuple(inputs), tuple(outputs), attrs or None, source)
+        )
         self._host_ns.append(elapsed)
 
-    def _same_bytes(self, o: torch.Tensor, tensors: list[tuple[torch.Tensor, int, int]]
-                    ) -> int | None:
+    def _same_bytes(self, o: torch.Tensor, tensors: list[tuple[torch.Tensor, int, int]]) -> int | None:
         """The value of an input whose bytes ``o`` shares exactly (``detach``, ``_unsafe_view``,
         ``alias``, a reshape of a contiguous tensor), if any."""
         ptr = o.data_ptr()
         for t, _, _ in tensors:
-            if (t.data_ptr() == ptr and t.dtype == o.dtype and t.numel() == o.numel()
-                    and t.is_contiguous() and o.is_contiguous()):
+            if (
+                t.data_ptr() == ptr
+                and t.dtype == o.dtype
+                and t.numel() == o.numel()
+                and t.is_contiguous()
+                and o.is_contiguous()
+            ):
                 slot = self._objects.get(t)
                 if slot is not None:
                     return int(slot.value)
@@ -459,8 +538,7 @@ class StepCapture:
         frame: Any = sys._getframe(3)
         while frame is not None:
             path = frame.f_code.co_filename
-            if not (path.startswith(_TORCH_DIR) or path.startswith(_HERE)
-                    or path.startswith("<")):
+            if not (path.startswith(_TORCH_DIR) or path.startswith(_HERE) or path.startswith("<")):
                 return f"{path}:{frame.f_lineno}"
             frame = frame.f_back
         return None

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from recorder._convert import to_numpy
 from recorder.capture import RawStep
+from recorder.convert import to_numpy
 from tracefmt.errors import TraceError
 from tracefmt.records import Graph, GraphBuilder, StepRecord, empty_op_stats
 
@@ -40,8 +40,9 @@ class Sink(Protocol):
 def _scalar(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise TraceError(f"A step scalar must have one element, got a tensor of shape "
-                             f"{tuple(value.shape)}.")
+            raise TraceError(
+                f"A step scalar must have one element, got a tensor of shape {tuple(value.shape)}."
+            )
         return float(value.detach().cpu().item())
     return float(value)
 
@@ -49,13 +50,24 @@ def _scalar(value: Any) -> float:
 def _build_graph(raw: RawStep) -> Graph:
     g = GraphBuilder()
     for (dtype, shape, strides, device, producer, slot, version, offset), role, name in zip(
-            raw.tensors, raw.roles, raw.names, strict=True):
-        g.add_tensor(dtype, shape, strides=strides, device=device, role=role, name=name,
-                     producer=None if producer < 0 else producer, producer_slot=slot,
-                     version=version, storage_offset=offset)
+        raw.tensors, raw.roles, raw.names, strict=True
+    ):
+        g.add_tensor(
+            dtype,
+            shape,
+            strides=strides,
+            device=device,
+            role=role,
+            name=name,
+            producer=None if producer < 0 else producer,
+            producer_slot=slot,
+            version=version,
+            storage_offset=offset,
+        )
     for name, phase, module, inputs, outputs, attrs, source in raw.ops:
-        g.add_op(name, phase=phase, module=module, inputs=inputs, outputs=outputs, attrs=attrs,
-                 source=source)
+        g.add_op(
+            name, phase=phase, module=module, inputs=inputs, outputs=outputs, attrs=attrs, source=source
+        )
     return g.finish()
 
 
@@ -91,9 +103,13 @@ class GraphCache:
 
     def _variant(self, raw: RawStep, reprs: list[str]) -> Graph | None:
         graph = self._graph
-        if (graph is None or len(raw.ops) != len(self._ops)
-                or len(raw.tensors) != len(self._tensors) or raw.roles != self._roles
-                or raw.names != self._names):
+        if (
+            graph is None
+            or len(raw.ops) != len(self._ops)
+            or len(raw.tensors) != len(self._tensors)
+            or raw.roles != self._roles
+            or raw.names != self._names
+        ):
             return None
         offsets: dict[int, int] = {}
         for i, (new, old) in enumerate(zip(raw.tensors, self._tensors, strict=True)):
@@ -126,9 +142,19 @@ def build_record(raw: RawStep, graphs: GraphCache | None = None) -> StepRecord:
         raw.values_ready.synchronize()
     values = {i: to_numpy(t) for i, t in raw.values.items()}
     scalars = {k: _scalar(v) for k, v in raw.scalars.items()}
-    return StepRecord(step=raw.step, graph=graph, stats=stats, op_stats=op_stats, values=values,
-                      histograms=hists, events=tuple(raw.events), scalars=scalars,
-                      wall_time=raw.wall_time, duration=raw.duration, dropped=raw.dropped)
+    return StepRecord(
+        step=raw.step,
+        graph=graph,
+        stats=stats,
+        op_stats=op_stats,
+        values=values,
+        histograms=hists,
+        events=tuple(raw.events),
+        scalars=scalars,
+        wall_time=raw.wall_time,
+        duration=raw.duration,
+        dropped=raw.dropped,
+    )
 
 
 def _raw_nbytes(raw: RawStep) -> int:
@@ -142,9 +168,17 @@ _FLUSH = object()
 class BackgroundWriter:
     """A writer thread draining a bounded queue of captured steps into a sink."""
 
-    def __init__(self, sink: Sink, *, target: str, max_steps: int = 4, max_bytes: int = 1 << 30,
-                 backpressure: str = "block", flush_every_steps: int = 10,
-                 flush_every_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        target: str,
+        max_steps: int = 4,
+        max_bytes: int = 1 << 30,
+        backpressure: str = "block",
+        flush_every_steps: int = 10,
+        flush_every_seconds: float = 1.0,
+    ) -> None:
         self._sink = sink
         self._graphs = GraphCache()
         self._target = target
@@ -189,8 +223,7 @@ class BackgroundWriter:
     def _full(self, nbytes: int) -> bool:
         if not self._queue:
             return False
-        return (len(self._queue) >= self._max_steps
-                or self._queued_bytes + nbytes > self._max_bytes)
+        return len(self._queue) >= self._max_steps or self._queued_bytes + nbytes > self._max_bytes
 
     def check(self) -> None:
         """Raise the writer thread's error (once) as a :class:`TraceError`."""
@@ -199,12 +232,19 @@ class BackgroundWriter:
             return
         self._reported = True
         step = "" if self._error_step is None else f" while writing step {self._error_step}"
-        what = str(error) if isinstance(error, TraceError) else (
-            f"{type(error).__name__}: {error} (not an I/O error: a bug of the sink or the "
-            "recorder; please report it with the traceback below)")
-        raise TraceError(f"The trace writer for {self._target!r} failed{step}: "
-                         f"{what.rstrip('.')}. The recorder has stopped recording; the steps "
-                         "flushed before the failure are kept.") from error
+        what = (
+            str(error)
+            if isinstance(error, TraceError)
+            else (
+                f"{type(error).__name__}: {error} (not an I/O error: a bug of the sink or the "
+                "recorder; please report it with the traceback below)"
+            )
+        )
+        raise TraceError(
+            f"The trace writer for {self._target!r} failed{step}: "
+            f"{what.rstrip('.')}. The recorder has stopped recording; the steps "
+            "flushed before the failure are kept."
+        ) from error
 
     @property
     def failed(self) -> bool:
@@ -248,9 +288,15 @@ class BackgroundWriter:
                 if item is not None and item is not _FLUSH and self._error is None:
                     self._write(item)
                     unflushed += 1
-                if unflushed and self._error is None and (
-                        item is _FLUSH or unflushed >= self._flush_steps
-                        or time.monotonic() - last_flush >= self._flush_seconds):
+                if (
+                    unflushed
+                    and self._error is None
+                    and (
+                        item is _FLUSH
+                        or unflushed >= self._flush_steps
+                        or time.monotonic() - last_flush >= self._flush_seconds
+                    )
+                ):
                     self._sink.flush()
                     unflushed, last_flush = 0, time.monotonic()
             except BaseException as e:

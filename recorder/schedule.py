@@ -86,9 +86,16 @@ class Schedule:
         return self(step) is not Action.NONE
 
 
-def schedule(*, wait: int = 0, warmup: int = 0, active: int | None = None, repeat: int = 0,
-             skip_first: int = 0, every: int | None = None,
-             steps: Iterable[int] | None = None) -> Schedule:
+def schedule(
+    *,
+    wait: int = 0,
+    warmup: int = 0,
+    active: int | None = None,
+    repeat: int = 0,
+    skip_first: int = 0,
+    every: int | None = None,
+    steps: Iterable[int] | None = None,
+) -> Schedule:
     """Build a :class:`Schedule`.
 
     * ``schedule()`` or ``schedule(every=1)``: every step.
@@ -102,8 +109,10 @@ def schedule(*, wait: int = 0, warmup: int = 0, active: int | None = None, repea
     """
     if steps is not None:
         if every is not None or active is not None or wait or warmup or repeat or skip_first:
-            raise ValueError("schedule(steps=...) lists the steps to record; it cannot be combined "
-                             "with every, wait, warmup, active, repeat or skip_first.")
+            raise ValueError(
+                "schedule(steps=...) lists the steps to record; it cannot be combined "
+                "with every, wait, warmup, active, repeat or skip_first."
+            )
         if isinstance(steps, (str, bytes)):
             raise TypeError(f"schedule(steps=...) takes step numbers, got {steps!r}.")
         chosen = frozenset(_check_count("steps", s, minimum=0) for s in steps)
@@ -114,8 +123,10 @@ def schedule(*, wait: int = 0, warmup: int = 0, active: int | None = None, repea
     skip_first = _check_count("skip_first", skip_first, minimum=0)
     if every is not None:
         if active is not None or wait or warmup:
-            raise ValueError("schedule(every=N) records one step in N; it cannot be combined with "
-                             "wait, warmup or active (use those for torch.profiler-style cycles).")
+            raise ValueError(
+                "schedule(every=N) records one step in N; it cannot be combined with "
+                "wait, warmup or active (use those for torch.profiler-style cycles)."
+            )
         every = _check_count("every", every, minimum=1)
         return Schedule(active=1, repeat=repeat, skip_first=skip_first, every=every)
     active = 1 if active is None else _check_count("active", active, minimum=1)

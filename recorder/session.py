@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
-from recorder._native import available as native_stats_available
 from recorder.capture import StepCapture
 from recorder.options import Options, ValuesSelection
 from recorder.pipeline import BackgroundWriter, Sink
 from recorder.schedule import Action, Schedule
 from recorder.schedule import schedule as make_schedule
+from recorder.stats.native import available as native_stats_available
 from recorder.tracking import Names
 from tracefmt.errors import TraceError
 
@@ -44,32 +44,57 @@ __all__ = ["Recorder", "record"]
 ScheduleLike = Schedule | Callable[[int], "Action | bool"]
 
 
-def _open_trace_writer(path: str | os.PathLike[str], options: Options, *, run_id: str | None,
-                       overwrite: bool, values_filter: str,
-                       provenance_extra: Mapping[str, str]) -> tuple[Sink, str]:
+def _open_trace_writer(
+    path: str | os.PathLike[str],
+    options: Options,
+    *,
+    run_id: str | None,
+    overwrite: bool,
+    values_filter: str,
+    provenance_extra: Mapping[str, str],
+) -> tuple[Sink, str]:
     try:
         from tracefmt.writer import TraceWriter, rank_file_path
     except ImportError as e:
-        raise TraceError("tracefmt.writer is not available in this installation, so the "
-                         "recorder cannot write traces; pass sink=... to receive step records "
-                         "instead.") from e
+        raise TraceError(
+            "tracefmt.writer is not available in this installation, so the "
+            "recorder cannot write traces; pass sink=... to receive step records "
+            "instead."
+        ) from e
     run_dir = Path(path)
     run_dir.mkdir(parents=True, exist_ok=True)
     file = rank_file_path(run_dir, options.rank)
     extra = {"torch": torch.__version__, "recorder": "recorder", **provenance_extra}
-    writer = TraceWriter(file, run_id=run_id, rank=options.rank, world_size=options.world_size,
-                         values_filter=values_filter, hist_bins=options.hist_bins,
-                         provenance_extra=extra, overwrite=overwrite)
+    writer = TraceWriter(
+        file,
+        run_id=run_id,
+        rank=options.rank,
+        world_size=options.world_size,
+        values_filter=values_filter,
+        hist_bins=options.hist_bins,
+        provenance_extra=extra,
+        overwrite=overwrite,
+    )
     return writer, str(file)
 
 
 class Recorder:
     """A recording session; use :func:`record` to make one and ``with`` to run it."""
 
-    def __init__(self, path: str | os.PathLike[str] | None, schedule: ScheduleLike,
-                 options: Options, *, model: torch.nn.Module | None, sink: Sink | None,
-                 run_id: str | None, overwrite: bool, values_filter: str, start_step: int,
-                 provenance_extra: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        schedule: ScheduleLike,
+        options: Options,
+        *,
+        model: torch.nn.Module | None,
+        sink: Sink | None,
+        run_id: str | None,
+        overwrite: bool,
+        values_filter: str,
+        start_step: int,
+        provenance_extra: Mapping[str, str],
+    ) -> None:
         self._path = path
         self._schedule = schedule
         self.options = options
@@ -116,15 +141,25 @@ class Recorder:
                 if self._path is None:
                     raise ValueError("record() needs a path or a sink= to write steps to.")
                 self._sink, target = _open_trace_writer(
-                    self._path, self.options, run_id=self._run_id, overwrite=self._overwrite,
-                    values_filter=self._values_filter, provenance_extra=self._provenance_extra)
+                    self._path,
+                    self.options,
+                    run_id=self._run_id,
+                    overwrite=self._overwrite,
+                    values_filter=self._values_filter,
+                    provenance_extra=self._provenance_extra,
+                )
             else:
                 target = str(self._path or type(self._sink).__name__)
             o = self.options
             self._writer = BackgroundWriter(
-                self._sink, target=target, max_steps=o.max_queue_steps,
-                max_bytes=o.max_queue_bytes, backpressure=o.backpressure,
-                flush_every_steps=o.flush_every_steps, flush_every_seconds=o.flush_every_seconds)
+                self._sink,
+                target=target,
+                max_steps=o.max_queue_steps,
+                max_bytes=o.max_queue_bytes,
+                backpressure=o.backpressure,
+                flush_every_steps=o.flush_every_steps,
+                flush_every_seconds=o.flush_every_seconds,
+            )
             stack.callback(self._release)
             stack.callback(self._writer.close)
             if self._model is not None:
@@ -139,8 +174,9 @@ class Recorder:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._end_capture()
         stack, self._stack = self._stack, None
         if stack is not None:
@@ -168,8 +204,9 @@ class Recorder:
             scalars = {"loss": loss, **scalars}
         raw = self._end_capture()
         if raw is not None and not self._writer.failed:
-            raw.scalars = {k: v.detach() if isinstance(v, torch.Tensor) else v
-                           for k, v in scalars.items()}
+            raw.scalars = {
+                k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()
+            }
             if self._writer.submit(raw):
                 self.recorded_steps.append(raw.step)
         self._step += 1
@@ -206,24 +243,39 @@ class Recorder:
         raw = capture.finish()
         if not self._warned_compile and any(e.kind == "compile_bypassed" for e in raw.events):
             self._warned_compile = True
-            warnings.warn("A torch.compile'd module ran while the recorder was capturing; it ran "
-                          "eagerly on recorded steps, and the trace shows the eager aten ops. "
-                          "Steps off the schedule run compiled.", stacklevel=3)
+            warnings.warn(
+                "A torch.compile'd module ran while the recorder was capturing; it ran "
+                "eagerly on recorded steps, and the trace shows the eager aten ops. "
+                "Steps off the schedule run compiled.",
+                stacklevel=3,
+            )
         return raw if self._capture_action is Action.RECORD else None
 
 
-def record(path: str | os.PathLike[str] | None = None, *,
-           schedule: ScheduleLike | None = None,
-           model: torch.nn.Module | None = None,
-           capture: str | Collection[str] = ("graph", "stats"),
-           values: ValuesSelection | str | None = None,
-           views: bool = False, hist_bins: int = 0, source: bool = False,
-           backpressure: str = "block", max_queue_steps: int = 4,
-           max_queue_bytes: int = 1 << 30, flush_every_steps: int = 10,
-           flush_every_seconds: float = 1.0, rank: int = 0, world_size: int = 1,
-           run_id: str | None = None, overwrite: bool = False, values_filter: str = "none",
-           start_step: int = 0, sink: Sink | None = None,
-           provenance_extra: Mapping[str, str] | None = None) -> Recorder:
+def record(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    schedule: ScheduleLike | None = None,
+    model: torch.nn.Module | None = None,
+    capture: str | Collection[str] = ("graph", "stats"),
+    values: ValuesSelection | str | None = None,
+    views: bool = False,
+    hist_bins: int = 0,
+    source: bool = False,
+    backpressure: str = "block",
+    max_queue_steps: int = 4,
+    max_queue_bytes: int = 1 << 30,
+    flush_every_steps: int = 10,
+    flush_every_seconds: float = 1.0,
+    rank: int = 0,
+    world_size: int = 1,
+    run_id: str | None = None,
+    overwrite: bool = False,
+    values_filter: str = "none",
+    start_step: int = 0,
+    sink: Sink | None = None,
+    provenance_extra: Mapping[str, str] | None = None,
+) -> Recorder:
     """Record training steps into the run directory ``path`` (``path/rank-00000.tft.h5``).
 
     * ``schedule``: which steps (default every step); see :func:`recorder.schedule`.
@@ -249,25 +301,45 @@ def record(path: str | os.PathLike[str] | None = None, *,
     * ``sink``: receive :class:`tracefmt.records.StepRecord` objects instead of writing a file.
     """
     if path is None and sink is None:
-        raise ValueError("record() needs a run directory path (or sink=... to receive step "
-                         "records in memory).")
+        raise ValueError(
+            "record() needs a run directory path (or sink=... to receive step records in memory)."
+        )
     if path is not None and sink is not None:
         raise ValueError("record() takes a path or a sink, not both.")
     if schedule is None:
         schedule = make_schedule()
     if not callable(schedule):
-        raise TypeError(f"record(schedule=...) takes recorder.schedule(...) or a function of the "
-                        f"step number, got {schedule!r}.")
+        raise TypeError(
+            f"record(schedule=...) takes recorder.schedule(...) or a function of the "
+            f"step number, got {schedule!r}."
+        )
     if model is not None and not isinstance(model, torch.nn.Module):
         raise TypeError(f"record(model=...) takes a torch.nn.Module, got {type(model).__name__}.")
     if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
         raise ValueError(f"record(start_step=...) must be a non-negative int, got {start_step!r}.")
-    options = Options.build(capture=capture, values=values, views=views, hist_bins=hist_bins,
-                            source=source, backpressure=backpressure,
-                            max_queue_steps=max_queue_steps, max_queue_bytes=max_queue_bytes,
-                            flush_every_steps=flush_every_steps,
-                            flush_every_seconds=flush_every_seconds, rank=rank,
-                            world_size=world_size)
-    return Recorder(path, schedule, options, model=model, sink=sink, run_id=run_id,
-                    overwrite=overwrite, values_filter=values_filter, start_step=start_step,
-                    provenance_extra=provenance_extra or {})
+    options = Options.build(
+        capture=capture,
+        values=values,
+        views=views,
+        hist_bins=hist_bins,
+        source=source,
+        backpressure=backpressure,
+        max_queue_steps=max_queue_steps,
+        max_queue_bytes=max_queue_bytes,
+        flush_every_steps=flush_every_steps,
+        flush_every_seconds=flush_every_seconds,
+        rank=rank,
+        world_size=world_size,
+    )
+    return Recorder(
+        path,
+        schedule,
+        options,
+        model=model,
+        sink=sink,
+        run_id=run_id,
+        overwrite=overwrite,
+        values_filter=values_filter,
+        start_step=start_step,
+        provenance_extra=provenance_extra or {},
+    )

@@ -26,7 +26,7 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
-from recorder._convert import weak_tensor_map
+from recorder.convert import weak_tensor_map
 from tracefmt.model import Phase, Role
 
 ACCUMULATE_GRAD_SEQ = 2**64 - 1
@@ -73,8 +73,13 @@ class Names:
             if b not in self.buffers:
                 self.buffers[b] = name
 
-    def param_name(self, p: torch.Tensor, optimizer: torch.optim.Optimizer | None = None,
-                   group: int = 0, item: int = 0) -> str:
+    def param_name(
+        self,
+        p: torch.Tensor,
+        optimizer: torch.optim.Optimizer | None = None,
+        group: int = 0,
+        item: int = 0,
+    ) -> str:
         name = self.params.get(p)
         if name is None:
             name = f"optimizer{id(optimizer) % 10000}.group{group}.param{item}"
@@ -96,8 +101,9 @@ class Names:
         for optimizer in list(self.optimizers):
             yield from self.optimizer_state(optimizer)
 
-    def optimizer_state(self, optimizer: torch.optim.Optimizer
-                        ) -> Iterator[tuple[torch.Tensor, Role, str]]:
+    def optimizer_state(
+        self, optimizer: torch.optim.Optimizer
+    ) -> Iterator[tuple[torch.Tensor, Role, str]]:
         for p, state in list(optimizer.state.items()):
             if not isinstance(p, torch.Tensor) or not isinstance(state, dict):
                 continue
@@ -121,8 +127,13 @@ class PhaseTracker:
     removes every hook and restores ``torch.autograd.backward``/``grad``.
     """
 
-    def __init__(self, names: Names, *, on_tensor_named: Callable[[torch.Tensor, Role, str], None],
-                 on_compiled: Callable[[torch.nn.Module], None]) -> None:
+    def __init__(
+        self,
+        names: Names,
+        *,
+        on_tensor_named: Callable[[torch.Tensor, Role, str], None],
+        on_compiled: Callable[[torch.nn.Module], None],
+    ) -> None:
         self.names = names
         self.stack: list[str] = []
         self.backward_depth = 0
@@ -202,8 +213,11 @@ class PhaseTracker:
         self.names.optimizers.add(optimizer)
         state = optimizer.state
         self.fresh_optimizer_state = self.fresh_optimizer_state or any(
-            not state.get(p) for group in optimizer.param_groups for p in group["params"]
-            if p.grad is not None)
+            not state.get(p)
+            for group in optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        )
         for g, group in enumerate(optimizer.param_groups):
             for i, p in enumerate(group["params"]):
                 name = self.names.param_name(p, optimizer, g, i)

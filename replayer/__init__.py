@@ -9,11 +9,20 @@ Works without torch: it reads traces through :mod:`tracefmt` and writes ONNX.
 * :func:`serve_step` - serve it with Netron.
 """
 
-from replayer.check import check_step
+from replayer.check import CheckReport, OpResult, check_step
 from replayer.errors import ReplayError
 from replayer.export import ExportStats, export_ops, export_step, save_model, select
-from replayer.report import CheckReport, OpResult
 from replayer.view import serve_step
 
-__all__ = ["CheckReport", "ExportStats", "OpResult", "ReplayError", "check_step", "export_ops",
-           "export_step", "save_model", "select", "serve_step"]
+__all__ = [
+    "CheckReport",
+    "ExportStats",
+    "OpResult",
+    "ReplayError",
+    "check_step",
+    "export_ops",
+    "export_step",
+    "save_model",
+    "select",
+    "serve_step",
+]

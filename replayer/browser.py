@@ -23,9 +23,18 @@ from typing import Any
 from urllib.parse import urlparse
 
 #: Flags for a quiet, offline, throwaway browser.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1600,1000", "--remote-debugging-pipe")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1600,1000",
+    "--remote-debugging-pipe",
+)
 #: Netron's refusal of a build older than 180 days.
 EXPIRY_TEXT = "Please update to the newest version"
 
@@ -80,14 +89,28 @@ class Chromium:
         self._read, from_child = os.pipe()
         # The protocol wants the pipes on fds 3 (commands in) and 4 (replies out): a tiny Python
         # trampoline moves them there, whatever numbers they have here, then becomes Chromium.
-        trampoline = ("import fcntl, os, sys; a, b = (fcntl.fcntl(int(f), fcntl.F_DUPFD, 10) "
-                      "for f in sys.argv[1:3]); os.dup2(a, 3); os.dup2(b, 4); os.close(a); "
-                      "os.close(b); os.execv(sys.argv[3], sys.argv[3:])")
+        trampoline = (
+            "import fcntl, os, sys; a, b = (fcntl.fcntl(int(f), fcntl.F_DUPFD, 10) "
+            "for f in sys.argv[1:3]); os.dup2(a, 3); os.dup2(b, 4); os.close(a); "
+            "os.close(b); os.execv(sys.argv[3], sys.argv[3:])"
+        )
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", trampoline, str(to_child), str(from_child), exe, *FLAGS,
-             f"--user-data-dir={self._profile}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(to_child, from_child))
+            [
+                sys.executable,
+                "-c",
+                trampoline,
+                str(to_child),
+                str(from_child),
+                exe,
+                *FLAGS,
+                f"--user-data-dir={self._profile}",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(to_child, from_child),
+        )
         os.close(to_child)
         os.close(from_child)
         self._buffer = b""
@@ -99,8 +122,13 @@ class Chromium:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send(self, method: str, params: dict[str, Any] | None = None,
-             session: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    def send(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        session: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
         """Send one command and wait for its reply (events in between are dropped)."""
         self._next += 1
         message: dict[str, Any] = {"id": self._next, "method": method, "params": params or {}}
@@ -149,26 +177,35 @@ class Chromium:
         shutil.rmtree(self._profile, ignore_errors=True)
 
 
-def render(url: str, *, timeout: float = 60.0, settle: float = 0.5,
-           executable: str | None = None) -> Render:
+def render(
+    url: str, *, timeout: float = 60.0, settle: float = 0.5, executable: str | None = None
+) -> Render:
     """Open ``url`` (a Netron page), wait for its graph; see the module docstring."""
     with Chromium(executable) as browser:
         target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
-            "sessionId"]
+            "sessionId"
+        ]
         browser.send("Network.enable", session=session)
         parts = urlparse(url)
-        browser.send("Network.setCookie", {"name": "consent", "value": str(int(time.time() * 1000)),
-                                           "url": f"{parts.scheme}://{parts.netloc}/"},
-                     session=session)
+        browser.send(
+            "Network.setCookie",
+            {
+                "name": "consent",
+                "value": str(int(time.time() * 1000)),
+                "url": f"{parts.scheme}://{parts.netloc}/",
+            },
+            session=session,
+        )
         browser.send("Page.enable", session=session)
         start = time.monotonic()
         browser.send("Page.navigate", {"url": url}, session=session)
         nodes, message, first = -1, "", None
         deadline = start + timeout
         while time.monotonic() < deadline:
-            value = browser.send("Runtime.evaluate", {"expression": _PROBE, "returnByValue": True},
-                                 session=session)["result"].get("value")
+            value = browser.send(
+                "Runtime.evaluate", {"expression": _PROBE, "returnByValue": True}, session=session
+            )["result"].get("value")
             state = json.loads(value) if isinstance(value, str) else {}
             nodes, message = int(state.get("nodes", -1)), str(state.get("message", ""))
             if EXPIRY_TEXT in message:
@@ -179,5 +216,9 @@ def render(url: str, *, timeout: float = 60.0, settle: float = 0.5,
                 break
             time.sleep(0.05)
         shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session)
-        return Render(nodes=max(nodes, 0), seconds=first if first is not None else float("nan"),
-                      message=message, screenshot=base64.b64decode(shot.get("data", "")))
+        return Render(
+            nodes=max(nodes, 0),
+            seconds=first if first is not None else float("nan"),
+            message=message,
+            screenshot=base64.b64decode(shot.get("data", "")),
+        )

@@ -18,7 +18,7 @@ import numpy as np
 
 import tracefmt
 from replayer.errors import ReplayError
-from replayer.export import PHASES
+from replayer.export.build import PHASES
 from tracefmt.cli import TraceErrorGroup
 
 EXIT_MISMATCH = 1
@@ -40,8 +40,14 @@ def _progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+    with Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
@@ -56,9 +62,12 @@ _module = click.option("--module", default=None, help="Only ops in modules match
 
 
 def _depth_option(default_help: str) -> Callable[[Any], Any]:
-    return click.option("--depth", type=int, default=None,
-                        help="Fold modules deeper than this into expandable Module nodes "
-                             f"({default_help}).")
+    return click.option(
+        "--depth",
+        type=int,
+        default=None,
+        help=f"Fold modules deeper than this into expandable Module nodes ({default_help}).",
+    )
 
 
 @main.command()
@@ -68,30 +77,55 @@ def _depth_option(default_help: str) -> Callable[[Any], Any]:
 @click.option("--phase", type=click.Choice(PHASES), default="all", show_default=True)
 @_module
 @_depth_option("default: flat, every op a node")
-@click.option("--no-values", is_flag=True, help="Leave recorded values out (graph inputs, not "
-                                                "initializers).")
-@click.option("--split-saved", is_flag=True, help="Draw forward tensors read by backward ops as "
-                                                  "separate inputs (faster in Netron).")
+@click.option(
+    "--no-values", is_flag=True, help="Leave recorded values out (graph inputs, not initializers)."
+)
+@click.option(
+    "--split-saved",
+    is_flag=True,
+    help="Draw forward tensors read by backward ops as separate inputs (faster in Netron).",
+)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
-def export(trace: str, step_no: int, rank: int | None, phase: str, module: str | None,
-           depth: int | None, no_values: bool, split_saved: bool, output: str) -> None:
+def export(
+    trace: str,
+    step_no: int,
+    rank: int | None,
+    phase: str,
+    module: str | None,
+    depth: int | None,
+    no_values: bool,
+    split_saved: bool,
+    output: str,
+) -> None:
     """Export one recorded step as an ONNX model."""
-    from replayer.export import export_step, save_model
+    from replayer.export.build import export_step, save_model
 
     data_path = Path(output).with_name(Path(output).name + ".data")
     with tracefmt.open(trace) as t, _progress("export", True) as progress:
-        model, stats = export_step(t, step_no, rank=rank, phase=phase, module=module, depth=depth,
-                                   with_values=not no_values, split_saved=split_saved,
-                                   progress=progress, external_data=data_path)
+        model, stats = export_step(
+            t,
+            step_no,
+            rank=rank,
+            phase=phase,
+            module=module,
+            depth=depth,
+            with_values=not no_values,
+            split_saved=split_saved,
+            progress=progress,
+            external_data=data_path,
+        )
     save_model(model, output)
     extra = f" (values in {data_path.name})" if stats.external else ""
     modules = f", {stats.modules} Module nodes" if stats.modules else ""
     custom = stats.ops - stats.standard
     kinds = len(stats.custom)
-    custom_text = (f", {custom} as custom nodes of {kinds} op type{'s' if kinds != 1 else ''}"
-                   if custom else "")
-    click.echo(f"wrote {output}{extra}: {stats.ops} ops, {stats.standard} as standard ONNX"
-               f"{custom_text}{modules}")
+    custom_text = (
+        f", {custom} as custom nodes of {kinds} op type{'s' if kinds != 1 else ''}" if custom else ""
+    )
+    click.echo(
+        f"wrote {output}{extra}: {stats.ops} ops, {stats.standard} as standard ONNX"
+        f"{custom_text}{modules}"
+    )
 
 
 def _parse_feeds(feeds: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -113,30 +147,56 @@ def _parse_feeds(feeds: tuple[str, ...]) -> dict[str, np.ndarray]:
 @_rank
 @click.option("--phase", type=click.Choice(PHASES), default="all", show_default=True)
 @_module
-@click.option("--chain", is_flag=True, help="Feed each op its producers' replayed outputs, not the "
-                                            "recorded ones (errors accumulate along the step).")
-@click.option("--feed", "feeds", multiple=True, metavar="NAME=FILE.npy",
-              help="What-if: replace a recorded tensor (implies --chain); repeatable.")
+@click.option(
+    "--chain",
+    is_flag=True,
+    help="Feed each op its producers' replayed outputs, not the "
+    "recorded ones (errors accumulate along the step).",
+)
+@click.option(
+    "--feed",
+    "feeds",
+    multiple=True,
+    metavar="NAME=FILE.npy",
+    help="What-if: replace a recorded tensor (implies --chain); repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="List every op, not only failures.")
-def check(trace: str, step_no: int, rank: int | None, phase: str, module: str | None,
-          chain: bool, feeds: tuple[str, ...], as_json: bool, verbose: bool) -> None:
+def check(
+    trace: str,
+    step_no: int,
+    rank: int | None,
+    phase: str,
+    module: str | None,
+    chain: bool,
+    feeds: tuple[str, ...],
+    as_json: bool,
+    verbose: bool,
+) -> None:
     """Re-run a recorded step in ONNX Runtime and compare every op with the record.
 
     Exit status 0: every checked op matched; 1: at least one did not (a what-if never fails).
     """
-    from replayer.check import check_step
+    from replayer.check.checker import check_step
 
     arrays = _parse_feeds(feeds)
     with tracefmt.open(trace) as t, _progress("check", not as_json) as progress:
-        report = check_step(t, step_no, rank=rank, phase=phase, module=module, chain=chain,
-                            feeds=arrays, progress=progress)
+        report = check_step(
+            t,
+            step_no,
+            rank=rank,
+            phase=phase,
+            module=module,
+            chain=chain,
+            feeds=arrays,
+            progress=progress,
+        )
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:
         from rich.console import Console
 
-        from replayer.report import render
+        from replayer.check.report import render
 
         render(report, Console(), verbose=verbose)
     if not report.passed and not arrays:
@@ -145,8 +205,7 @@ def check(trace: str, step_no: int, rank: int | None, phase: str, module: str | 
 
 @main.command()
 @click.argument("trace", type=click.Path(exists=True), required=False)
-@click.option("--step", "step_no", type=int, default=None, help="Step number (required without "
-              "--diff).")
+@click.option("--step", "step_no", type=int, default=None, help="Step number (required without --diff).")
 @_rank
 @click.option("--phase", type=click.Choice(PHASES), default="forward", show_default=True)
 @_module
@@ -154,43 +213,86 @@ def check(trace: str, step_no: int, rank: int | None, phase: str, module: str | 
 @click.option("--flat", is_flag=True, help="Every op a node (no folding).")
 @click.option("--port", type=int, default=0, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--browse", is_flag=True, help="Open a web browser.")
-@click.option("--diff", "diff_sides", nargs=2, default=None, metavar="A B",
-              help="Diff two TRACE[:STEP][@RANK] sides (as `replayer diff`) and show B's step "
-                   "(for whole runs the first that differs) with divergent ops marked '≠'.")
-def view(trace: str | None, step_no: int | None, rank: int | None, phase: str,
-         module: str | None, depth: int | None, flat: bool, port: int, browse: bool,
-         diff_sides: tuple[str, str] | None) -> None:
+@click.option(
+    "--diff",
+    "diff_sides",
+    nargs=2,
+    default=None,
+    metavar="A B",
+    help="Diff two TRACE[:STEP][@RANK] sides (as `replayer diff`) and show B's step "
+    "(for whole runs the first that differs) with divergent ops marked '≠'.",
+)
+def view(
+    trace: str | None,
+    step_no: int | None,
+    rank: int | None,
+    phase: str,
+    module: str | None,
+    depth: int | None,
+    flat: bool,
+    port: int,
+    browse: bool,
+    diff_sides: tuple[str, str] | None,
+) -> None:
     """Serve one step with Netron on 127.0.0.1 until Ctrl-C.
 
     With --diff A B, no TRACE or --step: serve side B's step with the ops that diverge from A
     marked (node names start with '≠', metadata tracefmt.diverged=true).
     """
-    from replayer.view import serve_diff, serve_step
+    from replayer.view.netron import serve_diff, serve_step
 
     if diff_sides:
         if trace is not None or step_no is not None or rank is not None:
-            raise click.UsageError("--diff A B names the sides itself (TRACE[:STEP][@RANK]); "
-                                   "give no TRACE, --step or --rank with it.")
-        from replayer.diff_runs import parse_side
+            raise click.UsageError(
+                "--diff A B names the sides itself (TRACE[:STEP][@RANK]); "
+                "give no TRACE, --step or --rank with it."
+            )
+        from replayer.diff.runs import parse_side
 
         for side in diff_sides:
             parse_side(side)
-        dv, served = serve_diff(diff_sides[0], diff_sides[1], phase=phase, module=module,
-                                depth=depth, auto_depth=not flat, port=port, browse=browse)
-        click.echo(f"{len(dv.notes)} ops of B diverged from A"
-                   + ("" if dv.notes else " (identical)") + ".")
+        dv, served = serve_diff(
+            diff_sides[0],
+            diff_sides[1],
+            phase=phase,
+            module=module,
+            depth=depth,
+            auto_depth=not flat,
+            port=port,
+            browse=browse,
+        )
+        click.echo(
+            f"{len(dv.notes)} ops of B diverged from A" + ("" if dv.notes else " (identical)") + "."
+        )
         if dv.origin is not None:
             click.echo(f"origin: {dv.origin}")
-        _serve_until_stopped(served.host, served.port, served.message,
-                             f"serving step {dv.step} of {dv.path} at {served.url} (Ctrl-C stops)")
+        _serve_until_stopped(
+            served.host,
+            served.port,
+            served.message,
+            f"serving step {dv.step} of {dv.path} at {served.url} (Ctrl-C stops)",
+        )
         return
     if trace is None or step_no is None:
         raise click.UsageError("Give TRACE and --step (or --diff A B).")
     with tracefmt.open(trace) as t:
-        served = serve_step(t, step_no, rank=rank, phase=phase, module=module, depth=depth,
-                            auto_depth=not flat, port=port, browse=browse)
-    _serve_until_stopped(served.host, served.port, served.message,
-                         f"serving step {step_no} at {served.url} (Ctrl-C stops)")
+        served = serve_step(
+            t,
+            step_no,
+            rank=rank,
+            phase=phase,
+            module=module,
+            depth=depth,
+            auto_depth=not flat,
+            port=port,
+            browse=browse,
+        )
+    _serve_until_stopped(
+        served.host,
+        served.port,
+        served.message,
+        f"serving step {step_no} at {served.url} (Ctrl-C stops)",
+    )
 
 
 def _serve_until_stopped(host: str, port: int, message: str, line: str) -> None:
@@ -199,7 +301,7 @@ def _serve_until_stopped(host: str, port: int, message: str, line: str) -> None:
 
     import netron
 
-    from replayer.view import stop
+    from replayer.view.netron import stop
 
     # Ctrl-C sets an event rather than raising wherever the main thread happens to be.
     stopping = threading.Event()

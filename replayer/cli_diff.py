@@ -1,4 +1,4 @@
-"""``replayer diff A B``: thin click layer over :func:`replayer.diff_runs.diff_sides`.
+"""``replayer diff A B``: thin click layer over :func:`replayer.diff.runs.diff_sides`.
 
 Exit status: 0 when the sides are equal within tolerance, 1 when they differ, 2 on usage errors
 (bad arguments, missing traces or steps: the group turns a ``TraceError`` into one line and 2).
@@ -14,9 +14,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from replayer.diff_report import render, to_json, write_html
-from replayer.diff_runs import Progress as ProgressFn
-from replayer.diff_runs import diff_sides
+from replayer.diff.render import render, to_json, write_html
+from replayer.diff.runs import Progress as ProgressFn
+from replayer.diff.runs import diff_sides
 
 __all__ = ["diff"]
 
@@ -30,8 +30,15 @@ def _progress(enabled: bool) -> Iterator[ProgressFn | None]:
     if not enabled or not console.is_terminal:
         yield None
         return
-    with Progress(TextColumn("[bold]diff"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]diff"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("diff", total=None)
 
         def update(done: int, total: int) -> None:
@@ -43,22 +50,55 @@ def _progress(enabled: bool) -> Iterator[ProgressFn | None]:
 @click.command("diff")
 @click.argument("side_a", metavar="A")
 @click.argument("side_b", metavar="B")
-@click.option("--rtol", type=click.FloatRange(min=0), default=None,
-              help="Relative tolerance for every dtype (default: by dtype, e.g. 1.3e-6 float32).")
-@click.option("--atol", type=click.FloatRange(min=0), default=None,
-              help="Absolute tolerance for every dtype (default: by dtype, e.g. 1e-5 float32).")
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Relative tolerance for every dtype (default: by dtype, e.g. 1.3e-6 float32).",
+)
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Absolute tolerance for every dtype (default: by dtype, e.g. 1e-5 float32).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-@click.option("--report", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Also write an HTML report with a plot of divergence along the step.")
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Rows in the tables of structural changes and divergences.")
-@click.option("--stats-only", is_flag=True,
-              help="Measure distances from statistics even where values were recorded.")
-@click.option("--all-steps", is_flag=True,
-              help="Run diffs: go on past the first step that differs beyond tolerance.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also write an HTML report with a plot of divergence along the step.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Rows in the tables of structural changes and divergences.",
+)
+@click.option(
+    "--stats-only",
+    is_flag=True,
+    help="Measure distances from statistics even where values were recorded.",
+)
+@click.option(
+    "--all-steps",
+    is_flag=True,
+    help="Run diffs: go on past the first step that differs beyond tolerance.",
+)
 @click.pass_context
-def diff(ctx: click.Context, side_a: str, side_b: str, rtol: float | None, atol: float | None,
-         as_json: bool, report: str | None, top: int, stats_only: bool, all_steps: bool) -> None:
+def diff(
+    ctx: click.Context,
+    side_a: str,
+    side_b: str,
+    rtol: float | None,
+    atol: float | None,
+    as_json: bool,
+    report: str | None,
+    top: int,
+    stats_only: bool,
+    all_steps: bool,
+) -> None:
     """Find where two recorded steps, runs or ranks diverge first, and why.
 
     A and B are TRACE[:STEP][@RANK]: two steps of a run (runs/a:3 runs/a:4), the same step of
@@ -67,8 +107,15 @@ def diff(ctx: click.Context, side_a: str, side_b: str, rtol: float | None, atol:
     Exit status 0: equal within tolerance; 1: different; 2: usage error.
     """
     with _progress(not as_json) as progress:
-        result = diff_sides(side_a, side_b, rtol=rtol, atol=atol, values=not stats_only,
-                            progress=progress, stop_at_first_different=not all_steps)
+        result = diff_sides(
+            side_a,
+            side_b,
+            rtol=rtol,
+            atol=atol,
+            values=not stats_only,
+            progress=progress,
+            stop_at_first_different=not all_steps,
+        )
     if as_json:
         click.echo(json.dumps(to_json(result, limit=max(top, 100))))
     else:

@@ -76,8 +76,11 @@ def main() -> None:
         try:
             result = read_everything(path)
         except Exception as e:  # what the fuzz test exists to find: anything but a TraceError
-            result = {"status": "uncaught", "type": type(e).__name__,
-                      "traceback": traceback.format_exc()[-4000:]}
+            result = {
+                "status": "uncaught",
+                "type": type(e).__name__,
+                "traceback": traceback.format_exc()[-4000:],
+            }
         result["file"] = path
         print(json.dumps(result), flush=True)
 

@@ -37,15 +37,33 @@ def make_graph(variant: int, step: int = 0) -> Graph:
     x = g.add_tensor(DType.FLOAT32, (4, 8), role=Role.INPUT, name="x", storage_offset=step % 5)
     w = g.add_tensor(DType.BFLOAT16, (8, 8), role=Role.PARAMETER, name=f"block{variant}.weight")
     y = g.add_tensor(DType.FLOAT32, (4, 8), producer=g.num_ops)
-    g.add_op("aten::mm.default", phase=Phase.FORWARD, module=f"block{variant}.fc", inputs=[x, w],
-             outputs=[y], attrs={"variant": variant})
+    g.add_op(
+        "aten::mm.default",
+        phase=Phase.FORWARD,
+        module=f"block{variant}.fc",
+        inputs=[x, w],
+        outputs=[y],
+        attrs={"variant": variant},
+    )
     big_dtype = DType.FLOAT32 if variant % 2 else DType.BFLOAT16
     big = g.add_tensor(big_dtype, (BIG // 256, 256), producer=g.num_ops, name="big")
-    g.add_op("aten::expand.default", phase=Phase.FORWARD, module=f"block{variant}", inputs=[y],
-             outputs=[big], attrs={"size": [BIG // 256, 256]})
+    g.add_op(
+        "aten::expand.default",
+        phase=Phase.FORWARD,
+        module=f"block{variant}",
+        inputs=[y],
+        outputs=[big],
+        attrs={"size": [BIG // 256, 256]},
+    )
     e = g.add_tensor(DType.FLOAT8_E4M3FN, (16,), producer=g.num_ops, name="scaled")
-    g.add_op("aten::_to_copy.default", phase=Phase.BACKWARD, module=f"block{variant}",
-             inputs=[y], outputs=[e], attrs={"scale": step % 7} if step % 7 else None)
+    g.add_op(
+        "aten::_to_copy.default",
+        phase=Phase.BACKWARD,
+        module=f"block{variant}",
+        inputs=[y],
+        outputs=[e],
+        attrs={"scale": step % 7} if step % 7 else None,
+    )
     return g.finish()
 
 
@@ -70,11 +88,17 @@ def make_step(seed: int, step: int) -> StepRecord:
     keep = [i for i in arrays if graph.tensors[i].name != "big" or step % 2 == 0]
     op_stats = empty_op_stats(graph.num_ops)
     op_stats["host_ns"] = rng.integers(0, 10**6, graph.num_ops)
-    return StepRecord(step=step, graph=graph, stats=stats, op_stats=op_stats,
-                      values={i: arrays[i] for i in keep},
-                      events=[Event("note", f"step {step}", op=0)] if step % 5 == 0 else [],
-                      scalars={"loss": float(rng.random()), "lr": 1e-3}, wall_time=1.7e9 + step,
-                      duration=0.01)
+    return StepRecord(
+        step=step,
+        graph=graph,
+        stats=stats,
+        op_stats=op_stats,
+        values={i: arrays[i] for i in keep},
+        events=[Event("note", f"step {step}", op=0)] if step % 5 == 0 else [],
+        scalars={"loss": float(rng.random()), "lr": 1e-3},
+        wall_time=1.7e9 + step,
+        duration=0.01,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,8 +108,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--filter", default="none")
     p.add_argument("--steps", type=int, default=10**9)
     p.add_argument("--pause", type=float, default=0.0, help="seconds to sleep after each step")
-    p.add_argument("--lockstep", type=int, default=0,
-                   help="after each of the first N steps, wait for a line on stdin")
+    p.add_argument(
+        "--lockstep",
+        type=int,
+        default=0,
+        help="after each of the first N steps, wait for a line on stdin",
+    )
     p.add_argument("--wait-close", action="store_true")
     args = p.parse_args(argv)
     writer = TraceWriter(args.path, values_filter=args.filter, run_id=f"kill-{args.seed}")

@@ -46,8 +46,9 @@ def write_overrides(path: Path) -> Path:
     rng = np.random.default_rng(1)
     with TraceWriter(path, fsync=False) as w:
         for s, (lr, offset) in enumerate(OVERRIDE_STEPS):
-            w.write_step(synthetic_step(s, mlp_graph(lr=lr, input_offset=offset), rng,
-                                        with_values=False))
+            w.write_step(
+                synthetic_step(s, mlp_graph(lr=lr, input_offset=offset), rng, with_values=False)
+            )
             w.flush()
     return path
 
@@ -78,10 +79,10 @@ def set_field(path: Path, dataset: str, row: int, **fields: Any) -> Path:
     """Overwrite fields of one row of a table."""
     with edit(path) as f:
         ds = f[dataset]
-        rows = ds[row:row + 1]
+        rows = ds[row : row + 1]
         for name, value in fields.items():
             rows[name] = value
-        ds[row:row + 1] = rows
+        ds[row : row + 1] = rows
     return path
 
 
@@ -162,15 +163,17 @@ def duplicate_graph(path: Path) -> Path:
     """Append a second ``graphs`` row whose rows copy graph 0's, and point step 1 at it."""
     with edit(path) as f:
         g = f["graphs"][0:1]
-        for table, start, count in (("ops", "op_start", "op_count"),
-                                    ("edges", "edge_start", "edge_count"),
-                                    ("tensors", "tensor_start", "tensor_count"),
-                                    ("dims", "dim_start", "dim_count")):
+        for table, start, count in (
+            ("ops", "op_start", "op_count"),
+            ("edges", "edge_start", "edge_count"),
+            ("tensors", "tensor_start", "tensor_count"),
+            ("dims", "dim_start", "dim_count"),
+        ):
             ds = f[table]
             s, n, end = int(g[0][start]), int(g[0][count]), ds.shape[0]
-            rows = ds[s:s + n]
+            rows = ds[s : s + n]
             ds.resize((end + n,))
-            ds[end:end + n] = rows
+            ds[end : end + n] = rows
             g[start] = end
         graphs = f["graphs"]
         graphs.resize((2,))

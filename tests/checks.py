@@ -60,11 +60,18 @@ def expected_meta(spec: TensorSpec) -> TensorMeta:
         strides = ()
     elif strides is not None and all(s == -1 for s in strides):
         strides = None
-    return TensorMeta(dtype=spec.dtype, shape=spec.shape, strides=strides, device=spec.device,
-                      role=spec.role, name=spec.name or None,
-                      producer=None if spec.producer < 0 else spec.producer,
-                      producer_slot=spec.producer_slot, version=spec.version,
-                      storage_offset=spec.storage_offset)
+    return TensorMeta(
+        dtype=spec.dtype,
+        shape=spec.shape,
+        strides=strides,
+        device=spec.device,
+        role=spec.role,
+        name=spec.name or None,
+        producer=None if spec.producer < 0 else spec.producer,
+        producer_slot=spec.producer_slot,
+        version=spec.version,
+        storage_offset=spec.storage_offset,
+    )
 
 
 def expected_stats(row: Any) -> TensorStats:
@@ -77,9 +84,17 @@ def expected_stats(row: Any) -> TensorStats:
     def n(name: str) -> int | None:
         return int(row[name]) if counts else None
 
-    return TensorStats(min=f("min"), max=f("max"), mean=f("mean"), std=f("std"), norm=f("norm"),
-                       nan=n("nan"), inf=n("inf"), zero=n("zero"),
-                       fingerprint=int(row["fingerprint"]) if flags & L.STAT_FINGERPRINT else None)
+    return TensorStats(
+        min=f("min"),
+        max=f("max"),
+        mean=f("mean"),
+        std=f("std"),
+        norm=f("norm"),
+        nan=n("nan"),
+        inf=n("inf"),
+        zero=n("zero"),
+        fingerprint=int(row["fingerprint"]) if flags & L.STAT_FINGERPRINT else None,
+    )
 
 
 def assert_stats_equal(got: TensorStats | None, want: TensorStats | None, where: str) -> None:
@@ -141,8 +156,12 @@ def assert_step_matches(step: Step, record: StepRecord, *, load_values: bool = T
             assert_values_equal(t.values(), tspec, record.values[i], w)
     assert len(step.events) == len(record.events), where
     for event, written in zip(step.events, record.events, strict=True):
-        assert (event.kind, event.message, event.op, event.tensor) == \
-            (written.kind, written.message, written.op, written.tensor), where
+        assert (event.kind, event.message, event.op, event.tensor) == (
+            written.kind,
+            written.message,
+            written.op,
+            written.tensor,
+        ), where
     assert step.scalars.keys() == record.scalars.keys(), where
     for k, v in record.scalars.items():
         assert same_float(step.scalars[k], v), f"{where}: scalar {k!r}"

@@ -50,6 +50,7 @@ RUN_ID = "golden-run-0001"
 
 # -- canonical descriptions (shared by the generator and the test) ---------------------------------
 
+
 def bits(x: float) -> str:
     """A float64 as the hex of its bits: exact, NaN payloads included."""
     return f"{struct.unpack('<Q', struct.pack('<d', float(x)))[0]:016x}"
@@ -58,18 +59,27 @@ def bits(x: float) -> str:
 def _stats(s: TensorStats | None) -> dict[str, Any] | None:
     if s is None:
         return None
-    out: dict[str, Any] = {k: None if getattr(s, k) is None else bits(getattr(s, k))
-                           for k in ("min", "max", "mean", "std", "norm")}
+    out: dict[str, Any] = {
+        k: None if getattr(s, k) is None else bits(getattr(s, k))
+        for k in ("min", "max", "mean", "std", "norm")
+    }
     out.update({k: getattr(s, k) for k in ("nan", "inf", "zero", "fingerprint")})
     return out
 
 
 def _meta(m: TensorMeta) -> dict[str, Any]:
-    return {"dtype": m.dtype.label, "shape": list(m.shape),
-            "strides": None if m.strides is None else list(m.strides), "device": m.device,
-            "role": m.role.label, "name": m.name, "producer": m.producer,
-            "producer_slot": m.producer_slot, "version": m.version,
-            "storage_offset": m.storage_offset}
+    return {
+        "dtype": m.dtype.label,
+        "shape": list(m.shape),
+        "strides": None if m.strides is None else list(m.strides),
+        "device": m.device,
+        "role": m.role.label,
+        "name": m.name,
+        "producer": m.producer,
+        "producer_slot": m.producer_slot,
+        "version": m.version,
+        "storage_offset": m.storage_offset,
+    }
 
 
 def _values(array: np.ndarray) -> dict[str, Any]:
@@ -80,22 +90,46 @@ def _values(array: np.ndarray) -> dict[str, Any]:
 def describe_step(step: Step) -> dict[str, Any]:
     """What the reader returned for a step, as JSON data."""
     return {
-        "step": step.step, "graph": step.graph,
-        "ops": [{"name": op.name, "phase": op.phase.label, "module": op.module,
-                 "inputs": list(op.inputs), "input_args": [list(a) for a in op.input_args],
-                 "outputs": list(op.outputs), "attrs": encode_attrs(op.attrs),
-                 "source": op.source, "host_ns": op.host_ns, "device_ns": op.device_ns,
-                 "mem_bytes": op.mem_bytes} for op in step.ops],
-        "tensors": [{**_meta(t.meta), "stats": _stats(t.stats),
-                     "histogram": None if t.histogram is None else
-                     {"lo": bits(t.histogram.lo), "hi": bits(t.histogram.hi),
-                      "counts": list(t.histogram.counts)},
-                     "values": _values(t.values()) if t.has_values else None}
-                    for t in step.tensors],
+        "step": step.step,
+        "graph": step.graph,
+        "ops": [
+            {
+                "name": op.name,
+                "phase": op.phase.label,
+                "module": op.module,
+                "inputs": list(op.inputs),
+                "input_args": [list(a) for a in op.input_args],
+                "outputs": list(op.outputs),
+                "attrs": encode_attrs(op.attrs),
+                "source": op.source,
+                "host_ns": op.host_ns,
+                "device_ns": op.device_ns,
+                "mem_bytes": op.mem_bytes,
+            }
+            for op in step.ops
+        ],
+        "tensors": [
+            {
+                **_meta(t.meta),
+                "stats": _stats(t.stats),
+                "histogram": None
+                if t.histogram is None
+                else {
+                    "lo": bits(t.histogram.lo),
+                    "hi": bits(t.histogram.hi),
+                    "counts": list(t.histogram.counts),
+                },
+                "values": _values(t.values()) if t.has_values else None,
+            }
+            for t in step.tensors
+        ],
         "events": [[e.kind, e.message, e.op, e.tensor] for e in step.events],
         "scalars": {k: bits(v) for k, v in step.scalars.items()},
-        "wall_time": bits(step.wall_time), "duration": bits(step.duration),
-        "dropped": step.dropped, "has_nan": step.has_nan, "has_inf": step.has_inf,
+        "wall_time": bits(step.wall_time),
+        "duration": bits(step.duration),
+        "dropped": step.dropped,
+        "has_nan": step.has_nan,
+        "has_inf": step.has_inf,
     }
 
 
@@ -110,25 +144,43 @@ def describe_record(record: StepRecord, graph_row: int) -> dict[str, Any]:
 
     counted = None if stats is None else stats[(stats["flags"] & L.STAT_COUNTS) != 0]
     return {
-        "step": record.step, "graph": graph_row,
-        "ops": [{"name": op.name, "phase": op.phase.label, "module": op.module,
-                 "inputs": [t for t, _, _ in op.inputs],
-                 "input_args": [[a, item] for _, a, item in op.inputs],
-                 "outputs": list(op.outputs),
-                 "attrs": encode_attrs({} if op.attrs is None else decode_attrs(op.attrs)),
-                 "source": op.source, "host_ns": t_ns(i, "host_ns"),
-                 "device_ns": t_ns(i, "device_ns"), "mem_bytes": t_ns(i, "mem_bytes")}
-                for i, op in enumerate(g.ops)],
-        "tensors": [{**_meta(expected_meta(spec)),
-                     "stats": None if stats is None else _stats(expected_stats(stats[i])),
-                     "histogram": None if i not in record.histograms else
-                     {"lo": bits(record.histograms[i][0]), "hi": bits(record.histograms[i][1]),
-                      "counts": [int(c) for c in record.histograms[i][2]]},
-                     "values": _values(record.values[i]) if i in record.values else None}
-                    for i, spec in enumerate(g.tensors)],
+        "step": record.step,
+        "graph": graph_row,
+        "ops": [
+            {
+                "name": op.name,
+                "phase": op.phase.label,
+                "module": op.module,
+                "inputs": [t for t, _, _ in op.inputs],
+                "input_args": [[a, item] for _, a, item in op.inputs],
+                "outputs": list(op.outputs),
+                "attrs": encode_attrs({} if op.attrs is None else decode_attrs(op.attrs)),
+                "source": op.source,
+                "host_ns": t_ns(i, "host_ns"),
+                "device_ns": t_ns(i, "device_ns"),
+                "mem_bytes": t_ns(i, "mem_bytes"),
+            }
+            for i, op in enumerate(g.ops)
+        ],
+        "tensors": [
+            {
+                **_meta(expected_meta(spec)),
+                "stats": None if stats is None else _stats(expected_stats(stats[i])),
+                "histogram": None
+                if i not in record.histograms
+                else {
+                    "lo": bits(record.histograms[i][0]),
+                    "hi": bits(record.histograms[i][1]),
+                    "counts": [int(c) for c in record.histograms[i][2]],
+                },
+                "values": _values(record.values[i]) if i in record.values else None,
+            }
+            for i, spec in enumerate(g.tensors)
+        ],
         "events": [[e.kind, e.message, e.op, e.tensor] for e in record.events],
         "scalars": {k: bits(v) for k, v in record.scalars.items()},
-        "wall_time": bits(record.wall_time), "duration": bits(record.duration),
+        "wall_time": bits(record.wall_time),
+        "duration": bits(record.duration),
         "dropped": record.dropped,
         "has_nan": bool(counted is not None and np.any(counted["nan"])),
         "has_inf": bool(counted is not None and np.any(counted["inf"])),
@@ -137,10 +189,21 @@ def describe_record(record: StepRecord, graph_row: int) -> dict[str, Any]:
 
 # -- the traces ----------------------------------------------------------------------------------
 
-ALL_VALUE_DTYPES = [DType.BFLOAT16, DType.FLOAT8_E4M3FN, DType.FLOAT8_E4M3FNUZ, DType.FLOAT8_E5M2,
-                    DType.FLOAT8_E5M2FNUZ, DType.FLOAT8_E8M0FNU, DType.FLOAT16, DType.FLOAT32,
-                    DType.FLOAT64, DType.COMPLEX64, DType.INT64, DType.BOOL,
-                    DType.FLOAT4_E2M1FN_X2]
+ALL_VALUE_DTYPES = [
+    DType.BFLOAT16,
+    DType.FLOAT8_E4M3FN,
+    DType.FLOAT8_E4M3FNUZ,
+    DType.FLOAT8_E5M2,
+    DType.FLOAT8_E5M2FNUZ,
+    DType.FLOAT8_E8M0FNU,
+    DType.FLOAT16,
+    DType.FLOAT32,
+    DType.FLOAT64,
+    DType.COMPLEX64,
+    DType.INT64,
+    DType.BOOL,
+    DType.FLOAT4_E2M1FN_X2,
+]
 
 
 def _values_records() -> list[StepRecord]:
@@ -149,11 +212,21 @@ def _values_records() -> list[StepRecord]:
     x = g.add_tensor(DType.FLOAT32, (4, 6), role=Role.INPUT, name="x")
     tensors = []
     for dtype in ALL_VALUE_DTYPES:
-        t = g.add_tensor(dtype, (4, 6) if dtype is not DType.FLOAT4_E2M1FN_X2 else (4, 3),
-                         producer=g.num_ops, name=f"as_{dtype.label}", device="cuda:0")
-        g.add_op("aten::_to_copy.default", phase=Phase.FORWARD, module=f"cast.{dtype.label}",
-                 inputs=[x], outputs=[t], attrs={"dtype": dtype.label, "scale": float("inf"),
-                                                 "shift": [-0.0, float("-inf")]})
+        t = g.add_tensor(
+            dtype,
+            (4, 6) if dtype is not DType.FLOAT4_E2M1FN_X2 else (4, 3),
+            producer=g.num_ops,
+            name=f"as_{dtype.label}",
+            device="cuda:0",
+        )
+        g.add_op(
+            "aten::_to_copy.default",
+            phase=Phase.FORWARD,
+            module=f"cast.{dtype.label}",
+            inputs=[x],
+            outputs=[t],
+            attrs={"dtype": dtype.label, "scale": float("inf"), "shift": [-0.0, float("-inf")]},
+        )
         tensors.append(t)
     graph = g.finish()
     records = []
@@ -174,18 +247,28 @@ def _values_records() -> list[StepRecord]:
                     arrays[t] = (base + 1j * base[::-1]).astype(np.complex64)
                 else:
                     arrays[t] = base.astype(logical)
-            stats = np.stack([tensor_stats(arrays[i], graph.tensors[i].dtype)
-                              for i in range(graph.num_tensors)])
+            stats = np.stack(
+                [tensor_stats(arrays[i], graph.tensors[i].dtype) for i in range(graph.num_tensors)]
+            )
             hists = {i: histogram(arrays[i].astype(np.float64), 4) for i in (x, tensors[0])}
         op_stats = empty_op_stats(graph.num_ops)
         op_stats["host_ns"] = rng.integers(1000, 9000, graph.num_ops)
         op_stats["mem_bytes"][0] = 4096
-        records.append(StepRecord(
-            step=step, graph=graph, stats=stats, op_stats=op_stats, values=arrays,
-            histograms=hists, events=[Event("trigger", "nan seen in x", op=0, tensor=x),
-                                      Event("note", "ünïcode ✓")],
-            scalars={"loss": float(base[3, 3]), "lr": 3e-4, "nan": float("nan")},
-            wall_time=1_790_000_000.0 + step, duration=0.125, dropped=step // 100 - 1))
+        records.append(
+            StepRecord(
+                step=step,
+                graph=graph,
+                stats=stats,
+                op_stats=op_stats,
+                values=arrays,
+                histograms=hists,
+                events=[Event("trigger", "nan seen in x", op=0, tensor=x), Event("note", "ünïcode ✓")],
+                scalars={"loss": float(base[3, 3]), "lr": 3e-4, "nan": float("nan")},
+                wall_time=1_790_000_000.0 + step,
+                duration=0.125,
+                dropped=step // 100 - 1,
+            )
+        )
     return records
 
 
@@ -218,18 +301,30 @@ def _rank_records(rank: int) -> list[StepRecord]:
 TRACES: dict[str, tuple[dict[str, Any], Any]] = {
     "values.tft.h5": ({"values_filter": "gzip", "hist_bins": 4}, _values_records),
     "stats_only.tft.h5": ({}, _stats_only_records),
-    "run/rank-00000.tft.h5": ({"rank": 0, "world_size": 2, "values_filter": "gzip"},
-                              lambda: _rank_records(0)),
-    "run/rank-00001.tft.h5": ({"rank": 1, "world_size": 2, "values_filter": "gzip"},
-                              lambda: _rank_records(1)),
+    "run/rank-00000.tft.h5": (
+        {"rank": 0, "world_size": 2, "values_filter": "gzip"},
+        lambda: _rank_records(0),
+    ),
+    "run/rank-00001.tft.h5": (
+        {"rank": 1, "world_size": 2, "values_filter": "gzip"},
+        lambda: _rank_records(1),
+    ),
 }
 
 
 def fixed_provenance() -> Provenance:
     p = tracefmt.writer.make_provenance({"generator": "tests/golden.py"})
-    return Provenance(tracefmt=p.tracefmt, h5py=p.h5py, hdf5=p.hdf5, numpy=p.numpy,
-                      python=p.python, created="2026-11-23T00:00:00+00:00", host="golden",
-                      torch=None, extra=p.extra)
+    return Provenance(
+        tracefmt=p.tracefmt,
+        h5py=p.h5py,
+        hdf5=p.hdf5,
+        numpy=p.numpy,
+        python=p.python,
+        created="2026-11-23T00:00:00+00:00",
+        host="golden",
+        torch=None,
+        extra=p.extra,
+    )
 
 
 @contextmanager
@@ -251,8 +346,12 @@ def _graph_rows(records: list[StepRecord]) -> list[int]:
 def generate(directory: Path = DATA) -> dict[str, Any]:
     """Write every golden trace into ``directory`` and return the manifest."""
     provenance = fixed_provenance()
-    manifest: dict[str, Any] = {"format_version": L.FORMAT_VERSION, "run_id": RUN_ID,
-                                "provenance": json.loads(provenance.to_json()), "files": {}}
+    manifest: dict[str, Any] = {
+        "format_version": L.FORMAT_VERSION,
+        "run_id": RUN_ID,
+        "provenance": json.loads(provenance.to_json()),
+        "files": {},
+    }
     with _provenance(provenance):
         for name, (kwargs, make) in TRACES.items():
             path = directory / name
@@ -263,19 +362,25 @@ def generate(directory: Path = DATA) -> dict[str, Any]:
                     if i % 4 == 3:  # a few commits (each flush rewrites the tables' last chunks)
                         w.flush()
             manifest["files"][name] = {
-                "rank": kwargs.get("rank", 0), "world_size": kwargs.get("world_size", 1),
+                "rank": kwargs.get("rank", 0),
+                "world_size": kwargs.get("world_size", 1),
                 "values_filter": kwargs.get("values_filter", "none"),
                 "hist_bins": kwargs.get("hist_bins", 0),
-                "steps": [describe_record(r, g) for r, g in zip(records, _graph_rows(records),
-                                                                 strict=True)]}
+                "steps": [
+                    describe_record(r, g) for r, g in zip(records, _graph_rows(records), strict=True)
+                ],
+            }
     return manifest
 
 
 def main() -> int:
     if os.environ.get(SWITCH) != "1":
-        print(f"Refusing to overwrite the golden traces in {DATA}: they are what earlier tracefmt "
-              f"versions wrote, and later versions must read them as they are.\nSet {SWITCH}=1 "
-              "(make golden) only to add traces for a new format version.", file=sys.stderr)
+        print(
+            f"Refusing to overwrite the golden traces in {DATA}: they are what earlier tracefmt "
+            f"versions wrote, and later versions must read them as they are.\nSet {SWITCH}=1 "
+            "(make golden) only to add traces for a new format version.",
+            file=sys.stderr,
+        )
         return 2
     DATA.mkdir(parents=True, exist_ok=True)
     manifest = generate(DATA)

@@ -112,8 +112,9 @@ class StepRows:
     overrides: tuple[np.ndarray, np.ndarray]
 
 
-def decode_summaries(rows: np.ndarray, graphs: np.ndarray, rank: int,
-                     where: Callable[[int], str]) -> list[StepSummary]:
+def decode_summaries(
+    rows: np.ndarray, graphs: np.ndarray, rank: int, where: Callable[[int], str]
+) -> list[StepSummary]:
     """One :class:`StepSummary` per row of the step index ``rows``.
 
     ``graphs`` is the whole graphs table; ``where(step)`` names the file and step in errors.
@@ -125,21 +126,48 @@ def decode_summaries(rows: np.ndarray, graphs: np.ndarray, rank: int,
         i = int(bad[0])
         raise TraceFormatError(f"{where(int(rows['step'][i]))}: graph {int(g[i])} is out of range.")
     flags = rows["flags"]
-    columns = zip(rows["step"].tolist(), g.tolist(), graphs["op_count"][g].tolist(),
-                  graphs["tensor_count"][g].tolist(), rows["data_count"].tolist(),
-                  rows["event_count"].tolist(), ((flags & L.STEP_HAS_NAN) != 0).tolist(),
-                  ((flags & L.STEP_HAS_INF) != 0).tolist(), rows["dropped"].tolist(),
-                  rows["wall_time"].tolist(), rows["duration"].tolist(), strict=True)
-    return [StepSummary(step=s, rank=rank, graph=gi, num_ops=n_ops, num_tensors=n_tensors,
-                        num_values=n_values, num_events=n_events, has_nan=nan, has_inf=inf,
-                        dropped=dropped, wall_time=wall, duration=dur)
-            for s, gi, n_ops, n_tensors, n_values, n_events, nan, inf, dropped, wall, dur
-            in columns]
+    columns = zip(
+        rows["step"].tolist(),
+        g.tolist(),
+        graphs["op_count"][g].tolist(),
+        graphs["tensor_count"][g].tolist(),
+        rows["data_count"].tolist(),
+        rows["event_count"].tolist(),
+        ((flags & L.STEP_HAS_NAN) != 0).tolist(),
+        ((flags & L.STEP_HAS_INF) != 0).tolist(),
+        rows["dropped"].tolist(),
+        rows["wall_time"].tolist(),
+        rows["duration"].tolist(),
+        strict=True,
+    )
+    return [
+        StepSummary(
+            step=s,
+            rank=rank,
+            graph=gi,
+            num_ops=n_ops,
+            num_tensors=n_tensors,
+            num_values=n_values,
+            num_events=n_events,
+            has_nan=nan,
+            has_inf=inf,
+            dropped=dropped,
+            wall_time=wall,
+            duration=dur,
+        )
+        for s, gi, n_ops, n_tensors, n_values, n_events, nan, inf, dropped, wall, dur in columns
+    ]
 
 
-def decode_graph(g: int, ops: np.ndarray, edges: np.ndarray, tensors: np.ndarray,
-                 dims: list[int], where: str,
-                 string: Callable[[int], str | None]) -> GraphData:
+def decode_graph(
+    g: int,
+    ops: np.ndarray,
+    edges: np.ndarray,
+    tensors: np.ndarray,
+    dims: list[int],
+    where: str,
+    string: Callable[[int], str | None],
+) -> GraphData:
     """Graph ``g`` from its rows of the ops, edges and tensors tables and its dimensions.
 
     ``string(sid)`` resolves an interned string (``None`` for "no string").
@@ -156,18 +184,27 @@ def decode_graph(g: int, ops: np.ndarray, edges: np.ndarray, tensors: np.ndarray
         for i, (name, phase, module, attrs, source, i0, ni, o0, no) in enumerate(ops.tolist()):
             if i0 + ni > n_edges or o0 + no > n_edges:
                 raise TraceFormatError(f"{where}: op {i} has edges outside its graph.")
-            ins = edge_list[i0:i0 + ni]
-            outs = edge_list[o0:o0 + no]
+            ins = edge_list[i0 : i0 + ni]
+            outs = edge_list[o0 : o0 + no]
             for t, _, _ in ins + outs:
                 if t >= n_tensors:
-                    raise TraceFormatError(f"{where}: op {i} names tensor {t}, but the graph "
-                                           f"has {n_tensors}.")
+                    raise TraceFormatError(
+                        f"{where}: op {i} names tensor {t}, but the graph has {n_tensors}."
+                    )
             attr_text = string(attrs)
-            parsed.append((i, text(name), Phase(phase), text(module),
-                           tuple(e[0] for e in ins), tuple(e[0] for e in outs),
-                           tuple((e[1], e[2]) for e in ins),
-                           {} if attr_text is None else decode_attrs(attr_text),
-                           string(source)))
+            parsed.append(
+                (
+                    i,
+                    text(name),
+                    Phase(phase),
+                    text(module),
+                    tuple(e[0] for e in ins),
+                    tuple(e[0] for e in outs),
+                    tuple((e[1], e[2]) for e in ins),
+                    {} if attr_text is None else decode_attrs(attr_text),
+                    string(source),
+                )
+            )
     except ValueError as e:  # bad enum code, bad JSON
         if isinstance(e, TraceError):
             raise
@@ -175,27 +212,44 @@ def decode_graph(g: int, ops: np.ndarray, edges: np.ndarray, tensors: np.ndarray
     return GraphData(tuple(parsed), metas)
 
 
-def _meta(t: tuple[Any, ...], dims: list[int], n_ops: int, where: str,
-          text: Callable[[int], str]) -> TensorMeta:
+def _meta(
+    t: tuple[Any, ...], dims: list[int], n_ops: int, where: str, text: Callable[[int], str]
+) -> TensorMeta:
     dtype, role, ndim, d0, device, name, producer, slot, version, offset = t
     if ndim > L.MAX_NDIM or d0 + 2 * ndim > len(dims):
         raise TraceFormatError(f"{where}: a tensor's dimensions lie outside /{L.DIMS}.")
-    shape = tuple(dims[d0:d0 + ndim])
-    strides = tuple(dims[d0 + ndim:d0 + 2 * ndim])
+    shape = tuple(dims[d0 : d0 + ndim])
+    strides = tuple(dims[d0 + ndim : d0 + 2 * ndim])
     if any(d < 0 for d in shape):
         raise TraceFormatError(f"{where}: a tensor has a negative dimension {shape}.")
     if not -1 <= producer < n_ops:
-        raise TraceFormatError(f"{where}: a tensor names producer op {producer}, but the "
-                               f"graph has {n_ops} ops.")
-    return TensorMeta(dtype=DType(dtype), shape=shape,
-                      strides=None if ndim and all(s == -1 for s in strides) else strides,
-                      device=text(device), role=Role(role), name=text(name) or None,
-                      producer=None if producer < 0 else producer, producer_slot=slot,
-                      version=version, storage_offset=offset)
+        raise TraceFormatError(
+            f"{where}: a tensor names producer op {producer}, but the graph has {n_ops} ops."
+        )
+    return TensorMeta(
+        dtype=DType(dtype),
+        shape=shape,
+        strides=None if ndim and all(s == -1 for s in strides) else strides,
+        device=text(device),
+        role=Role(role),
+        name=text(name) or None,
+        producer=None if producer < 0 else producer,
+        producer_slot=slot,
+        version=version,
+        storage_offset=offset,
+    )
 
 
-def decode_step(rows: StepRows, graph: GraphData, *, rank: int, hist_bins: int, where: str,
-                text: Callable[[int], str], load_values: ValuesLoader) -> Step:
+def decode_step(
+    rows: StepRows,
+    graph: GraphData,
+    *,
+    rank: int,
+    hist_bins: int,
+    where: str,
+    text: Callable[[int], str],
+    load_values: ValuesLoader,
+) -> Step:
     """The :class:`Step` of ``rows`` over ``graph``; its values stay on disk until asked.
 
     Each op's attributes and each tensor's storage offset are the graph's, or the step's own
@@ -211,45 +265,71 @@ def decode_step(rows: StepRows, graph: GraphData, *, rank: int, hist_bins: int, 
     values: dict[int, tuple[int, int, int]] = {}
     for t, offset, count, fp in rows.data.tolist():
         if t >= n_tensors:
-            raise TraceFormatError(f"{where}: values recorded for tensor {t}, but the graph "
-                                   f"has {n_tensors}.")
+            raise TraceFormatError(
+                f"{where}: values recorded for tensor {t}, but the graph has {n_tensors}."
+            )
         values[t] = (offset, count, fp)
     histograms: dict[int, Histogram] = {}
     for h in rows.hists:
         t = int(h["tensor"])
         if t >= n_tensors:
             raise TraceFormatError(f"{where}: histogram for tensor {t} is out of range.")
-        histograms[t] = Histogram(float(h["lo"]), float(h["hi"]),
-                                  tuple(int(c) for c in h["counts"][:hist_bins]))
+        histograms[t] = Histogram(
+            float(h["lo"]), float(h["hi"]), tuple(int(c) for c in h["counts"][:hist_bins])
+        )
     stat_list = rows.stats.tolist()
     metas = _step_metas(graph.metas, rows.overrides[1], where)
     tensors = tuple(
-        TensorRecord(index=i, meta=meta, stats=_stats(stat_list[i]) if stats_count else None,
-                     histogram=histograms.get(i), has_values=i in values,
-                     _load=None if i not in values else
-                     functools.partial(load_values, i, meta, *values[i]))
-        for i, meta in enumerate(metas))
+        TensorRecord(
+            index=i,
+            meta=meta,
+            stats=_stats(stat_list[i]) if stats_count else None,
+            histogram=histograms.get(i),
+            has_values=i in values,
+            _load=None if i not in values else functools.partial(load_values, i, meta, *values[i]),
+        )
+        for i, meta in enumerate(metas)
+    )
     timing = rows.op_stats.tolist()
     own = _step_attrs(rows.overrides[0], n_ops, where, text)
     ops = tuple(
-        OpNode(index=i, name=name, phase=phase, module=module, inputs=ins, outputs=outs,
-               input_args=args, attrs=own.get(i, attrs), source=source,
-               host_ns=_opt(timing[i][0]) if op_count else None,
-               device_ns=_opt(timing[i][1]) if op_count else None,
-               mem_bytes=_opt(timing[i][2]) if op_count else None)
-        for i, name, phase, module, ins, outs, args, attrs, source in graph.ops)
+        OpNode(
+            index=i,
+            name=name,
+            phase=phase,
+            module=module,
+            inputs=ins,
+            outputs=outs,
+            input_args=args,
+            attrs=own.get(i, attrs),
+            source=source,
+            host_ns=_opt(timing[i][0]) if op_count else None,
+            device_ns=_opt(timing[i][1]) if op_count else None,
+            mem_bytes=_opt(timing[i][2]) if op_count else None,
+        )
+        for i, name, phase, module, ins, outs, args, attrs, source in graph.ops
+    )
     event_list = []
     for kind, op, tensor, message in rows.events.tolist():
         if op >= n_ops or tensor >= n_tensors:
             raise TraceFormatError(f"{where}: an event names an op or tensor out of range.")
-        event_list.append(Event(text(kind), text(message),
-                                None if op < 0 else op, None if tensor < 0 else tensor))
-    return Step(step=int(r["step"]), rank=rank, graph=int(r["graph"]), ops=ops, tensors=tensors,
-                events=tuple(event_list),
-                scalars={text(n): float(v) for n, v in rows.scalars.tolist()},
-                wall_time=float(r["wall_time"]), duration=float(r["duration"]),
-                dropped=int(r["dropped"]), has_nan=bool(r["flags"] & L.STEP_HAS_NAN),
-                has_inf=bool(r["flags"] & L.STEP_HAS_INF))
+        event_list.append(
+            Event(text(kind), text(message), None if op < 0 else op, None if tensor < 0 else tensor)
+        )
+    return Step(
+        step=int(r["step"]),
+        rank=rank,
+        graph=int(r["graph"]),
+        ops=ops,
+        tensors=tensors,
+        events=tuple(event_list),
+        scalars={text(n): float(v) for n, v in rows.scalars.tolist()},
+        wall_time=float(r["wall_time"]),
+        duration=float(r["duration"]),
+        dropped=int(r["dropped"]),
+        has_nan=bool(r["flags"] & L.STEP_HAS_NAN),
+        has_inf=bool(r["flags"] & L.STEP_HAS_INF),
+    )
 
 
 def _increasing(indices: list[int], n: int, what: str, where: str) -> None:
@@ -257,14 +337,15 @@ def _increasing(indices: list[int], n: int, what: str, where: str) -> None:
     previous = -1
     for i in indices:
         if not previous < i < n:
-            raise TraceFormatError(f"{where}: the step's own values name {what} {i} after "
-                                   f"{previous}; they must name increasing {what}s of the graph's "
-                                   f"{n}.")
+            raise TraceFormatError(
+                f"{where}: the step's own values name {what} {i} after "
+                f"{previous}; they must name increasing {what}s of the graph's "
+                f"{n}."
+            )
         previous = i
 
 
-def _step_metas(metas: tuple[TensorMeta, ...], rows: np.ndarray,
-                where: str) -> tuple[TensorMeta, ...]:
+def _step_metas(metas: tuple[TensorMeta, ...], rows: np.ndarray, where: str) -> tuple[TensorMeta, ...]:
     """The graph's tensor metadata with the step's ``tensor_offsets`` rows applied."""
     if not len(rows):
         return metas
@@ -276,8 +357,9 @@ def _step_metas(metas: tuple[TensorMeta, ...], rows: np.ndarray,
     return tuple(out)
 
 
-def _step_attrs(rows: np.ndarray, n_ops: int, where: str,
-                text: Callable[[int], str]) -> dict[int, dict[str, Any]]:
+def _step_attrs(
+    rows: np.ndarray, n_ops: int, where: str, text: Callable[[int], str]
+) -> dict[int, dict[str, Any]]:
     """A step's ``op_attrs`` rows as {op index: attributes}."""
     out: dict[int, dict[str, Any]] = {}
     pairs = rows.tolist()
@@ -291,21 +373,23 @@ def _step_attrs(rows: np.ndarray, n_ops: int, where: str,
         except ValueError as e:
             if isinstance(e, TraceError):
                 raise
-            raise TraceFormatError(f"{where}: the step's attributes of op {op} are malformed: "
-                                   f"{e}") from e
+            raise TraceFormatError(
+                f"{where}: the step's attributes of op {op} are malformed: {e}"
+            ) from e
     return out
 
 
 def decode_string(index: np.ndarray, data: np.ndarray, sid: int, where: str) -> str:
     """Interned string ``sid`` from the whole ``strings/index`` and ``strings/bytes`` tables."""
     if not 0 <= sid < len(index):
-        raise TraceFormatError(f"{where}: string id {sid} is out of range "
-                               f"(/{L.STRINGS_INDEX} has {len(index)} rows).")
+        raise TraceFormatError(
+            f"{where}: string id {sid} is out of range (/{L.STRINGS_INDEX} has {len(index)} rows)."
+        )
     offset, length = int(index[sid]["offset"]), int(index[sid]["length"])
     if length > L.MAX_STRING_BYTES or offset + length > len(data):
         raise TraceFormatError(f"{where}: string {sid} points outside /{L.STRINGS_BYTES}.")
     try:
-        return data[offset:offset + length].tobytes().decode("utf-8")
+        return data[offset : offset + length].tobytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise TraceFormatError(f"{where}: string {sid} is not UTF-8.") from e
 
@@ -318,7 +402,13 @@ def _stats(row: tuple[Any, ...]) -> TensorStats:
     flags, mn, mx, mean, std, norm, nan, inf, zero, fp = row
     moments, counts = flags & L.STAT_MOMENTS, flags & L.STAT_COUNTS
     return TensorStats(
-        min=mn if moments else None, max=mx if moments else None, mean=mean if moments else None,
-        std=std if moments else None, norm=norm if moments else None,
-        nan=nan if counts else None, inf=inf if counts else None, zero=zero if counts else None,
-        fingerprint=fp if flags & L.STAT_FINGERPRINT else None)
+        min=mn if moments else None,
+        max=mx if moments else None,
+        mean=mean if moments else None,
+        std=std if moments else None,
+        norm=norm if moments else None,
+        nan=nan if counts else None,
+        inf=inf if counts else None,
+        zero=zero if counts else None,
+        fingerprint=fp if flags & L.STAT_FINGERPRINT else None,
+    )

@@ -32,12 +32,14 @@ def root_attr(f: h5py.File, name: str, where: str, missing: Any = ...) -> Any:
                 return missing
             raise TraceFormatError(f"{where}: root attribute {name!r} is missing.")
         kind = attrs.get_id(name).get_type()
-        if kind.get_class() == h5t.VLEN or (isinstance(kind, h5t.TypeStringID)
-                                            and kind.is_variable_str()):
+        if kind.get_class() == h5t.VLEN or (
+            isinstance(kind, h5t.TypeStringID) and kind.is_variable_str()
+        ):
             raise TraceFormatError(
                 f"{where}: root attribute {name!r} is variable-length data; tracefmt files store "
                 "fixed-length UTF-8 strings, and this reader does not read variable-length data "
-                "(a damaged heap can hang HDF5). Rewrite the attribute as a fixed-length string.")
+                "(a damaged heap can hang HDF5). Rewrite the attribute as a fixed-length string."
+            )
         value = attrs[name]
     except TraceError:
         raise
@@ -63,7 +65,6 @@ H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 REREAD_PAUSES = (0.001, 0.01, 0.05)
 
 
-
 def swmr_writer_flag(path: Path) -> bool:
     """Whether the superblock (version 2 or 3, at offset 0) says a SWMR writer has the file open,
     or had it when it was killed.  Only then can a failed read be a torn one."""
@@ -72,8 +73,12 @@ def swmr_writer_flag(path: Path) -> bool:
             head = f.read(12)
     except OSError:
         return False
-    return (len(head) == 12 and head.startswith(b"\x89HDF\r\n\x1a\n") and head[8] >= 2
-            and bool(head[11] & 0x04))
+    return (
+        len(head) == 12
+        and head.startswith(b"\x89HDF\r\n\x1a\n")
+        and head[8] >= 2
+        and bool(head[11] & 0x04)
+    )
 
 
 # A reader in SWMR mode retries a metadata read that fails its checksum, assuming it caught the
@@ -107,6 +112,5 @@ def open_swmr(path: Path) -> h5py.File:
         return h5py.File(path, "r", swmr=True)
     if not path.exists():
         raise FileNotFoundError(str(path))
-    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ,
-                        fapl=fapl)
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
     return h5py.File(fid)

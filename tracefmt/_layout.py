@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from tracefmt.dtypes import STORAGE_HEAPS
+from tracefmt.model import StatFlags
 
 FORMAT_MAGIC = "tracefmt"
 FORMAT_MAJOR = 1
@@ -28,11 +29,21 @@ ATTR_RANK = "rank"
 ATTR_WORLD_SIZE = "world_size"
 ATTR_VALUES_FILTER = "values_filter"
 ATTR_HIST_BINS = "hist_bins"
-ROOT_ATTRS = frozenset({ATTR_MAGIC, ATTR_VERSION, ATTR_PROVENANCE, ATTR_RUN_ID, ATTR_RANK,
-                        ATTR_WORLD_SIZE, ATTR_VALUES_FILTER, ATTR_HIST_BINS})
+ROOT_ATTRS = frozenset(
+    {
+        ATTR_MAGIC,
+        ATTR_VERSION,
+        ATTR_PROVENANCE,
+        ATTR_RUN_ID,
+        ATTR_RANK,
+        ATTR_WORLD_SIZE,
+        ATTR_VALUES_FILTER,
+        ATTR_HIST_BINS,
+    }
+)
 
 NO_STRING = -1  # string id meaning "none"
-NO_INDEX = -1   # op / tensor index meaning "none"
+NO_INDEX = -1  # op / tensor index meaning "none"
 
 STRINGS_BYTES = "strings/bytes"
 STRINGS_INDEX = "strings/index"
@@ -55,52 +66,103 @@ DATA_GROUP = "data"
 
 STRING_INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4")])
 
-GRAPH_DTYPE = np.dtype([
-    ("op_start", "<u8"), ("op_count", "<u4"),
-    ("edge_start", "<u8"), ("edge_count", "<u4"),
-    ("tensor_start", "<u8"), ("tensor_count", "<u4"),
-    ("dim_start", "<u8"), ("dim_count", "<u4"),
-    ("digest", "u1", (16,)),
-])
+GRAPH_DTYPE = np.dtype(
+    [
+        ("op_start", "<u8"),
+        ("op_count", "<u4"),
+        ("edge_start", "<u8"),
+        ("edge_count", "<u4"),
+        ("tensor_start", "<u8"),
+        ("tensor_count", "<u4"),
+        ("dim_start", "<u8"),
+        ("dim_count", "<u4"),
+        ("digest", "u1", (16,)),
+    ]
+)
 
-OP_DTYPE = np.dtype([
-    ("name", "<i4"), ("phase", "u1"), ("module", "<i4"), ("attrs", "<i4"), ("source", "<i4"),
-    ("in_start", "<u4"), ("in_count", "<u4"), ("out_start", "<u4"), ("out_count", "<u4"),
-])
+OP_DTYPE = np.dtype(
+    [
+        ("name", "<i4"),
+        ("phase", "u1"),
+        ("module", "<i4"),
+        ("attrs", "<i4"),
+        ("source", "<i4"),
+        ("in_start", "<u4"),
+        ("in_count", "<u4"),
+        ("out_start", "<u4"),
+        ("out_count", "<u4"),
+    ]
+)
 
 EDGE_DTYPE = np.dtype([("tensor", "<u4"), ("arg", "<i4"), ("item", "<i4")])
 
-TENSOR_DTYPE = np.dtype([
-    ("dtype", "u1"), ("role", "u1"), ("ndim", "u1"), ("dim_start", "<u4"),
-    ("device", "<i4"), ("name", "<i4"), ("producer", "<i4"), ("producer_slot", "<i4"),
-    ("version", "<i4"), ("storage_offset", "<i8"),
-])
+TENSOR_DTYPE = np.dtype(
+    [
+        ("dtype", "u1"),
+        ("role", "u1"),
+        ("ndim", "u1"),
+        ("dim_start", "<u4"),
+        ("device", "<i4"),
+        ("name", "<i4"),
+        ("producer", "<i4"),
+        ("producer_slot", "<i4"),
+        ("version", "<i4"),
+        ("storage_offset", "<i8"),
+    ]
+)
 
-STEP_DTYPE = np.dtype([
-    ("step", "<i8"), ("graph", "<u8"),
-    ("stats_start", "<u8"), ("stats_count", "<u4"),
-    ("op_stats_start", "<u8"), ("op_stats_count", "<u4"),
-    ("data_start", "<u8"), ("data_count", "<u4"),
-    ("hist_start", "<u8"), ("hist_count", "<u4"),
-    ("event_start", "<u8"), ("event_count", "<u4"),
-    ("scalar_start", "<u8"), ("scalar_count", "<u4"),
-    ("wall_time", "<f8"), ("duration", "<f8"), ("flags", "<u4"), ("dropped", "<u8"),
-])
+STEP_DTYPE = np.dtype(
+    [
+        ("step", "<i8"),
+        ("graph", "<u8"),
+        ("stats_start", "<u8"),
+        ("stats_count", "<u4"),
+        ("op_stats_start", "<u8"),
+        ("op_stats_count", "<u4"),
+        ("data_start", "<u8"),
+        ("data_count", "<u4"),
+        ("hist_start", "<u8"),
+        ("hist_count", "<u4"),
+        ("event_start", "<u8"),
+        ("event_count", "<u4"),
+        ("scalar_start", "<u8"),
+        ("scalar_count", "<u4"),
+        ("wall_time", "<f8"),
+        ("duration", "<f8"),
+        ("flags", "<u4"),
+        ("dropped", "<u8"),
+    ]
+)
 
-STATS_DTYPE = np.dtype([
-    ("flags", "u1"), ("min", "<f8"), ("max", "<f8"), ("mean", "<f8"), ("std", "<f8"),
-    ("norm", "<f8"), ("nan", "<u8"), ("inf", "<u8"), ("zero", "<u8"), ("fingerprint", "<u8"),
-])
+STATS_DTYPE = np.dtype(
+    [
+        ("flags", "u1"),
+        ("min", "<f8"),
+        ("max", "<f8"),
+        ("mean", "<f8"),
+        ("std", "<f8"),
+        ("norm", "<f8"),
+        ("nan", "<u8"),
+        ("inf", "<u8"),
+        ("zero", "<u8"),
+        ("fingerprint", "<u8"),
+    ]
+)
 # STATS_DTYPE flags
-STAT_MOMENTS = 1      # min, max, mean, std, norm are set
-STAT_COUNTS = 2       # nan, inf, zero are set
-STAT_FINGERPRINT = 4  # fingerprint is set
+STAT_MOMENTS = StatFlags.MOMENTS
+STAT_COUNTS = StatFlags.COUNTS
+STAT_FINGERPRINT = StatFlags.FINGERPRINT
 
 OP_STATS_DTYPE = np.dtype([("host_ns", "<i8"), ("device_ns", "<i8"), ("mem_bytes", "<i8")])
 
-DATA_INDEX_DTYPE = np.dtype([
-    ("tensor", "<u4"), ("offset", "<u8"), ("count", "<u8"), ("fingerprint", "<u8"),
-])
+DATA_INDEX_DTYPE = np.dtype(
+    [
+        ("tensor", "<u4"),
+        ("offset", "<u8"),
+        ("count", "<u8"),
+        ("fingerprint", "<u8"),
+    ]
+)
 
 EVENT_DTYPE = np.dtype([("kind", "<i4"), ("op", "<i4"), ("tensor", "<i4"), ("message", "<i4")])
 
@@ -114,10 +176,14 @@ OP_ATTRS_DTYPE = np.dtype([("op", "<u4"), ("attrs", "<i4")])
 TENSOR_OFFSET_DTYPE = np.dtype([("tensor", "<u4"), ("storage_offset", "<i8")])
 # Row k holds the ranges of those tables of row k of ``steps``.  A table of its own, not fields of
 # STEP_DTYPE: a field changes the dtype of ``steps``, and 1.0 readers refuse that.
-STEP_OVERRIDE_DTYPE = np.dtype([
-    ("op_attrs_start", "<u8"), ("op_attrs_count", "<u4"),
-    ("tensor_offset_start", "<u8"), ("tensor_offset_count", "<u4"),
-])
+STEP_OVERRIDE_DTYPE = np.dtype(
+    [
+        ("op_attrs_start", "<u8"),
+        ("op_attrs_count", "<u4"),
+        ("tensor_offset_start", "<u8"),
+        ("tensor_offset_count", "<u4"),
+    ]
+)
 
 
 def hist_dtype(bins: int) -> np.dtype[np.void]:
@@ -163,16 +229,32 @@ VALUE_CHUNK_BYTES = 1 << 20  # one chunk of a value heap; a power of two, so it 
 VALUE_HEAPS: tuple[str, ...] = tuple(f"{DATA_GROUP}/{name}" for name in STORAGE_HEAPS)
 
 # Tables are small and repetitive: deflate + shuffle, and fletcher32 so corruption is never silent.
-TABLE_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True,
-                                 "fletcher32": True}
+TABLE_FILTERS: dict[str, Any] = {
+    "compression": "gzip",
+    "compression_opts": 1,
+    "shuffle": True,
+    "fletcher32": True,
+}
 # Tables every step appends to: no filter.  Each flush rewrites a table's last, partial chunk.
 # Compressed, the chunk is written anew and in SWMR mode HDF5 never reuses the space freed: with
 # deflate a 10-op stats-only step flushed every step cost 21x its raw bytes, a 100-op step 2.8x.
 # With fletcher32 the chunk is rewritten in place, and a SIGKILL during that rewrite leaves a chunk
 # whose checksum fails, losing rows that were already flushed (seen in tests/test_crash.py).
 # Unfiltered, the rewrite puts the same bytes over the flushed rows: a torn write cannot hurt them.
-STEP_TABLES = frozenset({STEPS, STATS, OP_STATS, DATA_INDEX, HISTS, EVENTS, SCALARS, OP_ATTRS,
-                         TENSOR_OFFSETS, STEP_OVERRIDES})
+STEP_TABLES = frozenset(
+    {
+        STEPS,
+        STATS,
+        OP_STATS,
+        DATA_INDEX,
+        HISTS,
+        EVENTS,
+        SCALARS,
+        OP_ATTRS,
+        TENSOR_OFFSETS,
+        STEP_OVERRIDES,
+    }
+)
 STEP_TABLE_FILTERS: dict[str, Any] = {}
 
 
@@ -184,6 +266,7 @@ def has_dataset(name: str, minor: int) -> bool:
 def table_filters(name: str) -> dict[str, Any]:
     """The h5py filter arguments of table or heap ``name`` (not of the value heaps)."""
     return STEP_TABLE_FILTERS if name in STEP_TABLES else TABLE_FILTERS
+
 
 # Reader limits (hostile files).  Generous for real traces, small enough to refuse absurd ones.
 MAX_NDIM = 64

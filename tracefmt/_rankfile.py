@@ -72,7 +72,8 @@ def parse_version(text: object, where: str) -> tuple[int, int]:
     if major != L.FORMAT_MAJOR:
         raise UnsupportedVersionError(
             f"{where} has format version {major}.{minor}; this tracefmt reads major version "
-            f"{L.FORMAT_MAJOR} only. Install a tracefmt release that supports version {major}.")
+            f"{L.FORMAT_MAJOR} only. Install a tracefmt release that supports version {major}."
+        )
     return major, minor
 
 
@@ -94,16 +95,19 @@ class RankFile:
         except BaseException as e:
             self._file.close()
             if isinstance(e, H5_ERRORS) and not isinstance(e, TraceError):
-                raise TraceCorruptError(f"{where}: HDF5 cannot read the file's structure ({e}); "
-                                        "the file is damaged.") from e
+                raise TraceCorruptError(
+                    f"{where}: HDF5 cannot read the file's structure ({e}); the file is damaged."
+                ) from e
             raise
 
     def _init(self, where: str) -> None:
         f = self._file
         magic = root_attr(f, L.ATTR_MAGIC, where, missing=None)
         if not isinstance(magic, str) or magic != L.FORMAT_MAGIC:
-            raise TraceFormatError(f"{where!r} is an HDF5 file but not a tracefmt trace (root "
-                                   f"attribute {L.ATTR_MAGIC!r} is {magic!r}).")
+            raise TraceFormatError(
+                f"{where!r} is an HDF5 file but not a tracefmt trace (root "
+                f"attribute {L.ATTR_MAGIC!r} is {magic!r})."
+            )
         self.version = parse_version(root_attr(f, L.ATTR_VERSION, where), where)
         try:
             self.provenance = Provenance.from_json(str(root_attr(f, L.ATTR_PROVENANCE, where)))
@@ -113,8 +117,7 @@ class RankFile:
         self.rank = int_root_attr(f, L.ATTR_RANK, where)
         self.world_size = int_root_attr(f, L.ATTR_WORLD_SIZE, where)
         if not 0 <= self.rank < self.world_size:
-            raise TraceFormatError(f"{where}: rank {self.rank} is outside world_size "
-                                   f"{self.world_size}.")
+            raise TraceFormatError(f"{where}: rank {self.rank} is outside world_size {self.world_size}.")
         self.values_filter = str(root_attr(f, L.ATTR_VALUES_FILTER, where))
         if self.values_filter not in FILTERS:
             raise TraceFormatError(f"{where}: unknown values filter {self.values_filter!r}.")
@@ -126,10 +129,12 @@ class RankFile:
         # Datasets a later minor version added are required from that version on; in an older
         # file they are absent, or ignored (1.0: no op_attrs, every op has its graph's attrs).
         minor = self.version[1]
-        expected = {L.STEPS: L.STEP_DTYPE,
-                    **{k: v[0] for k, v in L.TABLES.items() if L.has_dataset(k, minor)},
-                    **{k: v[0] for k, v in L.HEAPS.items()},
-                    L.HISTS: L.hist_dtype(max(self.hist_bins, 1))}
+        expected = {
+            L.STEPS: L.STEP_DTYPE,
+            **{k: v[0] for k, v in L.TABLES.items() if L.has_dataset(k, minor)},
+            **{k: v[0] for k, v in L.HEAPS.items()},
+            L.HISTS: L.hist_dtype(max(self.hist_bins, 1)),
+        }
         expected.update({h: np.dtype(h.rsplit("/", 1)[1]) for h in L.VALUE_HEAPS})
         self._ds: dict[str, h5py.Dataset] = {}
         for name, dtype in expected.items():
@@ -138,13 +143,16 @@ class RankFile:
                 if name in f:  # not f.get(), which would call a damaged header "missing"
                     ds = f[name]
             except H5_ERRORS as e:  # the link is there, the object header is damaged
-                raise TraceCorruptError(f"{where}: dataset /{name} cannot be opened ({e}); the "
-                                        "file is damaged.") from e
+                raise TraceCorruptError(
+                    f"{where}: dataset /{name} cannot be opened ({e}); the file is damaged."
+                ) from e
             if not isinstance(ds, h5py.Dataset):
                 raise TraceFormatError(f"{where}: dataset /{name} is missing.")
             if ds.ndim != 1 or ds.dtype != dtype:
-                raise TraceFormatError(f"{where}: dataset /{name} has dtype {ds.dtype} and "
-                                       f"{ds.ndim} dimensions; the format wants 1-D {dtype}.")
+                raise TraceFormatError(
+                    f"{where}: dataset /{name} has dtype {ds.dtype} and "
+                    f"{ds.ndim} dimensions; the format wants 1-D {dtype}."
+                )
             self._ds[name] = ds
             if name == L.STEPS:
                 self._committed = int(ds.shape[0])
@@ -177,8 +185,9 @@ class RankFile:
             try:
                 stored = int(ds.id.get_storage_size())
             except H5_ERRORS as e:
-                raise TraceCorruptError(f"{self.path}: the storage of /{name} cannot be read "
-                                        f"({e}); the file is damaged.") from e
+                raise TraceCorruptError(
+                    f"{self.path}: the storage of /{name} cannot be read ({e}); the file is damaged."
+                ) from e
             chunk = (ds.chunks or (1,))[0] * ds.dtype.itemsize
             budget = stored + chunk if name in L.VALUE_HEAPS else 1100 * stored + chunk
         self._budgets[name] = budget
@@ -201,8 +210,7 @@ class RankFile:
         except H5_ERRORS as e:
             if isinstance(e, TraceError):
                 raise
-            raise TraceCorruptError(f"{self.path}: refreshing failed ({e}); the file is "
-                                    "damaged.") from e
+            raise TraceCorruptError(f"{self.path}: refreshing failed ({e}); the file is damaged.") from e
         self._strings_loaded = None
 
     # -- checked reads ---------------------------------------------------------------------------
@@ -212,29 +220,36 @@ class RankFile:
     def _where(self, step: int | None) -> str:
         return f"{self.path}" + ("" if step is None else f", step {step}")
 
-    def _rows(self, name: str, start: int, count: int, step: int | None = None,
-              limit: int = L.MAX_STEP_ROWS) -> np.ndarray:
+    def _rows(
+        self, name: str, start: int, count: int, step: int | None = None, limit: int = L.MAX_STEP_ROWS
+    ) -> np.ndarray:
         """Rows ``[start, start+count)`` of ``name``, after checking they exist."""
         n = self.length(name)
         if count < 0 or count > limit or start < 0 or start + count > n:
-            raise TraceFormatError(f"{self._where(step)}: rows {start}..{start + count} of /{name} "
-                                   f"are out of range (it has {n} rows).")
+            raise TraceFormatError(
+                f"{self._where(step)}: rows {start}..{start + count} of /{name} "
+                f"are out of range (it has {n} rows)."
+            )
         if count == 0:
             return np.zeros(0, dtype=self._ds[name].dtype)
         budget = self._budget(name)
         if budget is not None and (start + count) * self._ds[name].dtype.itemsize > budget:
-            raise TraceFormatError(f"{self._where(step)}: rows {start}..{start + count} of /{name} "
-                                   f"lie beyond the {budget} bytes the file stores; the file is "
-                                   "damaged or truncated.")
+            raise TraceFormatError(
+                f"{self._where(step)}: rows {start}..{start + count} of /{name} "
+                f"lie beyond the {budget} bytes the file stores; the file is "
+                "damaged or truncated."
+            )
         pauses = REREAD_PAUSES if swmr_writer_flag(self.path) else ()
         for pause in (*pauses, None):
             try:
                 return self._read(name, start, count)
             except H5_ERRORS as e:
                 if pause is None:
-                    raise TraceCorruptError(f"{self._where(step)}: reading rows {start}.."
-                                            f"{start + count} of /{name} failed ({e}); the file "
-                                            "is damaged.") from e
+                    raise TraceCorruptError(
+                        f"{self._where(step)}: reading rows {start}.."
+                        f"{start + count} of /{name} failed ({e}); the file "
+                        "is damaged."
+                    ) from e
                 time.sleep(pause)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -314,13 +329,16 @@ class RankFile:
                 lo, s_lo = guess, s
             else:
                 hi, s_hi = guess, s
-        raise TraceError(f"Step {step} is not in {self.path} (rank {self.rank}); "
-                         "'tracefmt ls' lists the recorded steps.")
+        raise TraceError(
+            f"Step {step} is not in {self.path} (rank {self.rank}); "
+            "'tracefmt ls' lists the recorded steps."
+        )
 
     def summaries(self) -> list[StepSummary]:
         """One summary per committed step, from the step index and graphs table alone."""
-        return decode_summaries(self.step_rows(), self._rows(L.GRAPHS, 0, self.length(L.GRAPHS)),
-                                self.rank, self._where)
+        return decode_summaries(
+            self.step_rows(), self._rows(L.GRAPHS, 0, self.length(L.GRAPHS)), self.rank, self._where
+        )
 
     def _graph(self, g: int, step: int) -> GraphData:
         """Graph row ``g``, decoded once and shared by the steps that use it.  Its ops and
@@ -337,24 +355,34 @@ class RankFile:
         tensors = self._rows(L.TENSORS, int(row["tensor_start"]), n_tensors, step, L.MAX_STEP_ROWS)
         # A list: slicing it per tensor is ~10x cheaper than slicing an array into numpy scalars.
         dims = self._rows(L.DIMS, int(row["dim_start"]), n_dims, step, L.MAX_STEP_ROWS).tolist()
-        data = decode_graph(g, ops, edges, tensors, dims, self._where(step),
-                            functools.partial(self.string, step=step))
+        data = decode_graph(
+            g, ops, edges, tensors, dims, self._where(step), functools.partial(self.string, step=step)
+        )
         if len(self._graph_cache) > 64:
             self._graph_cache.clear()
         self._graph_cache[g] = data
         return data
 
-    def _overrides(self, index: int, step: int, n_ops: int,
-                   n_tensors: int) -> tuple[np.ndarray, np.ndarray]:
+    def _overrides(
+        self, index: int, step: int, n_ops: int, n_tensors: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The ``op_attrs`` and ``tensor_offsets`` rows of the step in row ``index`` of the step
         index (none before format 1.1)."""
         if L.STEP_OVERRIDES not in self._ds:
             return (np.zeros(0, dtype=L.OP_ATTRS_DTYPE), np.zeros(0, dtype=L.TENSOR_OFFSET_DTYPE))
         r = self._rows(L.STEP_OVERRIDES, index, 1, step)[0]
-        return (self._rows(L.OP_ATTRS, int(r["op_attrs_start"]), int(r["op_attrs_count"]), step,
-                           limit=n_ops),
-                self._rows(L.TENSOR_OFFSETS, int(r["tensor_offset_start"]),
-                           int(r["tensor_offset_count"]), step, limit=n_tensors))
+        return (
+            self._rows(
+                L.OP_ATTRS, int(r["op_attrs_start"]), int(r["op_attrs_count"]), step, limit=n_ops
+            ),
+            self._rows(
+                L.TENSOR_OFFSETS,
+                int(r["tensor_offset_start"]),
+                int(r["tensor_offset_count"]),
+                step,
+                limit=n_tensors,
+            ),
+        )
 
     def load(self, index: int) -> Step:
         """Load the step in row ``index`` of the step index.
@@ -368,8 +396,10 @@ class RankFile:
         n_ops, n_tensors = len(graph.ops), len(graph.metas)
         stats_count, op_count = int(r["stats_count"]), int(r["op_stats_count"])
         if stats_count not in (0, n_tensors) or op_count not in (0, n_ops):
-            raise TraceFormatError(f"{self._where(step)}: {stats_count} stats rows and {op_count} "
-                                   f"op rows for a graph of {n_tensors} tensors and {n_ops} ops.")
+            raise TraceFormatError(
+                f"{self._where(step)}: {stats_count} stats rows and {op_count} "
+                f"op rows for a graph of {n_tensors} tensors and {n_ops} ops."
+            )
         rows = StepRows(
             step=r,
             stats=self._rows(L.STATS, int(r["stats_start"]), stats_count, step),
@@ -378,36 +408,52 @@ class RankFile:
             hists=self._rows(L.HISTS, int(r["hist_start"]), int(r["hist_count"]), step),
             events=self._rows(L.EVENTS, int(r["event_start"]), int(r["event_count"]), step),
             scalars=self._rows(L.SCALARS, int(r["scalar_start"]), int(r["scalar_count"]), step),
-            overrides=self._overrides(index, step, n_ops, n_tensors))
-        return decode_step(rows, graph, rank=self.rank, hist_bins=self.hist_bins,
-                           where=self._where(step), text=functools.partial(self._text, step=step),
-                           load_values=functools.partial(self._values, step))
+            overrides=self._overrides(index, step, n_ops, n_tensors),
+        )
+        return decode_step(
+            rows,
+            graph,
+            rank=self.rank,
+            hist_bins=self.hist_bins,
+            where=self._where(step),
+            text=functools.partial(self._text, step=step),
+            load_values=functools.partial(self._values, step),
+        )
 
-    def _values(self, step: int, tensor: int, meta: TensorMeta, offset: int, count: int,
-                fp: int) -> np.ndarray:
+    def _values(
+        self, step: int, tensor: int, meta: TensorMeta, offset: int, count: int, fp: int
+    ) -> np.ndarray:
         info = DTYPE_INFO[meta.dtype]
         heap = f"{L.DATA_GROUP}/{heap_name(meta.dtype)}"
         numel = meta.numel  # Python ints: no overflow
         label = f"tensor {tensor} ({meta.name or 'unnamed'})"
         if numel * info.itemsize > L.MAX_VALUE_BYTES:
-            raise TraceFormatError(f"{self._where(step)}: {label} declares shape {meta.shape}, "
-                                   f"{numel * info.itemsize} bytes; the reader's limit is "
-                                   f"{L.MAX_VALUE_BYTES}.")
+            raise TraceFormatError(
+                f"{self._where(step)}: {label} declares shape {meta.shape}, "
+                f"{numel * info.itemsize} bytes; the reader's limit is "
+                f"{L.MAX_VALUE_BYTES}."
+            )
         if count != numel * info.per_element:
-            raise TraceFormatError(f"{self._where(step)}: {label} has {count} stored items; its "
-                                   f"shape {meta.shape} of {meta.dtype.label} needs "
-                                   f"{numel * info.per_element}.")
+            raise TraceFormatError(
+                f"{self._where(step)}: {label} has {count} stored items; its "
+                f"shape {meta.shape} of {meta.dtype.label} needs "
+                f"{numel * info.per_element}."
+            )
         ensure_readable(self.values_filter)
         storage = self._rows(heap, offset, count, step, limit=L.MAX_VALUE_BYTES)
         if fingerprint(storage) != fp:
-            raise TraceCorruptError(f"{self._where(step)}: the values of {label} (/{heap}, items "
-                                    f"{offset}..{offset + count}) do not match their fingerprint; "
-                                    "the file is damaged.")
+            raise TraceCorruptError(
+                f"{self._where(step)}: the values of {label} (/{heap}, items "
+                f"{offset}..{offset + count}) do not match their fingerprint; "
+                "the file is damaged."
+            )
         try:
             return logical_view(storage, meta.dtype, meta.shape)
         except ValueError as e:  # e.g. (0, 2**40, 2**40): empty, but too big a shape for numpy
-            raise TraceFormatError(f"{self._where(step)}: {label} has shape {meta.shape}, which "
-                                   f"no numpy array can take ({e}).") from e
+            raise TraceFormatError(
+                f"{self._where(step)}: {label} has shape {meta.shape}, which "
+                f"no numpy array can take ({e})."
+            ) from e
 
     def dataset_sizes(self) -> list[DatasetSize]:
         """Rows, logical bytes and bytes on disk of every dataset in the file."""
@@ -417,8 +463,8 @@ class RankFile:
             try:
                 stored = int(ds.id.get_storage_size())
             except H5_ERRORS as e:
-                raise TraceCorruptError(f"{self.path}: the size of /{name} cannot be read ({e}); "
-                                        "the file is damaged.") from e
+                raise TraceCorruptError(
+                    f"{self.path}: the size of /{name} cannot be read ({e}); the file is damaged."
+                ) from e
             out.append(DatasetSize(name, rows, rows * ds.dtype.itemsize, stored))
         return out
-

@@ -92,22 +92,52 @@ def info(path: str, as_json: bool) -> None:
         _json(out)
         return
     con = _console()
-    con.print(f"[bold]{data.path}[/]  run {data.run_id}  format {data.format_version}  "
-              f"world size {data.world_size}  ranks {', '.join(map(str, data.ranks))}")
+    con.print(
+        f"[bold]{data.path}[/]  run {data.run_id}  format {data.format_version}  "
+        f"world size {data.world_size}  ranks {', '.join(map(str, data.ranks))}"
+    )
     prov = ", ".join(f"{k} {v}" for k, v in data.provenance.items() if k not in ("created", "host"))
-    con.print(f"written {data.provenance.get('created', '?')} on {data.provenance.get('host', '?')}"
-              f" by {prov}")
+    con.print(
+        f"written {data.provenance.get('created', '?')} on {data.provenance.get('host', '?')} by {prov}"
+    )
     ranks = Table(title="Ranks", title_justify="left")
-    for col in ("rank", "steps", "first", "last", "graphs", "ops/step", "values", "NaN steps",
-                "Inf steps", "events", "dropped", "filter", "file"):
+    for col in (
+        "rank",
+        "steps",
+        "first",
+        "last",
+        "graphs",
+        "ops/step",
+        "values",
+        "NaN steps",
+        "Inf steps",
+        "events",
+        "dropped",
+        "filter",
+        "file",
+    ):
         ranks.add_column(col, justify="right" if col not in ("filter",) else "left")
     for r in data.rank_info:
-        ops = (f"{r.ops_per_step_min}" if r.ops_per_step_min == r.ops_per_step_max else
-               f"{r.ops_per_step_min}-{r.ops_per_step_max} (median {r.ops_per_step_median:g})")
-        ranks.add_row(str(r.rank), str(r.steps), _num(r.first_step), _num(r.last_step),
-                      str(r.graphs), ops, str(r.values_recorded), str(r.steps_with_nan),
-                      str(r.steps_with_inf), str(r.events), str(r.dropped), r.values_filter,
-                      _bytes(r.file_bytes))
+        ops = (
+            f"{r.ops_per_step_min}"
+            if r.ops_per_step_min == r.ops_per_step_max
+            else f"{r.ops_per_step_min}-{r.ops_per_step_max} (median {r.ops_per_step_median:g})"
+        )
+        ranks.add_row(
+            str(r.rank),
+            str(r.steps),
+            _num(r.first_step),
+            _num(r.last_step),
+            str(r.graphs),
+            ops,
+            str(r.values_recorded),
+            str(r.steps_with_nan),
+            str(r.steps_with_inf),
+            str(r.events),
+            str(r.dropped),
+            r.values_filter,
+            _bytes(r.file_bytes),
+        )
     con.print(ranks)
     kinds = Table(title="Bytes by kind (all ranks)", title_justify="left")
     for col in ("kind", "raw", "on disk", "ratio"):
@@ -120,8 +150,12 @@ def info(path: str, as_json: bool) -> None:
             acc[1] += k.stored_bytes
     for kind, (raw, stored) in totals.items():
         kinds.add_row(kind, _bytes(raw), _bytes(stored), f"{raw / stored:.2f}x" if stored else "-")
-    kinds.add_row("[bold]total[/]", _bytes(data.raw_bytes), _bytes(data.stored_bytes),
-                  f"{data.raw_bytes / data.stored_bytes:.2f}x" if data.stored_bytes else "-")
+    kinds.add_row(
+        "[bold]total[/]",
+        _bytes(data.raw_bytes),
+        _bytes(data.stored_bytes),
+        f"{data.raw_bytes / data.stored_bytes:.2f}x" if data.stored_bytes else "-",
+    )
     con.print(kinds)
 
 
@@ -138,32 +172,45 @@ def ls_cmd(path: str, rank: int | None, as_json: bool, show_all: bool) -> None:
         _json([dataclasses.asdict(s) for s in summaries])
         return
     limit = 40
-    shown = summaries if show_all or len(summaries) <= limit else (
-        summaries[:limit // 2] + summaries[-limit // 2:])
+    shown = (
+        summaries
+        if show_all or len(summaries) <= limit
+        else (summaries[: limit // 2] + summaries[-limit // 2 :])
+    )
     table = Table()
-    for col in ("step", "rank", "ops", "tensors", "values", "flags", "events", "dropped",
-                "seconds"):
+    for col in ("step", "rank", "ops", "tensors", "values", "flags", "events", "dropped", "seconds"):
         table.add_column(col, justify="right" if col != "flags" else "left")
     for i, s in enumerate(shown):
         if len(shown) < len(summaries) and i == limit // 2:
             table.add_row("...", "", "", "", "", f"{len(summaries) - limit} more", "", "", "")
         flags = " ".join(f for f, on in (("NaN", s.has_nan), ("Inf", s.has_inf)) if on)
-        table.add_row(str(s.step), str(s.rank), str(s.num_ops), str(s.num_tensors),
-                      str(s.num_values), flags, str(s.num_events), str(s.dropped),
-                      _num(s.duration))
+        table.add_row(
+            str(s.step),
+            str(s.rank),
+            str(s.num_ops),
+            str(s.num_tensors),
+            str(s.num_values),
+            flags,
+            str(s.num_events),
+            str(s.dropped),
+            _num(s.duration),
+        )
     con = _console()
     con.print(table)
     if len(shown) < len(summaries):
-        con.print(f"{len(summaries)} steps; showing the first and last {limit // 2} "
-                  "(--all lists every one, --json prints them all).")
+        con.print(
+            f"{len(summaries)} steps; showing the first and last {limit // 2} "
+            "(--all lists every one, --json prints them all)."
+        )
 
 
 def _op_json(step: Step, node: OpNode) -> dict[str, Any]:
     out = dataclasses.asdict(node)
     out["phase"] = node.phase.label
-    out["outputs_stats"] = [None if step.tensors[t].stats is None else
-                            dataclasses.asdict(step.tensors[t].stats)  # type: ignore[arg-type]
-                            for t in node.outputs]
+    out["outputs_stats"] = [
+        None if step.tensors[t].stats is None else dataclasses.asdict(step.tensors[t].stats)  # type: ignore[arg-type]
+        for t in node.outputs
+    ]
     return out
 
 
@@ -173,14 +220,31 @@ def _op_json(step: Step, node: OpNode) -> dict[str, Any]:
 @rank_opt
 @click.option("--module", default=None, help="Only ops whose module path matches this glob.")
 @click.option("--op", default=None, help="Only ops whose name matches this glob (e.g. 'mm*').")
-@click.option("--phase", type=click.Choice(["forward", "backward", "optimizer", "other"]),
-              default=None, help="Only ops of this phase.")
-@click.option("--sort", type=click.Choice(["order", "time"]), default="order",
-              help="Execution order (default) or host time, longest first.")
+@click.option(
+    "--phase",
+    type=click.Choice(["forward", "backward", "optimizer", "other"]),
+    default=None,
+    help="Only ops of this phase.",
+)
+@click.option(
+    "--sort",
+    type=click.Choice(["order", "time"]),
+    default="order",
+    help="Execution order (default) or host time, longest first.",
+)
 @click.option("--limit", type=int, default=None, help="Show at most this many ops.")
 @json_opt
-def show(path: str, step_no: int, rank: int | None, module: str | None, op: str | None,
-         phase: str | None, sort: str, limit: int | None, as_json: bool) -> None:
+def show(
+    path: str,
+    step_no: int,
+    rank: int | None,
+    module: str | None,
+    op: str | None,
+    phase: str | None,
+    sort: str,
+    limit: int | None,
+    as_json: bool,
+) -> None:
     """The ops of one step in order, with module path, shapes, dtypes and output statistics."""
     with tracefmt.open(path) as trace:
         step = trace.step(step_no, rank)
@@ -190,27 +254,60 @@ def show(path: str, step_no: int, rank: int | None, module: str | None, op: str 
     if limit is not None:
         ops = ops[:limit]
     if as_json:
-        _json({"step": step.step, "rank": step.rank, "scalars": step.scalars,
-               "events": [dataclasses.asdict(e) for e in step.events],
-               "ops": [_op_json(step, n) for n in ops]})
+        _json(
+            {
+                "step": step.step,
+                "rank": step.rank,
+                "scalars": step.scalars,
+                "events": [dataclasses.asdict(e) for e in step.events],
+                "ops": [_op_json(step, n) for n in ops],
+            }
+        )
         return
-    table = Table(title=f"step {step.step}, rank {step.rank}: {len(ops)} of {len(step.ops)} ops",
-                  title_justify="left")
-    for col in ("#", "phase", "module", "op", "inputs", "outputs", "min", "max", "mean",
-                "norm", "NaN/Inf", "us"):
-        table.add_column(col, justify="right" if col in ("#", "min", "max", "mean", "norm",
-                                                         "NaN/Inf", "us") else "left")
+    table = Table(
+        title=f"step {step.step}, rank {step.rank}: {len(ops)} of {len(step.ops)} ops",
+        title_justify="left",
+    )
+    for col in (
+        "#",
+        "phase",
+        "module",
+        "op",
+        "inputs",
+        "outputs",
+        "min",
+        "max",
+        "mean",
+        "norm",
+        "NaN/Inf",
+        "us",
+    ):
+        table.add_column(
+            col,
+            justify="right" if col in ("#", "min", "max", "mean", "norm", "NaN/Inf", "us") else "left",
+        )
     for n in ops:
         out = step.tensors[n.outputs[0]] if n.outputs else None
         st = out.stats if out is not None else None
-        bad = "" if st is None or st.nan is None else (
-            f"[red]{st.nan}/{st.inf}[/]" if (st.nan or st.inf) else "0/0")
-        table.add_row(str(n.index), n.phase.label, n.module or "-", n.name.removeprefix("aten::"),
-                      shapes_text([step.tensors[t] for t in n.inputs]),
-                      shapes_text([step.tensors[t] for t in n.outputs]),
-                      _num(st.min if st else None), _num(st.max if st else None),
-                      _num(st.mean if st else None), _num(st.norm if st else None), bad,
-                      "-" if n.host_ns is None else f"{n.host_ns / 1000:.1f}")
+        bad = (
+            ""
+            if st is None or st.nan is None
+            else (f"[red]{st.nan}/{st.inf}[/]" if (st.nan or st.inf) else "0/0")
+        )
+        table.add_row(
+            str(n.index),
+            n.phase.label,
+            n.module or "-",
+            n.name.removeprefix("aten::"),
+            shapes_text([step.tensors[t] for t in n.inputs]),
+            shapes_text([step.tensors[t] for t in n.outputs]),
+            _num(st.min if st else None),
+            _num(st.max if st else None),
+            _num(st.mean if st else None),
+            _num(st.norm if st else None),
+            bad,
+            "-" if n.host_ns is None else f"{n.host_ns / 1000:.1f}",
+        )
     con = _console()
     con.print(table)
     if step.scalars:
@@ -224,17 +321,17 @@ def show(path: str, step_no: int, rank: int | None, module: str | None, op: str 
 @click.option("--step", "step_no", type=int, required=True, help="Step number.")
 @click.option("--tensor", "tensor_key", required=True, help="Tensor id or name.")
 @rank_opt
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Output .npy file.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .npy file.")
 @click.option("--raw", is_flag=True, help="Write bfloat16/float8 as their stored bits.")
-def dump(path: str, step_no: int, tensor_key: str, rank: int | None, output: str,
-         raw: bool) -> None:
+def dump(path: str, step_no: int, tensor_key: str, rank: int | None, output: str, raw: bool) -> None:
     """Write one tensor's recorded values to a .npy file (no pickle)."""
     with tracefmt.open(path) as trace:
         tensor = find_tensor(trace.step(step_no, rank), tensor_key)
         out = dump_tensor(tensor, output, raw=raw)
-    click.echo(f"wrote tensor {tensor.index} ({tensor.name or 'unnamed'}, {tensor.dtype.label}"
-               f"{list(tensor.shape)}) to {out}")
+    click.echo(
+        f"wrote tensor {tensor.index} ({tensor.name or 'unnamed'}, {tensor.dtype.label}"
+        f"{list(tensor.shape)}) to {out}"
+    )
 
 
 @main.command()
@@ -248,8 +345,9 @@ def validate(path: str, deep: bool, as_json: bool) -> None:
     from tracefmt.validate import UNREADABLE
     from tracefmt.validate import validate as run_validate
 
-    with Progress(transient=True, disable=as_json or not sys.stderr.isatty(),
-                  console=Console(stderr=True)) as bar:
+    with Progress(
+        transient=True, disable=as_json or not sys.stderr.isatty(), console=Console(stderr=True)
+    ) as bar:
         task = bar.add_task("validating", total=None)
 
         def progress(done: int, total: int) -> None:

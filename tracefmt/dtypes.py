@@ -52,8 +52,9 @@ class DType(enum.IntEnum):
         try:
             return cls[key]
         except KeyError:
-            raise ValueError(f"Unknown dtype {name!r}; expected one of "
-                             f"{', '.join(d.label for d in cls)}.") from None
+            raise ValueError(
+                f"Unknown dtype {name!r}; expected one of {', '.join(d.label for d in cls)}."
+            ) from None
 
 
 @dataclass(frozen=True)

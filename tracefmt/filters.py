@@ -36,7 +36,8 @@ def _plugin() -> Any:
     except ImportError as e:
         raise MissingFilterError(
             "This trace's values use an hdf5plugin compressor, but the hdf5plugin package is not "
-            "installed: run 'pip install hdf5plugin'.") from e
+            "installed: run 'pip install hdf5plugin'."
+        ) from e
     return hdf5plugin
 
 
@@ -45,6 +46,7 @@ def _blosc2(cname: str, bitshuffle: bool = False) -> Callable[[], dict[str, Any]
         plugin = _plugin()
         shuffle = plugin.Blosc2.BITSHUFFLE if bitshuffle else plugin.Blosc2.SHUFFLE
         return dict(plugin.Blosc2(cname=cname, clevel=1, filters=shuffle))
+
     return kwargs
 
 
@@ -66,18 +68,27 @@ class ValuesFilter:
         return self.make_kwargs()
 
 
-FILTERS: dict[str, ValuesFilter] = {f.name: f for f in (
-    ValuesFilter("none", "no filter; per-tensor fingerprints guard integrity", False, _no_filter),
-    ValuesFilter("fletcher32", "HDF5 fletcher32 checksum per chunk", False, _fletcher32),
-    ValuesFilter("gzip", "deflate level 1 + shuffle (standard, slow: about 60 MB/s)", False, _gzip),
-    ValuesFilter("blosc2-zstd", "Blosc2 zstd level 1 + byte shuffle (hdf5plugin)", True,
-                 _blosc2("zstd")),
-    ValuesFilter("blosc2-lz4", "Blosc2 lz4 level 1 + byte shuffle (hdf5plugin)", True,
-                 _blosc2("lz4")),
-    ValuesFilter("blosc2-lz4-bitshuffle", "Blosc2 lz4 level 1 + bit shuffle (hdf5plugin)", True,
-                 _blosc2("lz4", bitshuffle=True)),
-    ValuesFilter("zstd", "Zstandard level 1 (hdf5plugin)", True, _zstd),
-)}
+FILTERS: dict[str, ValuesFilter] = {
+    f.name: f
+    for f in (
+        ValuesFilter("none", "no filter; per-tensor fingerprints guard integrity", False, _no_filter),
+        ValuesFilter("fletcher32", "HDF5 fletcher32 checksum per chunk", False, _fletcher32),
+        ValuesFilter("gzip", "deflate level 1 + shuffle (standard, slow: about 60 MB/s)", False, _gzip),
+        ValuesFilter(
+            "blosc2-zstd", "Blosc2 zstd level 1 + byte shuffle (hdf5plugin)", True, _blosc2("zstd")
+        ),
+        ValuesFilter(
+            "blosc2-lz4", "Blosc2 lz4 level 1 + byte shuffle (hdf5plugin)", True, _blosc2("lz4")
+        ),
+        ValuesFilter(
+            "blosc2-lz4-bitshuffle",
+            "Blosc2 lz4 level 1 + bit shuffle (hdf5plugin)",
+            True,
+            _blosc2("lz4", bitshuffle=True),
+        ),
+        ValuesFilter("zstd", "Zstandard level 1 (hdf5plugin)", True, _zstd),
+    )
+}
 ALIASES = {"default": "none", "fast": "blosc2-lz4-bitshuffle"}
 
 
@@ -87,8 +98,9 @@ def get_filter(name: str) -> ValuesFilter:
     try:
         return FILTERS[key]
     except KeyError:
-        raise ValueError(f"Unknown values filter {name!r}; choose one of "
-                         f"{', '.join([*FILTERS, *ALIASES])}.") from None
+        raise ValueError(
+            f"Unknown values filter {name!r}; choose one of {', '.join([*FILTERS, *ALIASES])}."
+        ) from None
 
 
 def ensure_readable(name: str) -> None:

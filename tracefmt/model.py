@@ -46,6 +46,14 @@ class Role(enum.IntEnum):
         return self.name.lower()
 
 
+class StatFlags(enum.IntFlag):
+    """Which groups of a ``stats`` row are set (the row's ``flags`` column, spec section 5.7)."""
+
+    MOMENTS = 1  #: min, max, mean, std and norm
+    COUNTS = 2  #: nan, inf and zero
+    FINGERPRINT = 4  #: fingerprint
+
+
 @dataclass(frozen=True)
 class TensorStats:
     """Statistics of one tensor in one step.  Fields that were not computed are ``None``."""
@@ -131,8 +139,10 @@ class TensorRecord:
         from tracefmt.errors import TraceError
 
         if self._load is None:
-            raise TraceError(f"Tensor {self.index} ({self.name or 'unnamed'}) has no recorded "
-                             "values in this step; record it with a values selection.")
+            raise TraceError(
+                f"Tensor {self.index} ({self.name or 'unnamed'}) has no recorded "
+                "values in this step; record it with a values selection."
+            )
         return self._load()
 
 
@@ -179,8 +189,10 @@ class Provenance:
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        data: dict[str, Any] = {k: getattr(self, k) for k in
-                                ("tracefmt", "h5py", "hdf5", "numpy", "python", "created", "host")}
+        data: dict[str, Any] = {
+            k: getattr(self, k)
+            for k in ("tracefmt", "h5py", "hdf5", "numpy", "python", "created", "host")
+        }
         if self.torch is not None:
             data["torch"] = self.torch
         data.update(self.extra)
@@ -198,6 +210,9 @@ class Provenance:
             raise ValueError(f"provenance lacks string field(s) {', '.join(missing)}")
         known = {*required, "host", "torch"}
         torch_version = data.get("torch")
-        return cls(**{k: data[k] for k in required}, host=str(data.get("host", "")),
-                   torch=str(torch_version) if torch_version is not None else None,
-                   extra={k: str(v) for k, v in data.items() if k not in known})
+        return cls(
+            **{k: data[k] for k in required},
+            host=str(data.get("host", "")),
+            torch=str(torch_version) if torch_version is not None else None,
+            extra={k: str(v) for k, v in data.items() if k not in known},
+        )

@@ -48,8 +48,9 @@ class Trace:
     def __enter__(self) -> Trace:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -68,8 +69,9 @@ class Trace:
         try:
             return self._files[rank]
         except KeyError:
-            raise TraceError(f"Rank {rank} is not in {self.path}; it has ranks "
-                             f"{', '.join(map(str, self.ranks))}.") from None
+            raise TraceError(
+                f"Rank {rank} is not in {self.path}; it has ranks {', '.join(map(str, self.ranks))}."
+            ) from None
 
     def steps(self, rank: int | None = None) -> list[int]:
         """Step numbers committed by ``rank``."""
@@ -100,8 +102,10 @@ def open(path: str | os.PathLike[str]) -> Trace:
     if p.is_dir():
         candidates = sorted(p.glob(L.RANK_FILE_GLOB))
         if not candidates:
-            raise TraceNotFoundError(f"{str(p)!r} is a directory with no rank files "
-                                     f"({L.RANK_FILE_GLOB}); is it a tracefmt run directory?")
+            raise TraceNotFoundError(
+                f"{str(p)!r} is a directory with no rank files "
+                f"({L.RANK_FILE_GLOB}); is it a tracefmt run directory?"
+            )
     elif p.exists():
         candidates = [p]
     else:
@@ -112,18 +116,21 @@ def open(path: str | os.PathLike[str]) -> Trace:
             rf = RankFile(c)
             if rf.rank in files:
                 rf.close()
-                raise TraceFormatError(f"{str(c)!r} and {str(files[rf.rank].path)!r} both claim "
-                                       f"rank {rf.rank}.")
-            if files and (rf.run_id, rf.world_size) != (next(iter(files.values())).run_id,
-                                                        next(iter(files.values())).world_size):
+                raise TraceFormatError(
+                    f"{str(c)!r} and {str(files[rf.rank].path)!r} both claim rank {rf.rank}."
+                )
+            if files and (rf.run_id, rf.world_size) != (
+                next(iter(files.values())).run_id,
+                next(iter(files.values())).world_size,
+            ):
                 rf.close()
-                raise TraceFormatError(f"{str(c)!r} belongs to another run (run_id or world_size "
-                                       "differ from the other rank files in the directory).")
+                raise TraceFormatError(
+                    f"{str(c)!r} belongs to another run (run_id or world_size "
+                    "differ from the other rank files in the directory)."
+                )
             files[rf.rank] = rf
     except BaseException:
         for rf in files.values():
             rf.close()
         raise
     return Trace(files, p)
-
-

@@ -169,10 +169,20 @@ class GraphBuilder:
     def num_tensors(self) -> int:
         return len(self._tensors)
 
-    def add_tensor(self, dtype: DType, shape: Sequence[int], *, strides: Sequence[int] | None = None,
-                   device: str = "cpu", role: Role = Role.ACTIVATION, name: str | None = None,
-                   producer: int | None = None, producer_slot: int = 0, version: int = 0,
-                   storage_offset: int = 0) -> int:
+    def add_tensor(
+        self,
+        dtype: DType,
+        shape: Sequence[int],
+        *,
+        strides: Sequence[int] | None = None,
+        device: str = "cpu",
+        role: Role = Role.ACTIVATION,
+        name: str | None = None,
+        producer: int | None = None,
+        producer_slot: int = 0,
+        version: int = 0,
+        storage_offset: int = 0,
+    ) -> int:
         """Add a tensor (a value: one version of one storage) and return its index.
 
         ``producer`` is the index of the op that outputs it (``None`` for a tensor that enters the
@@ -182,22 +192,43 @@ class GraphBuilder:
         if any(d < 0 for d in shape_t):
             raise ValueError(f"Tensor shape {shape_t} has a negative dimension.")
         if storage_offset < 0:
-            raise ValueError(f"Storage offset {storage_offset} is negative; offsets count "
-                             "elements from the start of the storage.")
+            raise ValueError(
+                f"Storage offset {storage_offset} is negative; offsets count "
+                "elements from the start of the storage."
+            )
         strides_t = None if strides is None else tuple(int(s) for s in strides)
         if not shape_t:
             strides_t = ()  # a 0-d tensor has empty strides either way: one canonical form
 
         if strides_t is not None and len(strides_t) != len(shape_t):
             raise ValueError(f"Strides {strides_t} do not match shape {shape_t}.")
-        self._tensors.append(TensorSpec(DType(dtype), shape_t, strides_t, device, Role(role), name,
-                                        -1 if producer is None else int(producer),
-                                        producer_slot, version, storage_offset))
+        self._tensors.append(
+            TensorSpec(
+                DType(dtype),
+                shape_t,
+                strides_t,
+                device,
+                Role(role),
+                name,
+                -1 if producer is None else int(producer),
+                producer_slot,
+                version,
+                storage_offset,
+            )
+        )
         return len(self._tensors) - 1
 
-    def add_op(self, name: str, *, phase: Phase, module: str = "",
-               inputs: Sequence[int | tuple[int, int, int]] = (), outputs: Sequence[int] = (),
-               attrs: Mapping[str, Any] | None = None, source: str | None = None) -> int:
+    def add_op(
+        self,
+        name: str,
+        *,
+        phase: Phase,
+        module: str = "",
+        inputs: Sequence[int | tuple[int, int, int]] = (),
+        outputs: Sequence[int] = (),
+        attrs: Mapping[str, Any] | None = None,
+        source: str | None = None,
+    ) -> int:
         """Add an op and return its index.
 
         ``inputs`` are tensor indices (argument position = place in the list), or explicit
@@ -205,14 +236,25 @@ class GraphBuilder:
         when the argument is a single tensor).  ``attrs`` are the non-tensor arguments, as JSON data.
         """
         n = len(self._tensors)
-        triples = tuple((int(t), i, -1) if isinstance(t, int) else (int(t[0]), int(t[1]), int(t[2]))
-                        for i, t in enumerate(inputs))
+        triples = tuple(
+            (int(t), i, -1) if isinstance(t, int) else (int(t[0]), int(t[1]), int(t[2]))
+            for i, t in enumerate(inputs)
+        )
         outs = tuple(int(t) for t in outputs)
         for t in [tr[0] for tr in triples] + list(outs):
             if not 0 <= t < n:
                 raise ValueError(f"Op {name!r} refers to tensor {t}, but the graph has {n} tensors.")
-        self._ops.append(OpSpec(name, Phase(phase), module, triples, outs,
-                                None if not attrs else encode_attrs(attrs), source))
+        self._ops.append(
+            OpSpec(
+                name,
+                Phase(phase),
+                module,
+                triples,
+                outs,
+                None if not attrs else encode_attrs(attrs),
+                source,
+            )
+        )
         return len(self._ops) - 1
 
     def finish(self) -> Graph:
@@ -221,12 +263,13 @@ class GraphBuilder:
             for t in op.outputs:
                 producer = self._tensors[t].producer
                 if producer not in (-1, op_index):
-                    raise ValueError(f"Tensor {t} is an output of op {op_index} ({op.name!r}) "
-                                     f"but names op {producer} as its producer.")
+                    raise ValueError(
+                        f"Tensor {t} is an output of op {op_index} ({op.name!r}) "
+                        f"but names op {producer} as its producer."
+                    )
         for t, spec in enumerate(self._tensors):
             if spec.producer >= len(self._ops):
-                raise ValueError(f"Tensor {t} names producer op {spec.producer}, which was "
-                                 "never added.")
+                raise ValueError(f"Tensor {t} names producer op {spec.producer}, which was never added.")
         graph = Graph(tuple(self._ops), tuple(self._tensors))
         self._ops, self._tensors = [], []
         return graph
@@ -248,8 +291,11 @@ class Graph:
     def num_ops(self) -> int:
         return len(self.ops)
 
-    def variant(self, attrs: Mapping[int, Mapping[str, Any] | None] | None = None,
-                storage_offsets: Mapping[int, int] | None = None) -> Graph:
+    def variant(
+        self,
+        attrs: Mapping[int, Mapping[str, Any] | None] | None = None,
+        storage_offsets: Mapping[int, int] | None = None,
+    ) -> Graph:
         """This graph with some ops' attributes (op index: JSON data, as :meth:`GraphBuilder.add_op`
         takes them) and some tensors' storage offsets replaced.
 
@@ -263,8 +309,10 @@ class Graph:
         tensors = list(self.tensors)
         for i, offset in (storage_offsets or {}).items():
             if offset < 0:
-                raise ValueError(f"Tensor {i}: storage offset {offset} is negative; offsets count "
-                                 "elements from the start of the storage.")
+                raise ValueError(
+                    f"Tensor {i}: storage offset {offset} is negative; offsets count "
+                    "elements from the start of the storage."
+                )
             tensors[i] = replace(tensors[i], storage_offset=int(offset))
         graph = Graph(tuple(ops), tuple(tensors))
         object.__setattr__(graph, "_digest", self.digest)
@@ -287,10 +335,23 @@ class Graph:
         """
         cached: bytes | None = self.__dict__.get("_digest")
         if cached is None:
-            ops = [(op.name, op.phase.value, op.module, op.inputs, op.outputs, op.source)
-                   for op in self.ops]
-            tensors = [(t.dtype.value, t.shape, t.strides, t.device, t.role.value, t.name,
-                        t.producer, t.producer_slot, t.version) for t in self.tensors]
+            ops = [
+                (op.name, op.phase.value, op.module, op.inputs, op.outputs, op.source) for op in self.ops
+            ]
+            tensors = [
+                (
+                    t.dtype.value,
+                    t.shape,
+                    t.strides,
+                    t.device,
+                    t.role.value,
+                    t.name,
+                    t.producer,
+                    t.producer_slot,
+                    t.version,
+                )
+                for t in self.tensors
+            ]
             h = hashlib.blake2b(digest_size=16)
             h.update(repr((ops, tensors)).encode())
             cached = h.digest()
@@ -359,26 +420,34 @@ class StepRecord:
         it writes anything)."""
         record, graph = self, self.graph
         if record.stats is not None and len(record.stats) != graph.num_tensors:
-            raise ValueError(f"Step {record.step}: {len(record.stats)} stats rows for "
-                             f"{graph.num_tensors} tensors.")
+            raise ValueError(
+                f"Step {record.step}: {len(record.stats)} stats rows for {graph.num_tensors} tensors."
+            )
         if record.op_stats is not None and len(record.op_stats) != graph.num_ops:
-            raise ValueError(f"Step {record.step}: {len(record.op_stats)} op timing rows for "
-                             f"{graph.num_ops} ops.")
+            raise ValueError(
+                f"Step {record.step}: {len(record.op_stats)} op timing rows for {graph.num_ops} ops."
+            )
         for tensor in [*record.values, *record.histograms]:
             if not 0 <= tensor < graph.num_tensors:
-                raise ValueError(f"Step {record.step}: values or histogram for tensor {tensor}, "
-                                 f"but the graph has {graph.num_tensors} tensors.")
+                raise ValueError(
+                    f"Step {record.step}: values or histogram for tensor {tensor}, "
+                    f"but the graph has {graph.num_tensors} tensors."
+                )
         for tensor, array in record.values.items():
             spec = graph.tensors[tensor]
             want = _numel(spec.shape) * DTYPE_INFO[spec.dtype].itemsize
             if array.nbytes != want:
-                raise ValueError(f"Step {record.step}: values of tensor {tensor} "
-                                 f"({spec.name or 'unnamed'}) have {array.nbytes} bytes; shape "
-                                 f"{spec.shape} of {spec.dtype.label} needs {want}.")
+                raise ValueError(
+                    f"Step {record.step}: values of tensor {tensor} "
+                    f"({spec.name or 'unnamed'}) have {array.nbytes} bytes; shape "
+                    f"{spec.shape} of {spec.dtype.label} needs {want}."
+                )
             if want == 0 and not numpy_can_hold(spec.shape, DTYPE_INFO[spec.dtype].logical):
-                raise ValueError(f"Step {record.step}: tensor {tensor} has shape {spec.shape}, "
-                                 "which no numpy array can take, so its (empty) values could not "
-                                 "be read back; record it without values.")
+                raise ValueError(
+                    f"Step {record.step}: tensor {tensor} has shape {spec.shape}, "
+                    "which no numpy array can take, so its (empty) values could not "
+                    "be read back; record it without values."
+                )
         for e in record.events:
             if e.op is not None and not 0 <= e.op < graph.num_ops:
                 raise ValueError(f"Step {record.step}: event {e.kind!r} names op {e.op}.")

@@ -37,8 +37,10 @@ H5Z_LZF = 32000
 ROOT_ATTRIBUTES: dict[str, tuple[str, str]] = {
     L.ATTR_MAGIC: ("string", f"always {L.FORMAT_MAGIC!r}: marks an HDF5 file as a trace"),
     L.ATTR_VERSION: ("string", "format version 'MAJOR.MINOR'"),
-    L.ATTR_PROVENANCE: ("json", "JSON object: versions of tracefmt, h5py, hdf5, numpy, python "
-                                "(and torch), creation time, host"),
+    L.ATTR_PROVENANCE: (
+        "json",
+        "JSON object: versions of tracefmt, h5py, hdf5, numpy, python (and torch), creation time, host",
+    ),
     L.ATTR_RUN_ID: ("string", "identifies the run; equal in every rank file of a run"),
     L.ATTR_RANK: ("integer", "rank of the process that wrote the file, 0 <= rank < world_size"),
     L.ATTR_WORLD_SIZE: ("integer", "number of ranks in the run"),
@@ -51,8 +53,9 @@ def expected_datasets(hist_bins: int, minor: int = L.FORMAT_MINOR) -> dict[str, 
     """Every dataset path of a file of format version ``1.minor`` with ``hist_bins`` bins per
     histogram, with its row dtype.  (A file of an older minor version lacks the datasets added
     since; one of a newer minor version has at least these.)"""
-    out: dict[str, np.dtype[Any]] = {name: dt for name, (dt, _) in L.TABLES.items()
-                                     if L.has_dataset(name, minor)}
+    out: dict[str, np.dtype[Any]] = {
+        name: dt for name, (dt, _) in L.TABLES.items() if L.has_dataset(name, minor)
+    }
     out.update({name: dt for name, (dt, _) in L.HEAPS.items()})
     out[L.HISTS] = L.hist_dtype(max(hist_bins, 1))
     out.update({name: np.dtype(name.rsplit("/", 1)[1]) for name in L.VALUE_HEAPS})
@@ -94,10 +97,16 @@ def _fields(dtype: np.dtype[Any]) -> list[dict[str, Any]]:
     return fields
 
 
-def _dataset(kind: str, dtype: np.dtype[Any], chunk_rows: int, filters: Any,
-             since: str = f"{L.FORMAT_MAJOR}.0") -> dict[str, Any]:
-    entry: dict[str, Any] = {"kind": kind, "since": since, "chunk_rows": chunk_rows,
-                             "filters": filters, "row_bytes": dtype.itemsize}
+def _dataset(
+    kind: str, dtype: np.dtype[Any], chunk_rows: int, filters: Any, since: str = f"{L.FORMAT_MAJOR}.0"
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "kind": kind,
+        "since": since,
+        "chunk_rows": chunk_rows,
+        "filters": filters,
+        "row_bytes": dtype.itemsize,
+    }
     if dtype.names:
         entry["fields"] = _fields(dtype)
     else:
@@ -107,14 +116,16 @@ def _dataset(kind: str, dtype: np.dtype[Any], chunk_rows: int, filters: Any,
 
 def schema() -> dict[str, Any]:
     """The whole schema as JSON-ready data."""
+
     def table_filters(name: str) -> dict[str, Any]:
         kwargs = L.table_filters(name)
         return {"h5py": dict(kwargs), "ids": list(filter_ids(kwargs))}
 
     datasets: dict[str, Any] = {}
     for name, (dtype, rows) in L.TABLES.items():
-        datasets[name] = _dataset("table", dtype, rows, table_filters(name),
-                                  f"{L.FORMAT_MAJOR}.{L.SINCE_MINOR.get(name, 0)}")
+        datasets[name] = _dataset(
+            "table", dtype, rows, table_filters(name), f"{L.FORMAT_MAJOR}.{L.SINCE_MINOR.get(name, 0)}"
+        )
     for name, (dtype, rows) in L.HEAPS.items():
         datasets[name] = _dataset("heap", dtype, rows, table_filters(name))
     hists = _dataset("table", L.hist_dtype(1), L.HIST_ROWS_PER_CHUNK, table_filters(L.HISTS))
@@ -126,8 +137,12 @@ def schema() -> dict[str, Any]:
     datasets[L.HISTS] = hists
     for name in L.VALUE_HEAPS:
         dtype = np.dtype(name.rsplit("/", 1)[1])
-        datasets[name] = _dataset("values", dtype, L.VALUE_CHUNK_BYTES // dtype.itemsize,
-                                  f"the pipeline named by the {L.ATTR_VALUES_FILTER!r} attribute")
+        datasets[name] = _dataset(
+            "values",
+            dtype,
+            L.VALUE_CHUNK_BYTES // dtype.itemsize,
+            f"the pipeline named by the {L.ATTR_VALUES_FILTER!r} attribute",
+        )
     return {
         "format": L.FORMAT_MAGIC,
         "format_version": L.FORMAT_VERSION,
@@ -136,31 +151,49 @@ def schema() -> dict[str, Any]:
         "rank_file_pattern": L.RANK_FILE_PATTERN,
         "rank_file_glob": L.RANK_FILE_GLOB,
         "byte_order": "little",
-        "root_attributes": {name: {"kind": kind, "meaning": meaning}
-                            for name, (kind, meaning) in ROOT_ATTRIBUTES.items()},
+        "root_attributes": {
+            name: {"kind": kind, "meaning": meaning} for name, (kind, meaning) in ROOT_ATTRIBUTES.items()
+        },
         "datasets": datasets,
         "values_filters": {
-            name: {"description": f.description, "needs_plugin": f.needs_plugin,
-                   "ids": list(values_filter_ids(name))}
-            for name, f in FILTERS.items()},
+            name: {
+                "description": f.description,
+                "needs_plugin": f.needs_plugin,
+                "ids": list(values_filter_ids(name)),
+            }
+            for name, f in FILTERS.items()
+        },
         "values_filter_aliases": dict(ALIASES),
         "enums": {
-            "DType": {str(int(d)): {"name": d.label, "storage": DTYPE_INFO[d].storage.name,
-                                    "items_per_element": DTYPE_INFO[d].per_element}
-                      for d in DType},
+            "DType": {
+                str(int(d)): {
+                    "name": d.label,
+                    "storage": DTYPE_INFO[d].storage.name,
+                    "items_per_element": DTYPE_INFO[d].per_element,
+                }
+                for d in DType
+            },
             "Phase": {str(int(p)): p.label for p in Phase},
             "Role": {str(int(r)): r.label for r in Role},
         },
         "flags": {
-            "stats": {"STAT_MOMENTS": L.STAT_MOMENTS, "STAT_COUNTS": L.STAT_COUNTS,
-                      "STAT_FINGERPRINT": L.STAT_FINGERPRINT},
+            "stats": {
+                "STAT_MOMENTS": L.STAT_MOMENTS,
+                "STAT_COUNTS": L.STAT_COUNTS,
+                "STAT_FINGERPRINT": L.STAT_FINGERPRINT,
+            },
             "step": {"STEP_HAS_NAN": L.STEP_HAS_NAN, "STEP_HAS_INF": L.STEP_HAS_INF},
         },
         "sentinels": {"NO_STRING": L.NO_STRING, "NO_INDEX": L.NO_INDEX},
-        "limits": {"MAX_NDIM": L.MAX_NDIM, "MAX_STRING_BYTES": L.MAX_STRING_BYTES,
-                   "MAX_GRAPH_OPS": L.MAX_GRAPH_OPS, "MAX_STEP_ROWS": L.MAX_STEP_ROWS,
-                   "MAX_VALUE_BYTES": L.MAX_VALUE_BYTES, "MAX_HIST_BINS": L.MAX_HIST_BINS,
-                   "MAX_STEP_COUNT_SCAN": L.MAX_STEP_COUNT_SCAN},
+        "limits": {
+            "MAX_NDIM": L.MAX_NDIM,
+            "MAX_STRING_BYTES": L.MAX_STRING_BYTES,
+            "MAX_GRAPH_OPS": L.MAX_GRAPH_OPS,
+            "MAX_STEP_ROWS": L.MAX_STEP_ROWS,
+            "MAX_VALUE_BYTES": L.MAX_VALUE_BYTES,
+            "MAX_HIST_BINS": L.MAX_HIST_BINS,
+            "MAX_STEP_COUNT_SCAN": L.MAX_STEP_COUNT_SCAN,
+        },
     }
 
 

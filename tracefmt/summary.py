@@ -22,12 +22,23 @@ from tracefmt.reader import Step, Trace
 
 #: How datasets group into the byte budget ``tracefmt info`` reports.
 KIND_OF_DATASET = {
-    L.GRAPHS: "graph", L.OPS: "graph", L.EDGES: "graph", L.TENSORS: "graph", L.DIMS: "graph",
-    L.OP_ATTRS: "graph", L.TENSOR_OFFSETS: "graph", L.STEP_OVERRIDES: "index",
-    L.STATS: "stats", L.OP_STATS: "stats", L.HISTS: "stats",
-    L.STEPS: "index", L.DATA_INDEX: "index",
-    L.STRINGS_BYTES: "strings", L.STRINGS_INDEX: "strings",
-    L.EVENTS: "events", L.SCALARS: "events",
+    L.GRAPHS: "graph",
+    L.OPS: "graph",
+    L.EDGES: "graph",
+    L.TENSORS: "graph",
+    L.DIMS: "graph",
+    L.OP_ATTRS: "graph",
+    L.TENSOR_OFFSETS: "graph",
+    L.STEP_OVERRIDES: "index",
+    L.STATS: "stats",
+    L.OP_STATS: "stats",
+    L.HISTS: "stats",
+    L.STEPS: "index",
+    L.DATA_INDEX: "index",
+    L.STRINGS_BYTES: "strings",
+    L.STRINGS_INDEX: "strings",
+    L.EVENTS: "events",
+    L.SCALARS: "events",
 }
 
 
@@ -97,47 +108,74 @@ def trace_info(trace: Trace) -> TraceInfo:
             acc[0] += ds.raw_bytes
             acc[1] += ds.stored_bytes
         ops = [s.num_ops for s in summaries] or [0]
-        ranks.append(RankInfo(
-            rank=rank, path=str(f.path), file_bytes=os.path.getsize(f.path), steps=len(summaries),
-            first_step=summaries[0].step if summaries else None,
-            last_step=summaries[-1].step if summaries else None,
-            graphs=len({s.graph for s in summaries}), ops_per_step_min=min(ops),
-            ops_per_step_median=float(statistics.median(ops)), ops_per_step_max=max(ops),
-            values_recorded=sum(s.num_values for s in summaries),
-            steps_with_nan=sum(s.has_nan for s in summaries),
-            steps_with_inf=sum(s.has_inf for s in summaries),
-            events=sum(s.num_events for s in summaries), dropped=sum(s.dropped for s in summaries),
-            values_filter=f.values_filter,
-            bytes_by_kind=[KindBytes(k, v[0], v[1]) for k, v in sorted(kinds.items())]))
+        ranks.append(
+            RankInfo(
+                rank=rank,
+                path=str(f.path),
+                file_bytes=os.path.getsize(f.path),
+                steps=len(summaries),
+                first_step=summaries[0].step if summaries else None,
+                last_step=summaries[-1].step if summaries else None,
+                graphs=len({s.graph for s in summaries}),
+                ops_per_step_min=min(ops),
+                ops_per_step_median=float(statistics.median(ops)),
+                ops_per_step_max=max(ops),
+                values_recorded=sum(s.num_values for s in summaries),
+                steps_with_nan=sum(s.has_nan for s in summaries),
+                steps_with_inf=sum(s.has_inf for s in summaries),
+                events=sum(s.num_events for s in summaries),
+                dropped=sum(s.dropped for s in summaries),
+                values_filter=f.values_filter,
+                bytes_by_kind=[KindBytes(k, v[0], v[1]) for k, v in sorted(kinds.items())],
+            )
+        )
     first = trace.rank_file()
     p = trace.provenance
-    prov = {"tracefmt": p.tracefmt, "h5py": p.h5py, "hdf5": p.hdf5, "numpy": p.numpy,
-            "python": p.python, "created": p.created, "host": p.host, **dict(p.extra)}
+    prov = {
+        "tracefmt": p.tracefmt,
+        "h5py": p.h5py,
+        "hdf5": p.hdf5,
+        "numpy": p.numpy,
+        "python": p.python,
+        "created": p.created,
+        "host": p.host,
+        **dict(p.extra),
+    }
     if p.torch:
         prov["torch"] = p.torch
-    return TraceInfo(path=str(trace.path), run_id=trace.run_id, world_size=trace.world_size,
-                     ranks=list(trace.ranks), format_version=f"{first.version[0]}.{first.version[1]}",
-                     provenance=prov, rank_info=ranks)
+    return TraceInfo(
+        path=str(trace.path),
+        run_id=trace.run_id,
+        world_size=trace.world_size,
+        ranks=list(trace.ranks),
+        format_version=f"{first.version[0]}.{first.version[1]}",
+        provenance=prov,
+        rank_info=ranks,
+    )
 
 
-def select_ops(step: Step, *, module: str | None = None, op: str | None = None,
-               phase: str | None = None) -> list[OpNode]:
+def select_ops(
+    step: Step, *, module: str | None = None, op: str | None = None, phase: str | None = None
+) -> list[OpNode]:
     """The ops of ``step`` matching a module glob, an op-name glob and a phase name."""
     want_phase = None
     if phase is not None:
         try:
             want_phase = Phase[phase.upper()]
         except KeyError:
-            raise TraceError(f"Unknown phase {phase!r}; use one of "
-                             f"{', '.join(p.label for p in Phase)}.") from None
+            raise TraceError(
+                f"Unknown phase {phase!r}; use one of {', '.join(p.label for p in Phase)}."
+            ) from None
     out = []
     for node in step.ops:
         if want_phase is not None and node.phase is not want_phase:
             continue
         if module is not None and not fnmatch.fnmatchcase(node.module, module):
             continue
-        if op is not None and not (fnmatch.fnmatchcase(node.name, op)
-                                   or fnmatch.fnmatchcase(node.name.removeprefix("aten::"), op)):
+        if op is not None and not (
+            fnmatch.fnmatchcase(node.name, op)
+            or fnmatch.fnmatchcase(node.name.removeprefix("aten::"), op)
+        ):
             continue
         out.append(node)
     return out
@@ -149,13 +187,15 @@ def find_tensor(step: Step, key: str) -> TensorRecord:
     if key.isdigit():
         i = int(key)
         if i >= len(step.tensors):
-            raise TraceError(f"Step {step.step} has {len(step.tensors)} tensors; there is no "
-                             f"tensor {i}.")
+            raise TraceError(
+                f"Step {step.step} has {len(step.tensors)} tensors; there is no tensor {i}."
+            )
         return step.tensors[i]
     named = [t for t in step.tensors if t.name == key]
     if not named:
-        raise TraceError(f"Step {step.step} has no tensor named {key!r}; 'tracefmt show' lists "
-                         "tensor ids and names.")
+        raise TraceError(
+            f"Step {step.step} has no tensor named {key!r}; 'tracefmt show' lists tensor ids and names."
+        )
     return named[-1]
 
 
@@ -176,14 +216,21 @@ def dump_tensor(tensor: TensorRecord, out: str | os.PathLike[str], *, raw: bool 
     return path
 
 
-_WIDEN = frozenset({DType.BFLOAT16, DType.FLOAT8_E4M3FN, DType.FLOAT8_E4M3FNUZ, DType.FLOAT8_E5M2,
-                    DType.FLOAT8_E5M2FNUZ, DType.FLOAT8_E8M0FNU})
+_WIDEN = frozenset(
+    {
+        DType.BFLOAT16,
+        DType.FLOAT8_E4M3FN,
+        DType.FLOAT8_E4M3FNUZ,
+        DType.FLOAT8_E5M2,
+        DType.FLOAT8_E5M2FNUZ,
+        DType.FLOAT8_E8M0FNU,
+    }
+)
 
 
 def shapes_text(tensors: Sequence[TensorRecord]) -> str:
     """``f32[8,16], bf16[16,16]`` for a list of tensors; runs of equal ones as ``16x i64[64]``."""
-    labels = [f"{_SHORT.get(t.dtype, t.dtype.label)}[{','.join(map(str, t.shape))}]"
-              for t in tensors]
+    labels = [f"{_SHORT.get(t.dtype, t.dtype.label)}[{','.join(map(str, t.shape))}]" for t in tensors]
     parts: list[str] = []
     i = 0
     while i < len(labels):
@@ -195,6 +242,14 @@ def shapes_text(tensors: Sequence[TensorRecord]) -> str:
     return ", ".join(parts)
 
 
-_SHORT = {DType.FLOAT32: "f32", DType.FLOAT16: "f16", DType.BFLOAT16: "bf16", DType.FLOAT64: "f64",
-          DType.INT64: "i64", DType.INT32: "i32", DType.BOOL: "bool", DType.UINT8: "u8",
-          DType.INT8: "i8"}
+_SHORT = {
+    DType.FLOAT32: "f32",
+    DType.FLOAT16: "f16",
+    DType.BFLOAT16: "bf16",
+    DType.FLOAT64: "f64",
+    DType.INT64: "i64",
+    DType.INT32: "i32",
+    DType.BOOL: "bool",
+    DType.UINT8: "u8",
+    DType.INT8: "i8",
+}

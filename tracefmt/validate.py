@@ -35,8 +35,10 @@ def _rank_files(path: Path) -> tuple[list[Path], bool]:
     if path.is_dir():
         files = sorted(path.glob(L.RANK_FILE_GLOB))
         if not files:
-            raise TraceNotFoundError(f"{str(path)!r} is a directory with no rank files "
-                                     f"({L.RANK_FILE_GLOB}); is it a tracefmt run directory?")
+            raise TraceNotFoundError(
+                f"{str(path)!r} is a directory with no rank files "
+                f"({L.RANK_FILE_GLOB}); is it a tracefmt run directory?"
+            )
         return files, True
     if path.exists():
         return [path], False
@@ -49,8 +51,12 @@ def _runs(rule: Rule, ctx: FileContext) -> bool:
     return not (rule.gate >= GATE_LAYOUT and not ctx.supported)
 
 
-def validate(path: str | os.PathLike[str], *, deep: bool = False,
-             progress: Callable[[int, int], None] | None = None) -> list[Finding]:
+def validate(
+    path: str | os.PathLike[str],
+    *,
+    deep: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Finding]:
     """Validate a rank file or a run directory; return every finding (empty: valid).
 
     ``progress(done, total)`` is called after each rule has run on each file; ``total`` is the

@@ -88,11 +88,16 @@ def make_provenance(extra: Mapping[str, str] | None = None) -> Provenance:
     extra = dict(extra or {})
     torch_version = extra.pop("torch", None) or getattr(torch, "__version__", None)
     return Provenance(
-        tracefmt=__version__, h5py=h5py.version.version, hdf5=h5py.version.hdf5_version,
-        numpy=np.__version__, python=platform.python_version(),
+        tracefmt=__version__,
+        h5py=h5py.version.version,
+        hdf5=h5py.version.hdf5_version,
+        numpy=np.__version__,
+        python=platform.python_version(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        host=socket.gethostname(), torch=None if torch_version is None else str(torch_version),
-        extra=extra)
+        host=socket.gethostname(),
+        torch=None if torch_version is None else str(torch_version),
+        extra=extra,
+    )
 
 
 class TraceWriter:
@@ -103,10 +108,19 @@ class TraceWriter:
     the file (0: none).  ``fsync`` makes :meth:`flush` wait for the disk, not only the page cache.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, run_id: str | None = None, rank: int = 0,
-                 world_size: int = 1, values_filter: str = "none", hist_bins: int = 0,
-                 provenance_extra: Mapping[str, str] | None = None, overwrite: bool = False,
-                 fsync: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        run_id: str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        values_filter: str = "none",
+        hist_bins: int = 0,
+        provenance_extra: Mapping[str, str] | None = None,
+        overwrite: bool = False,
+        fsync: bool = True,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}.")
         if not 0 <= hist_bins <= L.MAX_HIST_BINS:
@@ -115,8 +129,9 @@ class TraceWriter:
         filter_kwargs = self._filter.h5py_kwargs()
         self.path = Path(path)
         if self.path.exists() and not overwrite:
-            raise TraceError(f"{str(self.path)!r} already exists; choose a new run directory or "
-                             "pass overwrite=True.")
+            raise TraceError(
+                f"{str(self.path)!r} already exists; choose a new run directory or pass overwrite=True."
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._closed = True
@@ -125,8 +140,7 @@ class TraceWriter:
         # before that leaves no unopenable file under the trace's name (HDF5 cannot open it).
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self._file = h5py.File(tmp, "w", libver=_LIBVER, rdcc_nbytes=8 << 20,
-                                   rdcc_nslots=10007)
+            self._file = h5py.File(tmp, "w", libver=_LIBVER, rdcc_nbytes=8 << 20, rdcc_nslots=10007)
         except OSError as e:
             raise TraceError(f"Cannot create trace file {str(self.path)!r}: {e}") from e
         self._closed = False
@@ -179,16 +193,18 @@ class TraceWriter:
         self.steps_written = 0
 
     def _create(self, name: str, dtype: np.dtype[Any], rows: int, kwargs: Mapping[str, Any]) -> None:
-        self._ds[name] = self._file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
-                                                   chunks=(rows,), **kwargs)
+        self._ds[name] = self._file.create_dataset(
+            name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(rows,), **kwargs
+        )
         self._len[name] = 0
 
     # -- context manager -------------------------------------------------------------------------
     def __enter__(self) -> TraceWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     @property
@@ -197,12 +213,16 @@ class TraceWriter:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise WriterClosedError(f"The writer of {str(self.path)!r} is closed; open a new "
-                                    "TraceWriter to write more steps.")
+            raise WriterClosedError(
+                f"The writer of {str(self.path)!r} is closed; open a new "
+                "TraceWriter to write more steps."
+            )
         if self._failure is not None:
-            raise TraceError(f"The writer of {str(self.path)!r} failed earlier ({self._failure}); "
-                             "the steps flushed before that are intact, nothing more can be "
-                             "written to this file.")
+            raise TraceError(
+                f"The writer of {str(self.path)!r} failed earlier ({self._failure}); "
+                "the steps flushed before that are intact, nothing more can be "
+                "written to this file."
+            )
 
     @contextlib.contextmanager
     def _io(self, what: str) -> Iterator[None]:
@@ -212,8 +232,10 @@ class TraceWriter:
             yield
         except (OSError, RuntimeError) as e:
             self._failure = f"{what}: {e}".replace("\n", " ")
-            raise TraceError(f"{what} to {str(self.path)!r} failed: {e}; the steps flushed "
-                             "before are intact (check free disk space and file size limits).") from e
+            raise TraceError(
+                f"{what} to {str(self.path)!r} failed: {e}; the steps flushed "
+                "before are intact (check free disk space and file size limits)."
+            ) from e
 
     # -- low-level appends -----------------------------------------------------------------------
     def _append(self, name: str, rows: np.ndarray) -> int:
@@ -233,7 +255,7 @@ class TraceWriter:
                 fspace.select_hyperslab((start,), (n,))
                 ds.id.write(h5s.create_simple((n,)), fspace, rows, mtype=mtype)
             else:
-                ds[start:start + n] = rows
+                ds[start : start + n] = rows
             self._len[name] = start + n
         return start
 
@@ -244,8 +266,10 @@ class TraceWriter:
         if sid is None:
             data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
             if data.size > L.MAX_STRING_BYTES:
-                raise ValueError(f"A string of {data.size} bytes is longer than the format's "
-                                 f"limit of {L.MAX_STRING_BYTES}: {text[:60]!r}...")
+                raise ValueError(
+                    f"A string of {data.size} bytes is longer than the format's "
+                    f"limit of {L.MAX_STRING_BYTES}: {text[:60]!r}..."
+                )
             offset = self._append(L.STRINGS_BYTES, data)
             row = np.array([(offset, data.size)], dtype=L.STRING_INDEX_DTYPE)
             sid = self._append(L.STRINGS_INDEX, row)
@@ -263,8 +287,10 @@ class TraceWriter:
         encoded = [t.encode("utf-8") for t in new]
         for text, data in zip(new, encoded, strict=True):
             if len(data) > L.MAX_STRING_BYTES:
-                raise ValueError(f"A string of {len(data)} bytes is longer than the format's "
-                                 f"limit of {L.MAX_STRING_BYTES}: {text[:60]!r}...")
+                raise ValueError(
+                    f"A string of {len(data)} bytes is longer than the format's "
+                    f"limit of {L.MAX_STRING_BYTES}: {text[:60]!r}..."
+                )
         rows = np.zeros(len(new), dtype=L.STRING_INDEX_DTYPE)
         rows["length"] = [len(d) for d in encoded]
         rows["offset"] = self._len[L.STRINGS_BYTES] + np.cumsum(rows["length"]) - rows["length"]
@@ -279,8 +305,12 @@ class TraceWriter:
         row = self._graphs.get(key)
         if row is not None:
             return row
-        self._intern_all([*(s for op in graph.ops for s in (op.name, op.module, op.attrs, op.source)),
-                          *(s for t in graph.tensors for s in (t.device, t.name))])
+        self._intern_all(
+            [
+                *(s for op in graph.ops for s in (op.name, op.module, op.attrs, op.source)),
+                *(s for t in graph.tensors for s in (t.device, t.name)),
+            ]
+        )
         intern = self._intern
         ops = np.zeros(graph.num_ops, dtype=L.OP_DTYPE)
         edges: list[tuple[int, int, int]] = []
@@ -289,31 +319,59 @@ class TraceWriter:
             edges.extend(op.inputs)
             out_start = len(edges)
             edges.extend((t, slot, -1) for slot, t in enumerate(op.outputs))
-            ops[i] = (intern(op.name), int(op.phase), intern(op.module), intern(op.attrs),
-                      intern(op.source), in_start, len(op.inputs), out_start, len(op.outputs))
+            ops[i] = (
+                intern(op.name),
+                int(op.phase),
+                intern(op.module),
+                intern(op.attrs),
+                intern(op.source),
+                in_start,
+                len(op.inputs),
+                out_start,
+                len(op.outputs),
+            )
         tensors = np.zeros(graph.num_tensors, dtype=L.TENSOR_DTYPE)
         dims: list[int] = []
         for i, t in enumerate(graph.tensors):
             if len(t.shape) > L.MAX_NDIM:
-                raise ValueError(f"Tensor {i} has {len(t.shape)} dimensions; the format allows "
-                                 f"{L.MAX_NDIM}.")
+                raise ValueError(
+                    f"Tensor {i} has {len(t.shape)} dimensions; the format allows {L.MAX_NDIM}."
+                )
             dim_start = len(dims)
             dims.extend(t.shape)
             # Strides follow the shape; a tensor without recorded strides stores -1s.
             dims.extend(t.strides if t.strides is not None else [-1] * len(t.shape))
-            tensors[i] = (int(t.dtype), int(t.role), len(t.shape), dim_start, intern(t.device),
-                          intern(t.name), t.producer, t.producer_slot, t.version,
-                          t.storage_offset)
+            tensors[i] = (
+                int(t.dtype),
+                int(t.role),
+                len(t.shape),
+                dim_start,
+                intern(t.device),
+                intern(t.name),
+                t.producer,
+                t.producer_slot,
+                t.version,
+                t.storage_offset,
+            )
         edge_rows = np.array(edges, dtype=L.EDGE_DTYPE) if edges else np.zeros(0, L.EDGE_DTYPE)
         graph_row = np.zeros(1, dtype=L.GRAPH_DTYPE)
-        graph_row[0] = (self._append(L.OPS, ops), len(ops), self._append(L.EDGES, edge_rows),
-                        len(edge_rows), self._append(L.TENSORS, tensors), len(tensors),
-                        self._append(L.DIMS, np.asarray(dims, dtype=np.int64)), len(dims),
-                        np.frombuffer(key, dtype=np.uint8))
+        graph_row[0] = (
+            self._append(L.OPS, ops),
+            len(ops),
+            self._append(L.EDGES, edge_rows),
+            len(edge_rows),
+            self._append(L.TENSORS, tensors),
+            len(tensors),
+            self._append(L.DIMS, np.asarray(dims, dtype=np.int64)),
+            len(dims),
+            np.frombuffer(key, dtype=np.uint8),
+        )
         row = self._append(L.GRAPHS, graph_row)
         self._graphs[key] = row
-        self._base[row] = (tuple(op.attrs for op in graph.ops),
-                           tuple(t.storage_offset for t in graph.tensors))
+        self._base[row] = (
+            tuple(op.attrs for op in graph.ops),
+            tuple(t.storage_offset for t in graph.tensors),
+        )
         return row
 
     def _overrides(self, graph: Graph, graph_row: int) -> tuple[int, int, int, int]:
@@ -321,16 +379,21 @@ class TraceWriter:
         the graph row's base values to ``op_attrs`` and ``tensor_offsets``; return the step's
         ``step_overrides`` row (its ranges of both)."""
         base_attrs, base_offsets = self._base[graph_row]
-        attrs = [(i, op.attrs) for i, (op, b) in enumerate(zip(graph.ops, base_attrs, strict=True))
-                 if op.attrs != b]
+        attrs = [
+            (i, op.attrs)
+            for i, (op, b) in enumerate(zip(graph.ops, base_attrs, strict=True))
+            if op.attrs != b
+        ]
         attrs_start, offsets_start = self._len[L.OP_ATTRS], self._len[L.TENSOR_OFFSETS]
         if attrs:
             self._intern_all([text for _, text in attrs])
             rows = np.array([(i, self._intern(text)) for i, text in attrs], L.OP_ATTRS_DTYPE)
             self._append(L.OP_ATTRS, rows)
-        offsets = [(i, t.storage_offset) for i, (t, b)
-                   in enumerate(zip(graph.tensors, base_offsets, strict=True))
-                   if t.storage_offset != b]
+        offsets = [
+            (i, t.storage_offset)
+            for i, (t, b) in enumerate(zip(graph.tensors, base_offsets, strict=True))
+            if t.storage_offset != b
+        ]
         if offsets:
             self._append(L.TENSOR_OFFSETS, np.array(offsets, dtype=L.TENSOR_OFFSET_DTYPE))
         return attrs_start, len(attrs), offsets_start, len(offsets)
@@ -343,8 +406,10 @@ class TraceWriter:
         """
         self._check_open()
         if self._last_step is not None and record.step <= self._last_step:
-            raise ValueError(f"Step {record.step} was written after step {self._last_step}; steps "
-                             "must be written in increasing order.")
+            raise ValueError(
+                f"Step {record.step} was written after step {self._last_step}; steps "
+                "must be written in increasing order."
+            )
         record.check()
         with self._io(f"Writing step {record.step}"):
             self._write_step(record)
@@ -379,22 +444,50 @@ class TraceWriter:
         hists = np.zeros(len(record.histograms), dtype=self._ds[L.HISTS].dtype)
         for i, (tensor, (lo, hi, counts)) in enumerate(sorted(record.histograms.items())):
             if len(counts) != self.hist_bins:
-                raise ValueError(f"Histogram of tensor {tensor} has {len(counts)} bins; this "
-                                 f"file was opened with hist_bins={self.hist_bins}.")
+                raise ValueError(
+                    f"Histogram of tensor {tensor} has {len(counts)} bins; this "
+                    f"file was opened with hist_bins={self.hist_bins}."
+                )
             hists[i] = (tensor, lo, hi, counts)
         self._append(L.HISTS, hists)
-        events = np.array([(self._intern(e.kind), L.NO_INDEX if e.op is None else e.op,
-                            L.NO_INDEX if e.tensor is None else e.tensor, self._intern(e.message))
-                           for e in record.events], dtype=L.EVENT_DTYPE)
+        events = np.array(
+            [
+                (
+                    self._intern(e.kind),
+                    L.NO_INDEX if e.op is None else e.op,
+                    L.NO_INDEX if e.tensor is None else e.tensor,
+                    self._intern(e.message),
+                )
+                for e in record.events
+            ],
+            dtype=L.EVENT_DTYPE,
+        )
         event_start = self._append(L.EVENTS, events) if len(events) else self._len[L.EVENTS]
-        scalars = np.array([(self._intern(k), float(v)) for k, v in record.scalars.items()],
-                           dtype=L.SCALAR_DTYPE)
+        scalars = np.array(
+            [(self._intern(k), float(v)) for k, v in record.scalars.items()], dtype=L.SCALAR_DTYPE
+        )
         scalar_start = self._append(L.SCALARS, scalars) if len(scalars) else self._len[L.SCALARS]
         row = np.zeros(1, dtype=L.STEP_DTYPE)
-        row[0] = (record.step, graph_row, stats_start, stats_count, op_stats_start,
-                  op_stats_count, data_start, len(data_rows), hist_start, len(hists),
-                  event_start, len(events), scalar_start, len(scalars), record.wall_time,
-                  record.duration, flags, record.dropped)
+        row[0] = (
+            record.step,
+            graph_row,
+            stats_start,
+            stats_count,
+            op_stats_start,
+            op_stats_count,
+            data_start,
+            len(data_rows),
+            hist_start,
+            len(hists),
+            event_start,
+            len(events),
+            scalar_start,
+            len(scalars),
+            record.wall_time,
+            record.duration,
+            flags,
+            record.dropped,
+        )
         # The step's step_overrides row waits with its steps row and is appended at the next
         # flush, before phase 1.  The two tables are matched by row number: a record refused
         # half-way (a ValueError above) must leave a row in neither.
@@ -416,8 +509,9 @@ class TraceWriter:
         committed = 0
         with self._io("Flushing"):
             if self._pending:
-                self._append(L.STEP_OVERRIDES, np.array(self._pending_overrides,
-                                                        dtype=L.STEP_OVERRIDE_DTYPE))
+                self._append(
+                    L.STEP_OVERRIDES, np.array(self._pending_overrides, dtype=L.STEP_OVERRIDE_DTYPE)
+                )
                 self._seal_filtered_heaps()
                 self._file.flush()  # phase 1: every row the pending steps point at
                 self._append(L.STEPS, np.concatenate(self._pending))

@@ -25,8 +25,9 @@ def parser(description: str, *, steps: int = 20) -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=1, help="record one step in N")
     p.add_argument("--off", action="store_true", help="run without the recorder (for timing)")
     p.add_argument("--no-stats", action="store_true", help="record the graph only")
-    p.add_argument("--values", choices=["none", "all"], default="none",
-                   help="record full values of every tensor")
+    p.add_argument(
+        "--values", choices=["none", "all"], default="none", help="record full values of every tensor"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing trace")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -36,10 +37,17 @@ def parser(description: str, *, steps: int = 20) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-        batches: Callable[[int], Batch], loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
-        *, name: str, argv: Sequence[str] | None = None,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict[str, Any]:
+def run(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Callable[[int], Batch],
+    loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
+    *,
+    name: str,
+    argv: Sequence[str] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> dict[str, Any]:
     """Train ``args.steps`` steps, recording them unless ``--off``; returns a timing summary.
 
     ``scheduler`` is stepped after the optimizer, and its learning rate recorded as a scalar.
@@ -65,17 +73,24 @@ def run(args: argparse.Namespace, model: torch.nn.Module, optimizer: torch.optim
             times.append(time.perf_counter() - t0)
             progress.update(task, advance=1, loss=float(loss.detach()))
     steady = sorted(times[1:] or times)
-    summary = {"example": name, "steps": args.steps, "recorded": not args.off,
-               "out": None if args.off else args.out,
-               "median_step_ms": round(1000 * steady[len(steady) // 2], 3),
-               "mean_step_ms": round(1000 * sum(steady) / len(steady), 3),
-               "final_loss": round(float(loss.detach()), 5)}
+    summary = {
+        "example": name,
+        "steps": args.steps,
+        "recorded": not args.off,
+        "out": None if args.off else args.out,
+        "median_step_ms": round(1000 * steady[len(steady) // 2], 3),
+        "mean_step_ms": round(1000 * sum(steady) / len(steady), 3),
+        "final_loss": round(float(loss.detach()), 5),
+    }
     if args.json:
         print(json.dumps(summary))
     else:
         where = "not recorded" if args.off else f"recorded into {args.out}"
-        console.print(f"{name}: {args.steps} steps, median {summary['median_step_ms']} ms/step, "
-                      f"final loss {summary['final_loss']}, {where}", highlight=False)
+        console.print(
+            f"{name}: {args.steps} steps, median {summary['median_step_ms']} ms/step, "
+            f"final loss {summary['final_loss']}, {where}",
+            highlight=False,
+        )
     return summary
 
 
@@ -91,15 +106,27 @@ def _maybe_record(args: argparse.Namespace, model: torch.nn.Module) -> Any:
     if args.off:
         return _Off()
     capture = ("graph",) if args.no_stats else ("graph", "stats")
-    return recorder.record(args.out, schedule=recorder.schedule(every=args.every), model=model,
-                           capture=capture, values=None if args.values == "none" else "all",
-                           overwrite=args.overwrite)
+    return recorder.record(
+        args.out,
+        schedule=recorder.schedule(every=args.every),
+        model=model,
+        capture=capture,
+        values=None if args.values == "none" else "all",
+        overwrite=args.overwrite,
+    )
 
 
 def _progress(console: Console, total: int, name: str) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
-                    console=console, transient=False, disable=console.quiet)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=console.quiet,
+    )
 
 
 def setup(args: argparse.Namespace) -> torch.device:
@@ -115,9 +142,14 @@ def cycle(items: Sequence[Batch]) -> Iterator[Batch]:
         yield from items
 
 
-def example_main(description: str, add_args: Callable[[argparse.ArgumentParser], None],
-                 make: Callable[[argparse.Namespace, torch.device], tuple[Any, ...]], *,
-                 name: str, argv: Sequence[str] | None = None) -> int:
+def example_main(
+    description: str,
+    add_args: Callable[[argparse.ArgumentParser], None],
+    make: Callable[[argparse.Namespace, torch.device], tuple[Any, ...]],
+    *,
+    name: str,
+    argv: Sequence[str] | None = None,
+) -> int:
     """The ``main`` of an example: parse, ``make(args, device)`` -> ``(model, optimizer,
     batches, loss_fn[, scheduler])``, train and record."""
     p = parser(description)
@@ -125,6 +157,5 @@ def example_main(description: str, add_args: Callable[[argparse.ArgumentParser],
     args = p.parse_args(argv)
     device = setup(args)
     model, optimizer, batches, loss_fn, *rest = make(args, device)
-    run(args, model, optimizer, batches, loss_fn, name=name,
-        scheduler=rest[0] if rest else None)
+    run(args, model, optimizer, batches, loss_fn, name=name, scheduler=rest[0] if rest else None)
     return 0

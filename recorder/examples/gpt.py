@@ -22,11 +22,31 @@ from torch.nn import functional as F
 
 from recorder.examples._common import Batch, parser, run, setup
 
-_SUBJECTS = ["the recorder", "a tensor", "the optimizer", "every step", "the gradient",
-             "a small model", "the loss", "our trace", "the writer", "one parameter"]
+_SUBJECTS = [
+    "the recorder",
+    "a tensor",
+    "the optimizer",
+    "every step",
+    "the gradient",
+    "a small model",
+    "the loss",
+    "our trace",
+    "the writer",
+    "one parameter",
+]
 _VERBS = ["keeps", "reads", "changes", "writes", "follows", "records", "compares", "shows"]
-_OBJECTS = ["the numbers", "each op", "its shape", "the module path", "a fingerprint",
-            "the last step", "every value", "the spike", "a histogram", "the backward pass"]
+_OBJECTS = [
+    "the numbers",
+    "each op",
+    "its shape",
+    "the module path",
+    "a fingerprint",
+    "the last step",
+    "every value",
+    "the spike",
+    "a histogram",
+    "the backward pass",
+]
 _ENDINGS = [".", ".", ".", "!", "?", ", and then it sleeps.", " before the next batch."]
 
 
@@ -66,8 +86,9 @@ class CausalSelfAttention(nn.Module):
         b, t, c = x.shape
         q, k, v = self.c_attn(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
         y = y.transpose(1, 2).contiguous().view(b, t, c)
         out: torch.Tensor = self.resid_dropout(self.c_proj(y))
         return out
@@ -140,8 +161,9 @@ class GPT(nn.Module):
 class CharData:
     """Random (input, target) windows of the encoded text."""
 
-    def __init__(self, text: str, block_size: int, batch_size: int, device: torch.device,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, text: str, block_size: int, batch_size: int, device: torch.device, seed: int = 0
+    ) -> None:
         self.chars = sorted(set(text))
         index = {c: i for i, c in enumerate(self.chars)}
         self.data = torch.tensor([index[c] for c in text], dtype=torch.long)
@@ -153,16 +175,25 @@ class CharData:
         return len(self.chars)
 
     def batch(self, step: int) -> Batch:
-        starts = torch.randint(len(self.data) - self.block_size - 1, (self.batch_size,),
-                               generator=self.gen)
-        x = torch.stack([self.data[i:i + self.block_size] for i in starts.tolist()])
-        y = torch.stack([self.data[i + 1:i + 1 + self.block_size] for i in starts.tolist()])
+        starts = torch.randint(
+            len(self.data) - self.block_size - 1, (self.batch_size,), generator=self.gen
+        )
+        x = torch.stack([self.data[i : i + self.block_size] for i in starts.tolist()])
+        y = torch.stack([self.data[i + 1 : i + 1 + self.block_size] for i in starts.tolist()])
         return x.to(self.device), y.to(self.device)
 
 
-def build(*, layers: int = 2, embd: int = 64, heads: int = 4, block: int = 64, batch: int = 16,
-          device: str | torch.device = "cpu", seed: int = 0,
-          foreach: bool | None = None) -> tuple[GPT, torch.optim.Optimizer, CharData]:
+def build(
+    *,
+    layers: int = 2,
+    embd: int = 64,
+    heads: int = 4,
+    block: int = 64,
+    batch: int = 16,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    foreach: bool | None = None,
+) -> tuple[GPT, torch.optim.Optimizer, CharData]:
     """Model, AdamW optimizer and data of the example (also used by tests and benchmarks)."""
     torch.manual_seed(seed)
     dev = torch.device(device)
@@ -181,9 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     args = p.parse_args(argv)
     device = setup(args)
-    model, optimizer, data = build(layers=args.layers, embd=args.embd, heads=args.heads,
-                                   block=args.block, batch=args.batch, device=device,
-                                   seed=args.seed)
+    model, optimizer, data = build(
+        layers=args.layers,
+        embd=args.embd,
+        heads=args.heads,
+        block=args.block,
+        batch=args.batch,
+        device=device,
+        seed=args.seed,
+    )
     run(args, model, optimizer, data.batch, lambda m, b: m(b[0], b[1]), name="gpt")
     return 0
 

@@ -23,8 +23,7 @@ from recorder.examples._common import Batch, example_main
 class MLP(nn.Module):
     """``layers`` hidden layers of ``hidden`` units with GELU and LayerNorm, then a classifier."""
 
-    def __init__(self, features: int = 32, hidden: int = 128, layers: int = 2,
-                 classes: int = 8) -> None:
+    def __init__(self, features: int = 32, hidden: int = 128, layers: int = 2, classes: int = 8) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         width = features
@@ -42,22 +41,36 @@ class MLP(nn.Module):
 class Clusters:
     """Batches of points from one Gaussian cluster per class (fixed, seeded centres)."""
 
-    def __init__(self, *, batch: int = 64, features: int = 32, classes: int = 8,
-                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        batch: int = 64,
+        features: int = 32,
+        classes: int = 8,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> None:
         self.gen = torch.Generator().manual_seed(seed)
         self.centres = 2.0 * torch.randn(classes, features, generator=self.gen)
         self.batch, self.classes, self.device = batch, classes, torch.device(device)
 
     def batch_at(self, step: int) -> Batch:
         labels = torch.randint(self.classes, (self.batch,), generator=self.gen)
-        x = self.centres[labels] + torch.randn(self.batch, self.centres.shape[1],
-                                               generator=self.gen)
+        x = self.centres[labels] + torch.randn(self.batch, self.centres.shape[1], generator=self.gen)
         return x.to(self.device), labels.to(self.device)
 
 
-def build(*, batch: int = 64, features: int = 32, hidden: int = 128, layers: int = 2,
-          classes: int = 8, device: str | torch.device = "cpu", seed: int = 0, lr: float = 0.05
-          ) -> tuple[MLP, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, Clusters]:
+def build(
+    *,
+    batch: int = 64,
+    features: int = 32,
+    hidden: int = 128,
+    layers: int = 2,
+    classes: int = 8,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    lr: float = 0.05,
+) -> tuple[MLP, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, Clusters]:
     """Model, SGD-momentum optimizer, step schedule and data of the example."""
     torch.manual_seed(seed)
     dev = torch.device(device)
@@ -79,14 +92,16 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _make(args: argparse.Namespace, device: torch.device) -> tuple[object, ...]:
-    model, optimizer, scheduler, data = build(batch=args.batch, hidden=args.hidden,
-                                              layers=args.layers, device=device, seed=args.seed)
+    model, optimizer, scheduler, data = build(
+        batch=args.batch, hidden=args.hidden, layers=args.layers, device=device, seed=args.seed
+    )
     return model, optimizer, data.batch_at, _loss, scheduler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return example_main("Train and record an MLP on synthetic clusters.", _args, _make,
-                        name="mlp", argv=argv)
+    return example_main(
+        "Train and record an MLP on synthetic clusters.", _args, _make, name="mlp", argv=argv
+    )
 
 
 if __name__ == "__main__":

@@ -38,10 +38,12 @@ class OpLog(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         if func.namespace == "aten":
-            flat_in = [a for a in torch.utils._pytree.tree_leaves((args, kwargs or {}))
-                       if isinstance(a, torch.Tensor)]
-            flat_out = [o for o in torch.utils._pytree.tree_leaves(out)
-                        if isinstance(o, torch.Tensor)]
+            flat_in = [
+                a
+                for a in torch.utils._pytree.tree_leaves((args, kwargs or {}))
+                if isinstance(a, torch.Tensor)
+            ]
+            flat_out = [o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
             self.ops.append((f"{func._schema.name}.{func._overloadname}", flat_in, flat_out))
         return out
 

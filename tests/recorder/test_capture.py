@@ -61,8 +61,7 @@ def test_every_forward_op_has_the_module_an_independent_hook_saw() -> None:
     stack: list[str] = []
 
     class PathLog(OpLog):
-        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None
-                               ) -> Any:
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             if func.namespace == "aten":
                 expected.append(stack[-1])
             return func(*args, **(kwargs or {}))
@@ -97,10 +96,14 @@ def test_backward_ops_carry_the_module_that_created_their_node() -> None:
     names = {m: n for n, m in model.named_modules()}
 
     def tag(module: torch.nn.Module, args: Any, out: Any) -> None:
-        inputs = [t.grad_fn for t in args if isinstance(t, torch.Tensor)
-                  and t.grad_fn is not None]  # objects, not ids: ids of dead wrappers recur
-        todo = [o.grad_fn for o in (out if isinstance(out, tuple) else (out,))
-                if isinstance(o, torch.Tensor) and o.grad_fn is not None]
+        inputs = [
+            t.grad_fn for t in args if isinstance(t, torch.Tensor) and t.grad_fn is not None
+        ]  # objects, not ids: ids of dead wrappers recur
+        todo = [
+            o.grad_fn
+            for o in (out if isinstance(out, tuple) else (out,))
+            if isinstance(o, torch.Tensor) and o.grad_fn is not None
+        ]
         seen: list[Any] = []  # objects, kept alive, so identity stays meaningful
         while todo:
             node = todo.pop()
@@ -108,15 +111,17 @@ def test_backward_ops_carry_the_module_that_created_their_node() -> None:
                 continue
             seen.append(node)
             node.metadata.setdefault("module", names[module])  # inner modules tagged first
-            todo.extend(f for f, _ in node.next_functions
-                        if f is not None and type(f).__name__ != "AccumulateGrad")
+            todo.extend(
+                f
+                for f, _ in node.next_functions
+                if f is not None and type(f).__name__ != "AccumulateGrad"
+            )
 
     expected: list[str | None] = []
     owner = {id(p): n.rpartition(".")[0] for n, p in model.named_parameters()}
 
     class NodeLog(OpLog):
-        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None
-                               ) -> Any:
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             if func.namespace == "aten":
                 node = torch._C._current_autograd_node()
                 if node is not None and hasattr(node, "variable"):  # AccumulateGrad
@@ -201,8 +206,12 @@ def test_gradients_and_optimizer_state_are_named_by_parameter(gpt_step: Any) -> 
             assert op.phase is Phase.OPTIMIZER
             assert any(graph.tensors[t].name == name for t, _, _ in op.inputs)
         # the gradient is read by the optimizer
-        consumers = [op for op in graph.ops if op.phase is Phase.OPTIMIZER and any(
-            graph.tensors[t].name == f"{name}.grad" for t, _, _ in op.inputs)]
+        consumers = [
+            op
+            for op in graph.ops
+            if op.phase is Phase.OPTIMIZER
+            and any(graph.tensors[t].name == f"{name}.grad" for t, _, _ in op.inputs)
+        ]
         assert consumers, name
 
 
@@ -214,7 +223,8 @@ def test_foreach_optimizer_links_every_parameter_update() -> None:
     written = {graph.tensors[t].name for op in foreach for t in op.outputs}
     assert {n for n, _ in model.named_parameters()} <= written
     assert collections.Counter(op.phase for op in graph.ops)[Phase.OPTIMIZER] == len(
-        logs[Phase.OPTIMIZER].ops)
+        logs[Phase.OPTIMIZER].ops
+    )
 
 
 def test_shared_parameter_is_one_named_tensor(gpt_step: Any) -> None:
@@ -251,8 +261,7 @@ def test_modules_found_without_model_argument() -> None:
     graph = sink.records[0].graph
     names = {t.name for t in graph.tensors if t.role is Role.PARAMETER}
     assert names == {"0.weight", "0.bias", "2.weight", "2.bias"}
-    assert {t.name for t in graph.tensors if t.role is Role.GRADIENT} == {
-        f"{n}.grad" for n in names}
+    assert {t.name for t in graph.tensors if t.role is Role.GRADIENT} == {f"{n}.grad" for n in names}
 
 
 def test_attrs_hold_no_memory_addresses() -> None:
@@ -264,8 +273,7 @@ def test_attrs_hold_no_memory_addresses() -> None:
         for _ in range(2):
             torch.randint(0, 10, (4,), generator=gen)
             rec.step()
-    attrs = [op.attrs for r in sink.records for op in r.graph.ops
-             if op.name.startswith("aten::randint")]
+    attrs = [op.attrs for r in sink.records for op in r.graph.ops if op.name.startswith("aten::randint")]
     assert len(attrs) == 2
     assert attrs[0] == attrs[1]
     assert all("0x" not in (a or "") for a in attrs), attrs

@@ -48,7 +48,7 @@ def test_compiled_module_records_the_eager_ops_and_says_so() -> None:
     names = [op.name for op in record.graph.ops]
     assert names == [name for name, _, _ in inside.ops]
     forward = [op.name for op in record.graph.ops if op.phase is Phase.FORWARD]
-    assert forward == expected[:len(forward)]  # the eager forward, op for op
+    assert forward == expected[: len(forward)]  # the eager forward, op for op
     assert collections.Counter(op.phase for op in record.graph.ops)[Phase.BACKWARD] > 0
     assert [e.kind for e in record.events] == ["compile_bypassed"]
     assert any("torch.compile" in str(w.message) for w in caught)

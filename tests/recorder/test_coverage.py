@@ -108,8 +108,12 @@ def test_gradient_accumulation_records_every_micro_batch() -> None:
     grads = [t for t in graph.tensors if t.name == "0.weight.grad"]
     assert len(grads) >= micro  # created once, then accumulated into (new versions)
     assert max(t.version for t in grads) >= micro - 1
-    consumed = [op for op in graph.ops if op.phase is Phase.OPTIMIZER and any(
-        graph.tensors[i].name == "0.weight.grad" for i, _, _ in op.inputs)]
+    consumed = [
+        op
+        for op in graph.ops
+        if op.phase is Phase.OPTIMIZER
+        and any(graph.tensors[i].name == "0.weight.grad" for i, _, _ in op.inputs)
+    ]
     assert consumed
 
 
@@ -151,8 +155,10 @@ def test_grad_scaler_ops_are_recorded() -> None:
 OPTIMIZERS: dict[str, tuple[Callable[[Any], torch.optim.Optimizer], set[str]]] = {
     "sgd_momentum": (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), {"momentum_buffer"}),
     "adam": (lambda p: torch.optim.Adam(p, lr=1e-2), {"exp_avg", "exp_avg_sq", "step"}),
-    "adamw_foreach": (lambda p: torch.optim.AdamW(p, lr=1e-2, foreach=True),
-                      {"exp_avg", "exp_avg_sq", "step"}),
+    "adamw_foreach": (
+        lambda p: torch.optim.AdamW(p, lr=1e-2, foreach=True),
+        {"exp_avg", "exp_avg_sq", "step"},
+    ),
     "adamw_default": (lambda p: torch.optim.AdamW(p, lr=1e-2), {"exp_avg", "exp_avg_sq", "step"}),
 }
 
@@ -166,8 +172,7 @@ def test_optimizers_update_named_parameters_and_state(kind: str) -> None:
     data = _data()
     params = {n for n, _ in model.named_parameters()}
     # Values of optimizer state only: the state made in the first step must be in it.
-    with recorder.record(sink=sink, model=model,
-                         values=recorder.select(roles="optimizer_state")) as rec:
+    with recorder.record(sink=sink, model=model, values=recorder.select(roles="optimizer_state")) as rec:
         for _ in range(3):
             x, y = next(data)
             (model(x) - y).square().mean().backward()
@@ -188,8 +193,11 @@ def test_optimizers_update_named_parameters_and_state(kind: str) -> None:
         assert all(graph.tensors[i].role is Role.OPTIMIZER_STATE for i in record.values)
     # The first step's state is made in it: its first values are the initial ones.
     first = sink.records[0]
-    made = [i for i in first.values if first.graph.tensors[i].producer >= 0
-            and first.graph.tensors[i].version == 0]
+    made = [
+        i
+        for i in first.values
+        if first.graph.tensors[i].producer >= 0 and first.graph.tensors[i].version == 0
+    ]
     assert made
 
 
@@ -260,17 +268,25 @@ def test_shared_parameters_are_one_named_tensor_with_one_gradient() -> None:
     params = _names(record, Role.PARAMETER)
     assert params == {"embed.weight", "block.weight", "block.bias"}
     assert _names(record, Role.GRADIENT) == {f"{p}.grad" for p in params}
-    modules = collections.Counter(op.module for op in record.graph.ops
-                                  if op.phase is Phase.FORWARD and op.name.startswith("aten::addmm"))
+    modules = collections.Counter(
+        op.module
+        for op in record.graph.ops
+        if op.phase is Phase.FORWARD and op.name.startswith("aten::addmm")
+    )
     assert modules["block"] == 2
-    readers = {op.module for op in record.graph.ops if op.phase is Phase.FORWARD and any(
-        record.graph.tensors[i].name == "embed.weight" for i, _, _ in op.inputs)}
+    readers = {
+        op.module
+        for op in record.graph.ops
+        if op.phase is Phase.FORWARD
+        and any(record.graph.tensors[i].name == "embed.weight" for i, _, _ in op.inputs)
+    }
     assert readers == {"embed", "head"}
 
 
 def test_eval_steps_under_no_grad_between_training_steps() -> None:
-    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.ReLU(),
-                          nn.Linear(16, 4))
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 4)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sink = ListSink()
     data = _data(8)
@@ -299,8 +315,7 @@ def test_eval_steps_under_no_grad_between_training_steps() -> None:
     assert any("bernoulli" in op.name or "dropout" in op.name for op in train.graph.ops)
     # BatchNorm's running statistics are buffers, updated in training steps only.
     assert "1.running_mean" in _names(train, Role.BUFFER)
-    buffer_writes = [t for t in train.graph.tensors
-                     if t.name == "1.running_mean" and t.version > 0]
+    buffer_writes = [t for t in train.graph.tensors if t.name == "1.running_mean" and t.version > 0]
     assert buffer_writes
     assert not [t for t in evaluate.graph.tensors if t.name == "1.running_mean" and t.version > 0]
 

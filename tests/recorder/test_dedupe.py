@@ -42,8 +42,10 @@ def test_gpt_steps_share_their_graph(tmp_path: Path) -> None:
         changed = {x.name for x, y in zip(a.ops, b.ops, strict=True) if x.attrs != y.attrs}
         assert "aten::addcdiv_.default" in changed
         assert "aten::slice.Tensor" in changed
-        offsets = [(x.meta.storage_offset, y.meta.storage_offset)
-                   for x, y in zip(a.tensors, b.tensors, strict=True)]
+        offsets = [
+            (x.meta.storage_offset, y.meta.storage_offset)
+            for x, y in zip(a.tensors, b.tensors, strict=True)
+        ]
         assert any(x != y for x, y in offsets)
     assert not [f for f in validate(out) if f.severity == "error"]
 
@@ -86,18 +88,26 @@ def test_graph_cache_builds_the_graph_a_fresh_build_would(monkeypatch: pytest.Mo
 
 
 def _raw(step: int, attrs: dict[str, object], offset: int) -> RawStep:
-    tensors = [(DType.FLOAT32, (4,), (1,), "cpu", -1, 0, 0, offset),
-               (DType.FLOAT32, (4,), (1,), "cpu", 0, 0, 0, 0)]
+    tensors = [
+        (DType.FLOAT32, (4,), (1,), "cpu", -1, 0, 0, offset),
+        (DType.FLOAT32, (4,), (1,), "cpu", 0, 0, 0, 0),
+    ]
     ops = [("aten::add.Tensor", Phase.FORWARD, "m", ((0, 0, -1),), (1,), attrs, None)]
-    return RawStep(step, ops, tensors, [Role.INPUT, Role.ACTIVATION], ["x", None], [10], None, {},
-                   [], [])
+    return RawStep(
+        step, ops, tensors, [Role.INPUT, Role.ACTIVATION], ["x", None], [10], None, {}, [], []
+    )
 
 
 def test_graph_cache_keeps_int_float_and_bool_arguments_apart() -> None:
     """``1 == 1.0 == True`` in Python; the recorded argument must still say which it was."""
     cache = pipeline.GraphCache()
-    steps = [_raw(0, {"alpha": 1}, 0), _raw(1, {"alpha": 1.0}, 4), _raw(2, {"alpha": True}, 4),
-             _raw(3, {"alpha": True}, 8), _raw(4, {}, 8)]
+    steps = [
+        _raw(0, {"alpha": 1}, 0),
+        _raw(1, {"alpha": 1.0}, 4),
+        _raw(2, {"alpha": True}, 4),
+        _raw(3, {"alpha": True}, 8),
+        _raw(4, {}, 8),
+    ]
     for raw in steps:
         graph = cache.graph(raw)
         fresh = pipeline._build_graph(raw)
@@ -105,4 +115,9 @@ def test_graph_cache_keeps_int_float_and_bool_arguments_apart() -> None:
         assert graph.tensors == fresh.tensors
         assert graph.digest == fresh.digest
     assert [cache.graph(r).ops[0].attrs for r in steps] == [
-        '{"alpha":1}', '{"alpha":1.0}', '{"alpha":true}', '{"alpha":true}', None]
+        '{"alpha":1}',
+        '{"alpha":1.0}',
+        '{"alpha":true}',
+        '{"alpha":true}',
+        None,
+    ]

@@ -14,8 +14,9 @@ from tracefmt.validate import validate
 
 
 @pytest.mark.parametrize("example", [gpt, cnn, mlp], ids=lambda m: m.__name__.rsplit(".", 1)[1])
-def test_example_records_a_valid_trace(example: object, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_example_records_a_valid_trace(
+    example: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     main = example.main  # type: ignore[attr-defined]
     assert main(["--steps", "3", "--out", str(out), "--quiet", "--json"]) == 0

@@ -29,9 +29,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _kill_after(tmp: Path, printed_steps: int, extra_delay: float) -> list[int]:
     out = tmp / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.recorder._kill_child", str(out)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.recorder._kill_child", str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     printed: list[int] = []
     assert proc.stdout is not None
     deadline = time.monotonic() + 120
@@ -89,9 +94,14 @@ def test_disk_full_raises_trace_error_and_keeps_flushed_steps(tmp_path: Path) ->
     """Files limited to 16 MB (``RLIMIT_FSIZE``): the loop gets a ``TraceError`` that says what
     happened at a ``rec.step()`` or ``rec.flush()``, and every step flushed before reads back."""
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "tests.recorder._diskfull_child", str(out),
-                           str(16 << 20)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.recorder._diskfull_child", str(out), str(16 << 20)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     lines = proc.stdout.splitlines()
     # Exit 0, not a crash: a writer whose flush failed must let go of the HDF5 file without
     # HDF5 releasing freed handles at interpreter exit (which was a SIGSEGV).

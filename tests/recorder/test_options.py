@@ -10,22 +10,25 @@ from recorder.options import ValuesSelection
 from tests.recorder._util import ListSink
 
 
-@pytest.mark.parametrize(("kwargs", "error"), [
-    ({"capture": ("stats",)}, ValueError),
-    ({"capture": ("graph", "numbers")}, ValueError),
-    ({"values": "some"}, ValueError),
-    ({"values": 3}, TypeError),
-    ({"backpressure": "wait"}, ValueError),
-    ({"hist_bins": -1}, ValueError),
-    ({"hist_bins": 5000}, ValueError),
-    ({"max_queue_steps": 0}, ValueError),
-    ({"flush_every_seconds": "1"}, TypeError),
-    ({"rank": 2, "world_size": 2}, ValueError),
-    ({"views": 1}, TypeError),
-    ({"schedule": 5}, TypeError),
-    ({"model": "gpt"}, TypeError),
-    ({"start_step": -1}, ValueError),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"capture": ("stats",)}, ValueError),
+        ({"capture": ("graph", "numbers")}, ValueError),
+        ({"values": "some"}, ValueError),
+        ({"values": 3}, TypeError),
+        ({"backpressure": "wait"}, ValueError),
+        ({"hist_bins": -1}, ValueError),
+        ({"hist_bins": 5000}, ValueError),
+        ({"max_queue_steps": 0}, ValueError),
+        ({"flush_every_seconds": "1"}, TypeError),
+        ({"rank": 2, "world_size": 2}, ValueError),
+        ({"views": 1}, TypeError),
+        ({"schedule": 5}, TypeError),
+        ({"model": "gpt"}, TypeError),
+        ({"start_step": -1}, ValueError),
+    ],
+)
 def test_bad_options_raise(kwargs: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
         recorder.record(sink=ListSink(), **kwargs)  # type: ignore[arg-type]

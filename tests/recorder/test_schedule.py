@@ -41,10 +41,19 @@ def test_explicit_steps() -> None:
     assert [i for i in range(41200, 41210) if s.records(i)] == [41206, 41207]
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"every": 0}, {"wait": -1}, {"active": 0}, {"every": 2, "wait": 1}, {"every": 2, "active": 1},
-    {"steps": [1], "every": 2}, {"steps": [-1]}, {"steps": [1], "skip_first": 1},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"every": 0},
+        {"wait": -1},
+        {"active": 0},
+        {"every": 2, "wait": 1},
+        {"every": 2, "active": 1},
+        {"steps": [1], "every": 2},
+        {"steps": [-1]},
+        {"steps": [1], "skip_first": 1},
+    ],
+)
 def test_bad_arguments_raise_value_error(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="schedule"):
         schedule(**kwargs)  # type: ignore[arg-type]
@@ -62,9 +71,11 @@ def test_negative_step_is_refused() -> None:
 
 
 def test_schedule_and_select_import_without_torch() -> None:
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import recorder\n"
-            "from recorder import schedule, select\n"
-            "assert schedule(every=3).records(6)\n"
-            "assert select(roles='gradients').matches('gradient', 'fc', 'aten::mm.default')\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import recorder\n"
+        "from recorder import schedule, select\n"
+        "assert schedule(every=3).records(6)\n"
+        "assert select(roles='gradients').matches('gradient', 'fc', 'aten::mm.default')\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

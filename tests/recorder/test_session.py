@@ -28,10 +28,15 @@ from tracefmt.records import StepRecord
 def _global_state() -> tuple[Any, ...]:
     m = torch.nn.modules.module
     o = optim_module
-    return (len(m._global_forward_pre_hooks), len(m._global_forward_hooks),
-            len(o._global_optimizer_pre_hooks), len(o._global_optimizer_post_hooks),
-            len(_get_current_dispatch_mode_stack()), torch.autograd.backward,
-            torch.autograd.grad)
+    return (
+        len(m._global_forward_pre_hooks),
+        len(m._global_forward_hooks),
+        len(o._global_optimizer_pre_hooks),
+        len(o._global_optimizer_post_hooks),
+        len(_get_current_dispatch_mode_stack()),
+        torch.autograd.backward,
+        torch.autograd.grad,
+    )
 
 
 def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> torch.Tensor:
@@ -107,8 +112,10 @@ def test_two_recorders_capturing_the_same_step_are_refused() -> None:
         rec.step()
     assert _global_state() == before
     first, second = ListSink(), ListSink()
-    with (recorder.record(sink=first, schedule=recorder.schedule(steps=[0, 4])) as a,
-          recorder.record(sink=second, schedule=recorder.schedule(steps=[2])) as b):
+    with (
+        recorder.record(sink=first, schedule=recorder.schedule(steps=[0, 4])) as a,
+        recorder.record(sink=second, schedule=recorder.schedule(steps=[2])) as b,
+    ):
         for _ in range(5):
             _train_step(model, opt)
             a.step()
@@ -209,8 +216,12 @@ def test_trace_round_trip_stats_equal_values(tmp_path: Path) -> None:
             np.testing.assert_allclose(t.stats.norm, np.linalg.norm(good), rtol=1e-6)
         checked += 1
     assert checked > 100
-    assert {t.role for t in step.tensors} >= {Role.PARAMETER, Role.GRADIENT,
-                                               Role.OPTIMIZER_STATE, Role.ACTIVATION}
+    assert {t.role for t in step.tensors} >= {
+        Role.PARAMETER,
+        Role.GRADIENT,
+        Role.OPTIMIZER_STATE,
+        Role.ACTIVATION,
+    }
 
 
 def test_one_flipped_bit_changes_the_fingerprints_downstream() -> None:

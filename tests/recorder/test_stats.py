@@ -10,17 +10,28 @@ import numpy as np
 import pytest
 import torch
 
-from recorder import _native
-from recorder._convert import to_numpy
-from recorder.stats import SMALL_NUMEL, StatsCollector, fingerprint
-from tracefmt._layout import STAT_FINGERPRINT, STAT_MOMENTS
+from recorder.convert import to_numpy
+from recorder.stats import native as _native
+from recorder.stats.cpu import SMALL_NUMEL, StatsCollector, fingerprint
+from tracefmt.model import StatFlags
 from tracefmt.dtypes import DType
 from tracefmt.dtypes import fingerprint as tracefmt_fingerprint
 from tracefmt.stats import tensor_stats
 
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-          torch.int8, torch.uint8, torch.bool, torch.complex64, torch.float8_e4m3fn,
-          torch.float8_e5m2]
+DTYPES = [
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+]
 
 
 def _tensor(dtype: torch.dtype, n: int, seed: int = 0) -> torch.Tensor:
@@ -65,7 +76,7 @@ def _check_row(row: np.void, t: torch.Tensor) -> None:
     section 5.7 allows 16- and 32-bit floats (float32 sums: 1e-6 of the magnitudes)."""
     fp = tracefmt_fingerprint(to_numpy(t))
     assert int(row["fingerprint"]) == fp
-    assert row["flags"] & STAT_FINGERPRINT
+    assert row["flags"] & StatFlags.FINGERPRINT
     if t.dtype.is_complex or t.numel() == 0:
         return
     x = t.to(torch.float64).numpy().reshape(-1)
@@ -73,7 +84,7 @@ def _check_row(row: np.void, t: torch.Tensor) -> None:
     assert row["flags"] == ref["flags"]
     for name in ("nan", "inf", "zero"):
         assert row[name] == ref[name], name
-    if not ref["flags"] & STAT_MOMENTS:
+    if not ref["flags"] & StatFlags.MOMENTS:
         return
     np.testing.assert_equal([row["min"], row["max"]], [ref["min"], ref["max"]])
     scale = float(np.abs(x[np.isfinite(x)]).mean())
@@ -98,14 +109,27 @@ def test_stats_equal_numpy(n: int, native: bool) -> None:
     all_nan = torch.full((n,), math.nan)
     neg_zero = torch.randn(n).clamp(min=0) * -1.0  # -0.0 where it was negative
     relu = torch.randn(n).clamp(min=0)  # min exactly 0.0
-    tensors += [special, torch.zeros(n), torch.full((n,), 1e4) + torch.randn(n) * 1e-3, all_nan,
-                neg_zero, neg_zero.to(torch.bfloat16), special.to(torch.float16), relu,
-                -relu, relu.to(torch.bfloat16), (torch.randn(n) * 1e-3 + 2).to(torch.bfloat16),
-                special.to(torch.bfloat16), torch.randn(n + 1)[1:],  # 4 bytes off alignment
-                torch.randn(n).masked_fill(torch.arange(n) % 3 == 0, -math.inf),  # attention mask
-                torch.full((n,), math.inf), relu.masked_fill(torch.arange(n) % 5 == 1, math.nan),
-                torch.randn(n) * 1e20, (torch.randn(n) * 1e20).to(torch.bfloat16),  # squares
-                torch.full((n,), 3e38) * torch.randn(n).sign()]  # overflow float: float64 path
+    tensors += [
+        special,
+        torch.zeros(n),
+        torch.full((n,), 1e4) + torch.randn(n) * 1e-3,
+        all_nan,
+        neg_zero,
+        neg_zero.to(torch.bfloat16),
+        special.to(torch.float16),
+        relu,
+        -relu,
+        relu.to(torch.bfloat16),
+        (torch.randn(n) * 1e-3 + 2).to(torch.bfloat16),
+        special.to(torch.bfloat16),
+        torch.randn(n + 1)[1:],  # 4 bytes off alignment
+        torch.randn(n).masked_fill(torch.arange(n) % 3 == 0, -math.inf),  # attention mask
+        torch.full((n,), math.inf),
+        relu.masked_fill(torch.arange(n) % 5 == 1, math.nan),
+        torch.randn(n) * 1e20,
+        (torch.randn(n) * 1e20).to(torch.bfloat16),  # squares
+        torch.full((n,), 3e38) * torch.randn(n).sign(),
+    ]  # overflow float: float64 path
     c = StatsCollector(native=_native_param(native))
     for i, t in enumerate(tensors):
         c.add(i, t)
@@ -142,8 +166,8 @@ def test_collector_copies_small_tensors_before_they_change() -> None:
 def test_device_path_equals_the_reference() -> None:
     """The accelerator path (no sync: always counts, masks non-finite values on the device) run
     on CPU tensors gives the same rows as the CPU path's reference."""
-    from recorder._stats_device import DeviceStats
-    from recorder.stats_common import fill_rows
+    from recorder.stats.common import fill_rows
+    from recorder.stats.device import DeviceStats
     from tracefmt.records import empty_stats
 
     tensors = [_tensor(d, n, seed=i) for i, d in enumerate(DTYPES) for n in (5, SMALL_NUMEL + 3)]
@@ -226,8 +250,9 @@ def test_native_kernel_refuses_what_it_cannot_read() -> None:
     assert _native.fused_stats(torch.ones(8, dtype=torch.float16)) is None
 
 
-def test_native_kernel_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch,
-                                                    tmp_path: Path) -> None:
+def test_native_kernel_falls_back_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """No compiler, or one that fails: a warning naming the fix and the torch path; disabled by
     TRACEFMT_NATIVE_STATS=0: nothing is built and nothing is said."""
     monkeypatch.setenv("TRACEFMT_CACHE_DIR", str(tmp_path))
@@ -245,8 +270,9 @@ def test_native_kernel_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPat
         assert _native._build() is None
 
 
-def test_native_kernel_is_cached_by_source_and_flags(monkeypatch: pytest.MonkeyPatch,
-                                                     tmp_path: Path) -> None:
+def test_native_kernel_is_cached_by_source_and_flags(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     _native_param(True)
     monkeypatch.setenv("TRACEFMT_CACHE_DIR", str(tmp_path))
     assert _native._build() is not None
@@ -276,8 +302,10 @@ def test_statistics_build_no_autograd_nodes(native: bool) -> None:
     """Statistics read tensors that require grad; they must not add nodes to the autograd graph
     (nor take sequence numbers, which attribute backward ops to modules)."""
     c = StatsCollector(native=_native_param(native))
-    params = [torch.randn(8, 4, requires_grad=True).t(), torch.randn(SMALL_NUMEL + 9, 2,
-                                                                        requires_grad=True).t()]
+    params = [
+        torch.randn(8, 4, requires_grad=True).t(),
+        torch.randn(SMALL_NUMEL + 9, 2, requires_grad=True).t(),
+    ]
     before = torch._C._autograd._get_sequence_nr()
     for i, p in enumerate(params):
         c.add(i, p)

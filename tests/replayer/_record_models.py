@@ -25,9 +25,18 @@ def main(kind: str, out: str) -> None:
     optimizer: torch.optim.Optimizer
     if kind == "convnet":
         model: nn.Module = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.25), nn.Linear(16, 10))
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(0.25),
+            nn.Linear(16, 10),
+        )
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         x, y = torch.randn(16, 1, 12, 12), torch.randint(0, 10, (16,))
     elif kind == "adamw_foreach":
@@ -36,8 +45,9 @@ def main(kind: str, out: str) -> None:
         x, y = torch.randn(8, 20), torch.randint(0, 3, (8,))
     else:
         raise SystemExit(f"unknown model {kind!r}")
-    with recorder.record(out, schedule=recorder.schedule(every=1), model=model, values="all",
-                         overwrite=True) as rec:
+    with recorder.record(
+        out, schedule=recorder.schedule(every=1), model=model, values="all", overwrite=True
+    ) as rec:
         for _ in range(2):
             loss = F.cross_entropy(model(x), y)
             loss.backward()  # type: ignore[no-untyped-call]

@@ -18,8 +18,9 @@ EXAMPLES = ("gpt", "cnn", "mlp")
 MODELS = ("convnet", "adamw_foreach")
 
 
-def copy_step(source: Path, target: Path, step: int,
-              alter: Mapping[int, Callable[[np.ndarray], np.ndarray]]) -> None:
+def copy_step(
+    source: Path, target: Path, step: int, alter: Mapping[int, Callable[[np.ndarray], np.ndarray]]
+) -> None:
     """Write step ``step`` of ``source`` to a new trace ``target``, with the values of the
     tensors in ``alter`` (by index) replaced by ``alter[t](values)`` and their statistics kept:
     what a trace whose recorded parameter was changed after the fact looks like."""
@@ -28,14 +29,28 @@ def copy_step(source: Path, target: Path, step: int,
         g = GraphBuilder()
         for t in s.tensors:
             m = t.meta
-            g.add_tensor(m.dtype, m.shape, strides=m.strides, device=m.device, role=m.role,
-                         name=m.name, producer=m.producer, producer_slot=m.producer_slot,
-                         version=m.version, storage_offset=m.storage_offset)
+            g.add_tensor(
+                m.dtype,
+                m.shape,
+                strides=m.strides,
+                device=m.device,
+                role=m.role,
+                name=m.name,
+                producer=m.producer,
+                producer_slot=m.producer_slot,
+                version=m.version,
+                storage_offset=m.storage_offset,
+            )
         for op in s.ops:
-            g.add_op(op.name, phase=op.phase, module=op.module,
-                     inputs=[(t, a, i) for t, (a, i) in zip(op.inputs, op.input_args,
-                                                             strict=True)],
-                     outputs=list(op.outputs), attrs=dict(op.attrs) or None, source=op.source)
+            g.add_op(
+                op.name,
+                phase=op.phase,
+                module=op.module,
+                inputs=[(t, a, i) for t, (a, i) in zip(op.inputs, op.input_args, strict=True)],
+                outputs=list(op.outputs),
+                attrs=dict(op.attrs) or None,
+                source=op.source,
+            )
         stats = empty_stats(len(s.tensors))
         values = {}
         for t in s.tensors:
@@ -61,4 +76,3 @@ def copy_step(source: Path, target: Path, step: int,
     with TraceWriter(target, overwrite=True) as w:
         w.write_step(record)
         w.flush()
-

@@ -48,13 +48,22 @@ def record_trace(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pa
         if name in EXAMPLES:
             if not _has_module(f"recorder.examples.{name}"):
                 pytest.skip(f"recorder.examples.{name} does not exist (yet)")
-            cmd = [sys.executable, "-m", f"recorder.examples.{name}", "--steps", "2", "--out",
-                   str(out), "--values", "all", "--quiet", "--overwrite"]
+            cmd = [
+                sys.executable,
+                "-m",
+                f"recorder.examples.{name}",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+                "--values",
+                "all",
+                "--quiet",
+                "--overwrite",
+            ]
         else:
-            cmd = [sys.executable, str(Path(__file__).with_name("_record_models.py")), name,
-                   str(out)]
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=600)
+            cmd = [sys.executable, str(Path(__file__).with_name("_record_models.py")), name, str(out)]
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             pytest.fail(f"recording {name} failed:\n{done.stderr[-3000:]}")
         cache[name] = out
@@ -84,10 +93,12 @@ def consistent_trace(tmp_path: Path) -> Path:
     values: dict[int, np.ndarray] = {}
     stats_only: set[int] = set()
 
-    def add(array: np.ndarray, strides: tuple[int, ...] | None = None, record: bool = True,
-            **kw: object) -> int:
-        index = g.add_tensor(DType.FLOAT32, array.shape,
-                             strides=strides or _contiguous(array.shape), **kw)  # type: ignore[arg-type]
+    def add(
+        array: np.ndarray, strides: tuple[int, ...] | None = None, record: bool = True, **kw: object
+    ) -> int:
+        index = g.add_tensor(
+            DType.FLOAT32, array.shape, strides=strides or _contiguous(array.shape), **kw
+        )  # type: ignore[arg-type]
         if record:
             values[index] = np.ascontiguousarray(array)
         return index
@@ -110,8 +121,14 @@ def consistent_trace(tmp_path: Path) -> Path:
     r = add(rv, producer=3)
     g.add_op("aten::relu.default", phase=Phase.FORWARD, module="act", inputs=[z], outputs=[r])
     v = add(rv.reshape(128), record=False, producer=4)
-    g.add_op("aten::view.default", phase=Phase.FORWARD, module="", inputs=[r], outputs=[v],
-             attrs={"size": [-1]})
+    g.add_op(
+        "aten::view.default",
+        phase=Phase.FORWARD,
+        module="",
+        inputs=[r],
+        outputs=[v],
+        attrs={"size": [-1]},
+    )
     sv = np.asarray(rv.astype(np.float64).sum(), dtype=np.float32)
     s = add(sv, record=False, producer=5)
     stats_only.add(s)
@@ -122,10 +139,11 @@ def consistent_trace(tmp_path: Path) -> Path:
     erf = np.frompyfunc(math.erf, 1, 1)
     z64, r64 = zv.astype(np.float64), rv.astype(np.float64)
     cdf = 0.5 * (1 + np.asarray(erf(z64 / math.sqrt(2)), dtype=np.float64))
-    gbv = (r64 * (cdf + z64 * np.exp(-0.5 * z64 * z64) / math.sqrt(2 * math.pi)))
+    gbv = r64 * (cdf + z64 * np.exp(-0.5 * z64 * z64) / math.sqrt(2 * math.pi))
     gb = add(gbv.astype(np.float32), producer=6)
-    g.add_op("aten::gelu_backward.default", phase=Phase.BACKWARD, module="act",
-             inputs=[r, z], outputs=[gb])
+    g.add_op(
+        "aten::gelu_backward.default", phase=Phase.BACKWARD, module="act", inputs=[r, z], outputs=[gb]
+    )
     graph = g.finish()
     stats = empty_stats(graph.num_tensors)
     for index, array in {**values, **values_s}.items():

@@ -75,8 +75,15 @@ def test_check_exits_1_and_names_the_ops_that_do_not_match(small_trace: Path) ->
 
 def test_what_if_reports_changes_and_exits_0(consistent_trace: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "b.npy", np.full(16, 5.0, dtype=np.float32))
-    code, text = _run("check", str(consistent_trace), "--step", "0", "--feed",
-                      f"fc.bias={tmp_path / 'b.npy'}", "--json")
+    code, text = _run(
+        "check",
+        str(consistent_trace),
+        "--step",
+        "0",
+        "--feed",
+        f"fc.bias={tmp_path / 'b.npy'}",
+        "--json",
+    )
     assert code == 0, text
     what_if = json.loads(text)["what_if"]
     changed = {c["tensor"] for c in what_if["changes"] if c["rel_change"] > 0.1}
@@ -89,12 +96,14 @@ def test_usage_errors_exit_2(consistent_trace: Path, tmp_path: Path) -> None:
     assert code == 2
     assert "NAME=FILE.npy" in text
     np.save(tmp_path / "b.npy", np.zeros(3, dtype=np.float32))
-    code, text = _run("check", str(consistent_trace), "--step", "0", "--feed",
-                      f"fc.bias={tmp_path / 'b.npy'}")
+    code, text = _run(
+        "check", str(consistent_trace), "--step", "0", "--feed", f"fc.bias={tmp_path / 'b.npy'}"
+    )
     assert code == 2
     assert "shape" in text
-    code, text = _run("check", str(consistent_trace), "--step", "0", "--feed",
-                      f"nope={tmp_path / 'b.npy'}")
+    code, text = _run(
+        "check", str(consistent_trace), "--step", "0", "--feed", f"nope={tmp_path / 'b.npy'}"
+    )
     assert code == 2
     assert "'nope'" in text
     code, text = _run("check", str(consistent_trace), "--step", "7")

@@ -53,8 +53,8 @@ class Skip(Exception):
 
 
 # Gates: what must hold before a rule runs.
-GATE_NONE = 0    # runs on any path (reports files that do not open)
-GATE_TRACE = 1   # the file opened and is marked as a trace
+GATE_NONE = 0  # runs on any path (reports files that do not open)
+GATE_TRACE = 1  # the file opened and is marked as a trace
 GATE_LAYOUT = 2  # ... and has a format version this validator knows
 
 
@@ -74,20 +74,34 @@ class Rule:
         try:
             for issue in self.check(ctx):
                 if len(findings) == MAX_FINDINGS_PER_RULE:
-                    findings.append(Finding(self.id, "warning", issue.location,
-                                            f"More than {MAX_FINDINGS_PER_RULE} findings of this "
-                                            "rule; the rest are not reported."))
+                    findings.append(
+                        Finding(
+                            self.id,
+                            "warning",
+                            issue.location,
+                            f"More than {MAX_FINDINGS_PER_RULE} findings of this "
+                            "rule; the rest are not reported.",
+                        )
+                    )
                     break
                 findings.append(Finding(self.id, issue.severity, issue.location, issue.message))
         except Skip:
             pass
         except RecursionError:
-            findings.append(Finding(self.id, "error", str(ctx.path),
-                                    "The rule could not run: data nested too deeply."))
+            findings.append(
+                Finding(
+                    self.id, "error", str(ctx.path), "The rule could not run: data nested too deeply."
+                )
+            )
         except Exception as e:  # a rule must never crash the validator
-            findings.append(Finding(self.id, "error", str(ctx.path),
-                                    f"The rule could not run on this file: "
-                                    f"{type(e).__name__}: {e}"))
+            findings.append(
+                Finding(
+                    self.id,
+                    "error",
+                    str(ctx.path),
+                    f"The rule could not run on this file: {type(e).__name__}: {e}",
+                )
+            )
         return findings
 
 
@@ -95,9 +109,14 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
-def rule(rule_id: str, title: str, *, deep: bool = False, scope: Literal["file", "run"] = "file",
-         gate: int = GATE_LAYOUT) -> Callable[[Callable[[Any], Iterable[Issue]]],
-                                             Callable[[Any], Iterable[Issue]]]:
+def rule(
+    rule_id: str,
+    title: str,
+    *,
+    deep: bool = False,
+    scope: Literal["file", "run"] = "file",
+    gate: int = GATE_LAYOUT,
+) -> Callable[[Callable[[Any], Iterable[Issue]]], Callable[[Any], Iterable[Issue]]]:
     """Register the decorated function as the rule for requirement ``rule_id``."""
     if not _ID.fullmatch(rule_id):
         raise ValueError(f"Rule id {rule_id!r} does not have the form TF-AREA-NNN.")
@@ -107,4 +126,5 @@ def rule(rule_id: str, title: str, *, deep: bool = False, scope: Literal["file",
     def register(func: Callable[[Any], Iterable[Issue]]) -> Callable[[Any], Iterable[Issue]]:
         RULES[rule_id] = Rule(rule_id, title, func, deep, scope, gate)
         return func
+
     return register

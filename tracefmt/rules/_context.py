@@ -39,10 +39,11 @@ from tracefmt.rules._views import (
 )
 from tracefmt.schema import expected_datasets
 
-WINDOW_BYTES = 8 << 20       # rows of a per-step table read at once
-LOAD_LIMIT_BYTES = 1 << 30   # largest table loaded whole (steps, graphs, strings/index)
+WINDOW_BYTES = 8 << 20  # rows of a per-step table read at once
+LOAD_LIMIT_BYTES = 1 << 30  # largest table loaded whole (steps, graphs, strings/index)
 VALUE_BLOCK_ITEMS = 1 << 20  # value heap items read at once when fingerprinting
 GRAPH_CACHE = 16
+
 
 class FileContext:
     """One rank file opened read-only for validation.  Use as a context manager."""
@@ -67,8 +68,9 @@ class FileContext:
         text = self._text_attr(L.ATTR_VERSION) if self.is_trace else None
         self.version = None if text is None else parse_version(text)
         self.supported = self.version is not None and self.version[0] == L.FORMAT_MAJOR
-        self.newer_minor = self.supported and self.version is not None and \
-            self.version[1] > L.FORMAT_MINOR
+        self.newer_minor = (
+            self.supported and self.version is not None and self.version[1] > L.FORMAT_MINOR
+        )
         #: The minor version whose rules apply: the file's, or this validator's for a newer one.
         self.minor = min(self.version[1], L.FORMAT_MINOR) if self.version is not None else 0
         #: Whether the file's steps have their own op attributes and storage offsets (1.1 on).
@@ -101,8 +103,9 @@ class FileContext:
     def __enter__(self) -> FileContext:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -116,8 +119,7 @@ class FileContext:
         """Severity of an unknown code or flag bit: only a warning in a newer minor version."""
         return "warning" if self.newer_minor else "error"
 
-    def loc(self, dataset: str | None = None, row: int | None = None,
-            step: int | None = None) -> str:
+    def loc(self, dataset: str | None = None, row: int | None = None, step: int | None = None) -> str:
         """A finding's location: ``file:/dataset[row] (step N)``."""
         text = f"{self.path}:/{dataset or ''}"
         if row is not None:
@@ -136,10 +138,13 @@ class FileContext:
             # Variable-length data is refused unread: HDF5 2.0 loops for ever decoding a damaged
             # global heap.  The format stores fixed-length strings.
             kind = attrs.get_id(name).get_type()
-            if kind.get_class() == h5t.VLEN or (isinstance(kind, h5t.TypeStringID)
-                                                and kind.is_variable_str()):
-                return None, (f"The root attribute {name!r} is variable-length data; the format "
-                              "stores fixed-length UTF-8 strings and integers.")
+            if kind.get_class() == h5t.VLEN or (
+                isinstance(kind, h5t.TypeStringID) and kind.is_variable_str()
+            ):
+                return None, (
+                    f"The root attribute {name!r} is variable-length data; the format "
+                    "stores fixed-length UTF-8 strings and integers."
+                )
             return attrs[name], None
         except Exception as e:
             return None, f"The root attribute {name!r} cannot be read ({e})."
@@ -178,8 +183,7 @@ class FileContext:
         except Exception as e:
             return f"/{name} cannot be opened ({e})."
         if not isinstance(obj, h5py.Dataset):
-            return f"The dataset /{name} is missing." if obj is None else \
-                f"/{name} is not a dataset."
+            return f"The dataset /{name} is missing." if obj is None else f"/{name} is not a dataset."
         expected = self.expected_datasets().get(name)
         if obj.ndim != 1:
             return f"/{name} has {obj.ndim} dimensions; the format wants 1."
@@ -232,7 +236,7 @@ class FileContext:
         """Rows ``[start, start + count)`` through a sliding window (check the range first)."""
         window = self._windows.get(name)
         if window is not None and window[0] <= start and start + count <= window[1]:
-            return window[2][start - window[0]:start - window[0] + count]
+            return window[2][start - window[0] : start - window[0] + count]
         block = max(WINDOW_BYTES // max(self.dataset(name).dtype.itemsize, 1), 1)
         if count >= block:
             return self.read(name, start, start + count)
@@ -263,9 +267,16 @@ class FileContext:
             refs = []
             for i, values in enumerate(rows.tolist()):
                 r = dict(zip(names, values, strict=True))
-                refs.append(StepRef(i, r["step"], r["graph"], r["flags"],
-                                    {t: (r[s], r[c]) for t, (s, c) in STEP_RANGES.items()},
-                                    overrides[i] if i < len(overrides) else None))
+                refs.append(
+                    StepRef(
+                        i,
+                        r["step"],
+                        r["graph"],
+                        r["flags"],
+                        {t: (r[s], r[c]) for t, (s, c) in STEP_RANGES.items()},
+                        overrides[i] if i < len(overrides) else None,
+                    )
+                )
             self._steps = refs
         return self._steps
 
@@ -282,8 +293,10 @@ class FileContext:
         except Skip:
             return []
         names = list(L.STEP_OVERRIDE_DTYPE.names or ())
-        return [{t: (r[s], r[c]) for t, (s, c) in OVERRIDE_RANGES.items()}
-                for r in (dict(zip(names, values, strict=True)) for values in rows.tolist())]
+        return [
+            {t: (r[s], r[c]) for t, (s, c) in OVERRIDE_RANGES.items()}
+            for r in (dict(zip(names, values, strict=True)) for values in rows.tolist())
+        ]
 
     def override_rows(self, ref: StepRef, name: str) -> np.ndarray | None:
         """Step ``ref``'s rows of ``op_attrs`` or ``tensor_offsets``; None when it has none to
@@ -366,8 +379,10 @@ class FileContext:
         if length > L.MAX_STRING_BYTES:
             return None, f"string {sid} is {length} bytes long; the limit is {L.MAX_STRING_BYTES}"
         if not self.range_ok(L.STRINGS_BYTES, offset, length, L.MAX_STRING_BYTES):
-            return None, f"string {sid} (bytes {offset}..{offset + length}) lies outside " \
-                         f"/{L.STRINGS_BYTES}"
+            return (
+                None,
+                f"string {sid} (bytes {offset}..{offset + length}) lies outside /{L.STRINGS_BYTES}",
+            )
         try:
             return self.rows(L.STRINGS_BYTES, offset, length).tobytes().decode("utf-8"), None
         except UnicodeDecodeError as e:
@@ -392,9 +407,15 @@ class FileContext:
         for name, message in self.read_failures.items():
             if name not in self.reported_failures:
                 self.reported_failures.add(name)
-                out.append(Finding("TF-FILT-003", "error", self.loc(name),
-                                   f"Stored data of /{name} cannot be read: {message}; the file is "
-                                   "damaged or needs a filter that is not installed."))
+                out.append(
+                    Finding(
+                        "TF-FILT-003",
+                        "error",
+                        self.loc(name),
+                        f"Stored data of /{name} cannot be read: {message}; the file is "
+                        "damaged or needs a filter that is not installed.",
+                    )
+                )
         return out
 
 

@@ -83,8 +83,9 @@ class StepRef:
 class GraphView:
     """One graph's rows (graph-local), with shapes decoded where its dims are valid."""
 
-    def __init__(self, index: int, ops: np.ndarray, edges: np.ndarray, tensors: np.ndarray,
-                 dims: np.ndarray) -> None:
+    def __init__(
+        self, index: int, ops: np.ndarray, edges: np.ndarray, tensors: np.ndarray, dims: np.ndarray
+    ) -> None:
         self.index = index
         self.ops, self.edges, self.tensors, self.dims = ops, edges, tensors, dims
         self.n_ops, self.n_edges = len(ops), len(edges)
@@ -100,7 +101,7 @@ class GraphView:
         out: list[tuple[int, ...] | None] = []
         for row in self.tensor_list:
             ndim, d0 = int(row[2]), int(row[3])
-            shape = tuple(dims[d0:d0 + ndim])
+            shape = tuple(dims[d0 : d0 + ndim])
             ok = ndim <= L.MAX_NDIM and d0 + 2 * ndim <= self.n_dims and min(shape, default=0) >= 0
             out.append(shape if ok else None)
         return out
@@ -122,8 +123,9 @@ class GraphView:
     @functools.cached_property
     def numel_array(self) -> np.ndarray:
         """:attr:`numel` as float64 (inf where unknown or beyond 2**64), for vectorized checks."""
-        return np.array([np.inf if n is None or n > 1 << 64 else float(n) for n in self.numel],
-                        dtype=np.float64)
+        return np.array(
+            [np.inf if n is None or n > 1 << 64 else float(n) for n in self.numel], dtype=np.float64
+        )
 
     def op_tensors(self, i: int, outputs: bool) -> list[int] | None:
         """Tensors of op ``i``'s inputs (or outputs); None when the range or a tensor is invalid."""
@@ -131,5 +133,5 @@ class GraphView:
         start, count = (row[7], row[8]) if outputs else (row[5], row[6])
         if start + count > self.n_edges:
             return None
-        tensors = [e[0] for e in self.edge_list[start:start + count]]
+        tensors = [e[0] for e in self.edge_list[start : start + count]]
         return tensors if all(t < self.n_tensors for t in tensors) else None

@@ -52,8 +52,8 @@ def _superblock(path: Path) -> tuple[int, int | None] | None:
                 at = first + 2 * width  # base address, then one more address, then end of file
                 if len(head) < at + width:
                     return version, None
-                base = int.from_bytes(head[first:first + width], "little")
-                eof = int.from_bytes(head[at:at + width], "little")
+                base = int.from_bytes(head[first : first + width], "little")
+                eof = int.from_bytes(head[at : at + width], "little")
                 return version, offset + base + eof if base + eof < 1 << 62 else None
             offset = 512 if offset == 0 else offset * 2
     return None
@@ -62,31 +62,42 @@ def _superblock(path: Path) -> tuple[int, int | None] | None:
 @rule("TF-FILE-001", "A rank file is a complete HDF5 file marked as a trace", gate=GATE_NONE)
 def file_is_trace(ctx: FileContext) -> Iterator[Issue]:
     if ctx.file is None:
-        yield Issue(ctx.loc(), f"The file cannot be opened as HDF5 ({ctx.open_error}); it is not a "
-                               "trace, or it is damaged or truncated.")
+        yield Issue(
+            ctx.loc(),
+            f"The file cannot be opened as HDF5 ({ctx.open_error}); it is not a "
+            "trace, or it is damaged or truncated.",
+        )
         return
     if not ctx.is_trace:
         value, problem = ctx.attr(L.ATTR_MAGIC)
-        yield Issue(_attr_loc(ctx, L.ATTR_MAGIC),
-                    problem or f"The root attribute {L.ATTR_MAGIC!r} is {value!r}, not "
-                               f"{L.FORMAT_MAGIC!r}; this HDF5 file is not a trace.")
+        yield Issue(
+            _attr_loc(ctx, L.ATTR_MAGIC),
+            problem
+            or f"The root attribute {L.ATTR_MAGIC!r} is {value!r}, not "
+            f"{L.FORMAT_MAGIC!r}; this HDF5 file is not a trace.",
+        )
     block = _superblock(ctx.path)
     size = ctx.path.stat().st_size
     if block is not None and block[1] is not None and size < block[1]:
-        yield Issue(ctx.loc(), f"The file is truncated: it has {size} bytes, and its superblock "
-                               f"says {block[1]}.")
+        yield Issue(
+            ctx.loc(), f"The file is truncated: it has {size} bytes, and its superblock says {block[1]}."
+        )
 
 
-@rule("TF-FILE-002", "A rank file uses superblock version 3 or later (HDF5 1.10 format)",
-      gate=GATE_TRACE)
+@rule(
+    "TF-FILE-002", "A rank file uses superblock version 3 or later (HDF5 1.10 format)", gate=GATE_TRACE
+)
 def file_superblock(ctx: FileContext) -> Iterator[Issue]:
     block = _superblock(ctx.path)
     if block is None:
         yield Issue(ctx.loc(), "No HDF5 superblock signature was found.")
     elif block[0] < 3:
-        yield Issue(ctx.loc(), f"The HDF5 superblock has version {block[0]}; the format needs "
-                               "version 3 or later (the HDF5 1.10 format) for SWMR and metadata "
-                               "checksums. Rewrite the file with tracefmt.")
+        yield Issue(
+            ctx.loc(),
+            f"The HDF5 superblock has version {block[0]}; the format needs "
+            "version 3 or later (the HDF5 1.10 format) for SWMR and metadata "
+            "checksums. Rewrite the file with tracefmt.",
+        )
 
 
 @rule("TF-FILE-003", "format_version is MAJOR.MINOR with a known major version", gate=GATE_TRACE)
@@ -101,13 +112,20 @@ def file_version(ctx: FileContext) -> Iterator[Issue]:
     if version is None:
         yield Issue(loc, f"format_version {value!r} is not a string 'MAJOR.MINOR'.")
     elif version[0] != L.FORMAT_MAJOR:
-        yield Issue(loc, f"The file has format version {text}; this validator knows major version "
-                         f"{L.FORMAT_MAJOR} only and checks nothing else. Use a tracefmt release "
-                         f"that supports version {version[0]}.")
+        yield Issue(
+            loc,
+            f"The file has format version {text}; this validator knows major version "
+            f"{L.FORMAT_MAJOR} only and checks nothing else. Use a tracefmt release "
+            f"that supports version {version[0]}.",
+        )
     elif version[1] > L.FORMAT_MINOR:
-        yield Issue(loc, f"The file has format version {text}, newer than this validator's "
-                         f"{L.FORMAT_VERSION}; it is checked against the {L.FORMAT_VERSION} rules "
-                         "and what they do not know is ignored.", "warning")
+        yield Issue(
+            loc,
+            f"The file has format version {text}, newer than this validator's "
+            f"{L.FORMAT_VERSION}; it is checked against the {L.FORMAT_VERSION} rules "
+            "and what they do not know is ignored.",
+            "warning",
+        )
 
 
 @rule("TF-FILE-004", "provenance is a JSON object naming the writing software", gate=GATE_TRACE)
@@ -143,44 +161,59 @@ def file_identity(ctx: FileContext) -> Iterator[Issue]:
         values[name] = value
     run_id = text_value(values[L.ATTR_RUN_ID])
     if not run_id:
-        yield Issue(_attr_loc(ctx, L.ATTR_RUN_ID),
-                    f"run_id {values[L.ATTR_RUN_ID]!r} is not a non-empty string.")
+        yield Issue(
+            _attr_loc(ctx, L.ATTR_RUN_ID), f"run_id {values[L.ATTR_RUN_ID]!r} is not a non-empty string."
+        )
     rank, world = int_value(values[L.ATTR_RANK]), int_value(values[L.ATTR_WORLD_SIZE])
     if rank is None or world is None:
-        yield Issue(ctx.loc(), f"rank {values[L.ATTR_RANK]!r} and world_size "
-                               f"{values[L.ATTR_WORLD_SIZE]!r} must be integers.")
+        yield Issue(
+            ctx.loc(),
+            f"rank {values[L.ATTR_RANK]!r} and world_size "
+            f"{values[L.ATTR_WORLD_SIZE]!r} must be integers.",
+        )
     elif not 0 <= rank < world:
         yield Issue(ctx.loc(), f"rank {rank} is outside 0..world_size-1 (world_size {world}).")
 
 
-@rule("TF-FILE-006", "values_filter names a known pipeline and hist_bins is 0..4096",
-      gate=GATE_TRACE)
+@rule("TF-FILE-006", "values_filter names a known pipeline and hist_bins is 0..4096", gate=GATE_TRACE)
 def file_settings(ctx: FileContext) -> Iterator[Issue]:
     value, problem = ctx.attr(L.ATTR_VALUES_FILTER)
     if problem or text_value(value) not in FILTERS:
-        yield Issue(_attr_loc(ctx, L.ATTR_VALUES_FILTER),
-                    problem or f"values_filter {value!r} is not one of {', '.join(FILTERS)}.")
+        yield Issue(
+            _attr_loc(ctx, L.ATTR_VALUES_FILTER),
+            problem or f"values_filter {value!r} is not one of {', '.join(FILTERS)}.",
+        )
     value, problem = ctx.attr(L.ATTR_HIST_BINS)
     bins = int_value(value)
     if problem or bins is None or not 0 <= bins <= L.MAX_HIST_BINS:
-        yield Issue(_attr_loc(ctx, L.ATTR_HIST_BINS),
-                    problem or f"hist_bins {value!r} is not an integer in 0..{L.MAX_HIST_BINS}.")
+        yield Issue(
+            _attr_loc(ctx, L.ATTR_HIST_BINS),
+            problem or f"hist_bins {value!r} is not an integer in 0..{L.MAX_HIST_BINS}.",
+        )
 
 
-@rule("TF-RUN-001", "A rank file named rank-*.tft.h5 is named after its rank", scope="run",
-      gate=GATE_NONE)
+@rule(
+    "TF-RUN-001", "A rank file named rank-*.tft.h5 is named after its rank", scope="run", gate=GATE_NONE
+)
 def run_file_names(run: RunContext) -> Iterator[Issue]:
     for path, identity in run.files:
         if identity is None or not fnmatch.fnmatchcase(path.name, L.RANK_FILE_GLOB):
             continue
         expected = L.RANK_FILE_PATTERN.format(rank=identity[1])
         if path.name != expected:
-            yield Issue(str(path), f"The file holds rank {identity[1]} and so must be named "
-                                   f"{expected!r}, not {path.name!r}.")
+            yield Issue(
+                str(path),
+                f"The file holds rank {identity[1]} and so must be named "
+                f"{expected!r}, not {path.name!r}.",
+            )
 
 
-@rule("TF-RUN-002", "All rank files of a run have the same run_id and world_size", scope="run",
-      gate=GATE_NONE)
+@rule(
+    "TF-RUN-002",
+    "All rank files of a run have the same run_id and world_size",
+    scope="run",
+    gate=GATE_NONE,
+)
 def run_identity(run: RunContext) -> Iterator[Issue]:
     known = [(path, identity) for path, identity in run.files if identity is not None]
     if not known:
@@ -188,9 +221,12 @@ def run_identity(run: RunContext) -> Iterator[Issue]:
     first_path, (run_id, _, world) = known[0]
     for path, (other_id, _, other_world) in known[1:]:
         if (other_id, other_world) != (run_id, world):
-            yield Issue(str(path), f"run_id {other_id!r} / world_size {other_world} differ from "
-                                   f"{first_path.name}'s {run_id!r} / {world}; the files belong to "
-                                   "different runs.")
+            yield Issue(
+                str(path),
+                f"run_id {other_id!r} / world_size {other_world} differ from "
+                f"{first_path.name}'s {run_id!r} / {world}; the files belong to "
+                "different runs.",
+            )
 
 
 @rule("TF-LAYOUT-001", "Every dataset exists, 1-D, chunked, extendable, with its row dtype")
@@ -213,13 +249,19 @@ def filters_tables(ctx: FileContext) -> Iterator[Issue]:
         ids = _pipeline(ds)
         if name in L.STEP_TABLES:
             if ids:
-                yield Issue(ctx.loc(name), f"/{name} uses HDF5 filters {ids}; a per-step table "
-                                           "must be unfiltered (its last chunk is rewritten in "
-                                           "place at every flush).")
+                yield Issue(
+                    ctx.loc(name),
+                    f"/{name} uses HDF5 filters {ids}; a per-step table "
+                    "must be unfiltered (its last chunk is rewritten in "
+                    "place at every flush).",
+                )
         elif H5Z_FLETCHER32 not in ids or not set(ids) <= _TABLE_FILTER_IDS:
-            yield Issue(ctx.loc(name), f"/{name} uses HDF5 filters {ids}; tables must use "
-                                       "fletcher32 (3) and no filters but shuffle (2) and "
-                                       "deflate (1).")
+            yield Issue(
+                ctx.loc(name),
+                f"/{name} uses HDF5 filters {ids}; tables must use "
+                "fletcher32 (3) and no filters but shuffle (2) and "
+                "deflate (1).",
+            )
 
 
 @rule("TF-FILT-002", "Value heaps use the filters named by values_filter")
@@ -237,8 +279,11 @@ def filters_values(ctx: FileContext) -> Iterator[Issue]:
         except Skip:
             continue
         if ids != expected:
-            yield Issue(ctx.loc(name), f"/{name} uses HDF5 filters {ids}; values_filter "
-                                       f"{ctx.values_filter!r} means {expected}.")
+            yield Issue(
+                ctx.loc(name),
+                f"/{name} uses HDF5 filters {ids}; values_filter "
+                f"{ctx.values_filter!r} means {expected}.",
+            )
 
 
 @rule("TF-FILT-003", "Every stored chunk reads back through its filters", deep=True)

@@ -49,8 +49,10 @@ def _string_refs(ctx: FileContext) -> Iterator[_Ref]:
             start = ref.overrides[L.OP_ATTRS][0]
             for k, (_, sid) in enumerate(op_attrs.tolist()):
                 yield L.OP_ATTRS, start + k, ref.step, "attrs", sid, False
-        for table, fields in ((L.EVENTS, ((0, "kind", True), (3, "message", False))),
-                              (L.SCALARS, ((0, "name", True),))):
+        for table, fields in (
+            (L.EVENTS, ((0, "kind", True), (3, "message", False))),
+            (L.SCALARS, ((0, "name", True),)),
+        ):
             if not ref.ranges[table][1]:
                 continue
             rows = ctx.step_rows(ref, table)
@@ -74,8 +76,9 @@ def strings_ids(ctx: FileContext) -> Iterator[Issue]:
         if sid == L.NO_STRING and required:
             yield Issue(_ref_loc(ctx, ref), "This string is required but the id is -1 (none).")
         elif not L.NO_STRING <= sid < n:
-            yield Issue(_ref_loc(ctx, ref), f"String id {sid} is not a row of "
-                                            f"/{L.STRINGS_INDEX} ({n} rows).")
+            yield Issue(
+                _ref_loc(ctx, ref), f"String id {sid} is not a row of /{L.STRINGS_INDEX} ({n} rows)."
+            )
 
 
 @rule("TF-STR-002", "Strings lie inside strings/bytes, are at most 1 MiB and valid UTF-8")
@@ -101,10 +104,12 @@ def graph_ranges(ctx: FileContext) -> Iterator[Issue]:
         for table, (start_field, count_field, limit) in GRAPH_RANGES.items():
             start, count = int(row[start_field]), int(row[count_field])
             if not ctx.range_ok(table, start, count, limit):
-                yield Issue(ctx.loc(L.GRAPHS, g),
-                            f"Graph {g}'s rows {start}..{start + count} of /{table} are out of "
-                            f"range (/{table} has {ctx.length(table)} rows; at most {limit} per "
-                            "graph).")
+                yield Issue(
+                    ctx.loc(L.GRAPHS, g),
+                    f"Graph {g}'s rows {start}..{start + count} of /{table} are out of "
+                    f"range (/{table} has {ctx.length(table)} rows; at most {limit} per "
+                    "graph).",
+                )
 
 
 @rule("TF-GRAPH-002", "Equal graphs are stored once (graph deduplication)")
@@ -125,9 +130,11 @@ def graph_dedupe(ctx: FileContext) -> Iterator[Issue]:
             h.update(part.tobytes())
         key = h.digest()
         if key in seen:
-            yield Issue(ctx.loc(L.GRAPHS, view.index),
-                        f"Graph {view.index} has the same {what} as graph {seen[key]}; a step "
-                        "whose graph equals an earlier one must reference the earlier graph row.")
+            yield Issue(
+                ctx.loc(L.GRAPHS, view.index),
+                f"Graph {view.index} has the same {what} as graph {seen[key]}; a step "
+                "whose graph equals an earlier one must reference the earlier graph row.",
+            )
         else:
             seen[key] = view.index
 
@@ -138,8 +145,11 @@ def op_phase(ctx: FileContext) -> Iterator[Issue]:
         op0 = _graph_start(ctx, view, "op_start")
         for i, op in enumerate(view.op_list):
             if op[1] not in _PHASES:
-                yield Issue(ctx.loc(L.OPS, op0 + i), f"Phase code {op[1]} is not in the Phase "
-                                                     "table.", ctx.unknown_severity)
+                yield Issue(
+                    ctx.loc(L.OPS, op0 + i),
+                    f"Phase code {op[1]} is not in the Phase table.",
+                    ctx.unknown_severity,
+                )
 
 
 @rule("TF-OP-002", "Op edge ranges lie in the graph; edges name tensors; arg/item are valid")
@@ -150,19 +160,31 @@ def op_edges(ctx: FileContext) -> Iterator[Issue]:
             loc = ctx.loc(L.OPS, op0 + i)
             for kind, start, count in (("input", op[5], op[6]), ("output", op[7], op[8])):
                 if start + count > view.n_edges:
-                    yield Issue(loc, f"Op {i}'s {kind} edges {start}..{start + count} lie outside "
-                                     f"its graph's {view.n_edges} edges.")
+                    yield Issue(
+                        loc,
+                        f"Op {i}'s {kind} edges {start}..{start + count} lie outside "
+                        f"its graph's {view.n_edges} edges.",
+                    )
                     continue
-                for k, (tensor, arg, item) in enumerate(view.edge_list[start:start + count]):
+                for k, (tensor, arg, item) in enumerate(view.edge_list[start : start + count]):
                     if tensor >= view.n_tensors:
-                        yield Issue(loc, f"Op {i}'s {kind} {k} names tensor {tensor}; the graph "
-                                         f"has {view.n_tensors}.")
+                        yield Issue(
+                            loc,
+                            f"Op {i}'s {kind} {k} names tensor {tensor}; the graph "
+                            f"has {view.n_tensors}.",
+                        )
                     if kind == "input" and (arg < 0 or item < -1):
-                        yield Issue(loc, f"Op {i}'s input {k} has arg {arg}, item {item}; inputs "
-                                         "need arg >= 0 and item >= -1.")
+                        yield Issue(
+                            loc,
+                            f"Op {i}'s input {k} has arg {arg}, item {item}; inputs "
+                            "need arg >= 0 and item >= -1.",
+                        )
                     if kind == "output" and (arg != k or item != -1):
-                        yield Issue(loc, f"Op {i}'s output {k} has arg {arg}, item {item}; output "
-                                         f"k needs arg k and item -1.")
+                        yield Issue(
+                            loc,
+                            f"Op {i}'s output {k} has arg {arg}, item {item}; output "
+                            f"k needs arg k and item -1.",
+                        )
 
 
 @rule("TF-OP-003", "Op attributes are a JSON object in the tracefmt encoding")
@@ -176,8 +198,10 @@ def op_attrs(ctx: FileContext) -> Iterator[Issue]:
             try:
                 decode_attrs(text)
             except (ValueError, RecursionError) as e:
-                yield Issue(ctx.loc(L.OPS, op0 + i), f"Op {i}'s attributes are not a JSON object "
-                                                     f"in the tracefmt encoding: {e}.")
+                yield Issue(
+                    ctx.loc(L.OPS, op0 + i),
+                    f"Op {i}'s attributes are not a JSON object in the tracefmt encoding: {e}.",
+                )
 
 
 @rule("TF-TENSOR-001", "Tensor dtypes and roles are codes of their tables")
@@ -187,9 +211,11 @@ def tensor_codes(ctx: FileContext) -> Iterator[Issue]:
         for j, t in enumerate(view.tensor_list):
             for code, table, name in ((t[0], _DTYPES, "DType"), (t[1], _ROLES, "Role")):
                 if code not in table:
-                    yield Issue(ctx.loc(L.TENSORS, t0 + j),
-                                f"Tensor {j}'s {name.lower()} code {code} is not in the {name} "
-                                "table.", ctx.unknown_severity)
+                    yield Issue(
+                        ctx.loc(L.TENSORS, t0 + j),
+                        f"Tensor {j}'s {name.lower()} code {code} is not in the {name} table.",
+                        ctx.unknown_severity,
+                    )
 
 
 @rule("TF-TENSOR-002", "Tensor shapes and strides lie in dims and are valid")
@@ -201,18 +227,26 @@ def tensor_dims(ctx: FileContext) -> Iterator[Issue]:
             loc = ctx.loc(L.TENSORS, t0 + j)
             ndim, d0, version, offset = t[2], t[3], t[8], t[9]
             if ndim > L.MAX_NDIM or d0 + 2 * ndim > view.n_dims:
-                yield Issue(loc, f"Tensor {j} has {ndim} dimensions at dims {d0}; the graph has "
-                                 f"{view.n_dims} dims entries and the limit is {L.MAX_NDIM}.")
+                yield Issue(
+                    loc,
+                    f"Tensor {j} has {ndim} dimensions at dims {d0}; the graph has "
+                    f"{view.n_dims} dims entries and the limit is {L.MAX_NDIM}.",
+                )
                 continue
-            shape, strides = dims[d0:d0 + ndim], dims[d0 + ndim:d0 + 2 * ndim]
+            shape, strides = dims[d0 : d0 + ndim], dims[d0 + ndim : d0 + 2 * ndim]
             if any(d < 0 for d in shape):
                 yield Issue(loc, f"Tensor {j} has a negative dimension in shape {tuple(shape)}.")
             if not (all(s == -1 for s in strides) or all(s >= 0 for s in strides)):
-                yield Issue(loc, f"Tensor {j} has strides {tuple(strides)}; strides are all -1 "
-                                 "(not recorded) or all >= 0.")
+                yield Issue(
+                    loc,
+                    f"Tensor {j} has strides {tuple(strides)}; strides are all -1 "
+                    "(not recorded) or all >= 0.",
+                )
             if version < 0 or offset < 0:
-                yield Issue(loc, f"Tensor {j} has version {version} and storage offset {offset}; "
-                                 "both must be >= 0.")
+                yield Issue(
+                    loc,
+                    f"Tensor {j} has version {version} and storage offset {offset}; both must be >= 0.",
+                )
 
 
 @rule("TF-TENSOR-003", "Producers and op outputs agree")
@@ -222,21 +256,27 @@ def tensor_producer(ctx: FileContext) -> Iterator[Issue]:
         for j, t in enumerate(view.tensor_list):
             producer, slot = t[6], t[7]
             if not -1 <= producer < view.n_ops:
-                yield Issue(ctx.loc(L.TENSORS, t0 + j), f"Tensor {j} names producer op "
-                                                        f"{producer}; the graph has {view.n_ops}.")
+                yield Issue(
+                    ctx.loc(L.TENSORS, t0 + j),
+                    f"Tensor {j} names producer op {producer}; the graph has {view.n_ops}.",
+                )
             elif producer >= 0:
                 outs = view.op_tensors(producer, outputs=True)
                 if outs is not None and not (0 <= slot < len(outs) and outs[slot] == j):
-                    yield Issue(ctx.loc(L.TENSORS, t0 + j),
-                                f"Tensor {j} says it is output {slot} of op {producer}, but that "
-                                f"op's outputs are {outs}.")
+                    yield Issue(
+                        ctx.loc(L.TENSORS, t0 + j),
+                        f"Tensor {j} says it is output {slot} of op {producer}, but that "
+                        f"op's outputs are {outs}.",
+                    )
         op0 = _graph_start(ctx, view, "op_start")
         for i in range(view.n_ops):
             for k, tensor in enumerate(view.op_tensors(i, outputs=True) or ()):
                 producer = view.tensor_list[tensor][6]
                 if producer not in (-1, i):
-                    yield Issue(ctx.loc(L.OPS, op0 + i), f"Op {i}'s output {k} is tensor {tensor}, "
-                                                         f"whose producer is op {producer}.")
+                    yield Issue(
+                        ctx.loc(L.OPS, op0 + i),
+                        f"Op {i}'s output {k} is tensor {tensor}, whose producer is op {producer}.",
+                    )
 
 
 @rule("TF-TENSOR-004", "A producer runs before its consumers")
@@ -247,5 +287,7 @@ def tensor_order(ctx: FileContext) -> Iterator[Issue]:
             for tensor in view.op_tensors(i, outputs=False) or ():
                 producer = view.tensor_list[tensor][6]
                 if i <= producer < view.n_ops:
-                    yield Issue(ctx.loc(L.OPS, op0 + i), f"Op {i} reads tensor {tensor}, which op "
-                                                         f"{producer} produces at or after it.")
+                    yield Issue(
+                        ctx.loc(L.OPS, op0 + i),
+                        f"Op {i} reads tensor {tensor}, which op {producer} produces at or after it.",
+                    )

@@ -30,18 +30,22 @@ def _count(view: GraphView, table: str) -> int:
     return view.n_ops if table == L.OP_ATTRS else view.n_tensors
 
 
-@rule("TF-OVERRIDE-001", "Every step has a step_overrides row whose ranges lie in their tables, "
-                         "in step order")
+@rule(
+    "TF-OVERRIDE-001",
+    "Every step has a step_overrides row whose ranges lie in their tables, in step order",
+)
 def override_ranges(ctx: FileContext) -> Iterator[Issue]:
     if not ctx.has_overrides:
         return
     n_index = ctx.length(L.STEP_OVERRIDES)
     if n_index < ctx.length(L.STEPS):
         ref = ctx.steps()[n_index]
-        yield Issue(ctx.loc(L.STEPS, ref.row, ref.step),
-                    f"/{L.STEP_OVERRIDES} has {n_index} rows, fewer than the "
-                    f"{ctx.length(L.STEPS)} committed steps; every row of /{L.STEPS} needs its "
-                    f"row of /{L.STEP_OVERRIDES}.")
+        yield Issue(
+            ctx.loc(L.STEPS, ref.row, ref.step),
+            f"/{L.STEP_OVERRIDES} has {n_index} rows, fewer than the "
+            f"{ctx.length(L.STEPS)} committed steps; every row of /{L.STEPS} needs its "
+            f"row of /{L.STEP_OVERRIDES}.",
+        )
     for table in OVERRIDE_RANGES:
         end, previous = 0, None
         for ref in ctx.steps():
@@ -50,15 +54,21 @@ def override_ranges(ctx: FileContext) -> Iterator[Issue]:
             loc = ctx.loc(L.STEP_OVERRIDES, ref.row, ref.step)
             start, count = ref.overrides[table]
             if not ctx.range_ok(table, start, count):
-                yield Issue(loc, f"The step's rows {start}..{start + count} of /{table} are out "
-                                 f"of range (it has {ctx.length(table)} rows; at most "
-                                 f"{L.MAX_STEP_ROWS} per step).")
+                yield Issue(
+                    loc,
+                    f"The step's rows {start}..{start + count} of /{table} are out "
+                    f"of range (it has {ctx.length(table)} rows; at most "
+                    f"{L.MAX_STEP_ROWS} per step).",
+                )
                 continue
             if count == 0:
                 continue
             if start < end:
-                yield Issue(loc, f"The step's rows {start}..{start + count} of /{table} overlap or "
-                                 f"precede step {previous}'s, which end at {end}.")
+                yield Issue(
+                    loc,
+                    f"The step's rows {start}..{start + count} of /{table} overlap or "
+                    f"precede step {previous}'s, which end at {end}.",
+                )
             end, previous = max(end, start + count), ref.step
 
 
@@ -74,12 +84,16 @@ def override_targets(ctx: FileContext) -> Iterator[Issue]:
             start, n = _start(ref, table), _count(view, table)
             targets = rows[field].astype(np.int64)
             for k in np.flatnonzero(targets >= n).tolist():
-                yield Issue(ctx.loc(table, start + k, ref.step),
-                            f"The row names {what} {targets[k]}; the step's graph has {n} {what}s.")
+                yield Issue(
+                    ctx.loc(table, start + k, ref.step),
+                    f"The row names {what} {targets[k]}; the step's graph has {n} {what}s.",
+                )
             for k in (np.flatnonzero(np.diff(targets) <= 0) + 1).tolist():
-                yield Issue(ctx.loc(table, start + k, ref.step),
-                            f"{what.capitalize()} {targets[k]} follows {what} {targets[k - 1]}; a "
-                            f"step's /{table} rows name strictly increasing {what}s.")
+                yield Issue(
+                    ctx.loc(table, start + k, ref.step),
+                    f"{what.capitalize()} {targets[k]} follows {what} {targets[k - 1]}; a "
+                    f"step's /{table} rows name strictly increasing {what}s.",
+                )
 
 
 def _rows(ctx: FileContext, table: str) -> Iterator[tuple[int, int, int, int, int | None]]:
@@ -92,14 +106,16 @@ def _rows(ctx: FileContext, table: str) -> Iterator[tuple[int, int, int, int, in
         if rows is None:
             continue
         start = _start(ref, table)
-        items, count, field = ((view.op_list, view.n_ops, 3) if attrs
-                               else (view.tensor_list, view.n_tensors, 9))
+        items, count, field = (
+            (view.op_list, view.n_ops, 3) if attrs else (view.tensor_list, view.n_tensors, 9)
+        )
         for k, (index, value) in enumerate(rows.tolist()):
             yield start + k, ref.step, index, value, items[index][field] if index < count else None
 
 
-@rule("TF-OVERRIDE-003", "A step's own op attributes are -1 or JSON objects; its storage offsets "
-                         "are >= 0")
+@rule(
+    "TF-OVERRIDE-003", "A step's own op attributes are -1 or JSON objects; its storage offsets are >= 0"
+)
 def override_values(ctx: FileContext) -> Iterator[Issue]:
     if not ctx.has_overrides:
         return
@@ -110,13 +126,16 @@ def override_values(ctx: FileContext) -> Iterator[Issue]:
         try:
             decode_attrs(text)
         except (ValueError, RecursionError) as e:
-            yield Issue(ctx.loc(L.OP_ATTRS, row, step),
-                        f"The step's attributes of op {op} are not a JSON object in the tracefmt "
-                        f"encoding: {e}.")
+            yield Issue(
+                ctx.loc(L.OP_ATTRS, row, step),
+                f"The step's attributes of op {op} are not a JSON object in the tracefmt encoding: {e}.",
+            )
     for row, step, t, offset, _ in _rows(ctx, L.TENSOR_OFFSETS):
         if offset < 0:
-            yield Issue(ctx.loc(L.TENSOR_OFFSETS, row, step),
-                        f"The step gives tensor {t} storage offset {offset}; it must be >= 0.")
+            yield Issue(
+                ctx.loc(L.TENSOR_OFFSETS, row, step),
+                f"The step gives tensor {t} storage offset {offset}; it must be >= 0.",
+            )
 
 
 def _text(ctx: FileContext, sid: int) -> tuple[bool, str | None]:
@@ -141,12 +160,16 @@ def override_differs(ctx: FileContext) -> Iterator[Issue]:
         (own_ok, own), (base_ok, base_text) = _text(ctx, sid), _text(ctx, base)
         if own_ok and base_ok and own == base_text:
             what = "no attributes" if own is None else f"the attributes {own[:80]!r}"
-            yield Issue(ctx.loc(L.OP_ATTRS, row, step),
-                        f"The row gives op {op} {what}, which its graph already has; a step "
-                        "lists only the ops whose attributes differ from the graph's.")
+            yield Issue(
+                ctx.loc(L.OP_ATTRS, row, step),
+                f"The row gives op {op} {what}, which its graph already has; a step "
+                "lists only the ops whose attributes differ from the graph's.",
+            )
     for row, step, t, offset, base_offset in _rows(ctx, L.TENSOR_OFFSETS):
         if offset == base_offset:
-            yield Issue(ctx.loc(L.TENSOR_OFFSETS, row, step),
-                        f"The row gives tensor {t} storage offset {offset}, which its graph "
-                        "already has; a step lists only the tensors whose offsets differ from "
-                        "the graph's.")
+            yield Issue(
+                ctx.loc(L.TENSOR_OFFSETS, row, step),
+                f"The row gives tensor {t} storage offset {offset}, which its graph "
+                "already has; a step lists only the tensors whose offsets differ from "
+                "the graph's.",
+            )

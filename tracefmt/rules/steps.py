@@ -22,15 +22,16 @@ _DTYPES = frozenset(int(d) for d in DType)
 def step_order(ctx: FileContext) -> Iterator[Issue]:
     n = ctx.length(L.STEPS)
     if n > L.MAX_STEP_COUNT_SCAN:
-        yield Issue(ctx.loc(L.STEPS), f"/{L.STEPS} has {n} rows; the limit is "
-                                      f"{L.MAX_STEP_COUNT_SCAN}.")
+        yield Issue(ctx.loc(L.STEPS), f"/{L.STEPS} has {n} rows; the limit is {L.MAX_STEP_COUNT_SCAN}.")
         return
     steps = ctx.table(L.STEPS)["step"]
     for row in np.flatnonzero(steps < 0).tolist():
         yield Issue(ctx.loc(L.STEPS, row), f"Step number {int(steps[row])} is negative.")
     for row in (np.flatnonzero(np.diff(steps) <= 0) + 1).tolist():
-        yield Issue(ctx.loc(L.STEPS, row), f"Step {int(steps[row])} follows step "
-                                           f"{int(steps[row - 1])}; step numbers must increase.")
+        yield Issue(
+            ctx.loc(L.STEPS, row),
+            f"Step {int(steps[row])} follows step {int(steps[row - 1])}; step numbers must increase.",
+        )
 
 
 @rule("TF-STEP-002", "Every row a committed step references exists")
@@ -39,17 +40,19 @@ def step_references(ctx: FileContext) -> Iterator[Issue]:
     for ref in ctx.steps():
         loc = ctx.loc(L.STEPS, ref.row, ref.step)
         if ref.graph >= n_graphs:
-            yield Issue(loc, f"The step references graph {ref.graph}; /{L.GRAPHS} has {n_graphs} "
-                             "rows.")
+            yield Issue(loc, f"The step references graph {ref.graph}; /{L.GRAPHS} has {n_graphs} rows.")
         for table, (start, count) in ref.ranges.items():
             try:
                 ok = ctx.range_ok(table, start, count)
             except Skip:
                 continue  # the table is broken: TF-LAYOUT-001
             if not ok:
-                yield Issue(loc, f"The step's rows {start}..{start + count} of /{table} are out of "
-                                 f"range (it has {ctx.length(table)} rows; at most "
-                                 f"{L.MAX_STEP_ROWS} per step).")
+                yield Issue(
+                    loc,
+                    f"The step's rows {start}..{start + count} of /{table} are out of "
+                    f"range (it has {ctx.length(table)} rows; at most "
+                    f"{L.MAX_STEP_ROWS} per step).",
+                )
 
 
 @rule("TF-STEP-003", "stats and op_stats hold 0 rows or one per tensor / op")
@@ -58,11 +61,9 @@ def step_counts(ctx: FileContext) -> Iterator[Issue]:
         loc = ctx.loc(L.STEPS, ref.row, ref.step)
         stats, op_stats = ref.ranges[L.STATS][1], ref.ranges[L.OP_STATS][1]
         if stats not in (0, view.n_tensors):
-            yield Issue(loc, f"The step has {stats} stats rows for a graph of {view.n_tensors} "
-                             "tensors.")
+            yield Issue(loc, f"The step has {stats} stats rows for a graph of {view.n_tensors} tensors.")
         if op_stats not in (0, view.n_ops):
-            yield Issue(loc, f"The step has {op_stats} op_stats rows for a graph of {view.n_ops} "
-                             "ops.")
+            yield Issue(loc, f"The step has {op_stats} op_stats rows for a graph of {view.n_ops} ops.")
 
 
 @rule("TF-STEP-004", "Steps' ranges of a table do not overlap and follow the step order")
@@ -78,9 +79,11 @@ def step_append_only(ctx: FileContext) -> Iterator[Issue]:
             if count == 0 or not ctx.range_ok(table, start, count):
                 continue
             if start < end:
-                yield Issue(ctx.loc(L.STEPS, ref.row, ref.step),
-                            f"The step's rows {start}..{start + count} of /{table} overlap or "
-                            f"precede step {previous}'s, which end at {end}.")
+                yield Issue(
+                    ctx.loc(L.STEPS, ref.row, ref.step),
+                    f"The step's rows {start}..{start + count} of /{table} overlap or "
+                    f"precede step {previous}'s, which end at {end}.",
+                )
             end, previous = max(end, start + count), ref.step
 
 
@@ -94,12 +97,17 @@ def step_flags(ctx: FileContext) -> Iterator[Issue]:
         if stats is None:
             continue  # TF-STEP-002
         counted = (stats["flags"] & L.STAT_COUNTS) != 0
-        for bit, field, name in ((L.STEP_HAS_NAN, "nan", "STEP_HAS_NAN"),
-                                 (L.STEP_HAS_INF, "inf", "STEP_HAS_INF")):
+        for bit, field, name in (
+            (L.STEP_HAS_NAN, "nan", "STEP_HAS_NAN"),
+            (L.STEP_HAS_INF, "inf", "STEP_HAS_INF"),
+        ):
             seen = bool(np.any(stats[field][counted] > 0))
             if seen != bool(ref.flags & bit):
-                yield Issue(loc, f"{name} is {'clear' if seen else 'set'}, but the step's counted "
-                                 f"statistics have {'some' if seen else 'no'} {field} values.")
+                yield Issue(
+                    loc,
+                    f"{name} is {'clear' if seen else 'set'}, but the step's counted "
+                    f"statistics have {'some' if seen else 'no'} {field} values.",
+                )
 
 
 def _stats(ctx: FileContext, ref: StepRef, view: GraphView) -> np.ndarray | None:
@@ -119,20 +127,32 @@ def stat_rows(ctx: FileContext) -> Iterator[Issue]:
         moments = (flags & L.STAT_MOMENTS) != 0
         values = np.stack([rows[f] for f in ("min", "max", "mean", "std", "norm")])
         with np.errstate(invalid="ignore"):
-            bad_moments = moments & (~np.isfinite(values).all(axis=0) | (rows["min"] > rows["max"])
-                                     | (rows["std"] < 0) | (rows["norm"] < 0))
+            bad_moments = moments & (
+                ~np.isfinite(values).all(axis=0)
+                | (rows["min"] > rows["max"])
+                | (rows["std"] < 0)
+                | (rows["norm"] < 0)
+            )
         counted = (flags & L.STAT_COUNTS) != 0
-        total = (rows["nan"].astype(np.float64) + rows["inf"].astype(np.float64)
-                 + rows["zero"].astype(np.float64))
-        bad = ((flags.astype(np.int64) & ~_STAT_FLAGS) != 0) | bad_moments \
+        total = (
+            rows["nan"].astype(np.float64)
+            + rows["inf"].astype(np.float64)
+            + rows["zero"].astype(np.float64)
+        )
+        bad = (
+            ((flags.astype(np.int64) & ~_STAT_FLAGS) != 0)
+            | bad_moments
             | (counted & (total > view.numel_array))
+        )
         for i in np.flatnonzero(bad).tolist():
             r = rows[i]
-            yield Issue(ctx.loc(L.STATS, start + i, ref.step),
-                        f"Statistics of tensor {i} are inconsistent: flags {int(r['flags'])}, "
-                        f"min {r['min']}, max {r['max']}, mean {r['mean']}, std {r['std']}, "
-                        f"norm {r['norm']}, nan {r['nan']}, inf {r['inf']}, zero {r['zero']} for "
-                        f"{view.numel[i]} elements.")
+            yield Issue(
+                ctx.loc(L.STATS, start + i, ref.step),
+                f"Statistics of tensor {i} are inconsistent: flags {int(r['flags'])}, "
+                f"min {r['min']}, max {r['max']}, mean {r['mean']}, std {r['std']}, "
+                f"norm {r['norm']}, nan {r['nan']}, inf {r['inf']}, zero {r['zero']} for "
+                f"{view.numel[i]} elements.",
+            )
 
 
 @rule("TF-STAT-002", "op_stats fields are -1 or >= 0")
@@ -143,12 +163,15 @@ def stat_op_rows(ctx: FileContext) -> Iterator[Issue]:
             continue
         bad = (rows["host_ns"] < -1) | (rows["device_ns"] < -1) | (rows["mem_bytes"] < -1)
         for i in np.flatnonzero(bad).tolist():
-            yield Issue(ctx.loc(L.OP_STATS, ref.ranges[L.OP_STATS][0] + i, ref.step),
-                        f"Op {i}'s timing {rows[i].tolist()} has a value below -1.")
+            yield Issue(
+                ctx.loc(L.OP_STATS, ref.ranges[L.OP_STATS][0] + i, ref.step),
+                f"Op {i}'s timing {rows[i].tolist()} has a value below -1.",
+            )
 
 
-def _value_rows(ctx: FileContext, ref: StepRef,
-                view: GraphView) -> Iterator[tuple[int, int, str, int, int, int]]:
+def _value_rows(
+    ctx: FileContext, ref: StepRef, view: GraphView
+) -> Iterator[tuple[int, int, str, int, int, int]]:
     """Usable ``data_index`` rows of a step: (row, tensor, heap, offset, count, fingerprint)."""
     rows = ctx.step_rows(ref, L.DATA_INDEX)
     if rows is None:
@@ -159,8 +182,11 @@ def _value_rows(ctx: FileContext, ref: StepRef,
             continue
         numel, dtype = view.numel[tensor], DType(view.tensor_list[tensor][0])
         info = DTYPE_INFO[dtype]
-        if numel is None or count != numel * info.per_element \
-                or numel * info.itemsize > L.MAX_VALUE_BYTES:
+        if (
+            numel is None
+            or count != numel * info.per_element
+            or numel * info.itemsize > L.MAX_VALUE_BYTES
+        ):
             continue
         heap = f"{L.DATA_GROUP}/{heap_name(dtype)}"
         try:
@@ -182,10 +208,12 @@ def stat_fingerprints(ctx: FileContext) -> Iterator[Issue]:
                 continue
             actual = ctx.values_fingerprint(heap, offset, count)
             if int(row["fingerprint"]) != actual:
-                yield Issue(ctx.loc(L.STATS, ref.ranges[L.STATS][0] + tensor, ref.step),
-                            f"Tensor {tensor}'s statistics have fingerprint {int(row['fingerprint'])}"
-                            f" but its recorded values (/{heap}, items {offset}..{offset + count}) "
-                            f"have {actual}.")
+                yield Issue(
+                    ctx.loc(L.STATS, ref.ranges[L.STATS][0] + tensor, ref.step),
+                    f"Tensor {tensor}'s statistics have fingerprint {int(row['fingerprint'])}"
+                    f" but its recorded values (/{heap}, items {offset}..{offset + count}) "
+                    f"have {actual}.",
+                )
 
 
 @rule("TF-DATA-001", "data_index rows name graph tensors in increasing order")
@@ -196,13 +224,16 @@ def data_tensors(ctx: FileContext) -> Iterator[Issue]:
             continue
         start, tensors = ref.ranges[L.DATA_INDEX][0], rows["tensor"].astype(np.int64)
         for k in np.flatnonzero(tensors >= view.n_tensors).tolist():
-            yield Issue(ctx.loc(L.DATA_INDEX, start + k, ref.step),
-                        f"Values are recorded for tensor {tensors[k]}; the graph has "
-                        f"{view.n_tensors}.")
+            yield Issue(
+                ctx.loc(L.DATA_INDEX, start + k, ref.step),
+                f"Values are recorded for tensor {tensors[k]}; the graph has {view.n_tensors}.",
+            )
         for k in (np.flatnonzero(np.diff(tensors) <= 0) + 1).tolist():
-            yield Issue(ctx.loc(L.DATA_INDEX, start + k, ref.step),
-                        f"Tensor {tensors[k]} follows tensor {tensors[k - 1]}; a step's value rows "
-                        "name strictly increasing tensors.")
+            yield Issue(
+                ctx.loc(L.DATA_INDEX, start + k, ref.step),
+                f"Tensor {tensors[k]} follows tensor {tensors[k - 1]}; a step's value rows "
+                "name strictly increasing tensors.",
+            )
 
 
 @rule("TF-DATA-002", "A value row's count matches its tensor and lies inside its heap")
@@ -213,26 +244,38 @@ def data_extent(ctx: FileContext) -> Iterator[Issue]:
             continue
         for k, (tensor, offset, count, _) in enumerate(rows.tolist()):
             loc = ctx.loc(L.DATA_INDEX, ref.ranges[L.DATA_INDEX][0] + k, ref.step)
-            if tensor >= view.n_tensors or view.tensor_list[tensor][0] not in _DTYPES \
-                    or view.numel[tensor] is None:
+            if (
+                tensor >= view.n_tensors
+                or view.tensor_list[tensor][0] not in _DTYPES
+                or view.numel[tensor] is None
+            ):
                 continue  # TF-DATA-001, TF-TENSOR-001, TF-TENSOR-002
             dtype = DType(view.tensor_list[tensor][0])
             info, numel = DTYPE_INFO[dtype], view.numel[tensor] or 0
             heap = f"{L.DATA_GROUP}/{heap_name(dtype)}"
             if numel * info.itemsize > L.MAX_VALUE_BYTES:
-                yield Issue(loc, f"Tensor {tensor} has {numel * info.itemsize} bytes of values; "
-                                 f"the limit is {L.MAX_VALUE_BYTES}.")
+                yield Issue(
+                    loc,
+                    f"Tensor {tensor} has {numel * info.itemsize} bytes of values; "
+                    f"the limit is {L.MAX_VALUE_BYTES}.",
+                )
             elif count != numel * info.per_element:
-                yield Issue(loc, f"Tensor {tensor} has {count} stored items; {numel} elements of "
-                                 f"{dtype.label} need {numel * info.per_element}.")
+                yield Issue(
+                    loc,
+                    f"Tensor {tensor} has {count} stored items; {numel} elements of "
+                    f"{dtype.label} need {numel * info.per_element}.",
+                )
             else:
                 try:
                     ok = ctx.range_ok(heap, offset, count, L.MAX_VALUE_BYTES)
                 except Skip:
                     continue
                 if not ok:
-                    yield Issue(loc, f"Tensor {tensor}'s items {offset}..{offset + count} lie "
-                                     f"outside /{heap} ({ctx.length(heap)} items).")
+                    yield Issue(
+                        loc,
+                        f"Tensor {tensor}'s items {offset}..{offset + count} lie "
+                        f"outside /{heap} ({ctx.length(heap)} items).",
+                    )
 
 
 @rule("TF-DATA-003", "Stored values match their fingerprint", deep=True)
@@ -241,10 +284,12 @@ def data_fingerprints(ctx: FileContext) -> Iterator[Issue]:
         for row, tensor, heap, offset, count, fp in _value_rows(ctx, ref, view):
             actual = ctx.values_fingerprint(heap, offset, count)
             if actual != fp:
-                yield Issue(ctx.loc(L.DATA_INDEX, row, ref.step),
-                            f"The values of tensor {tensor} (/{heap}, items {offset}.."
-                            f"{offset + count}) have fingerprint {actual}, not {fp}; the file is "
-                            "damaged.")
+                yield Issue(
+                    ctx.loc(L.DATA_INDEX, row, ref.step),
+                    f"The values of tensor {tensor} (/{heap}, items {offset}.."
+                    f"{offset + count}) have fingerprint {actual}, not {fp}; the file is "
+                    "damaged.",
+                )
 
 
 @rule("TF-HIST-001", "Histograms name graph tensors and hold consistent ranges and counts")
@@ -255,8 +300,10 @@ def hist_rows(ctx: FileContext) -> Iterator[Issue]:
     for ref, view in ctx.step_graphs():
         start, count = ref.ranges[L.HISTS]
         if bins == 0 and count:
-            yield Issue(ctx.loc(L.STEPS, ref.row, ref.step),
-                        f"The step has {count} histograms, but the file's hist_bins is 0.")
+            yield Issue(
+                ctx.loc(L.STEPS, ref.row, ref.step),
+                f"The step has {count} histograms, but the file's hist_bins is 0.",
+            )
             continue
         rows = ctx.step_rows(ref, L.HISTS)
         if rows is None:
@@ -265,17 +312,26 @@ def hist_rows(ctx: FileContext) -> Iterator[Issue]:
         for k, (tensor, lo, hi, counts) in enumerate(rows.tolist()):
             loc = ctx.loc(L.HISTS, start + k, ref.step)
             if tensor >= view.n_tensors or tensor <= previous:
-                yield Issue(loc, f"Histogram row names tensor {tensor} (after {previous}); rows "
-                                 f"name strictly increasing tensors of the graph's "
-                                 f"{view.n_tensors}.")
+                yield Issue(
+                    loc,
+                    f"Histogram row names tensor {tensor} (after {previous}); rows "
+                    f"name strictly increasing tensors of the graph's "
+                    f"{view.n_tensors}.",
+                )
             elif not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
-                yield Issue(loc, f"Histogram of tensor {tensor} has range {lo}..{hi}; it must be "
-                                 "finite with lo <= hi.")
+                yield Issue(
+                    loc,
+                    f"Histogram of tensor {tensor} has range {lo}..{hi}; it must be "
+                    "finite with lo <= hi.",
+                )
             else:
                 numel = view.numel[tensor]
                 if numel is not None and sum(counts) > numel:
-                    yield Issue(loc, f"Histogram of tensor {tensor} counts {sum(counts)} values; "
-                                     f"the tensor has {numel}.")
+                    yield Issue(
+                        loc,
+                        f"Histogram of tensor {tensor} counts {sum(counts)} values; "
+                        f"the tensor has {numel}.",
+                    )
             previous = max(previous, tensor)
 
 
@@ -287,9 +343,11 @@ def event_rows(ctx: FileContext) -> Iterator[Issue]:
             continue
         for k, (_, op, tensor, _) in enumerate(rows.tolist()):
             if not (-1 <= op < view.n_ops and -1 <= tensor < view.n_tensors):
-                yield Issue(ctx.loc(L.EVENTS, ref.ranges[L.EVENTS][0] + k, ref.step),
-                            f"The event names op {op} and tensor {tensor}; the graph has "
-                            f"{view.n_ops} ops and {view.n_tensors} tensors (-1: none).")
+                yield Issue(
+                    ctx.loc(L.EVENTS, ref.ranges[L.EVENTS][0] + k, ref.step),
+                    f"The event names op {op} and tensor {tensor}; the graph has "
+                    f"{view.n_ops} ops and {view.n_tensors} tensors (-1: none).",
+                )
 
 
 @rule("TF-SCALAR-001", "A step's scalar names are distinct")
@@ -303,7 +361,8 @@ def scalar_names(ctx: FileContext) -> Iterator[Issue]:
             text = ctx.string(sid) if sid >= 0 else None
             key: object = text if text is not None else ("id", sid)
             if key in seen:
-                yield Issue(ctx.loc(L.SCALARS, ref.ranges[L.SCALARS][0] + k, ref.step),
-                            f"The scalar {text if text is not None else sid!r} appears twice "
-                            "in the step.")
+                yield Issue(
+                    ctx.loc(L.SCALARS, ref.ranges[L.SCALARS][0] + k, ref.step),
+                    f"The scalar {text if text is not None else sid!r} appears twice in the step.",
+                )
             seen.add(key)

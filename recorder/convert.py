@@ -1,0 +1,139 @@
+"""Translations between torch objects and what a trace stores: dtypes, raw bits, JSON attributes."""
+
+from __future__ import annotations
+
+import enum
+import re
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.weak import WeakTensorKeyDictionary
+
+from tracefmt.dtypes import DType
+
+_NAMES = [
+    "bool",
+    "uint8",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e5m2",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+    "float4_e2m1fn_x2",
+]
+
+#: ``torch.cuda.Event``, typed loosely (torch leaves it unannotated).
+CudaEvent: Any = torch.cuda.Event
+
+
+def weak_tensor_map() -> Any:
+    """A ``WeakTensorKeyDictionary``: keyed by tensor object identity, holding no reference."""
+    return WeakTensorKeyDictionary()
+
+
+class TensorMap:
+    """A map keyed by tensor *object*, holding only weak references to the keys.
+
+    The per-op hot path of the capture: ``WeakTensorKeyDictionary.get`` builds a weak reference
+    per lookup (about 4 us); this is a dict on ``id(t)`` whose entries keep a weak reference to
+    check that the object at that id is still the one stored (ids are reused once a tensor dies),
+    about 0.3 us.  Entries of dead tensors stay until the map is dropped (one step).
+    """
+
+    __slots__ = ("_d",)
+
+    def __init__(self) -> None:
+        self._d: dict[int, tuple[weakref.ref[Any], Any]] = {}
+
+    def get(self, t: Any, default: Any = None) -> Any:
+        entry = self._d.get(id(t))
+        if entry is not None and entry[0]() is t:
+            return entry[1]
+        return default
+
+    def __setitem__(self, t: Any, value: Any) -> None:
+        self._d[id(t)] = (weakref.ref(t), value)
+
+    def __contains__(self, t: Any) -> bool:
+        return self.get(t, _MISSING) is not _MISSING
+
+    def __len__(self) -> int:
+        return sum(1 for ref, _ in self._d.values() if ref() is not None)
+
+
+_MISSING = object()
+
+
+#: torch dtype -> tracefmt logical dtype, for every dtype both know.
+TORCH_TO_DTYPE: dict[torch.dtype, DType] = {
+    getattr(torch, n): DType.parse(n) for n in _NAMES if hasattr(torch, n)
+}
+
+# dtypes numpy cannot hold: read their raw bits through an unsigned integer of the same width.
+_RAW_BITS: dict[torch.dtype, torch.dtype] = {
+    d: torch.uint8
+    for n in _NAMES
+    if n.startswith("float8") or n.startswith("float4")
+    for d in [getattr(torch, n, None)]
+    if d is not None
+}
+_RAW_BITS[torch.bfloat16] = torch.int16
+
+_RAW_NUMPY = {torch.int16: np.uint16, torch.uint8: np.uint8}
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A C-contiguous CPU numpy array holding ``t``'s values or, for dtypes numpy lacks
+    (bfloat16, float8), their raw bits as unsigned integers of the same width."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    raw = _RAW_BITS.get(t.dtype)
+    if raw is not None:
+        return t.view(raw).numpy().view(_RAW_NUMPY[raw])
+    return t.numpy()
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def json_value(value: Any) -> Any:
+    """A non-tensor op argument as JSON data (numbers, strings, lists, dicts, None).
+
+    dtypes, devices, layouts and memory formats become their names; symbolic sizes their hint;
+    anything else its ``repr`` without memory addresses (``<... object at 0x7f...>`` would make
+    every step's graph differ), so an attribute never needs code to read back.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value  # tracefmt.records.encode_attrs keeps inf and nan
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+        return str(value)
+    if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return repr(value)
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, complex):
+        return {"real": value.real, "imag": value.imag}
+    if isinstance(value, torch.Generator):
+        return f"torch.Generator(device='{value.device}')"
+    return _ADDRESS.sub("", repr(value))

@@ -1,0 +1,336 @@
+"""``replayer check``: re-run a recorded step outside torch and compare every op with the record.
+
+How a step is replayed.  The selected ops are mapped to ONNX (:mod:`replayer.export.build`).  Each op's
+inputs come from the record where their values were recorded (*local* mode, the default: every
+op is checked on its own, so a mismatch names the op that caused it), else from the replay of
+their producer; ``chain`` mode feeds only the step's sources (parameters, inputs, optimizer state,
+random draws) and replays everything else, so errors accumulate along the step as they would in a
+re-run.  Producers outside the selection whose outputs were not recorded are replayed too
+(*support* ops, not reported).  Standard nodes run in ONNX Runtime, custom nodes in the ONNX
+reference evaluator with numpy references; the ops are grouped into as few batches as their
+dependencies allow (:mod:`replayer.check.stages`).
+
+Each op is then *checked* (its outputs compared: values, statistics and fingerprint, view layout,
+shape of uninitialized memory, plausibility of random draws), *skipped* (with the reason) or
+*failed* (see :mod:`replayer.check.compare` for tolerances).  ``feeds`` replace recorded tensors by
+name for a what-if replay (implies ``chain``); the report then lists how the outputs changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from replayer.check.addresses import layout_checks
+from replayer.check.compare import Comparison, compare_stats, compare_values, has_stats, tolerance
+from replayer.check.report import CHECKED, FAILED, SKIPPED, Change, CheckReport, OpResult
+from replayer.check.runtime import NOT_COMPUTED
+from replayer.check.stages import Replay
+from replayer.errors import ReplayError
+from replayer.export.build import OpUnit, load_selection, map_op, value_names
+from replayer.export.ops import RefArgs, plausibility_for
+from tracefmt.model import OpNode
+from tracefmt.reader import Step, Trace
+
+Progress = Callable[[int, int], None]
+#: How much an input's error may grow through one op, in chain mode (generous: errors measured
+#: against a tensor's scale grow without bound through division by near-zero elements).
+CHAIN_GROWTH = 32.0
+#: In chain mode no tolerance is below this many epsilons (at most 5%): rounding amplified by
+#: ops like Adam's division by sqrt(v) would otherwise read as mismatches.
+CHAIN_FLOOR_EPS = 8192
+
+
+def _resolve_feeds(
+    step: Step, names: list[str], feeds: Mapping[str, np.ndarray]
+) -> dict[int, np.ndarray]:
+    by_name = {n: i for i, n in enumerate(names)}
+    out: dict[int, np.ndarray] = {}
+    for name, array in feeds.items():
+        t = by_name.get(name)
+        if t is None:
+            raise ReplayError(
+                f"--feed {name!r}: no tensor of step {step.step} has that name; use "
+                "an ONNX value name as 'replayer export' writes it (a parameter "
+                "name such as 'h.0.mlp.c_fc.weight', or 't<index>')."
+            )
+        meta = step.tensors[t].meta
+        if tuple(array.shape) != meta.shape:
+            raise ReplayError(
+                f"--feed {name!r}: the array has shape {tuple(array.shape)}, the tensor {meta.shape}."
+            )
+        from replayer.check.compare import cast_to
+
+        out[t] = cast_to(array, meta.dtype)
+    return out
+
+
+def _run_set(
+    step: Step, selected: list[OpNode], chain: bool, fed: Mapping[int, np.ndarray]
+) -> list[int]:
+    """Selected ops plus the producers needed for inputs that the record cannot supply."""
+    chosen = {op.index for op in selected}
+    queue = list(selected)
+    while queue:
+        op = queue.pop()
+        for t in op.inputs:
+            rec = step.tensors[t]
+            producer = rec.meta.producer
+            if t in fed or producer is None or producer in chosen:
+                continue
+            if rec.has_values:
+                continue  # read from the record (both modes: its producer is outside)
+            chosen.add(producer)
+            queue.append(step.ops[producer])
+    return sorted(chosen)
+
+
+class _Checker:
+    def __init__(
+        self,
+        step: Step,
+        selected: list[OpNode],
+        chain: bool,
+        fed: dict[int, np.ndarray],
+        progress: Progress | None,
+    ) -> None:
+        self.step = step
+        self.chain = chain
+        self.fed = fed
+        self.names = value_names(step.tensors)
+        self.selected = {op.index for op in selected}
+        run = _run_set(step, selected, chain, fed)
+        self.units: dict[int, OpUnit] = {i: map_op(step, step.ops[i], self.names) for i in run}
+        self.replay = Replay(step, self.units, self.names, self.use_record, self.record, progress)
+        #: Per replayed tensor: its error relative to its scale, and the scale floor (the size of
+        #: the terms it sums) that error is measured against.
+        self.err: dict[int, float] = {}
+        self.floor: dict[int, float] = {}
+
+    def use_record(self, t: int) -> bool:
+        """Whether consumers read tensor ``t`` from the record (or the feed)."""
+        if t in self.fed:
+            return True
+        rec = self.step.tensors[t]
+        if not rec.has_values:
+            return False
+        if not self.chain:
+            return True
+        producer = rec.meta.producer
+        return producer is None or producer not in self.units
+
+    def record(self, t: int) -> np.ndarray:
+        return self.fed[t] if t in self.fed else self.step.tensors[t].values()
+
+    # -- judging -----------------------------------------------------------------------------
+    def _computed_inputs(self, unit: OpUnit) -> list[int]:
+        return [t for t in unit.op.inputs if not self.use_record(t)]
+
+    def _bit_exact(self, unit: OpUnit) -> bool:
+        return unit.exact and all(
+            self.use_record(t) or self.replay.exact.get(t, False) for t in unit.op.inputs
+        )
+
+    def judge(self, index: int, layout: Mapping[int, Comparison]) -> OpResult:
+        """Compare one replayed op with the record; also notes the error of its outputs, which
+        widens the tolerance of the ops that read them (so call it in op order)."""
+        unit = self.units[index]
+        op = unit.op
+        base: dict[str, Any] = {
+            "op": op.index,
+            "name": op.name,
+            "module": op.module,
+            "phase": op.phase.label,
+        }
+        problem = self.replay.problems.get(index)
+        if problem is not None:
+            return OpResult(status=SKIPPED, reason=problem, **base)
+        if not op.outputs:
+            return OpResult(
+                status=SKIPPED,
+                reason="returns no tensor (e.g. tensor.item()); the trace holds nothing to compare",
+                **base,
+            )
+        runtime = "onnxruntime" if unit.standard else "reference"
+        comparisons: list[Comparison] = []
+        tol_max = 0.0
+        draws: dict[int, np.ndarray] = {}
+        computed = self._computed_inputs(unit)
+        in_err = max((self.err.get(t, 0.0) for t in computed), default=0.0)
+        in_floor = max((self.floor.get(t, 0.0) for t in computed), default=0.0)
+        reduction = max(
+            unit.reduction,
+            int(self.replay.notes.get(f"reduction:{unit.nodes[0].name}", 1) if unit.nodes else 1),
+        )
+        bit_exact = self._bit_exact(unit)
+        for t in op.outputs:
+            rec = self.step.tensors[t]
+            name = self.names[t]
+            value = self.replay.env.get(name)
+            if value is None or value is NOT_COMPUTED:
+                continue
+            if tuple(value.shape) != rec.shape:
+                comparisons.append(
+                    Comparison(
+                        False,
+                        "values",
+                        detail=f"output {name} has shape {tuple(value.shape)}, recorded {rec.shape}",
+                    )
+                )
+                continue
+            base_tol = 0.0 if unit.exact else tolerance(rec.dtype, reduction)
+            growth = (2.0 if unit.exact else CHAIN_GROWTH) if self.chain else 4.0
+            tol = base_tol + growth * in_err
+            if self.chain and not unit.exact:
+                tol = max(tol, min(0.05, tolerance(rec.dtype) / 32 * CHAIN_FLOOR_EPS))
+            floor = self.replay.notes.get(f"scale:{name}", in_floor if unit.exact or self.chain else 0.0)
+            self.floor[t] = floor
+            self.err[t] = tol
+            tol_max = max(tol_max, tol)
+            if unit.random and any(n == name + ".recorded" for n, _ in unit.recorded_inputs):
+                draws[rec.meta.producer_slot] = value
+                self.err[t] = 0.0
+                continue
+            if not rec.has_values and plausibility_for(op.name) is not None:
+                # A fresh draw: its numbers cannot be replayed, and a handful of samples need not
+                # look like the recorded handful.  Nothing to compare without its values.
+                self.err[t] = 0.0
+                continue
+            if rec.has_values and t not in self.fed:
+                c = compare_values(
+                    value,
+                    self.replay.record(t),
+                    rec.dtype,
+                    tol or tolerance(rec.dtype, reduction),
+                    bit_exact,
+                    floor,
+                )
+                if c.max_rel is not None:
+                    self.err[t] = c.max_rel
+            elif rec.stats is not None and has_stats(rec.stats):
+                c = compare_stats(
+                    value, rec.stats, rec.dtype, tol or tolerance(rec.dtype, reduction), bit_exact
+                )
+            elif unit.uninitialized:
+                c = Comparison(True, "shape")
+            elif index in layout:
+                c = layout[index]
+            else:
+                continue
+            comparisons.append(c)
+        if draws:
+            check = plausibility_for(op.name)
+            args = RefArgs(op.name, [], [], op.attrs, {})
+            problem = check(args, draws) if check is not None else None
+            comparisons.append(Comparison(problem is None, "draws", detail=problem or ""))
+            runtime = "record"
+        if not comparisons:
+            return OpResult(
+                status=SKIPPED,
+                runtime=runtime,
+                reason="nothing recorded for its outputs (no values, statistics or strides)",
+                **base,
+            )
+        failed = [c for c in comparisons if not c.ok]
+        shown = failed or comparisons
+        methods = "+".join(sorted({c.method for c in comparisons}))
+        abs_errs = [c.max_abs for c in shown if c.max_abs is not None]
+        rel_errs = [c.max_rel for c in shown if c.max_rel is not None]
+        return OpResult(
+            status=FAILED if failed else CHECKED,
+            method=methods,
+            runtime=runtime,
+            max_abs=max(abs_errs) if abs_errs else None,
+            max_rel=max(rel_errs) if rel_errs else None,
+            tolerance=tol_max or None,
+            reason="; ".join(c.detail for c in failed if c.detail),
+            **base,
+        )
+
+    def what_if(self) -> tuple[list[Change], list[Change]]:
+        changes, outputs = [], []
+        consumed = {t for u in self.units.values() for t in u.op.inputs}
+        for index in sorted(self.selected):
+            op = self.units[index].op
+            for t in op.outputs:
+                rec = self.step.tensors[t]
+                value = self.replay.env.get(self.names[t])
+                if value is None or value is NOT_COMPUTED or value.size == 0:
+                    continue
+                new = np.asarray(value, dtype=np.float64)
+                if rec.has_values:
+                    old = np.asarray(rec.values(), dtype=np.float64)
+                    rel = _relative_change(new, old)
+                    before, after = _summary(old), _summary(new)
+                elif rec.stats is not None and rec.stats.mean is not None:
+                    mean, std = rec.stats.mean, rec.stats.std or 0.0
+                    scale = float(np.hypot(mean, std)) or 1.0
+                    finite = new[np.isfinite(new)]
+                    new_mean = float(finite.mean()) if finite.size else float("nan")
+                    new_std = float(finite.std()) if finite.size else float("nan")
+                    rel = max(abs(new_mean - mean), abs(new_std - std)) / scale
+                    before, after = f"mean {mean:.6g}", f"mean {new_mean:.6g}"
+                else:
+                    continue
+                change = Change(op.index, self.names[t], op.module, before, after, rel)
+                changes.append(change)
+                if t not in consumed:
+                    outputs.append(change)
+        changes.sort(key=lambda c: -c.rel_change if np.isfinite(c.rel_change) else -np.inf)
+        return changes, outputs
+
+
+def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
+    """Largest change relative to the recorded tensor's RMS (non-finite elements that stayed the
+    same count as unchanged)."""
+    same = (new == old) | (np.isnan(new) & np.isnan(old))
+    finite = np.isfinite(old)
+    scale = float(np.sqrt(np.mean(np.square(old[finite])))) if finite.any() else 1.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(same, 0.0, np.abs(np.where(np.isfinite(new) & finite, new - old, np.inf)))
+    return float(diff.max()) / (scale or 1.0) if diff.size else 0.0
+
+
+def _summary(x: np.ndarray) -> str:
+    return f"{float(x.reshape(-1)[0]):.6g}" if x.size == 1 else f"mean {float(x.mean()):.6g}"
+
+
+def check_step(
+    trace: Trace,
+    step: int,
+    *,
+    rank: int | None = None,
+    phase: str = "all",
+    module: str | None = None,
+    chain: bool = False,
+    feeds: Mapping[str, np.ndarray] | None = None,
+    progress: Progress | None = None,
+) -> CheckReport:
+    """Replay one step and compare every selected op with the record (module docstring)."""
+    t0 = time.perf_counter()
+    loaded, selected = load_selection(trace, step, rank, phase, module)
+    names = value_names(loaded.tensors)
+    fed = _resolve_feeds(loaded, names, feeds or {})
+    chain = chain or bool(fed)
+    checker = _Checker(loaded, selected, chain, fed, progress)
+    checker.replay.run()
+    layout = layout_checks(
+        loaded, [checker.units[op.index] for op in selected], checker.names, checker.replay
+    )
+    judged = {index: checker.judge(index, layout) for index in sorted(checker.units)}
+    results = [judged[op.index] for op in selected]
+    report = CheckReport(
+        loaded.step,
+        loaded.rank,
+        phase,
+        "chain" if chain else "local",
+        results,
+        feeds=sorted(feeds or {}),
+    )
+    if fed:
+        report.changes, report.outputs = checker.what_if()
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,0 +1,134 @@
+"""The tracefmt CLI, driven through click's CliRunner: output and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import tracefmt
+from tracefmt.cli import main
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_info_table_and_json(small_trace: Path) -> None:
+    code, out, _ = run("info", str(small_trace))
+    assert code == 0
+    assert "Bytes by kind" in out
+    assert "values" in out
+    code, out, _ = run("info", str(small_trace), "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert data["rank_info"][0]["steps"] == 5
+    assert data["format_version"] == "1.1"  # the file's version, as the writer wrote it
+    assert data["provenance"]["h5py"]
+    assert {k["kind"] for k in data["rank_info"][0]["bytes_by_kind"]} >= {"graph", "stats", "values"}
+
+
+def test_ls_lists_every_step(small_trace: Path) -> None:
+    code, out, _ = run("ls", str(small_trace), "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert all(r["num_values"] == rows[0]["num_tensors"] for r in rows)
+    code, out, _ = run("ls", str(small_trace))
+    assert code == 0
+    assert "step" in out
+
+
+def test_ls_elides_long_runs(tmp_path: Path) -> None:
+    from tests.synth import write_synthetic
+
+    path = tmp_path / "long.tft.h5"
+    write_synthetic(path, steps=60, fsync=False)
+    code, out, _ = run("ls", str(path))
+    assert code == 0
+    assert "20 more" in out
+    assert "--all" in out
+    code, out, _ = run("ls", str(path), "--all")
+    assert "more" not in out
+
+
+def test_show_filters_and_sorts(small_trace: Path) -> None:
+    code, out, _ = run("show", str(small_trace), "--step", "2", "--json", "--phase", "forward")
+    data = json.loads(out)
+    assert code == 0
+    assert data["ops"]
+    assert {op["phase"] for op in data["ops"]} == {"forward"}
+    code, out, _ = run("show", str(small_trace), "--step", "2", "--json", "--module", "layers.1*")
+    assert {op["module"] for op in json.loads(out)["ops"]} == {"layers.1", "layers.1.act"}
+    code, out, _ = run("show", str(small_trace), "--step", "2", "--json", "--op", "relu*")
+    assert {op["name"] for op in json.loads(out)["ops"]} == {"aten::relu.default"}
+    code, out, _ = run("show", str(small_trace), "--step", "2", "--json", "--sort", "time")
+    times = [op["host_ns"] for op in json.loads(out)["ops"]]
+    assert times == sorted(times, reverse=True)
+    code, out, _ = run("show", str(small_trace), "--step", "2")
+    assert code == 0
+    assert "mm.default" in out
+    assert "layers.0" in out
+
+
+def test_dump_writes_npy_without_pickle(small_trace: Path, tmp_path: Path) -> None:
+    out = tmp_path / "w.npy"
+    code, text, _ = run(
+        "dump", str(small_trace), "--step", "1", "--tensor", "layers.0.weight", "-o", str(out)
+    )
+    assert code == 0, text
+    got = np.load(out, allow_pickle=False)
+    with tracefmt.open(small_trace) as trace:
+        named = [t for t in trace.step(1).tensors if t.name == "layers.0.weight"]
+        want = named[-1].values().astype(np.float32)  # a name means its last version in the step
+    np.testing.assert_array_equal(got, want)
+    code, _, _ = run("dump", str(small_trace), "--step", "1", "--tensor", "1", "--raw", "-o", str(out))
+    assert code == 0
+    assert np.load(out).dtype == np.uint16
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("show", "{p}", "--step", "999"),
+        ("dump", "{p}", "--step", "1", "--tensor", "nope", "-o", "x.npy"),
+        ("show", "{p}", "--step", "1", "--rank", "3"),
+    ],
+)
+def test_trace_errors_are_one_line(small_trace: Path, args: tuple[str, ...]) -> None:
+    code, out, err = run(*(a.format(p=small_trace) for a in args))
+    assert code == 2
+    assert err.startswith("error: ")
+    assert err.count("\n") == 1
+    assert "Traceback" not in out + err
+
+
+def test_not_a_trace(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.tft.h5"
+    bogus.write_bytes(b"not hdf5 at all")
+    code, _, err = run("info", str(bogus))
+    assert code == 2
+    assert "not a readable HDF5 file" in err
+
+
+def test_validate_exit_codes(small_trace: Path, tmp_path: Path) -> None:
+    code, out, _ = run("validate", str(small_trace), "--deep")
+    assert code == 0
+    assert "valid" in out
+    import h5py
+
+    with h5py.File(small_trace, "r+") as f:
+        row = f["steps"][1]
+        row["step"] = 0  # steps no longer strictly increasing
+        f["steps"][1] = row
+    code, out, _ = run("validate", str(small_trace), "--json")
+    assert code == 1
+    assert any(f["rule"].startswith("TF-STEP") for f in json.loads(out))
+    bogus = tmp_path / "bogus.tft.h5"
+    bogus.write_bytes(b"not hdf5")
+    code, _, _ = run("validate", str(bogus))
+    assert code == 2
