@@ -50,6 +50,7 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check tracefmt recorder replayer tests bench
+	$(VENV)/bin/ruff format --check tracefmt recorder replayer tests bench
 
 typecheck: setup
 	$(VENV)/bin/mypy tracefmt replayer recorder
