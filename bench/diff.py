@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 import tracefmt
-from replayer.diff.steps import diff_steps
+from replayer.diff.core import diff_steps
 from tracefmt import DType, GraphBuilder, Phase, Role, StepRecord, TraceWriter
 from tracefmt.records import STATS_DTYPE, Graph
 

@@ -17,7 +17,7 @@ from onnx import helper
 from replayer.export.build import IR_VERSION, OPSET
 from replayer.export.custom import ATEN_DOMAIN, DOMAIN_VERSION, decode_custom
 from replayer.export.ops import RefArgs, reference_for
-from replayer.export.ops._context import numpy_dtype
+from replayer.export.ops.opcontext import numpy_dtype
 from tracefmt.model import TensorMeta
 
 #: Marks an output a reference did not compute (a zero-size float array is never a real output

@@ -6,10 +6,10 @@ sides (:mod:`replayer.diff.runs`); the typed results are in :mod:`replayer.diff.
 text, JSON and HTML renderings in :mod:`replayer.diff.render`.
 """
 
+from replayer.diff.core import diff_steps, divergent_ops
 from replayer.diff.render import render, to_json, write_html
 from replayer.diff.results import RunDiff, Status, StepDiff
 from replayer.diff.runs import Side, diff_runs, diff_sides, parse_side
-from replayer.diff.steps import diff_steps, divergent_ops
 
 __all__ = [
     "RunDiff",

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import tracefmt
+from replayer.diff.core import diff_steps
 from replayer.diff.results import RunDiff, StepDiff, StepVerdict
-from replayer.diff.steps import diff_steps
 from replayer.errors import ReplayError
 from tracefmt.reader import Trace
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from replayer.diff.align import Alignment, align_keys, occurrences, op_keys
-from replayer.diff.graph import attrs_differ, chain_to, find_loss
+from replayer.diff.lineage import attrs_differ, chain_to, find_loss
 from replayer.diff.numeric import compare_scalars, measure, tolerance_for
 from replayer.diff.results import (
     Counts,

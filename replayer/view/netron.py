@@ -279,8 +279,8 @@ def prepare_diff(
     """Diff two ``TRACE[:STEP][@RANK]`` sides (:func:`replayer.diff.runs.diff_sides`) and pick
     side B's step to show: the diffed step, or for whole runs the first step that is not
     bit-identical (the first common step when none differs)."""
+    from replayer.diff.core import divergent_ops
     from replayer.diff.runs import diff_sides, parse_side
-    from replayer.diff.steps import divergent_ops
 
     sb = parse_side(side_b)
     parse_side(side_a)

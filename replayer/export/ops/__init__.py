@@ -25,8 +25,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from replayer.export.ops._context import OpContext, Unsupported
 from replayer.export.ops._refargs import RefArgs, Reference
+from replayer.export.ops.opcontext import OpContext, Unsupported
 
 _T = TypeVar("_T")
 Mapper = Callable[[OpContext], None]

@@ -64,7 +64,7 @@ class RefArgs:
         return default if value is None else value
 
     def out_dtype(self, slot: int = 0) -> np.dtype[Any]:
-        from replayer.export.ops._context import numpy_dtype
+        from replayer.export.ops.opcontext import numpy_dtype
 
         meta = self.outputs.get(slot)
         if meta is None:

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from replayer.export.onnx_types import onnx_type
 from replayer.export.ops import OpContext, RefArgs, Unsupported, plausible, register
-from replayer.export.ops._context import numpy_dtype
+from replayer.export.ops.opcontext import numpy_dtype
 from tracefmt.dtypes import DType
 
 

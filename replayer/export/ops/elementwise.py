@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from replayer.export.ops import Mapper, OpContext, Unsupported, register
-from replayer.export.ops._context import is_float, promote
+from replayer.export.ops.opcontext import is_float, promote
 from tracefmt.dtypes import DType
 
 

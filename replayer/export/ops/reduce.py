@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from replayer.export.ops import Mapper, OpContext, Unsupported, register
-from replayer.export.ops._context import is_float
+from replayer.export.ops.opcontext import is_float
 from tracefmt.dtypes import DType
 
 

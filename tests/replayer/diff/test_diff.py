@@ -18,9 +18,9 @@ pytest.importorskip("torch", reason="recording the test runs needs torch")
 
 import tracefmt
 from replayer.cli import main
+from replayer.diff.core import diff_steps, divergent_ops
 from replayer.diff.results import RunDiff, Status, StepDiff
 from replayer.diff.runs import diff_sides
-from replayer.diff.steps import diff_steps, divergent_ops
 from tracefmt.model import Phase, Role
 
 PERTURBED = "l1.fc.weight"

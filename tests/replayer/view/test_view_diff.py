@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 import tracefmt
 from replayer.cli import main
+from replayer.diff.core import divergent_ops
 from replayer.diff.results import StepDiff
 from replayer.diff.runs import diff_sides
-from replayer.diff.steps import divergent_ops
 from replayer.view.netron import (
     DIVERGED_KEY,
     DIVERGED_PREFIX,

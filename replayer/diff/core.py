@@ -6,7 +6,7 @@ execution order to find the **origin**: the first op that read a tensor which al
 when it entered the step (a parameter, a batch) or that read bit-identical inputs and wrote
 different outputs (a random op with another seed, a nondeterministic kernel).  Structural
 differences (ops only one side ran, changed dtypes, shapes, attributes) are reported apart.
-The walk itself is :mod:`replayer.diff.walk`; graph helpers are in :mod:`replayer.diff.graph`.
+The walk itself is :mod:`replayer.diff.walk`; graph helpers are in :mod:`replayer.diff.lineage`.
 
 Tensors without statistics (views, uninitialised buffers) are *unknown*; they count as diverged
 when the op that made them read diverged inputs, so a view of a changed parameter does not look
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import gc
 
-from replayer.diff.graph import attrs_differ, chain_to, find_loss
+from replayer.diff.lineage import attrs_differ, chain_to, find_loss
 from replayer.diff.results import RunDiff, StepDiff
 from replayer.diff.walk import StepWalk
 from replayer.errors import ReplayError
