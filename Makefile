@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Tools the tests use from Debian (h5dump for the layout test, chromium for the replayer's Netron
-# browser test, a C compiler for the recorder's one-pass statistics kernel).  Installed when
-# missing and we are root.
+# Tools the tests use from Debian (h5dump for the layout test, chromium for the Netron browser
+# tests, which Playwright from the dev extra drives by executable path, a C compiler for the
+# recorder's one-pass statistics kernel).  Installed when missing and we are root.
 system-deps:
 	@if ! command -v h5dump >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -20,10 +20,11 @@ when the cost grows linearly with the op count).
 ``netron``: for the GPT example's step 1 (recorded here with ``python -m recorder.examples.gpt
 --steps 2 --values all`` unless ``--gpt TRACE`` is given), the default ``replayer view``
 (forward phase, depth chosen from the op count) served by netron and opened in headless
-Chromium by :func:`replayer.browser.render`, as in the browser test: ``first_graph_s`` is the time
-from navigation to the first rendered graph node; ``nodes`` the rendered top-level nodes and
-``expected_nodes`` the exported ones.  Null (with ``netron_skipped`` saying why) without Chromium
-or torch.  Goal: export and check linear in op count; the GPT default view under 5 s.
+Chromium by the browser tests' harness (:func:`tests.browser.render`, Playwright driving the
+system's Chromium): ``first_graph_s`` is the time from navigation to the first rendered graph
+node; ``nodes`` the rendered top-level nodes and ``expected_nodes`` the exported ones.  Null (with
+``netron_skipped`` saying why) without Chromium, Playwright or torch.  Goal: export and check
+linear in op count; the GPT default view under 5 s.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def _gelu_backward(g: np.ndarray, x: np.ndarray) -> np.ndarray:
     erf = np.frompyfunc(math.erf, 1, 1)
     cdf = 0.5 * (1 + np.asarray(erf(x / math.sqrt(2)), dtype=np.float64))
     pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-    return (g * (cdf + x * pdf)).astype(np.float32)
+    out: np.ndarray = (g * (cdf + x * pdf)).astype(np.float32)
+    return out
 
 
 def synthetic_step(n_ops: int, seed: int = 0) -> StepRecord:
@@ -153,11 +155,17 @@ def measure_size(n_ops: int, folder: Path, reps: int) -> dict[str, Any]:
 
 
 def measure_netron(gpt: str | None, folder: Path) -> tuple[dict[str, Any] | None, str | None]:
-    from replayer.browser import find_chromium, render
     from replayer.view.netron import serve_step, stop
 
-    if find_chromium() is None:
-        return None, "chromium is not installed (make system-deps)"
+    # The harness lives with the tests (it is no part of the shipped packages): import it from
+    # the checkout.
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.browser import render, unavailable
+
+    why = unavailable()
+    if why is not None:
+        return None, why
     if gpt is None:
         try:
             import importlib.util

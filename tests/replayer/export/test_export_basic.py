@@ -100,7 +100,7 @@ def test_large_values_go_to_external_data(small_trace: Path, tmp_path: Path) -> 
 def test_replayer_imports_and_runs_without_torch(small_trace: Path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import tracefmt, replayer, replayer.cli, replayer.view.netron, replayer.browser\n"
+        "import tracefmt, replayer, replayer.cli, replayer.view.netron\n"
         f"t = tracefmt.open({str(small_trace)!r})\n"
         "m, _ = replayer.export_step(t, 1, depth=0)\n"
         "r = replayer.check_step(t, 1, phase='forward')\n"

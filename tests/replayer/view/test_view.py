@@ -1,9 +1,11 @@
 """``replayer view``: Netron on 127.0.0.1, defaults for large steps, and the page in Chromium.
 
-The browser tests drive headless Chromium (``make system-deps`` installs it) over the DevTools
-pipe; without Chromium they skip and say so.  Netron's web UI refuses to show models about 180
-days after its build; two tests notice that: one reads the build date, one serves a copy of the
-UI dated in the past and checks that :func:`replayer.browser.render` reports the refusal.
+The browser tests drive headless Chromium with Playwright (``tests/browser.py``); ``make setup``
+installs Playwright (the dev extra) and ``make system-deps`` installs Chromium.  Without either
+they skip and say so, except in CI (``CI`` set), where they fail.  Netron's web UI refuses to
+show models about 180 days after its build; two tests notice that: one reads the build date, one
+serves a copy of the UI dated in the past and checks that :func:`tests.browser.render` reports
+the refusal.
 """
 
 from __future__ import annotations
@@ -26,25 +28,35 @@ import onnx
 import pytest
 
 import tracefmt
-from replayer.browser import EXPIRY_TEXT, find_chromium, render
 from replayer.view.netron import NODE_BUDGET, prepare, serve_step, stop
+from tests.browser import EXPIRY_TEXT, render, unavailable
 from tracefmt import DType, GraphBuilder, Phase, Role, StepRecord, TraceWriter
 from tracefmt.records import empty_stats
 
 ROOT = Path(__file__).resolve().parents[3]
-_NO_CHROMIUM = "chromium is not installed; `make system-deps` installs it (apt-get install chromium)"
 
 
 @pytest.fixture
 def chromium() -> None:
-    """Skip without Chromium, except in CI (``CI`` set), where the browser tests must run."""
-    if find_chromium() is None:
+    """Skip without Chromium or Playwright, except in CI (``CI`` set), where the browser tests
+    must run."""
+    why = unavailable()
+    if why is not None:
         if os.environ.get("CI"):
-            pytest.fail(_NO_CHROMIUM)
-        pytest.skip(_NO_CHROMIUM)
+            pytest.fail(f"The browser tests must run in CI: {why}")
+        pytest.skip(why)
 
 
 needs_chromium = pytest.mark.usefixtures("chromium")
+
+
+def test_a_missing_chromium_is_named_with_its_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The skip (or, in CI, the failure) says what is missing and how to install it."""
+    monkeypatch.setenv("PATH", "")
+    why = unavailable()
+    assert why is not None
+    assert "chromium" in why
+    assert "make system-deps" in why
 
 
 @pytest.fixture

@@ -1,0 +1,134 @@
+"""Test harness: does Netron render a served model?  Headless Chromium driven by Playwright.
+
+Used by the browser tests (``tests/replayer/view``) and ``bench/replay.py``; it lives here, not in
+the shipped packages, because only they need a browser.  Playwright drives the system's Chromium
+(``make system-deps`` installs Debian's) by ``executable_path``: Playwright's own browser
+downloads are never used, so this works offline.
+
+:func:`render` opens a Netron page in a fresh profile (with the ``consent`` cookie set, or a
+consent dialog blocks the view), waits until the graph is drawn, and returns the number of
+top-level nodes, the time to first rendered graph, any message Netron showed instead (such as
+its expiry notice, "Please update to the newest version.") and a PNG screenshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+#: Netron's refusal of a build older than 180 days.
+EXPIRY_TEXT = "Please update to the newest version"
+#: Chromium executables looked for on PATH, in order.
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+# A small /dev/shm (containers) crashes tabs unless Chromium keeps shared memory in /tmp; Netron
+# draws SVG, so no GPU (nor software GL) is needed.
+_ARGS = ["--disable-dev-shm-usage", "--disable-gpu"]
+
+# Netron replaces window.eval with a function that throws, so page.evaluate() fails on its pages:
+# everything is read through locators, which run in Playwright's own isolated world.
+#: Graph nodes drawn at the top level (not those inside an expanded module node).
+TOP_LEVEL_NODES = "#canvas .graph-node:not(.graph-node .graph-node)"
+#: Netron's message box (errors, the expiry notice).
+MESSAGE = "#message-text"
+
+
+@dataclass(frozen=True)
+class Render:
+    """What the page showed: top-level nodes, seconds to first graph (NaN if none), the
+    message box's text and a PNG screenshot."""
+
+    nodes: int
+    seconds: float
+    message: str
+    screenshot: bytes
+
+    @property
+    def expired(self) -> bool:
+        """Netron refused to show the model because its build is too old."""
+        return EXPIRY_TEXT in self.message
+
+
+def find_chromium() -> str | None:
+    """The Chromium (or Chrome) executable on PATH, if any."""
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def unavailable() -> str | None:
+    """Why :func:`render` cannot run here (a sentence naming the fix), or None when it can."""
+    if find_chromium() is None:
+        return "chromium is not installed; `make system-deps` installs it (apt-get install chromium)."
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed; `make setup` installs it (the dev extra)."
+    return None
+
+
+def render(
+    url: str, *, timeout: float = 60.0, settle: float = 0.5, executable: str | None = None
+) -> Render:
+    """Open ``url`` (a Netron page) in headless Chromium and wait for its graph.
+
+    Returns once the first node has been drawn and ``settle`` more seconds have passed, once
+    Netron shows its expiry notice, or after ``timeout`` seconds (then ``seconds`` is NaN and
+    ``nodes`` whatever was drawn, so a test's assertion shows what the page said).
+    """
+    from playwright.sync_api import sync_playwright
+
+    exe = executable or find_chromium()
+    if exe is None:
+        raise RuntimeError(unavailable() or "chromium is not installed.")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=exe, headless=True, args=_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            parts = urlsplit(url)
+            # Netron's own cookie value is the consent time in milliseconds.
+            consent = str(int(time.time() * 1000))
+            origin = f"{parts.scheme}://{parts.netloc}/"
+            context.add_cookies([{"name": "consent", "value": consent, "url": origin}])
+            return _watch(context.new_page(), url, timeout, settle)
+        finally:
+            browser.close()
+
+
+def _watch(page: Page, url: str, timeout: float, settle: float) -> Render:
+    """Navigate ``page`` to ``url`` and record what it shows (see :func:`render`)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    nodes = page.locator(TOP_LEVEL_NODES)
+    refusal = page.locator(MESSAGE, has_text=EXPIRY_TEXT)
+    start = time.monotonic()
+    page.goto(url, wait_until="commit", timeout=timeout * 1000)
+    left = max(timeout - (time.monotonic() - start), 0.001)
+    with contextlib.suppress(PlaywrightTimeout):  # then report what the page shows
+        nodes.or_(refusal).first.wait_for(state="attached", timeout=left * 1000)
+    elapsed = time.monotonic() - start
+    drawn = nodes.count()
+    if drawn > 0 and refusal.count() == 0:
+        page.wait_for_timeout(settle * 1000)
+        drawn = nodes.count()
+    return Render(
+        nodes=drawn,
+        seconds=elapsed if drawn > 0 else math.nan,
+        message=_message(page),
+        screenshot=page.screenshot(type="png"),
+    )
+
+
+def _message(page: Page) -> str:
+    """The text of Netron's message box, or "" when the page has none."""
+    box = page.locator(MESSAGE)
+    return box.first.inner_text(timeout=5000) if box.count() else ""
