@@ -1,37 +1,38 @@
-"""From checked rows to the domain: :class:`Step`, :class:`StepSummary`, graphs and strings.
+"""From a step's checked rows to the domain: :class:`Step` and :class:`StepSummary`.
 
 :class:`~tracefmt._rankfile.RankFile` owns the HDF5 side (which rows exist, how many bytes the file
-can back, reading a torn chunk again); this module owns what the rows mean.  It checks every
-reference from one table into another (an op's edges, an edge's tensor, a tensor's producer and
-dimensions, a value row's tensor, an event's op and tensor, a string's bytes) and decodes enum
-codes, UTF-8 and op attributes, so a hostile row becomes a :class:`~tracefmt.errors.TraceFormatError`
-naming the file and step.  It reads nothing itself: strings and values come through callables.
+can back, reading a torn chunk again) and :mod:`tracefmt._graphdecode` a step's graph; this module
+owns what a step's own rows mean.  It checks every reference they make into the graph (a value
+row's tensor, a histogram's, an event's op and tensor, the op and tensor of a step's own attributes
+and storage offsets) and decodes statistics and op attributes, so a hostile row becomes a
+:class:`~tracefmt.errors.TraceFormatError` naming the file and step.  It reads nothing itself:
+strings and values come through callables.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tracefmt import _layout as L
-from tracefmt.dtypes import DType
-from tracefmt.errors import TraceError, TraceFormatError
-from tracefmt.model import (
-    Event,
-    Histogram,
-    OpNode,
-    Phase,
-    Role,
-    TensorMeta,
-    TensorRecord,
-    TensorStats,
+from tracefmt._graphdecode import GraphData
+from tracefmt._rows import (
+    DataRow,
+    EventRow,
+    HistRow,
+    OpAttrsRow,
+    ScalarRow,
+    TensorOffsetRow,
+    named,
 )
-from tracefmt.records import decode_attrs
+from tracefmt.attrcodec import decode_attrs
+from tracefmt.errors import TraceError, TraceFormatError
+from tracefmt.model import Event, Histogram, OpNode, TensorMeta, TensorRecord, TensorStats
 
 #: ``load_values(tensor, meta, offset, count, fingerprint)``: one tensor's values of one step.
 ValuesLoader = Callable[[int, TensorMeta, int, int, int], np.ndarray]
@@ -84,32 +85,16 @@ class Step:
 
 
 @dataclass(frozen=True)
-class GraphData:
-    """A decoded graph, shared by every step that uses it: op tuples and tensor metadata.
+class StepRows:
+    """The rows of one step: its row of the step index, and its rows of each per-step table.
 
-    The ops and tensors carry the graph's *base* attributes and storage offsets, those stored in
-    its ``ops`` and ``tensors`` rows (the first step that used the graph had them);
-    :func:`decode_step` puts a step's own in their place.
+    ``tables`` maps each table of :data:`~tracefmt._layout.STEP_RANGES` and
+    :data:`~tracefmt._layout.OVERRIDE_RANGES` to the step's slice of it, read and bounds-checked
+    (the override tables are empty before format 1.1: every op and tensor has the graph's values).
     """
 
-    ops: tuple[tuple[Any, ...], ...]
-    metas: tuple[TensorMeta, ...]
-
-
-@dataclass(frozen=True)
-class StepRows:
-    """The rows of one step, each table's slice already read and bounds-checked."""
-
-    step: np.void  # its row of the step index
-    stats: np.ndarray
-    op_stats: np.ndarray
-    data: np.ndarray
-    hists: np.ndarray
-    events: np.ndarray
-    scalars: np.ndarray
-    #: The step's ``op_attrs`` and ``tensor_offsets`` rows: its values that differ from the
-    #: graph's (none before format 1.1).
-    overrides: tuple[np.ndarray, np.ndarray]
+    step: np.void
+    tables: Mapping[str, np.ndarray]
 
 
 def decode_summaries(
@@ -159,87 +144,6 @@ def decode_summaries(
     ]
 
 
-def decode_graph(
-    g: int,
-    ops: np.ndarray,
-    edges: np.ndarray,
-    tensors: np.ndarray,
-    dims: list[int],
-    where: str,
-    string: Callable[[int], str | None],
-) -> GraphData:
-    """Graph ``g`` from its rows of the ops, edges and tensors tables and its dimensions.
-
-    ``string(sid)`` resolves an interned string (``None`` for "no string").
-    """
-    n_ops, n_edges, n_tensors = len(ops), len(edges), len(tensors)
-
-    def text(sid: int) -> str:
-        return string(sid) or ""
-
-    try:
-        metas = tuple(_meta(t, dims, n_ops, where, text) for t in tensors.tolist())
-        parsed = []
-        edge_list = edges.tolist()
-        for i, (name, phase, module, attrs, source, i0, ni, o0, no) in enumerate(ops.tolist()):
-            if i0 + ni > n_edges or o0 + no > n_edges:
-                raise TraceFormatError(f"{where}: op {i} has edges outside its graph.")
-            ins = edge_list[i0 : i0 + ni]
-            outs = edge_list[o0 : o0 + no]
-            for t, _, _ in ins + outs:
-                if t >= n_tensors:
-                    raise TraceFormatError(
-                        f"{where}: op {i} names tensor {t}, but the graph has {n_tensors}."
-                    )
-            attr_text = string(attrs)
-            parsed.append(
-                (
-                    i,
-                    text(name),
-                    Phase(phase),
-                    text(module),
-                    tuple(e[0] for e in ins),
-                    tuple(e[0] for e in outs),
-                    tuple((e[1], e[2]) for e in ins),
-                    {} if attr_text is None else decode_attrs(attr_text),
-                    string(source),
-                )
-            )
-    except ValueError as e:  # bad enum code, bad JSON
-        if isinstance(e, TraceError):
-            raise
-        raise TraceFormatError(f"{where}: graph {g} is malformed: {e}") from e
-    return GraphData(tuple(parsed), metas)
-
-
-def _meta(
-    t: tuple[Any, ...], dims: list[int], n_ops: int, where: str, text: Callable[[int], str]
-) -> TensorMeta:
-    dtype, role, ndim, d0, device, name, producer, slot, version, offset = t
-    if ndim > L.MAX_NDIM or d0 + 2 * ndim > len(dims):
-        raise TraceFormatError(f"{where}: a tensor's dimensions lie outside /{L.DIMS}.")
-    shape = tuple(dims[d0 : d0 + ndim])
-    strides = tuple(dims[d0 + ndim : d0 + 2 * ndim])
-    if any(d < 0 for d in shape):
-        raise TraceFormatError(f"{where}: a tensor has a negative dimension {shape}.")
-    if not -1 <= producer < n_ops:
-        raise TraceFormatError(
-            f"{where}: a tensor names producer op {producer}, but the graph has {n_ops} ops."
-        )
-    return TensorMeta(
-        dtype=DType(dtype),
-        shape=shape,
-        strides=None if ndim and all(s == -1 for s in strides) else strides,
-        device=text(device),
-        role=Role(role),
-        name=text(name) or None,
-        producer=None if producer < 0 else producer,
-        producer_slot=slot,
-        version=version,
-        storage_offset=offset,
-    )
-
-
 def decode_step(
     rows: StepRows,
     graph: GraphData,
@@ -259,62 +163,47 @@ def decode_step(
     ``text(sid)`` resolves an interned string ("" for none); ``load_values`` reads one tensor's
     values when :meth:`~tracefmt.model.TensorRecord.values` asks.
     """
-    r = rows.step
+    r, tables = rows.step, rows.tables
     n_ops, n_tensors = len(graph.ops), len(graph.metas)
-    stats_count, op_count = len(rows.stats), len(rows.op_stats)
-    values: dict[int, tuple[int, int, int]] = {}
-    for t, offset, count, fp in rows.data.tolist():
-        if t >= n_tensors:
+    values: dict[int, DataRow] = {}
+    for d in named(tables[L.DATA_INDEX], DataRow):
+        if d.tensor >= n_tensors:
             raise TraceFormatError(
-                f"{where}: values recorded for tensor {t}, but the graph has {n_tensors}."
+                f"{where}: values recorded for tensor {d.tensor}, but the graph has {n_tensors}."
             )
-        values[t] = (offset, count, fp)
+        values[d.tensor] = d
     histograms: dict[int, Histogram] = {}
-    for h in rows.hists:
-        t = int(h["tensor"])
-        if t >= n_tensors:
-            raise TraceFormatError(f"{where}: histogram for tensor {t} is out of range.")
-        histograms[t] = Histogram(
-            float(h["lo"]), float(h["hi"]), tuple(int(c) for c in h["counts"][:hist_bins])
-        )
-    stat_list = rows.stats.tolist()
-    metas = _step_metas(graph.metas, rows.overrides[1], where)
+    for h in named(tables[L.HISTS], HistRow):
+        if h.tensor >= n_tensors:
+            raise TraceFormatError(f"{where}: histogram for tensor {h.tensor} is out of range.")
+        histograms[h.tensor] = Histogram(h.lo, h.hi, tuple(h.counts[:hist_bins]))
+    stats = _stats(tables[L.STATS])
+    metas = _step_metas(graph.metas, tables[L.TENSOR_OFFSETS], where)
     tensors = tuple(
         TensorRecord(
             index=i,
             meta=meta,
-            stats=_stats(stat_list[i]) if stats_count else None,
+            stats=stats[i] if stats else None,
             histogram=histograms.get(i),
             has_values=i in values,
-            _load=None if i not in values else functools.partial(load_values, i, meta, *values[i]),
+            _load=None if i not in values else _loader(load_values, i, meta, values[i]),
         )
         for i, meta in enumerate(metas)
     )
-    timing = rows.op_stats.tolist()
-    own = _step_attrs(rows.overrides[0], n_ops, where, text)
-    ops = tuple(
-        OpNode(
-            index=i,
-            name=name,
-            phase=phase,
-            module=module,
-            inputs=ins,
-            outputs=outs,
-            input_args=args,
-            attrs=own.get(i, attrs),
-            source=source,
-            host_ns=_opt(timing[i][0]) if op_count else None,
-            device_ns=_opt(timing[i][1]) if op_count else None,
-            mem_bytes=_opt(timing[i][2]) if op_count else None,
-        )
-        for i, name, phase, module, ins, outs, args, attrs, source in graph.ops
-    )
+    own = _step_attrs(tables[L.OP_ATTRS], n_ops, where, text)
+    # A step with no timing and no attributes of its own shares its graph's ops.
+    ops = graph.ops if not own and not len(tables[L.OP_STATS]) else _step_ops(graph, own, tables)
     event_list = []
-    for kind, op, tensor, message in rows.events.tolist():
-        if op >= n_ops or tensor >= n_tensors:
+    for e in named(tables[L.EVENTS], EventRow):
+        if e.op >= n_ops or e.tensor >= n_tensors:
             raise TraceFormatError(f"{where}: an event names an op or tensor out of range.")
         event_list.append(
-            Event(text(kind), text(message), None if op < 0 else op, None if tensor < 0 else tensor)
+            Event(
+                text(e.kind),
+                text(e.message),
+                None if e.op < 0 else e.op,
+                None if e.tensor < 0 else e.tensor,
+            )
         )
     return Step(
         step=int(r["step"]),
@@ -323,13 +212,45 @@ def decode_step(
         ops=ops,
         tensors=tensors,
         events=tuple(event_list),
-        scalars={text(n): float(v) for n, v in rows.scalars.tolist()},
+        scalars={text(sc.name): sc.value for sc in named(tables[L.SCALARS], ScalarRow)},
         wall_time=float(r["wall_time"]),
         duration=float(r["duration"]),
         dropped=int(r["dropped"]),
         has_nan=bool(r["flags"] & L.STEP_HAS_NAN),
         has_inf=bool(r["flags"] & L.STEP_HAS_INF),
     )
+
+
+def _step_ops(
+    graph: GraphData, own: dict[int, dict[str, Any]], tables: Mapping[str, np.ndarray]
+) -> tuple[OpNode, ...]:
+    """The graph's ops with a step's own attributes ``own`` and its ``op_stats`` rows."""
+    n_ops = len(graph.ops)
+    host_ns, device_ns, mem_bytes = (_timing(tables[L.OP_STATS], f, n_ops) for f in _TIMING)
+    return tuple(
+        OpNode(
+            index=op.index,
+            name=op.name,
+            phase=op.phase,
+            module=op.module,
+            inputs=op.inputs,
+            outputs=op.outputs,
+            input_args=op.input_args,
+            attrs=own.get(op.index, op.attrs),
+            source=op.source,
+            host_ns=host,
+            device_ns=device,
+            mem_bytes=mem,
+        )
+        for op, host, device, mem in zip(graph.ops, host_ns, device_ns, mem_bytes, strict=True)
+    )
+
+
+def _loader(
+    load_values: ValuesLoader, tensor: int, meta: TensorMeta, d: DataRow
+) -> Callable[[], np.ndarray]:
+    """What :meth:`~tracefmt.model.TensorRecord.values` calls to read tensor ``tensor``'s values."""
+    return functools.partial(load_values, tensor, meta, d.offset, d.count, d.fingerprint)
 
 
 def _increasing(indices: list[int], n: int, what: str, where: str) -> None:
@@ -349,11 +270,11 @@ def _step_metas(metas: tuple[TensorMeta, ...], rows: np.ndarray, where: str) -> 
     """The graph's tensor metadata with the step's ``tensor_offsets`` rows applied."""
     if not len(rows):
         return metas
-    pairs = rows.tolist()
-    _increasing([t for t, _ in pairs], len(metas), "tensor", where)
+    offsets = named(rows, TensorOffsetRow)
+    _increasing([o.tensor for o in offsets], len(metas), "tensor", where)
     out = list(metas)
-    for t, offset in pairs:
-        out[t] = dataclasses.replace(out[t], storage_offset=offset)
+    for o in offsets:
+        out[o.tensor] = dataclasses.replace(out[o.tensor], storage_offset=o.storage_offset)
     return tuple(out)
 
 
@@ -362,53 +283,66 @@ def _step_attrs(
 ) -> dict[int, dict[str, Any]]:
     """A step's ``op_attrs`` rows as {op index: attributes}."""
     out: dict[int, dict[str, Any]] = {}
-    pairs = rows.tolist()
-    _increasing([op for op, _ in pairs], n_ops, "op", where)
-    for op, sid in pairs:
-        if sid == L.NO_STRING:
-            out[op] = {}
+    own = named(rows, OpAttrsRow)
+    _increasing([a.op for a in own], n_ops, "op", where)
+    for a in own:
+        if a.attrs == L.NO_STRING:
+            out[a.op] = {}
             continue
         try:
-            out[op] = decode_attrs(text(sid))
+            out[a.op] = decode_attrs(text(a.attrs))
         except ValueError as e:
             if isinstance(e, TraceError):
                 raise
             raise TraceFormatError(
-                f"{where}: the step's attributes of op {op} are malformed: {e}"
+                f"{where}: the step's attributes of op {a.op} are malformed: {e}"
             ) from e
     return out
 
 
-def decode_string(index: np.ndarray, data: np.ndarray, sid: int, where: str) -> str:
-    """Interned string ``sid`` from the whole ``strings/index`` and ``strings/bytes`` tables."""
-    if not 0 <= sid < len(index):
-        raise TraceFormatError(
-            f"{where}: string id {sid} is out of range (/{L.STRINGS_INDEX} has {len(index)} rows)."
-        )
-    offset, length = int(index[sid]["offset"]), int(index[sid]["length"])
-    if length > L.MAX_STRING_BYTES or offset + length > len(data):
-        raise TraceFormatError(f"{where}: string {sid} points outside /{L.STRINGS_BYTES}.")
-    try:
-        return data[offset : offset + length].tobytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise TraceFormatError(f"{where}: string {sid} is not UTF-8.") from e
+#: The columns of ``op_stats``, in the order :func:`decode_step` takes them.
+_TIMING = ("host_ns", "device_ns", "mem_bytes")
+#: The values of ``stats`` under each flag, in the order :func:`_stats` takes them.
+_MOMENTS = ("min", "max", "mean", "std", "norm")
+_COUNTS = ("nan", "inf", "zero")
 
 
-def _opt(x: int) -> int | None:
-    return None if x < 0 else int(x)
+def _timing(rows: np.ndarray, field: str, n_ops: int) -> list[int | None]:
+    """Column ``field`` of a step's ``op_stats`` rows, None where not measured (-1) or where the
+    step has no rows."""
+    if not len(rows):
+        return [None] * n_ops
+    return [None if x < 0 else x for x in rows[field].tolist()]
 
 
-def _stats(row: tuple[Any, ...]) -> TensorStats:
-    flags, mn, mx, mean, std, norm, nan, inf, zero, fp = row
-    moments, counts = flags & L.STAT_MOMENTS, flags & L.STAT_COUNTS
-    return TensorStats(
-        min=mn if moments else None,
-        max=mx if moments else None,
-        mean=mean if moments else None,
-        std=std if moments else None,
-        norm=norm if moments else None,
-        nan=nan if counts else None,
-        inf=inf if counts else None,
-        zero=zero if counts else None,
-        fingerprint=fp if flags & L.STAT_FINGERPRINT else None,
+def _stats(rows: np.ndarray) -> list[TensorStats]:
+    """Each ``stats`` row's statistics: those its flags say were computed, None for the others.
+
+    Column by column, by field name: a Python row object and an enum operation per tensor cost
+    more than the rest of decoding a step.
+    """
+    flags = rows["flags"]
+    moments = ((flags & int(L.STAT_MOMENTS)) != 0).tolist()
+    counts = ((flags & int(L.STAT_COUNTS)) != 0).tolist()
+    fps = ((flags & int(L.STAT_FINGERPRINT)) != 0).tolist()
+    columns = zip(
+        moments,
+        counts,
+        fps,
+        *(rows[name].tolist() for name in (*_MOMENTS, *_COUNTS, "fingerprint")),
+        strict=True,
     )
+    return [
+        TensorStats(
+            min=mn if m else None,
+            max=mx if m else None,
+            mean=mean if m else None,
+            std=std if m else None,
+            norm=norm if m else None,
+            nan=nan if c else None,
+            inf=inf if c else None,
+            zero=zero if c else None,
+            fingerprint=fp if f else None,
+        )
+        for m, c, f, mn, mx, mean, std, norm, nan, inf, zero, fp in columns
+    ]

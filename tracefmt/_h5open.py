@@ -1,7 +1,8 @@
 """Opening HDF5 files that may be damaged or still being written, without hanging or leaking
-h5py's exception zoo: bounded SWMR metadata retries, torn-read detection, checked root attributes.
+h5py's exception zoo: bounded SWMR metadata retries and torn-read detection.
 
-Used by the reader and the validator; the HDF5 details of safe opening live here and nowhere else.
+Used by the reader and the validator; the HDF5 details of safe opening live here and nowhere else
+(what is read once a file is open: :mod:`tracefmt._primitives`).
 """
 
 from __future__ import annotations
@@ -13,47 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
-from h5py import h5t
-
-from tracefmt.errors import TraceError, TraceFormatError
-
-
-def root_attr(f: h5py.File, name: str, where: str, missing: Any = ...) -> Any:
-    """Root attribute ``name`` (text decoded), or ``missing`` when absent (default: refuse).
-
-    Variable-length data is refused before it is read: HDF5 2.0 loops for ever decoding a damaged
-    global heap (a zeroed 4 KiB block is enough), and tracefmt writes fixed-length strings.
-    """
-    try:
-        attrs = f.attrs
-        if name not in attrs:
-            if missing is not ...:
-                return missing
-            raise TraceFormatError(f"{where}: root attribute {name!r} is missing.")
-        kind = attrs.get_id(name).get_type()
-        if kind.get_class() == h5t.VLEN or (
-            isinstance(kind, h5t.TypeStringID) and kind.is_variable_str()
-        ):
-            raise TraceFormatError(
-                f"{where}: root attribute {name!r} is variable-length data; tracefmt files store "
-                "fixed-length UTF-8 strings, and this reader does not read variable-length data "
-                "(a damaged heap can hang HDF5). Rewrite the attribute as a fixed-length string."
-            )
-        value = attrs[name]
-    except TraceError:
-        raise
-    except H5_ERRORS as e:
-        raise TraceFormatError(f"{where}: root attribute {name!r} cannot be read: {e}") from e
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def int_root_attr(f: h5py.File, name: str, where: str) -> int:
-    value = root_attr(f, name, where)
-    if not isinstance(value, (int, np.integer)):
-        raise TraceFormatError(f"{where}: root attribute {name!r} is not an integer.")
-    return int(value)
-
 
 #: What h5py raises when HDF5 cannot decode a damaged file's structures (KeyError for an object
 #: header it cannot open, RuntimeError for a bad checksum, OSError for a failed read).

@@ -223,6 +223,22 @@ HEAPS: dict[str, tuple[np.dtype[Any], int]] = {
     DIMS: (np.dtype("<i8"), 8192),
 }
 HIST_ROWS_PER_CHUNK = 256
+
+#: A step's ranges: table path -> (start field, count field) of its ``steps`` row.
+STEP_RANGES: dict[str, tuple[str, str]] = {
+    STATS: ("stats_start", "stats_count"),
+    OP_STATS: ("op_stats_start", "op_stats_count"),
+    DATA_INDEX: ("data_start", "data_count"),
+    HISTS: ("hist_start", "hist_count"),
+    EVENTS: ("event_start", "event_count"),
+    SCALARS: ("scalar_start", "scalar_count"),
+}
+#: A step's ranges of its own op attributes and storage offsets (format 1.1): table path ->
+#: (start field, count field) of its ``step_overrides`` row.
+OVERRIDE_RANGES: dict[str, tuple[str, str]] = {
+    OP_ATTRS: ("op_attrs_start", "op_attrs_count"),
+    TENSOR_OFFSETS: ("tensor_offset_start", "tensor_offset_count"),
+}
 VALUE_CHUNK_BYTES = 1 << 20  # one chunk of a value heap; a power of two, so it divides most tensors
 
 #: Paths of the value heaps, one per storage dtype.
@@ -263,6 +279,19 @@ def has_dataset(name: str, minor: int) -> bool:
     return SINCE_MINOR.get(name, 0) <= minor
 
 
+def expected_datasets(hist_bins: int, minor: int = FORMAT_MINOR) -> dict[str, np.dtype[Any]]:
+    """Every dataset path of a file of format version ``1.minor`` with ``hist_bins`` bins per
+    histogram, with its row dtype.  (A file of an older minor version lacks the datasets added
+    since; one of a newer minor version has at least these.)  The step index comes first: a reader
+    opens it before the tables its rows point into (see ``RankFile.refresh``)."""
+    out: dict[str, np.dtype[Any]] = {STEPS: STEP_DTYPE}
+    out.update({name: dt for name, (dt, _) in TABLES.items() if has_dataset(name, minor)})
+    out.update({name: dt for name, (dt, _) in HEAPS.items()})
+    out[HISTS] = hist_dtype(max(hist_bins, 1))
+    out.update({name: np.dtype(name.rsplit("/", 1)[1]) for name in VALUE_HEAPS})
+    return out
+
+
 def table_filters(name: str) -> dict[str, Any]:
     """The h5py filter arguments of table or heap ``name`` (not of the value heaps)."""
     return STEP_TABLE_FILTERS if name in STEP_TABLES else TABLE_FILTERS
@@ -276,3 +305,12 @@ MAX_STEP_ROWS = 50_000_000
 MAX_VALUE_BYTES = 1 << 36  # 64 GiB for one tensor's values
 MAX_HIST_BINS = 4096
 MAX_STEP_COUNT_SCAN = 100_000_000
+
+#: A graph's ranges: table path -> (start field, count field) of its ``graphs`` row, and the
+#: largest count a reader accepts.
+GRAPH_RANGES: dict[str, tuple[str, str, int]] = {
+    OPS: ("op_start", "op_count", MAX_GRAPH_OPS),
+    EDGES: ("edge_start", "edge_count", MAX_STEP_ROWS),
+    TENSORS: ("tensor_start", "tensor_count", MAX_STEP_ROWS),
+    DIMS: ("dim_start", "dim_count", MAX_STEP_ROWS),
+}

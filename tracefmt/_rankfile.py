@@ -1,80 +1,33 @@
-"""One open rank file: :class:`RankFile` checks the header at open and reads table rows safely.
+"""One open rank file: :class:`RankFile` checks the header at open and turns rows into steps.
 
-It owns the HDF5 side of reading: the magic, version, root attributes and dataset dtypes at open;
-reads bounded by the rows a dataset has and by the bytes its stored chunks can back (a hostile
-extent must not make a read allocate 10**12 rows); reading a live writer's torn chunk again; the
-interned strings; finding a step in the step index.  Any HDF5 failure becomes a
-:class:`~tracefmt.errors.TraceError` naming the dataset and step.  What the rows mean is
-:mod:`tracefmt._decode`'s business; :mod:`tracefmt.reader` puts the ranks of a run together.
+It reads the root attributes and opens the datasets through the primitives the validator uses too
+(:mod:`tracefmt._primitives`), raising at the first problem; its rows come through a
+:class:`~tracefmt._tableread.TableReader` (bounded, checked, read again when a live writer tore a
+chunk).  It owns the interned strings, finding a step in the step index, the graphs (decoded once
+by :mod:`tracefmt._graphdecode`) and a step's rows (decoded by :mod:`tracefmt._decode`).  What the
+ranks of a run have to do with each other is :mod:`tracefmt.reader`'s business.
 """
 
 from __future__ import annotations
 
 import functools
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import h5py
 import numpy as np
-from h5py import h5s, h5t
 
 from tracefmt import _layout as L
-from tracefmt._decode import (
-    GraphData,
-    Step,
-    StepRows,
-    StepSummary,
-    decode_graph,
-    decode_step,
-    decode_string,
-    decode_summaries,
-)
-from tracefmt._h5open import (
-    H5_ERRORS,
-    REREAD_PAUSES,
-    int_root_attr,
-    open_swmr,
-    root_attr,
-    swmr_writer_flag,
-)
+from tracefmt import _primitives as P
+from tracefmt._decode import Step, StepRows, StepSummary, decode_step, decode_summaries
+from tracefmt._graphdecode import GraphData, decode_graph
+from tracefmt._h5open import H5_ERRORS, open_swmr
+from tracefmt._primitives import require
+from tracefmt._tableread import DatasetSize, TableReader
 from tracefmt.dtypes import DTYPE_INFO, fingerprint, heap_name, logical_view
-from tracefmt.errors import (
-    TraceCorruptError,
-    TraceError,
-    TraceFormatError,
-    TraceNotFoundError,
-    UnsupportedVersionError,
-)
-from tracefmt.filters import FILTERS, ensure_readable
-from tracefmt.model import Provenance, TensorMeta
+from tracefmt.errors import TraceCorruptError, TraceError, TraceFormatError, TraceNotFoundError
+from tracefmt.filters import ensure_readable
+from tracefmt.model import TensorMeta
 
-
-@dataclass(frozen=True)
-class DatasetSize:
-    """Rows, logical bytes and bytes on disk of one dataset (for ``tracefmt info``)."""
-
-    path: str
-    rows: int
-    raw_bytes: int
-    stored_bytes: int
-
-
-def parse_version(text: object, where: str) -> tuple[int, int]:
-    """Parse ``"major.minor"``; refuse an unknown major version."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    parts = str(text).split(".")
-    if len(parts) != 2 or not all(p.isdigit() and len(p) < 6 for p in parts):
-        raise TraceFormatError(f"{where}: format_version {text!r} is not 'major.minor'.")
-    major, minor = int(parts[0]), int(parts[1])
-    if major != L.FORMAT_MAJOR:
-        raise UnsupportedVersionError(
-            f"{where} has format version {major}.{minor}; this tracefmt reads major version "
-            f"{L.FORMAT_MAJOR} only. Install a tracefmt release that supports version {major}."
-        )
-    return major, minor
+__all__ = ["DatasetSize", "RankFile"]
 
 
 class RankFile:
@@ -82,7 +35,6 @@ class RankFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._mtypes: dict[str, Any] = {}  # HDF5 memory type per dataset, for _read
         where = str(path)
         try:
             self._file = open_swmr(path)
@@ -102,61 +54,19 @@ class RankFile:
 
     def _init(self, where: str) -> None:
         f = self._file
-        magic = root_attr(f, L.ATTR_MAGIC, where, missing=None)
-        if not isinstance(magic, str) or magic != L.FORMAT_MAGIC:
-            raise TraceFormatError(
-                f"{where!r} is an HDF5 file but not a tracefmt trace (root "
-                f"attribute {L.ATTR_MAGIC!r} is {magic!r})."
-            )
-        self.version = parse_version(root_attr(f, L.ATTR_VERSION, where), where)
-        try:
-            self.provenance = Provenance.from_json(str(root_attr(f, L.ATTR_PROVENANCE, where)))
-        except ValueError as e:
-            raise TraceFormatError(f"{where}: the provenance attribute is malformed: {e}") from e
-        self.run_id = str(root_attr(f, L.ATTR_RUN_ID, where))
-        self.rank = int_root_attr(f, L.ATTR_RANK, where)
-        self.world_size = int_root_attr(f, L.ATTR_WORLD_SIZE, where)
-        if not 0 <= self.rank < self.world_size:
-            raise TraceFormatError(f"{where}: rank {self.rank} is outside world_size {self.world_size}.")
-        self.values_filter = str(root_attr(f, L.ATTR_VALUES_FILTER, where))
-        if self.values_filter not in FILTERS:
-            raise TraceFormatError(f"{where}: unknown values filter {self.values_filter!r}.")
-        self.hist_bins = int_root_attr(f, L.ATTR_HIST_BINS, where)
-        if not 0 <= self.hist_bins <= L.MAX_HIST_BINS:
-            raise TraceFormatError(f"{where}: hist_bins {self.hist_bins} is out of range.")
-        # The step index first: a writer flushes a step's rows before its steps row, so every step
-        # counted here has its rows in the datasets opened after it (see refresh()).
+        P.refuse(P.trace_mark(f), where)
+        self.version = require(P.read_version(f), where)
+        P.refuse(P.unsupported(self.version), where)
+        self.provenance = require(P.read_provenance(f), where)
+        self.run_id = require(P.read_run_id(f), where)
+        self.rank, self.world_size = require(P.read_rank(f), where)
+        self.values_filter = require(P.read_values_filter(f), where)
+        self.hist_bins = require(P.read_hist_bins(f), where)
         # Datasets a later minor version added are required from that version on; in an older
         # file they are absent, or ignored (1.0: no op_attrs, every op has its graph's attrs).
-        minor = self.version[1]
-        expected = {
-            L.STEPS: L.STEP_DTYPE,
-            **{k: v[0] for k, v in L.TABLES.items() if L.has_dataset(k, minor)},
-            **{k: v[0] for k, v in L.HEAPS.items()},
-            L.HISTS: L.hist_dtype(max(self.hist_bins, 1)),
-        }
-        expected.update({h: np.dtype(h.rsplit("/", 1)[1]) for h in L.VALUE_HEAPS})
-        self._ds: dict[str, h5py.Dataset] = {}
-        for name, dtype in expected.items():
-            ds = None
-            try:
-                if name in f:  # not f.get(), which would call a damaged header "missing"
-                    ds = f[name]
-            except H5_ERRORS as e:  # the link is there, the object header is damaged
-                raise TraceCorruptError(
-                    f"{where}: dataset /{name} cannot be opened ({e}); the file is damaged."
-                ) from e
-            if not isinstance(ds, h5py.Dataset):
-                raise TraceFormatError(f"{where}: dataset /{name} is missing.")
-            if ds.ndim != 1 or ds.dtype != dtype:
-                raise TraceFormatError(
-                    f"{where}: dataset /{name} has dtype {ds.dtype} and "
-                    f"{ds.ndim} dimensions; the format wants 1-D {dtype}."
-                )
-            self._ds[name] = ds
-            if name == L.STEPS:
-                self._committed = int(ds.shape[0])
-        self._reset_budgets()
+        self._tables = TableReader(
+            f, self.path, L.expected_datasets(self.hist_bins, self.version.minor), self.values_filter
+        )
         self._graph_cache: dict[int, GraphData] = {}
         self._string_cache: dict[int, str] = {}
         self._strings_loaded: tuple[np.ndarray, np.ndarray] | None = None
@@ -164,108 +74,22 @@ class RankFile:
     def close(self) -> None:
         self._file.close()
 
-    def _reset_budgets(self) -> None:
-        """Forget the read budgets; :meth:`_budget` recomputes them when a read needs one."""
-        self._budgets: dict[str, int | None] = {}
-
-    def _budget(self, name: str) -> int | None:
-        """Bytes of ``name`` the stored chunks can back (``None``: no bound for a compressor).
-
-        An extent is only metadata: a hostile file can declare 10**12 rows with nothing stored,
-        and reading them would allocate it all.  Deflated tables expand at most ~1032x and
-        unfiltered value heaps store every chunk they cover.  Checked per read, not at open, so
-        rows past what committed steps reference (a writer that hit a full disk) do not make the
-        whole file unreadable.
-        """
-        if name in self._budgets:
-            return self._budgets[name]
-        ds = self._ds[name]
-        budget: int | None = None
-        if not (name in L.VALUE_HEAPS and self.values_filter not in ("none", "fletcher32")):
-            try:
-                stored = int(ds.id.get_storage_size())
-            except H5_ERRORS as e:
-                raise TraceCorruptError(
-                    f"{self.path}: the storage of /{name} cannot be read ({e}); the file is damaged."
-                ) from e
-            chunk = (ds.chunks or (1,))[0] * ds.dtype.itemsize
-            budget = stored + chunk if name in L.VALUE_HEAPS else 1100 * stored + chunk
-        self._budgets[name] = budget
-        return budget
-
     def refresh(self) -> None:
-        """See rows a live writer committed since the file was opened (or last refreshed).
-
-        The step index is refreshed first and its length kept as the committed count: refreshed
-        after the tables, it could show a step whose rows those tables do not show yet.
-        """
-        try:
-            steps = self._ds[L.STEPS]
-            steps.refresh()
-            self._committed = int(steps.shape[0])
-            for name, ds in self._ds.items():
-                if name != L.STEPS:
-                    ds.refresh()
-            self._reset_budgets()
-        except H5_ERRORS as e:
-            if isinstance(e, TraceError):
-                raise
-            raise TraceCorruptError(f"{self.path}: refreshing failed ({e}); the file is damaged.") from e
+        """See steps a live writer committed since the file was opened (or last refreshed)."""
+        self._tables.refresh()
         self._strings_loaded = None
 
-    # -- checked reads ---------------------------------------------------------------------------
     def length(self, name: str) -> int:
-        return int(self._ds[name].shape[0])
+        """Rows of dataset ``name`` (as of opening or the last refresh)."""
+        return self._tables.length(name)
 
     def _where(self, step: int | None) -> str:
-        return f"{self.path}" + ("" if step is None else f", step {step}")
+        return self._tables.where(step)
 
     def _rows(
         self, name: str, start: int, count: int, step: int | None = None, limit: int = L.MAX_STEP_ROWS
     ) -> np.ndarray:
-        """Rows ``[start, start+count)`` of ``name``, after checking they exist."""
-        n = self.length(name)
-        if count < 0 or count > limit or start < 0 or start + count > n:
-            raise TraceFormatError(
-                f"{self._where(step)}: rows {start}..{start + count} of /{name} "
-                f"are out of range (it has {n} rows)."
-            )
-        if count == 0:
-            return np.zeros(0, dtype=self._ds[name].dtype)
-        budget = self._budget(name)
-        if budget is not None and (start + count) * self._ds[name].dtype.itemsize > budget:
-            raise TraceFormatError(
-                f"{self._where(step)}: rows {start}..{start + count} of /{name} "
-                f"lie beyond the {budget} bytes the file stores; the file is "
-                "damaged or truncated."
-            )
-        pauses = REREAD_PAUSES if swmr_writer_flag(self.path) else ()
-        for pause in (*pauses, None):
-            try:
-                return self._read(name, start, count)
-            except H5_ERRORS as e:
-                if pause is None:
-                    raise TraceCorruptError(
-                        f"{self._where(step)}: reading rows {start}.."
-                        f"{start + count} of /{name} failed ({e}); the file "
-                        "is damaged."
-                    ) from e
-                time.sleep(pause)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _read(self, name: str, start: int, count: int) -> np.ndarray:
-        """Rows ``[start, start+count)`` through h5py's low-level API, with the memory type built
-        once per dataset: ``Dataset[a:b]`` rebuilds the HDF5 type of a compound dtype on every call
-        (about 130 us, most of the cost of reading one row)."""
-        ds = self._ds[name]
-        mtype = self._mtypes.get(name)
-        if mtype is None:
-            mtype = self._mtypes[name] = h5t.py_create(ds.dtype)
-        out = np.empty(count, dtype=ds.dtype)
-        fspace = ds.id.get_space()
-        fspace.select_hyperslab((start,), (count,))
-        ds.id.read(h5s.create_simple((count,)), fspace, out, mtype=mtype)
-        return out
+        return self._tables.rows(name, start, count, step, limit)
 
     def string(self, sid: int, step: int | None = None) -> str | None:
         """Interned string ``sid`` (``None`` for -1)."""
@@ -279,7 +103,11 @@ class RankFile:
             index = self._rows(L.STRINGS_INDEX, 0, self.length(L.STRINGS_INDEX))
             data = self._rows(L.STRINGS_BYTES, 0, nbytes, limit=1 << 31)
             self._strings_loaded = (index, data)
-        text = decode_string(*self._strings_loaded, sid, self._where(step))
+        index, data = self._strings_loaded
+        text = require(
+            P.string_text(index, sid, len(data), lambda at, n: data[at : at + n].tobytes()),
+            self._where(step),
+        )
         self._string_cache[sid] = text
         return text
 
@@ -289,7 +117,7 @@ class RankFile:
     # -- steps -----------------------------------------------------------------------------------
     def num_steps(self) -> int:
         """Steps committed when the file was opened or last refreshed."""
-        return self._committed
+        return self._tables.committed
 
     def step_rows(self) -> np.ndarray:
         """The whole step index (one row per committed step)."""
@@ -348,41 +176,40 @@ class RankFile:
         if cached is not None:
             return cached
         row = self._rows(L.GRAPHS, g, 1, step)[0]
-        n_ops, n_edges = int(row["op_count"]), int(row["edge_count"])
-        n_tensors, n_dims = int(row["tensor_count"]), int(row["dim_count"])
-        ops = self._rows(L.OPS, int(row["op_start"]), n_ops, step, L.MAX_GRAPH_OPS)
-        edges = self._rows(L.EDGES, int(row["edge_start"]), n_edges, step, L.MAX_STEP_ROWS)
-        tensors = self._rows(L.TENSORS, int(row["tensor_start"]), n_tensors, step, L.MAX_STEP_ROWS)
-        # A list: slicing it per tensor is ~10x cheaper than slicing an array into numpy scalars.
-        dims = self._rows(L.DIMS, int(row["dim_start"]), n_dims, step, L.MAX_STEP_ROWS).tolist()
+        parts = {
+            table: self._rows(table, int(row[start]), int(row[count]), step, limit)
+            for table, (start, count, limit) in L.GRAPH_RANGES.items()
+        }
         data = decode_graph(
-            g, ops, edges, tensors, dims, self._where(step), functools.partial(self.string, step=step)
+            g,
+            parts[L.OPS],
+            parts[L.EDGES],
+            parts[L.TENSORS],
+            # A list: slicing it per tensor is ~10x cheaper than slicing an array into numpy scalars.
+            parts[L.DIMS].tolist(),
+            self._where(step),
+            functools.partial(self.string, step=step),
         )
         if len(self._graph_cache) > 64:
             self._graph_cache.clear()
         self._graph_cache[g] = data
         return data
 
-    def _overrides(
-        self, index: int, step: int, n_ops: int, n_tensors: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _overrides(self, index: int, step: int, n_ops: int, n_tensors: int) -> dict[str, np.ndarray]:
         """The ``op_attrs`` and ``tensor_offsets`` rows of the step in row ``index`` of the step
         index (none before format 1.1)."""
-        if L.STEP_OVERRIDES not in self._ds:
-            return (np.zeros(0, dtype=L.OP_ATTRS_DTYPE), np.zeros(0, dtype=L.TENSOR_OFFSET_DTYPE))
+        if L.STEP_OVERRIDES not in self._tables:
+            return {
+                table: np.zeros(0, dtype=dtype)
+                for table, (dtype, _) in L.TABLES.items()
+                if table in L.OVERRIDE_RANGES
+            }
         r = self._rows(L.STEP_OVERRIDES, index, 1, step)[0]
-        return (
-            self._rows(
-                L.OP_ATTRS, int(r["op_attrs_start"]), int(r["op_attrs_count"]), step, limit=n_ops
-            ),
-            self._rows(
-                L.TENSOR_OFFSETS,
-                int(r["tensor_offset_start"]),
-                int(r["tensor_offset_count"]),
-                step,
-                limit=n_tensors,
-            ),
-        )
+        limits = {L.OP_ATTRS: n_ops, L.TENSOR_OFFSETS: n_tensors}
+        return {
+            table: self._rows(table, int(r[start]), int(r[count]), step, limits[table])
+            for table, (start, count) in L.OVERRIDE_RANGES.items()
+        }
 
     def load(self, index: int) -> Step:
         """Load the step in row ``index`` of the step index.
@@ -400,18 +227,13 @@ class RankFile:
                 f"{self._where(step)}: {stats_count} stats rows and {op_count} "
                 f"op rows for a graph of {n_tensors} tensors and {n_ops} ops."
             )
-        rows = StepRows(
-            step=r,
-            stats=self._rows(L.STATS, int(r["stats_start"]), stats_count, step),
-            op_stats=self._rows(L.OP_STATS, int(r["op_stats_start"]), op_count, step),
-            data=self._rows(L.DATA_INDEX, int(r["data_start"]), int(r["data_count"]), step),
-            hists=self._rows(L.HISTS, int(r["hist_start"]), int(r["hist_count"]), step),
-            events=self._rows(L.EVENTS, int(r["event_start"]), int(r["event_count"]), step),
-            scalars=self._rows(L.SCALARS, int(r["scalar_start"]), int(r["scalar_count"]), step),
-            overrides=self._overrides(index, step, n_ops, n_tensors),
-        )
+        tables = {
+            table: self._rows(table, int(r[start]), int(r[count]), step)
+            for table, (start, count) in L.STEP_RANGES.items()
+        }
+        tables.update(self._overrides(index, step, n_ops, n_tensors))
         return decode_step(
-            rows,
+            StepRows(r, tables),
             graph,
             rank=self.rank,
             hist_bins=self.hist_bins,
@@ -457,14 +279,4 @@ class RankFile:
 
     def dataset_sizes(self) -> list[DatasetSize]:
         """Rows, logical bytes and bytes on disk of every dataset in the file."""
-        out = []
-        for name, ds in self._ds.items():
-            rows = int(ds.shape[0])
-            try:
-                stored = int(ds.id.get_storage_size())
-            except H5_ERRORS as e:
-                raise TraceCorruptError(
-                    f"{self.path}: the size of /{name} cannot be read ({e}); the file is damaged."
-                ) from e
-            out.append(DatasetSize(name, rows, rows * ds.dtype.itemsize, stored))
-        return out
+        return self._tables.sizes()

@@ -7,7 +7,8 @@ rows (and its graph, once), never the whole file.
 
 This module owns the run: :func:`open` finds the rank files and checks they belong together, and
 :class:`Trace` routes each request to a rank.  One rank file's reads are
-:class:`~tracefmt._rankfile.RankFile`'s; turning rows into steps is :mod:`tracefmt._decode`'s.
+:class:`~tracefmt._rankfile.RankFile`'s, through the reading primitives the validator shares
+(:mod:`tracefmt._primitives`); turning rows into steps is :mod:`tracefmt._decode`'s.
 Both are re-exported here, so ``tracefmt.reader`` stays the one place to import from.
 
 Example::
@@ -25,13 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from tracefmt import _layout as L
 from tracefmt._decode import Step, StepSummary
-from tracefmt._rankfile import DatasetSize, RankFile, parse_version
-from tracefmt.errors import TraceError, TraceFormatError, TraceNotFoundError
+from tracefmt._primitives import rank_files
+from tracefmt._rankfile import DatasetSize, RankFile
+from tracefmt.errors import TraceError, TraceFormatError
 from tracefmt.model import Provenance
 
-__all__ = ["DatasetSize", "RankFile", "Step", "StepSummary", "Trace", "open", "parse_version"]
+__all__ = ["DatasetSize", "RankFile", "Step", "StepSummary", "Trace", "open"]
 
 
 class Trace:
@@ -99,17 +100,7 @@ class Trace:
 def open(path: str | os.PathLike[str]) -> Trace:
     """Open a rank file or a run directory (which holds ``rank-NNNNN.tft.h5`` files)."""
     p = Path(path)
-    if p.is_dir():
-        candidates = sorted(p.glob(L.RANK_FILE_GLOB))
-        if not candidates:
-            raise TraceNotFoundError(
-                f"{str(p)!r} is a directory with no rank files "
-                f"({L.RANK_FILE_GLOB}); is it a tracefmt run directory?"
-            )
-    elif p.exists():
-        candidates = [p]
-    else:
-        raise TraceNotFoundError(f"No trace file or run directory at {str(p)!r}.")
+    candidates, _ = rank_files(p)
     files: dict[int, RankFile] = {}
     try:
         for c in candidates:

@@ -2,8 +2,9 @@
 
 ``python -m tracefmt.schema > spec/schema.json`` writes the machine-readable schema that
 ``spec/format.md`` describes in prose; a test checks the committed file equals the generated one.
-The validator also asks this module what a file should contain (:func:`expected_datasets`,
-:func:`filter_ids`), so the layout is stated once.
+The validator also asks this module which HDF5 filter ids a file's datasets should use
+(:func:`filter_ids`); :func:`expected_datasets` (which datasets, with which rows) is
+:mod:`tracefmt._layout`'s, shown here too.  The layout is stated once.
 
 Example::
 
@@ -22,9 +23,24 @@ from typing import Any
 import numpy as np
 
 from tracefmt import _layout as L
+from tracefmt._layout import expected_datasets
 from tracefmt.dtypes import DTYPE_INFO, DType
 from tracefmt.filters import ALIASES, FILTERS
 from tracefmt.model import Phase, Role
+
+__all__ = [
+    "H5Z_DEFLATE",
+    "H5Z_FLETCHER32",
+    "H5Z_LZF",
+    "H5Z_SCALEOFFSET",
+    "H5Z_SHUFFLE",
+    "ROOT_ATTRIBUTES",
+    "expected_datasets",
+    "filter_ids",
+    "schema",
+    "schema_json",
+    "values_filter_ids",
+]
 
 #: HDF5 filter ids of the standard filters (H5Z_FILTER_*).
 H5Z_DEFLATE = 1
@@ -47,19 +63,6 @@ ROOT_ATTRIBUTES: dict[str, tuple[str, str]] = {
     L.ATTR_VALUES_FILTER: ("string", "name of the filter pipeline of the value heaps"),
     L.ATTR_HIST_BINS: ("integer", f"bins per histogram, 0..{L.MAX_HIST_BINS} (0: no histograms)"),
 }
-
-
-def expected_datasets(hist_bins: int, minor: int = L.FORMAT_MINOR) -> dict[str, np.dtype[Any]]:
-    """Every dataset path of a file of format version ``1.minor`` with ``hist_bins`` bins per
-    histogram, with its row dtype.  (A file of an older minor version lacks the datasets added
-    since; one of a newer minor version has at least these.)"""
-    out: dict[str, np.dtype[Any]] = {
-        name: dt for name, (dt, _) in L.TABLES.items() if L.has_dataset(name, minor)
-    }
-    out.update({name: dt for name, (dt, _) in L.HEAPS.items()})
-    out[L.HISTS] = L.hist_dtype(max(hist_bins, 1))
-    out.update({name: np.dtype(name.rsplit("/", 1)[1]) for name in L.VALUE_HEAPS})
-    return out
 
 
 def filter_ids(kwargs: Mapping[str, Any]) -> tuple[int, ...]:

@@ -15,12 +15,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tracefmt import _layout as L
-from tracefmt.errors import TraceNotFoundError
+from tracefmt._primitives import rank_files
 from tracefmt.rules import RULES, Finding, Rule
 from tracefmt.rules._base import GATE_LAYOUT, GATE_TRACE
 from tracefmt.rules._context import FileContext, RunContext
@@ -29,20 +29,6 @@ __all__ = ["RULES", "UNREADABLE", "Finding", "Rule", "validate"]
 
 #: The rule whose findings mean "this is not a readable trace" (the CLI's exit code 2).
 UNREADABLE = "TF-FILE-001"
-
-
-def _rank_files(path: Path) -> tuple[list[Path], bool]:
-    if path.is_dir():
-        files = sorted(path.glob(L.RANK_FILE_GLOB))
-        if not files:
-            raise TraceNotFoundError(
-                f"{str(path)!r} is a directory with no rank files "
-                f"({L.RANK_FILE_GLOB}); is it a tracefmt run directory?"
-            )
-        return files, True
-    if path.exists():
-        return [path], False
-    raise TraceNotFoundError(f"No trace file or run directory at {str(path)!r}.")
 
 
 def _runs(rule: Rule, ctx: FileContext) -> bool:
@@ -62,7 +48,7 @@ def validate(
     ``progress(done, total)`` is called after each rule has run on each file; ``total`` is the
     number of (file, rule) checks.  Rules marked deep run only with ``deep=True``.
     """
-    files, is_dir = _rank_files(Path(path))
+    files, is_dir = rank_files(Path(path))
     selected = [r for r in RULES.values() if deep or not r.deep]
     file_rules = [r for r in selected if r.scope == "file"]
     run_rules = [r for r in selected if r.scope == "run"]
@@ -70,7 +56,7 @@ def validate(
     findings: list[Finding] = []
     identities = []
     for file in files:
-        with FileContext(file, deep=deep) as ctx:
+        with contextlib.closing(FileContext(file, deep=deep)) as ctx:
             for rule in file_rules:
                 if _runs(rule, ctx):
                     findings.extend(rule(ctx))

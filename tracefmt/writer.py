@@ -12,7 +12,8 @@ Graphs are deduplicated by structure (:attr:`~tracefmt.records.Graph.digest` lea
 attributes and the tensors' storage offsets): the first step with a structure stores the graph with
 its attributes and offsets (the base values), and a later step with the same structure stores only
 the ops and tensors whose values differ from the base, as rows of ``op_attrs`` and
-``tensor_offsets``.
+``tensor_offsets`` (:class:`~tracefmt._graphstore.GraphStore` does this; every row goes through an
+:class:`~tracefmt._appender.Appender`).
 
 Example::
 
@@ -37,9 +38,11 @@ from typing import Any
 
 import h5py
 import numpy as np
-from h5py import h5s, h5t
 
 from tracefmt import _layout as L
+from tracefmt._appender import Appender
+from tracefmt._graphstore import GraphStore
+from tracefmt._rows import DataRow, EventRow, HistRow, ScalarRow, StepOverrideRow, StepRow
 from tracefmt.dtypes import DTYPE_INFO, fingerprint, heap_name
 from tracefmt.errors import TraceError, WriterClosedError
 from tracefmt.filters import get_filter
@@ -47,7 +50,6 @@ from tracefmt.model import Provenance
 from tracefmt.records import Graph, StepRecord
 from tracefmt.version import __version__
 
-_ZERO_DIGEST = np.zeros(16, dtype=np.uint8)
 # Oldest object formats that support SWMR; "latest" as the upper bound.  A lower bound of "latest"
 # makes HDF5 2.0 write datatype message version 5, which HDF5 1.10-1.14 readers refuse.
 _LIBVER = ("v110", "latest")
@@ -145,9 +147,7 @@ class TraceWriter:
             raise TraceError(f"Cannot create trace file {str(self.path)!r}: {e}") from e
         self._closed = False
         f = self._file
-        self._ds: dict[str, h5py.Dataset] = {}
-        self._mtypes: dict[str, Any] = {}  # HDF5 memory type per dataset, for _append
-        self._len: dict[str, int] = {}
+        self._tables = Appender(f)
         self.run_id = run_id or uuid.uuid4().hex
         self.rank, self.world_size, self.hist_bins = rank, world_size, hist_bins
         tables = dict(L.TABLES)
@@ -181,22 +181,14 @@ class TraceWriter:
             if isinstance(e, (OSError, RuntimeError)):
                 raise TraceError(f"Cannot create trace file {str(self.path)!r}: {e}") from e
             raise
-        self._strings: dict[str, int] = {}
-        self._graphs: dict[bytes, int] = {}
-        # Per graph row, each op's base attributes and each tensor's base storage offset.  The
-        # attributes are kept as the interned texts themselves (keys of self._strings, so no
-        # copy): checking a step costs one comparison per op and tensor.
-        self._base: dict[int, tuple[tuple[str | None, ...], tuple[int, ...]]] = {}
-        self._pending: list[np.ndarray] = []
-        self._pending_overrides: list[tuple[int, int, int, int]] = []  # of each pending step
+        self._graphs = GraphStore(self._tables)
+        self._pending: list[StepRow] = []
+        self._pending_overrides: list[StepOverrideRow] = []  # of each pending step
         self._last_step: int | None = None
         self.steps_written = 0
 
     def _create(self, name: str, dtype: np.dtype[Any], rows: int, kwargs: Mapping[str, Any]) -> None:
-        self._ds[name] = self._file.create_dataset(
-            name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(rows,), **kwargs
-        )
-        self._len[name] = 0
+        self._tables.create(name, dtype, rows, kwargs)
 
     # -- context manager -------------------------------------------------------------------------
     def __enter__(self) -> TraceWriter:
@@ -237,167 +229,6 @@ class TraceWriter:
                 "before are intact (check free disk space and file size limits)."
             ) from e
 
-    # -- low-level appends -----------------------------------------------------------------------
-    def _append(self, name: str, rows: np.ndarray) -> int:
-        """Append ``rows`` to dataset ``name``; return the index of the first appended row."""
-        start = self._len[name]
-        n = len(rows)
-        if n:
-            ds = self._ds[name]
-            ds.id.set_extent((start + n,))
-            if rows.dtype == ds.dtype and rows.flags.c_contiguous:
-                # h5py's ``ds[a:b] = rows`` rebuilds the HDF5 type of a compound dtype on every
-                # call (about 130 us); build it once per dataset and write through the low level.
-                mtype = self._mtypes.get(name)
-                if mtype is None:
-                    mtype = self._mtypes[name] = h5t.py_create(ds.dtype)
-                fspace = ds.id.get_space()
-                fspace.select_hyperslab((start,), (n,))
-                ds.id.write(h5s.create_simple((n,)), fspace, rows, mtype=mtype)
-            else:
-                ds[start : start + n] = rows
-            self._len[name] = start + n
-        return start
-
-    def _intern(self, text: str | None) -> int:
-        if text is None:
-            return L.NO_STRING
-        sid = self._strings.get(text)
-        if sid is None:
-            data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-            if data.size > L.MAX_STRING_BYTES:
-                raise ValueError(
-                    f"A string of {data.size} bytes is longer than the format's "
-                    f"limit of {L.MAX_STRING_BYTES}: {text[:60]!r}..."
-                )
-            offset = self._append(L.STRINGS_BYTES, data)
-            row = np.array([(offset, data.size)], dtype=L.STRING_INDEX_DTYPE)
-            sid = self._append(L.STRINGS_INDEX, row)
-            self._strings[text] = sid
-        return sid
-
-    def _intern_all(self, texts: list[str | None]) -> None:
-        """Intern ``texts`` in order, as :meth:`_intern` would, with one append per table.
-
-        A new graph brings hundreds of new strings; two appends each cost more than its rows.
-        """
-        new = list(dict.fromkeys(t for t in texts if t is not None and t not in self._strings))
-        if not new:
-            return
-        encoded = [t.encode("utf-8") for t in new]
-        for text, data in zip(new, encoded, strict=True):
-            if len(data) > L.MAX_STRING_BYTES:
-                raise ValueError(
-                    f"A string of {len(data)} bytes is longer than the format's "
-                    f"limit of {L.MAX_STRING_BYTES}: {text[:60]!r}..."
-                )
-        rows = np.zeros(len(new), dtype=L.STRING_INDEX_DTYPE)
-        rows["length"] = [len(d) for d in encoded]
-        rows["offset"] = self._len[L.STRINGS_BYTES] + np.cumsum(rows["length"]) - rows["length"]
-        self._append(L.STRINGS_BYTES, np.frombuffer(b"".join(encoded), dtype=np.uint8))
-        first = self._append(L.STRINGS_INDEX, rows)
-        for i, text in enumerate(new):
-            self._strings[text] = first + i
-
-    # -- graphs ----------------------------------------------------------------------------------
-    def _graph_row(self, graph: Graph) -> int:
-        key = graph.digest
-        row = self._graphs.get(key)
-        if row is not None:
-            return row
-        self._intern_all(
-            [
-                *(s for op in graph.ops for s in (op.name, op.module, op.attrs, op.source)),
-                *(s for t in graph.tensors for s in (t.device, t.name)),
-            ]
-        )
-        intern = self._intern
-        ops = np.zeros(graph.num_ops, dtype=L.OP_DTYPE)
-        edges: list[tuple[int, int, int]] = []
-        for i, op in enumerate(graph.ops):
-            in_start = len(edges)
-            edges.extend(op.inputs)
-            out_start = len(edges)
-            edges.extend((t, slot, -1) for slot, t in enumerate(op.outputs))
-            ops[i] = (
-                intern(op.name),
-                int(op.phase),
-                intern(op.module),
-                intern(op.attrs),
-                intern(op.source),
-                in_start,
-                len(op.inputs),
-                out_start,
-                len(op.outputs),
-            )
-        tensors = np.zeros(graph.num_tensors, dtype=L.TENSOR_DTYPE)
-        dims: list[int] = []
-        for i, t in enumerate(graph.tensors):
-            if len(t.shape) > L.MAX_NDIM:
-                raise ValueError(
-                    f"Tensor {i} has {len(t.shape)} dimensions; the format allows {L.MAX_NDIM}."
-                )
-            dim_start = len(dims)
-            dims.extend(t.shape)
-            # Strides follow the shape; a tensor without recorded strides stores -1s.
-            dims.extend(t.strides if t.strides is not None else [-1] * len(t.shape))
-            tensors[i] = (
-                int(t.dtype),
-                int(t.role),
-                len(t.shape),
-                dim_start,
-                intern(t.device),
-                intern(t.name),
-                t.producer,
-                t.producer_slot,
-                t.version,
-                t.storage_offset,
-            )
-        edge_rows = np.array(edges, dtype=L.EDGE_DTYPE) if edges else np.zeros(0, L.EDGE_DTYPE)
-        graph_row = np.zeros(1, dtype=L.GRAPH_DTYPE)
-        graph_row[0] = (
-            self._append(L.OPS, ops),
-            len(ops),
-            self._append(L.EDGES, edge_rows),
-            len(edge_rows),
-            self._append(L.TENSORS, tensors),
-            len(tensors),
-            self._append(L.DIMS, np.asarray(dims, dtype=np.int64)),
-            len(dims),
-            np.frombuffer(key, dtype=np.uint8),
-        )
-        row = self._append(L.GRAPHS, graph_row)
-        self._graphs[key] = row
-        self._base[row] = (
-            tuple(op.attrs for op in graph.ops),
-            tuple(t.storage_offset for t in graph.tensors),
-        )
-        return row
-
-    def _overrides(self, graph: Graph, graph_row: int) -> tuple[int, int, int, int]:
-        """Append this step's ops and tensors whose attributes and storage offsets differ from
-        the graph row's base values to ``op_attrs`` and ``tensor_offsets``; return the step's
-        ``step_overrides`` row (its ranges of both)."""
-        base_attrs, base_offsets = self._base[graph_row]
-        attrs = [
-            (i, op.attrs)
-            for i, (op, b) in enumerate(zip(graph.ops, base_attrs, strict=True))
-            if op.attrs != b
-        ]
-        attrs_start, offsets_start = self._len[L.OP_ATTRS], self._len[L.TENSOR_OFFSETS]
-        if attrs:
-            self._intern_all([text for _, text in attrs])
-            rows = np.array([(i, self._intern(text)) for i, text in attrs], L.OP_ATTRS_DTYPE)
-            self._append(L.OP_ATTRS, rows)
-        offsets = [
-            (i, t.storage_offset)
-            for i, (t, b) in enumerate(zip(graph.tensors, base_offsets, strict=True))
-            if t.storage_offset != b
-        ]
-        if offsets:
-            self._append(L.TENSOR_OFFSETS, np.array(offsets, dtype=L.TENSOR_OFFSET_DTYPE))
-        return attrs_start, len(attrs), offsets_start, len(offsets)
-
     # -- steps -----------------------------------------------------------------------------------
     def write_step(self, record: StepRecord) -> None:
         """Write one step's rows.  The step becomes visible to readers at the next :meth:`flush`.
@@ -416,11 +247,11 @@ class TraceWriter:
 
     def _write_step(self, record: StepRecord) -> None:
         graph = record.graph
-        graph_row = self._graph_row(graph)
-        overrides = self._overrides(graph, graph_row)
+        tables, intern = self._tables, self._graphs.intern
+        graph_row = self._graphs.row(graph)
+        overrides = self._graphs.overrides(graph, graph_row)
         flags = 0
-        stats_start = self._len[L.STATS]
-        stats_count = 0
+        stats_start, stats_count = tables.length(L.STATS), 0
         if record.stats is not None:
             stats = np.asarray(record.stats, dtype=L.STATS_DTYPE)
             counted = (stats["flags"] & L.STAT_COUNTS) != 0
@@ -428,65 +259,58 @@ class TraceWriter:
                 flags |= L.STEP_HAS_NAN
             if np.any(stats["inf"][counted]):
                 flags |= L.STEP_HAS_INF
-            stats_start = self._append(L.STATS, stats)
-            stats_count = len(stats)
-        op_stats_start = self._len[L.OP_STATS]
-        op_stats_count = 0
+            stats_start, stats_count = tables.append(L.STATS, stats), len(stats)
+        op_stats_start, op_stats_count = tables.length(L.OP_STATS), 0
         if record.op_stats is not None:
-            op_stats_start = self._append(L.OP_STATS, np.asarray(record.op_stats, L.OP_STATS_DTYPE))
-            op_stats_count = len(record.op_stats)
-        data_start = self._len[L.DATA_INDEX]
-        data_rows = np.zeros(len(record.values), dtype=L.DATA_INDEX_DTYPE)
-        for i, (tensor, array) in enumerate(sorted(record.values.items())):
-            data_rows[i] = self._write_values(graph, tensor, array)
-        self._append(L.DATA_INDEX, data_rows)
-        hist_start = self._len[L.HISTS]
-        hists = np.zeros(len(record.histograms), dtype=self._ds[L.HISTS].dtype)
+            op_stats = np.asarray(record.op_stats, L.OP_STATS_DTYPE)
+            op_stats_start, op_stats_count = tables.append(L.OP_STATS, op_stats), len(op_stats)
+        data_rows = np.array(
+            [self._write_values(graph, t, a) for t, a in sorted(record.values.items())],
+            dtype=L.DATA_INDEX_DTYPE,
+        )
+        hists = np.zeros(len(record.histograms), dtype=tables.dtype(L.HISTS))
         for i, (tensor, (lo, hi, counts)) in enumerate(sorted(record.histograms.items())):
             if len(counts) != self.hist_bins:
                 raise ValueError(
                     f"Histogram of tensor {tensor} has {len(counts)} bins; this "
                     f"file was opened with hist_bins={self.hist_bins}."
                 )
-            hists[i] = (tensor, lo, hi, counts)
-        self._append(L.HISTS, hists)
+            hists[i] = HistRow(tensor=tensor, lo=lo, hi=hi, counts=counts)
         events = np.array(
             [
-                (
-                    self._intern(e.kind),
-                    L.NO_INDEX if e.op is None else e.op,
-                    L.NO_INDEX if e.tensor is None else e.tensor,
-                    self._intern(e.message),
+                EventRow(
+                    kind=intern(e.kind),
+                    op=L.NO_INDEX if e.op is None else e.op,
+                    tensor=L.NO_INDEX if e.tensor is None else e.tensor,
+                    message=intern(e.message),
                 )
                 for e in record.events
             ],
             dtype=L.EVENT_DTYPE,
         )
-        event_start = self._append(L.EVENTS, events) if len(events) else self._len[L.EVENTS]
         scalars = np.array(
-            [(self._intern(k), float(v)) for k, v in record.scalars.items()], dtype=L.SCALAR_DTYPE
+            [ScalarRow(name=intern(k), value=float(v)) for k, v in record.scalars.items()],
+            dtype=L.SCALAR_DTYPE,
         )
-        scalar_start = self._append(L.SCALARS, scalars) if len(scalars) else self._len[L.SCALARS]
-        row = np.zeros(1, dtype=L.STEP_DTYPE)
-        row[0] = (
-            record.step,
-            graph_row,
-            stats_start,
-            stats_count,
-            op_stats_start,
-            op_stats_count,
-            data_start,
-            len(data_rows),
-            hist_start,
-            len(hists),
-            event_start,
-            len(events),
-            scalar_start,
-            len(scalars),
-            record.wall_time,
-            record.duration,
-            flags,
-            record.dropped,
+        row = StepRow(
+            step=record.step,
+            graph=graph_row,
+            stats_start=stats_start,
+            stats_count=stats_count,
+            op_stats_start=op_stats_start,
+            op_stats_count=op_stats_count,
+            data_start=tables.append(L.DATA_INDEX, data_rows),
+            data_count=len(data_rows),
+            hist_start=tables.append(L.HISTS, hists),
+            hist_count=len(hists),
+            event_start=tables.append(L.EVENTS, events),
+            event_count=len(events),
+            scalar_start=tables.append(L.SCALARS, scalars),
+            scalar_count=len(scalars),
+            wall_time=record.wall_time,
+            duration=record.duration,
+            flags=flags,
+            dropped=record.dropped,
         )
         # The step's step_overrides row waits with its steps row and is appended at the next
         # flush, before phase 1.  The two tables are matched by row number: a record refused
@@ -495,13 +319,13 @@ class TraceWriter:
         self._pending_overrides.append(overrides)
         self._last_step = record.step
 
-    def _write_values(self, graph: Graph, tensor: int, array: np.ndarray) -> tuple[int, ...]:
+    def _write_values(self, graph: Graph, tensor: int, array: np.ndarray) -> DataRow:
         spec = graph.tensors[tensor]
         info = DTYPE_INFO[spec.dtype]
         flat = np.ascontiguousarray(array).reshape(-1)
         storage = flat if flat.dtype == info.storage else flat.view(np.uint8).view(info.storage)
-        offset = self._append(f"{L.DATA_GROUP}/{heap_name(spec.dtype)}", storage)
-        return (tensor, offset, storage.size, fingerprint(storage))
+        offset = self._tables.append(f"{L.DATA_GROUP}/{heap_name(spec.dtype)}", storage)
+        return DataRow(tensor, offset, storage.size, fingerprint(storage))
 
     def flush(self) -> None:
         """Commit every written step and return when it is on disk (page cache, then ``fsync``)."""
@@ -509,12 +333,12 @@ class TraceWriter:
         committed = 0
         with self._io("Flushing"):
             if self._pending:
-                self._append(
+                self._tables.append(
                     L.STEP_OVERRIDES, np.array(self._pending_overrides, dtype=L.STEP_OVERRIDE_DTYPE)
                 )
                 self._seal_filtered_heaps()
                 self._file.flush()  # phase 1: every row the pending steps point at
-                self._append(L.STEPS, np.concatenate(self._pending))
+                self._tables.append(L.STEPS, np.array(self._pending, dtype=L.STEP_DTYPE))
                 committed = len(self._pending)
                 self._pending, self._pending_overrides = [], []
             self._file.flush()  # phase 2: the commit rows
@@ -533,11 +357,7 @@ class TraceWriter:
         if self._filter.name == "none":
             return
         for name in L.VALUE_HEAPS:
-            n = self._len[name]
-            chunk = self._ds[name].chunks[0]
-            if n % chunk:
-                self._ds[name].id.set_extent((n + chunk - n % chunk,))
-                self._len[name] = n + chunk - n % chunk
+            self._tables.pad_to_chunk(name)
 
     def close(self) -> None:
         """Flush and close.  Idempotent.  After a failed write it only lets go of the file (see
@@ -570,6 +390,5 @@ class TraceWriter:
         told its recording failed.  What was flushed before the failure is on disk already.
         """
         self._closed = True
-        for ds in self._ds.values():
-            ds.id.locked = True
+        self._tables.lock()
         self._file.id.locked = True

@@ -9,7 +9,6 @@ printed one, reads back bit-exact against its deterministic regeneration.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import random
@@ -20,7 +19,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,6 +26,7 @@ import tracefmt
 from tests._writer_proc import make_step
 from tests.checks import assert_step_matches
 from tracefmt import TraceNotFoundError, TraceWriter
+from tracefmt.validate import validate
 
 REPO = Path(__file__).resolve().parents[2]
 FILTERS = ["none", "fletcher32"] + (["fast"] if importlib.util.find_spec("hdf5plugin") else [])
@@ -146,7 +145,7 @@ def test_sigkill_loses_no_flushed_step(killed: list[Trial]) -> None:
     assert any(t.printed for t in killed)
 
 
-def _validate_clean(trials: list[Trial], validate: Any) -> None:
+def _validate_clean(trials: list[Trial]) -> None:
     for trial in trials:
         if trial.path.exists():
             for deep in (False, True):
@@ -155,8 +154,7 @@ def _validate_clean(trials: list[Trial], validate: Any) -> None:
 
 
 def test_killed_files_validate_clean(killed: list[Trial]) -> None:
-    # TODO(issue 3): drop the importorskip once tracefmt/validate.py has landed.
-    _validate_clean(killed, pytest.importorskip("tracefmt.validate").validate)
+    _validate_clean(killed)
 
 
 @pytest.mark.slow
@@ -164,8 +162,7 @@ def test_thirty_kills(tmp_path: Path) -> None:
     trials = run_trials(tmp_path, 30)
     for trial in trials:
         check_trial(trial)
-    if importlib.util.find_spec("tracefmt.validate") is not None:
-        _validate_clean(trials, importlib.import_module("tracefmt.validate").validate)
+    _validate_clean(trials)
 
 
 # A SIGKILL while the writer builds the file: HDF5 cannot open a file that was never switched to

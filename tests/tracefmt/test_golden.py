@@ -14,6 +14,7 @@ import pytest
 
 import tracefmt
 from tests.golden import DATA, MANIFEST, SWITCH, describe_step, main
+from tracefmt.validate import validate
 
 #: The golden set must stay small enough to keep in git.  (Every file holds at least one full chunk
 #: of each per-step table, about 250 KB with the current chunk sizes.)
@@ -80,7 +81,6 @@ def test_the_stats_only_graph_repeats_and_is_stored_once(manifest: dict[str, Any
 
 
 def test_golden_files_validate_clean() -> None:
-    validate = pytest.importorskip("tracefmt.validate").validate
     for path in sorted(DATA.rglob("*.tft.h5")):
         assert list(validate(path, deep=True)) == [], path
 

@@ -230,12 +230,12 @@ def test_a_torn_chunk_read_is_tried_again(tmp_path: Path, monkeypatch: pytest.Mo
     file whose superblock says a SWMR writer has it open is read again: a damaged closed file
     fails at once."""
     from tracefmt._h5open import swmr_writer_flag
-    from tracefmt.reader import RankFile
+    from tracefmt._tableread import TableReader
 
     path = tmp_path / "rank-00000.tft.h5"
-    read, torn = RankFile._read, list[str]()
+    read, torn = TableReader._read, list[str]()
 
-    def torn_once(self: RankFile, name: str, start: int, count: int) -> Any:
+    def torn_once(self: TableReader, name: str, start: int, count: int) -> Any:
         if name == "steps" and not torn:
             torn.append(name)
             raise OSError("Can't synchronously read data (filter returned failure during read)")
@@ -246,7 +246,7 @@ def test_a_torn_chunk_read_is_tried_again(tmp_path: Path, monkeypatch: pytest.Mo
         writer.wait_for("0")
         assert swmr_writer_flag(path)
         with monkeypatch.context() as m:
-            m.setattr(RankFile, "_read", torn_once)
+            m.setattr(TableReader, "_read", torn_once)
             with tracefmt.open(path) as trace:
                 assert trace.steps() == [0]
         assert torn == ["steps"]
@@ -257,6 +257,6 @@ def test_a_torn_chunk_read_is_tried_again(tmp_path: Path, monkeypatch: pytest.Mo
         writer.stop()
     assert not swmr_writer_flag(path)
     torn.clear()
-    monkeypatch.setattr(RankFile, "_read", torn_once)
+    monkeypatch.setattr(TableReader, "_read", torn_once)
     with tracefmt.open(path) as trace, pytest.raises(tracefmt.TraceCorruptError, match="/steps"):
         trace.steps()

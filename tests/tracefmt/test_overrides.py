@@ -8,6 +8,7 @@ A 1.0 file has none of this and reads as before; a 1.1 file read as 1.0 shows th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -143,7 +144,7 @@ def test_the_graph_itself_keeps_the_base_values(trace: Path) -> None:
     """What a 1.0 reader sees: the ops and tensors rows hold the first step's values."""
     with tracefmt.open(trace) as t:
         graph = t.rank_file()._graph(0, step=3)
-    assert [op[7] for op in graph.ops] == [
+    assert [op.attrs for op in graph.ops] == [
         {"dim": 0, "start": 0, "end": 4},
         {"other": -0.1},
         {"alpha": 1.0, "step_size": 0.1},
@@ -204,7 +205,7 @@ def _shorten(path: Path, dataset: str, rows: int) -> None:
         f[dataset].resize((rows,))
 
 
-BREAKS = {
+BREAKS: dict[str, tuple[Callable[[Path], object], str]] = {
     "step without its overrides row": (
         lambda p: _shorten(p, L.STEP_OVERRIDES, 4),
         "/step_overrides are out of range",

@@ -5,7 +5,8 @@ and with bounded memory: the step index, one graph at a time, and the rows of on
 through a sliding window.  Everything it returns has been checked just enough to be used safely;
 what does not pass raises :class:`~tracefmt.rules._base.Skip` (another rule reports why).  A read
 that fails inside HDF5 (a bad checksum, a missing filter) is remembered per dataset and reported
-under TF-FILT-003.
+under TF-FILT-003.  Attributes, datasets, ranges and strings are checked by the primitives the
+reader uses too (:mod:`tracefmt._primitives`): the validator reports what the reader refuses.
 """
 
 from __future__ import annotations
@@ -15,38 +16,60 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import h5py
 import numpy as np
-from h5py import h5t
 
 from tracefmt import _layout as L
 from tracefmt._h5open import open_swmr
-from tracefmt.dtypes import fingerprint
-from tracefmt.filters import FILTERS
-from tracefmt.rules._base import Finding, Severity, Skip
-from tracefmt.rules._views import (
-    GRAPH_RANGES,
-    OVERRIDE_RANGES,
-    STEP_RANGES,
-    GraphView,
-    StepRef,
-    int_value,
-    parse_version,
-    text_value,
+from tracefmt._primitives import (
+    Problem,
+    open_dataset,
+    read_hist_bins,
+    read_rank,
+    read_run_id,
+    read_values_filter,
+    read_version,
+    rows_in_range,
+    string_text,
+    trace_mark,
 )
-from tracefmt.schema import expected_datasets
+from tracefmt.dtypes import fingerprint
+from tracefmt.rules._base import Finding, Severity, Skip
+from tracefmt.rules._views import GraphView, Span, StepRef
 
 WINDOW_BYTES = 8 << 20  # rows of a per-step table read at once
 LOAD_LIMIT_BYTES = 1 << 30  # largest table loaded whole (steps, graphs, strings/index)
 VALUE_BLOCK_ITEMS = 1 << 20  # value heap items read at once when fingerprinting
 GRAPH_CACHE = 16
 
+T = TypeVar("T")
+
+
+class Identity(NamedTuple):
+    """Who wrote a rank file: its run, and which rank of how many."""
+
+    run_id: str
+    rank: int
+    world_size: int
+
+
+class _Window(NamedTuple):
+    """Rows ``[start, stop)`` of a table, read at once."""
+
+    start: int
+    stop: int
+    rows: np.ndarray
+
+
+def _usable(value: T | Problem | None) -> T | None:
+    """``value``, or None when it is a problem (a rule reports it) or was not read."""
+    return None if isinstance(value, Problem) else value
+
 
 class FileContext:
-    """One rank file opened read-only for validation.  Use as a context manager."""
+    """One rank file opened read-only for validation.  Close it (``contextlib.closing``)."""
 
     def __init__(self, path: Path, *, deep: bool = False) -> None:
         self.path, self.deep = path, deep
@@ -56,29 +79,27 @@ class FileContext:
         self.reported_failures: set[str] = set()
         self._lengths: dict[str, int] = {}
         self._problems: dict[str, str | None] = {}
-        self._windows: dict[str, tuple[int, int, np.ndarray]] = {}
+        self._windows: dict[str, _Window] = {}
         self._tables: dict[str, np.ndarray] = {}
         self._graphs: OrderedDict[int, GraphView | None] = OrderedDict()
-        self._strings: dict[int, tuple[str | None, str | None]] = {}
+        self._strings: dict[int, str | Problem] = {}
         self._steps: list[StepRef] | None = None
         self._referenced: list[int] | None = None
         self._value_fps: dict[tuple[str, int, int], int] = {}
         self._open()
-        self.is_trace = self.file is not None and self._text_attr(L.ATTR_MAGIC) == L.FORMAT_MAGIC
-        text = self._text_attr(L.ATTR_VERSION) if self.is_trace else None
-        self.version = None if text is None else parse_version(text)
-        self.supported = self.version is not None and self.version[0] == L.FORMAT_MAJOR
+        f = self.file
+        self.is_trace = f is not None and trace_mark(f) is None
+        self.version = _usable(read_version(f) if f is not None and self.is_trace else None)
+        self.supported = self.version is not None and self.version.major == L.FORMAT_MAJOR
         self.newer_minor = (
-            self.supported and self.version is not None and self.version[1] > L.FORMAT_MINOR
+            self.supported and self.version is not None and self.version.minor > L.FORMAT_MINOR
         )
         #: The minor version whose rules apply: the file's, or this validator's for a newer one.
-        self.minor = min(self.version[1], L.FORMAT_MINOR) if self.version is not None else 0
+        self.minor = min(self.version.minor, L.FORMAT_MINOR) if self.version is not None else 0
         #: Whether the file's steps have their own op attributes and storage offsets (1.1 on).
         self.has_overrides = L.has_dataset(L.STEP_OVERRIDES, self.minor)
-        bins = int_value(self._raw_attr(L.ATTR_HIST_BINS)) if self.is_trace else None
-        self.hist_bins = bins if bins is not None and 0 <= bins <= L.MAX_HIST_BINS else None
-        vf = self._text_attr(L.ATTR_VALUES_FILTER) if self.is_trace else None
-        self.values_filter = vf if vf in FILTERS else None
+        self.hist_bins = _usable(read_hist_bins(f) if f is not None and self.is_trace else None)
+        self.values_filter = _usable(read_values_filter(f) if f is not None and self.is_trace else None)
 
     def _open(self) -> None:
         try:
@@ -100,14 +121,6 @@ class FileContext:
         except Exception as e:  # not HDF5, truncated, damaged superblock, ...
             self.open_error = str(e) or type(e).__name__
 
-    def __enter__(self) -> FileContext:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def close(self) -> None:
         if self.file is not None:
             with contextlib.suppress(Exception):  # closing a damaged file may fail
@@ -127,44 +140,19 @@ class FileContext:
         return text if step is None else f"{text} (step {step})"
 
     # -- attributes ------------------------------------------------------------------------------
-    def attr(self, name: str) -> tuple[Any, str | None]:
-        """``(value, None)``, or ``(None, problem)`` when the root attribute is missing or unreadable."""
+    @property
+    def h5(self) -> h5py.File:
+        """The open HDF5 file (raises Skip when it did not open: TF-FILE-001)."""
         if self.file is None:
             raise Skip
-        try:
-            attrs = self.file.attrs
-            if name not in attrs:
-                return None, f"The root attribute {name!r} is missing."
-            # Variable-length data is refused unread: HDF5 2.0 loops for ever decoding a damaged
-            # global heap.  The format stores fixed-length strings.
-            kind = attrs.get_id(name).get_type()
-            if kind.get_class() == h5t.VLEN or (
-                isinstance(kind, h5t.TypeStringID) and kind.is_variable_str()
-            ):
-                return None, (
-                    f"The root attribute {name!r} is variable-length data; the format "
-                    "stores fixed-length UTF-8 strings and integers."
-                )
-            return attrs[name], None
-        except Exception as e:
-            return None, f"The root attribute {name!r} cannot be read ({e})."
+        return self.file
 
-    def _raw_attr(self, name: str) -> Any:
-        return self.attr(name)[0]
-
-    def _text_attr(self, name: str) -> str | None:
-        return text_value(self._raw_attr(name))
-
-    def identity(self) -> tuple[str, int, int] | None:
-        """``(run_id, rank, world_size)`` when all three are valid (TF-FILE-005)."""
+    def identity(self) -> Identity | None:
+        """The file's run, rank and world size when all three are valid (TF-FILE-005)."""
         if not self.is_trace:
             return None
-        run_id = self._text_attr(L.ATTR_RUN_ID)
-        rank = int_value(self._raw_attr(L.ATTR_RANK))
-        world = int_value(self._raw_attr(L.ATTR_WORLD_SIZE))
-        if not run_id or rank is None or world is None or not 0 <= rank < world:
-            return None
-        return run_id, rank, world
+        run_id, rank = _usable(read_run_id(self.h5)), _usable(read_rank(self.h5))
+        return None if run_id is None or rank is None else Identity(run_id, *rank)
 
     # -- datasets --------------------------------------------------------------------------------
     def layout_problem(self, name: str) -> str | None:
@@ -176,21 +164,11 @@ class FileContext:
         return problem
 
     def _layout_problem(self, name: str) -> str | None:
-        if self.file is None:
-            raise Skip
-        try:
-            obj = self.file.get(name)
-        except Exception as e:
-            return f"/{name} cannot be opened ({e})."
-        if not isinstance(obj, h5py.Dataset):
-            return f"The dataset /{name} is missing." if obj is None else f"/{name} is not a dataset."
-        expected = self.expected_datasets().get(name)
-        if obj.ndim != 1:
-            return f"/{name} has {obj.ndim} dimensions; the format wants 1."
-        if name == L.HISTS and self.hist_bins is None:
-            expected = None  # unknown bins: TF-FILE-006 reports the attribute
-        elif expected is not None and obj.dtype != expected:
-            return f"/{name} has dtype {obj.dtype}; the format wants {expected}."
+        # Unknown bins: only the shape is checked, TF-FILE-006 reports the attribute.
+        unknown = name == L.HISTS and self.hist_bins is None
+        obj = open_dataset(self.h5, name, None if unknown else self.expected_datasets().get(name))
+        if isinstance(obj, Problem):
+            return obj.message
         if obj.chunks is None:
             return f"/{name} is not chunked; the format wants a chunked, extendable dataset."
         if obj.maxshape != (None,):
@@ -199,15 +177,13 @@ class FileContext:
 
     def expected_datasets(self) -> dict[str, np.dtype[Any]]:
         """The datasets (and row dtypes) the file's format version says it has."""
-        return expected_datasets(self.hist_bins or 0, self.minor)
+        return L.expected_datasets(self.hist_bins or 0, self.minor)
 
     def dataset(self, name: str) -> h5py.Dataset:
         """Dataset ``name``; raises Skip when it breaks TF-LAYOUT-001 (or its dtype is unknown)."""
         if self.layout_problem(name) is not None or (name == L.HISTS and self.hist_bins is None):
             raise Skip
-        if self.file is None:
-            raise Skip
-        ds = self.file[name]
+        ds = self.h5[name]
         if not isinstance(ds, h5py.Dataset):
             raise Skip
         return ds
@@ -221,7 +197,7 @@ class FileContext:
 
     def range_ok(self, name: str, start: int, count: int, limit: int = L.MAX_STEP_ROWS) -> bool:
         """Whether ``[start, start + count)`` lies in ``name`` and ``count <= limit``."""
-        return start >= 0 and 0 <= count <= limit and start + count <= self.length(name)
+        return rows_in_range(start, count, self.length(name), limit)
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)``; a failing read is remembered for TF-FILT-003 and raises Skip."""
@@ -235,14 +211,15 @@ class FileContext:
     def rows(self, name: str, start: int, count: int) -> np.ndarray:
         """Rows ``[start, start + count)`` through a sliding window (check the range first)."""
         window = self._windows.get(name)
-        if window is not None and window[0] <= start and start + count <= window[1]:
-            return window[2][start - window[0] : start - window[0] + count]
+        if window is not None and window.start <= start and start + count <= window.stop:
+            at = start - window.start
+            return window.rows[at : at + count]
         block = max(WINDOW_BYTES // max(self.dataset(name).dtype.itemsize, 1), 1)
         if count >= block:
             return self.read(name, start, start + count)
         stop = min(start + block, self.length(name))
         data = self.read(name, start, stop)
-        self._windows[name] = (start, stop, data)
+        self._windows[name] = _Window(start, stop, data)
         return data[:count]
 
     def table(self, name: str) -> np.ndarray:
@@ -262,25 +239,21 @@ class FileContext:
             if self.length(L.STEPS) > L.MAX_STEP_COUNT_SCAN:
                 raise Skip
             rows = self.table(L.STEPS)
-            names = list(rows.dtype.names or ())
             overrides = self._step_overrides(len(rows))
-            refs = []
-            for i, values in enumerate(rows.tolist()):
-                r = dict(zip(names, values, strict=True))
-                refs.append(
-                    StepRef(
-                        i,
-                        r["step"],
-                        r["graph"],
-                        r["flags"],
-                        {t: (r[s], r[c]) for t, (s, c) in STEP_RANGES.items()},
-                        overrides[i] if i < len(overrides) else None,
-                    )
+            self._steps = [
+                StepRef(
+                    i,
+                    r["step"],
+                    r["graph"],
+                    r["flags"],
+                    {t: Span(r[s], r[c]) for t, (s, c) in L.STEP_RANGES.items()},
+                    overrides[i] if i < len(overrides) else None,
                 )
-            self._steps = refs
+                for i, r in enumerate(_records(rows))
+            ]
         return self._steps
 
-    def _step_overrides(self, n_steps: int) -> list[dict[str, tuple[int, int]]]:
+    def _step_overrides(self, n_steps: int) -> list[dict[str, Span]]:
         """The ``step_overrides`` rows of the committed steps (fewer when the table is short or
         broken: TF-OVERRIDE-001, TF-LAYOUT-001); none in a file older than 1.1."""
         if not self.has_overrides:
@@ -292,18 +265,14 @@ class FileContext:
             rows = self.read(L.STEP_OVERRIDES, 0, n)
         except Skip:
             return []
-        names = list(L.STEP_OVERRIDE_DTYPE.names or ())
-        return [
-            {t: (r[s], r[c]) for t, (s, c) in OVERRIDE_RANGES.items()}
-            for r in (dict(zip(names, values, strict=True)) for values in rows.tolist())
-        ]
+        return [{t: Span(r[s], r[c]) for t, (s, c) in L.OVERRIDE_RANGES.items()} for r in _records(rows)]
 
     def override_rows(self, ref: StepRef, name: str) -> np.ndarray | None:
         """Step ``ref``'s rows of ``op_attrs`` or ``tensor_offsets``; None when it has none to
         read (before 1.1) or the range is invalid (TF-OVERRIDE-001)."""
         if ref.overrides is None:
             return None
-        start, count = ref.overrides[name]
+        start, count = ref.overrides[name].start, ref.overrides[name].count
         try:
             if not self.range_ok(name, start, count):
                 return None
@@ -313,7 +282,7 @@ class FileContext:
 
     def step_rows(self, ref: StepRef, name: str) -> np.ndarray | None:
         """Rows of table ``name`` in step ``ref``'s range; None when the range is invalid."""
-        start, count = ref.ranges[name]
+        start, count = ref.ranges[name].start, ref.ranges[name].count
         if not self.range_ok(name, start, count):
             return None
         return self.rows(name, start, count)
@@ -327,7 +296,7 @@ class FileContext:
         view = None
         if g < len(graphs):
             row = graphs[g]
-            ranges = {t: (int(row[s]), int(row[c]), lim) for t, (s, c, lim) in GRAPH_RANGES.items()}
+            ranges = {t: (int(row[s]), int(row[c]), lim) for t, (s, c, lim) in L.GRAPH_RANGES.items()}
             if all(self.range_ok(t, s, c, lim) for t, (s, c, lim) in ranges.items()):
                 parts = [self.read(t, s, s + c) for t, (s, c, _) in ranges.items()]
                 view = GraphView(g, *parts)
@@ -357,36 +326,25 @@ class FileContext:
                 yield ref, view
 
     # -- strings ---------------------------------------------------------------------------------
-    def string_problem(self, sid: int) -> str | None:
-        """Why string ``sid`` is unusable (TF-STR-001 / TF-STR-002), or None."""
-        return self._string(sid)[1]
+    def string_problem(self, sid: int) -> Problem | None:
+        """Why string ``sid`` (not -1) is unusable (TF-STR-001 / TF-STR-002), or None."""
+        text = self._string(sid)
+        return text if isinstance(text, Problem) else None
 
     def string(self, sid: int) -> str | None:
         """Text of string ``sid``; None for -1 and for strings that are unusable."""
-        return None if sid == L.NO_STRING else self._string(sid)[0]
+        return None if sid == L.NO_STRING else _usable(self._string(sid))
 
-    def _string(self, sid: int) -> tuple[str | None, str | None]:
+    def _string(self, sid: int) -> str | Problem:
         cached = self._strings.get(sid)
         if cached is None:
-            cached = self._strings[sid] = self._decode(sid)
-        return cached
-
-    def _decode(self, sid: int) -> tuple[str | None, str | None]:
-        index = self.table(L.STRINGS_INDEX)
-        if not 0 <= sid < len(index):
-            return None, f"string id {sid} is not a row of /{L.STRINGS_INDEX} ({len(index)} rows)"
-        offset, length = int(index[sid]["offset"]), int(index[sid]["length"])
-        if length > L.MAX_STRING_BYTES:
-            return None, f"string {sid} is {length} bytes long; the limit is {L.MAX_STRING_BYTES}"
-        if not self.range_ok(L.STRINGS_BYTES, offset, length, L.MAX_STRING_BYTES):
-            return (
-                None,
-                f"string {sid} (bytes {offset}..{offset + length}) lies outside /{L.STRINGS_BYTES}",
+            cached = self._strings[sid] = string_text(
+                self.table(L.STRINGS_INDEX),
+                sid,
+                self.length(L.STRINGS_BYTES),
+                lambda offset, length: self.rows(L.STRINGS_BYTES, offset, length).tobytes(),
             )
-        try:
-            return self.rows(L.STRINGS_BYTES, offset, length).tobytes().decode("utf-8"), None
-        except UnicodeDecodeError as e:
-            return None, f"string {sid} is not valid UTF-8 ({e.reason} at byte {e.start})"
+        return cached
 
     # -- values ----------------------------------------------------------------------------------
     def values_fingerprint(self, heap: str, offset: int, count: int) -> int:
@@ -425,4 +383,10 @@ class RunContext:
 
     path: Path
     is_dir: bool
-    files: tuple[tuple[Path, tuple[str, int, int] | None], ...]
+    files: tuple[tuple[Path, Identity | None], ...]
+
+
+def _records(rows: np.ndarray) -> list[dict[str, Any]]:
+    """The rows of a table as {field: value} (Python values: one ``tolist`` for all rows)."""
+    names = list(rows.dtype.names or ())
+    return [dict(zip(names, values, strict=True)) for values in rows.tolist()]

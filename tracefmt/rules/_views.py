@@ -1,5 +1,5 @@
-"""What the validator's rules read, as plain values: the range tables of steps, overrides and
-graphs, attribute values decoded defensively, a committed step's reference and one graph's rows.
+"""What the validator's rules read, as plain values: a committed step's reference and one graph's
+rows, named.
 
 :class:`~tracefmt.rules._context.FileContext` builds these from a rank file; the rules use them
 without touching HDF5.
@@ -8,59 +8,20 @@ without touching HDF5.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from tracefmt import _layout as L
-
-#: Per-step ranges: table path -> (start field, count field) of a ``steps`` row.
-STEP_RANGES: dict[str, tuple[str, str]] = {
-    L.STATS: ("stats_start", "stats_count"),
-    L.OP_STATS: ("op_stats_start", "op_stats_count"),
-    L.DATA_INDEX: ("data_start", "data_count"),
-    L.HISTS: ("hist_start", "hist_count"),
-    L.EVENTS: ("event_start", "event_count"),
-    L.SCALARS: ("scalar_start", "scalar_count"),
-}
-#: A step's override ranges (format 1.1): table path -> (start field, count field) of its
-#: ``step_overrides`` row.
-OVERRIDE_RANGES: dict[str, tuple[str, str]] = {
-    L.OP_ATTRS: ("op_attrs_start", "op_attrs_count"),
-    L.TENSOR_OFFSETS: ("tensor_offset_start", "tensor_offset_count"),
-}
-#: A graph's ranges: table path -> (start field, count field, largest count).
-GRAPH_RANGES: dict[str, tuple[str, str, int]] = {
-    L.OPS: ("op_start", "op_count", L.MAX_GRAPH_OPS),
-    L.EDGES: ("edge_start", "edge_count", L.MAX_STEP_ROWS),
-    L.TENSORS: ("tensor_start", "tensor_count", L.MAX_STEP_ROWS),
-    L.DIMS: ("dim_start", "dim_count", L.MAX_STEP_ROWS),
-}
-_VERSION = re.compile(r"(\d{1,6})\.(\d{1,6})")
+from tracefmt._primitives import Problem, tensor_dims
+from tracefmt._rows import EdgeRow, OpRow, TensorRow, named
 
 
-def text_value(value: object) -> str | None:
-    """An attribute's value as text, or None when it is not a (UTF-8) string."""
-    if isinstance(value, (bytes, np.bytes_)):
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    return str(value) if isinstance(value, str) else None
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A range of rows of a table: ``[start, start + count)``."""
 
-
-def int_value(value: object) -> int | None:
-    """An attribute's value as an integer, or None when it is not an integer scalar."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    return int(value) if isinstance(value, (int, np.integer)) else None
-
-
-def parse_version(text: str) -> tuple[int, int] | None:
-    """``"1.0"`` -> ``(1, 0)``; None when ``text`` is not ``MAJOR.MINOR``."""
-    m = _VERSION.fullmatch(text)
-    return None if m is None else (int(m.group(1)), int(m.group(2)))
+    start: int
+    count: int
 
 
 @dataclass(frozen=True)
@@ -76,12 +37,12 @@ class StepRef:
     step: int
     graph: int
     flags: int
-    ranges: dict[str, tuple[int, int]]
-    overrides: dict[str, tuple[int, int]] | None = None
+    ranges: dict[str, Span]
+    overrides: dict[str, Span] | None = None
 
 
 class GraphView:
-    """One graph's rows (graph-local), with shapes decoded where its dims are valid."""
+    """One graph's rows (graph-local), named, with shapes decoded where its dims are valid."""
 
     def __init__(
         self, index: int, ops: np.ndarray, edges: np.ndarray, tensors: np.ndarray, dims: np.ndarray
@@ -90,20 +51,18 @@ class GraphView:
         self.ops, self.edges, self.tensors, self.dims = ops, edges, tensors, dims
         self.n_ops, self.n_edges = len(ops), len(edges)
         self.n_tensors, self.n_dims = len(tensors), len(dims)
-        self.op_list: list[tuple[int, ...]] = ops.tolist()
-        self.tensor_list: list[tuple[int, ...]] = tensors.tolist()
-        self.edge_list: list[tuple[int, int, int]] = edges.tolist()
+        self.op_list: list[OpRow] = named(ops, OpRow)
+        self.tensor_list: list[TensorRow] = named(tensors, TensorRow)
+        self.edge_list: list[EdgeRow] = named(edges, EdgeRow)
 
     @functools.cached_property
     def shapes(self) -> list[tuple[int, ...] | None]:
         """Each tensor's shape, or None where its dims are invalid (TF-TENSOR-002 reports it)."""
         dims = self.dims.tolist()
         out: list[tuple[int, ...] | None] = []
-        for row in self.tensor_list:
-            ndim, d0 = int(row[2]), int(row[3])
-            shape = tuple(dims[d0 : d0 + ndim])
-            ok = ndim <= L.MAX_NDIM and d0 + 2 * ndim <= self.n_dims and min(shape, default=0) >= 0
-            out.append(shape if ok else None)
+        for j, t in enumerate(self.tensor_list):
+            decoded = tensor_dims(j, t, dims)
+            out.append(None if isinstance(decoded, Problem) else decoded.shape)
         return out
 
     @functools.cached_property
@@ -129,9 +88,9 @@ class GraphView:
 
     def op_tensors(self, i: int, outputs: bool) -> list[int] | None:
         """Tensors of op ``i``'s inputs (or outputs); None when the range or a tensor is invalid."""
-        row = self.op_list[i]
-        start, count = (row[7], row[8]) if outputs else (row[5], row[6])
+        op = self.op_list[i]
+        start, count = (op.out_start, op.out_count) if outputs else (op.in_start, op.in_count)
         if start + count > self.n_edges:
             return None
-        tensors = [e[0] for e in self.edge_list[start : start + count]]
+        tensors = [e.tensor for e in self.edge_list[start : start + count]]
         return tensors if all(t < self.n_tensors for t in tensors) else None

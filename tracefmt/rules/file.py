@@ -3,28 +3,39 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 
 from tracefmt import _layout as L
+from tracefmt._primitives import (
+    Problem,
+    read_hist_bins,
+    read_provenance,
+    read_rank,
+    read_run_id,
+    read_values_filter,
+    read_version,
+    trace_mark,
+    unsupported,
+)
 from tracefmt.errors import MissingFilterError
 from tracefmt.filters import FILTERS, ensure_readable
-from tracefmt.model import Provenance
-from tracefmt.rules._base import GATE_NONE, GATE_TRACE, Issue, Skip, rule
+from tracefmt.rules._base import GATE_NONE, GATE_TRACE, Issue, Severity, Skip, rule
 from tracefmt.rules._context import FileContext, RunContext
-from tracefmt.rules._views import int_value, parse_version, text_value
 from tracefmt.schema import H5Z_DEFLATE, H5Z_FLETCHER32, H5Z_SHUFFLE, values_filter_ids
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _TABLE_FILTER_IDS = {H5Z_DEFLATE, H5Z_SHUFFLE, H5Z_FLETCHER32}
 
 
-def _attr_loc(ctx: FileContext, name: str) -> str:
-    return f"{ctx.path}:/@{name}"
+def _issue(ctx: FileContext, problem: Problem, severity: Severity = "error") -> Issue:
+    """A problem with the file's root attributes, reported at the attribute it names."""
+    loc = ctx.loc() if problem.attr is None else f"{ctx.path}:/@{problem.attr}"
+    return Issue(loc, problem.message, severity)
 
 
 def _pipeline(ds: h5py.Dataset) -> list[int]:
@@ -32,8 +43,16 @@ def _pipeline(ds: h5py.Dataset) -> list[int]:
     return [int(plist.get_filter(i)[0]) for i in range(plist.get_nfilters())]
 
 
-def _superblock(path: Path) -> tuple[int, int | None] | None:
-    """``(version, end-of-file address)`` of the HDF5 superblock, or None when there is none.
+class _Superblock(NamedTuple):
+    """What the validator reads of an HDF5 superblock: its version and the end of the file it
+    records (None when it cannot be read)."""
+
+    version: int
+    eof: int | None
+
+
+def _superblock(path: Path) -> _Superblock | None:
+    """The file's HDF5 superblock, or None when there is none.
 
     The superblock is at offset 0, 512, 1024, 2048, ... (after a user block).
     """
@@ -46,15 +65,15 @@ def _superblock(path: Path) -> tuple[int, int | None] | None:
             if head[:8] == _SIGNATURE and len(head) >= 12:
                 version, width = head[8], head[13] if head[8] < 2 else head[9]
                 if width not in (2, 4, 8):
-                    return version, None
+                    return _Superblock(version, None)
                 # Fields before the base address: 16 bytes (v0), 20 (v1), 4 (v2 and v3).
                 first = {0: 24, 1: 28}.get(version, 12)
                 at = first + 2 * width  # base address, then one more address, then end of file
                 if len(head) < at + width:
-                    return version, None
+                    return _Superblock(version, None)
                 base = int.from_bytes(head[first : first + width], "little")
                 eof = int.from_bytes(head[at : at + width], "little")
-                return version, offset + base + eof if base + eof < 1 << 62 else None
+                return _Superblock(version, offset + base + eof if base + eof < 1 << 62 else None)
             offset = 512 if offset == 0 else offset * 2
     return None
 
@@ -68,19 +87,15 @@ def file_is_trace(ctx: FileContext) -> Iterator[Issue]:
             "trace, or it is damaged or truncated.",
         )
         return
-    if not ctx.is_trace:
-        value, problem = ctx.attr(L.ATTR_MAGIC)
-        yield Issue(
-            _attr_loc(ctx, L.ATTR_MAGIC),
-            problem
-            or f"The root attribute {L.ATTR_MAGIC!r} is {value!r}, not "
-            f"{L.FORMAT_MAGIC!r}; this HDF5 file is not a trace.",
-        )
+    problem = trace_mark(ctx.file)
+    if problem is not None:
+        yield _issue(ctx, problem)
     block = _superblock(ctx.path)
     size = ctx.path.stat().st_size
-    if block is not None and block[1] is not None and size < block[1]:
+    if block is not None and block.eof is not None and size < block.eof:
         yield Issue(
-            ctx.loc(), f"The file is truncated: it has {size} bytes, and its superblock says {block[1]}."
+            ctx.loc(),
+            f"The file is truncated: it has {size} bytes, and its superblock says {block.eof}.",
         )
 
 
@@ -91,10 +106,10 @@ def file_superblock(ctx: FileContext) -> Iterator[Issue]:
     block = _superblock(ctx.path)
     if block is None:
         yield Issue(ctx.loc(), "No HDF5 superblock signature was found.")
-    elif block[0] < 3:
+    elif block.version < 3:
         yield Issue(
             ctx.loc(),
-            f"The HDF5 superblock has version {block[0]}; the format needs "
+            f"The HDF5 superblock has version {block.version}; the format needs "
             "version 3 or later (the HDF5 1.10 format) for SWMR and metadata "
             "checksums. Rewrite the file with tracefmt.",
         )
@@ -102,94 +117,45 @@ def file_superblock(ctx: FileContext) -> Iterator[Issue]:
 
 @rule("TF-FILE-003", "format_version is MAJOR.MINOR with a known major version", gate=GATE_TRACE)
 def file_version(ctx: FileContext) -> Iterator[Issue]:
-    value, problem = ctx.attr(L.ATTR_VERSION)
-    loc = _attr_loc(ctx, L.ATTR_VERSION)
-    if problem:
-        yield Issue(loc, problem)
+    version = read_version(ctx.h5)
+    if isinstance(version, Problem):
+        yield _issue(ctx, version)
         return
-    text = text_value(value)
-    version = None if text is None else parse_version(text)
-    if version is None:
-        yield Issue(loc, f"format_version {value!r} is not a string 'MAJOR.MINOR'.")
-    elif version[0] != L.FORMAT_MAJOR:
-        yield Issue(
-            loc,
-            f"The file has format version {text}; this validator knows major version "
-            f"{L.FORMAT_MAJOR} only and checks nothing else. Use a tracefmt release "
-            f"that supports version {version[0]}.",
-        )
-    elif version[1] > L.FORMAT_MINOR:
-        yield Issue(
-            loc,
-            f"The file has format version {text}, newer than this validator's "
-            f"{L.FORMAT_VERSION}; it is checked against the {L.FORMAT_VERSION} rules "
-            "and what they do not know is ignored.",
+    problem = unsupported(version)
+    if problem is not None:
+        yield _issue(ctx, problem)
+    elif version.minor > L.FORMAT_MINOR:
+        yield _issue(
+            ctx,
+            Problem(
+                f"The file has format version {version.major}.{version.minor}, newer than this "
+                f"validator's {L.FORMAT_VERSION}; it is checked against the {L.FORMAT_VERSION} "
+                "rules and what they do not know is ignored.",
+                attr=L.ATTR_VERSION,
+            ),
             "warning",
         )
 
 
 @rule("TF-FILE-004", "provenance is a JSON object naming the writing software", gate=GATE_TRACE)
 def file_provenance(ctx: FileContext) -> Iterator[Issue]:
-    value, problem = ctx.attr(L.ATTR_PROVENANCE)
-    loc = _attr_loc(ctx, L.ATTR_PROVENANCE)
-    if problem:
-        yield Issue(loc, problem)
-        return
-    text = text_value(value)
-    if text is None:
-        yield Issue(loc, "The provenance attribute is not a UTF-8 string.")
-        return
-    try:
-        Provenance.from_json(text)
-        data = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        yield Issue(loc, f"The provenance attribute is not valid: {e}.")
-        return
-    for key in ("host", "torch"):
-        if key in data and not isinstance(data[key], str):
-            yield Issue(loc, f"The provenance field {key!r} is {data[key]!r}, not a string.")
+    provenance = read_provenance(ctx.h5)
+    if isinstance(provenance, Problem):
+        yield _issue(ctx, provenance)
 
 
 @rule("TF-FILE-005", "run_id, rank and world_size identify the file in its run", gate=GATE_TRACE)
 def file_identity(ctx: FileContext) -> Iterator[Issue]:
-    values = {}
-    for name in (L.ATTR_RUN_ID, L.ATTR_RANK, L.ATTR_WORLD_SIZE):
-        value, problem = ctx.attr(name)
-        if problem:
-            yield Issue(_attr_loc(ctx, name), problem)
-            return
-        values[name] = value
-    run_id = text_value(values[L.ATTR_RUN_ID])
-    if not run_id:
-        yield Issue(
-            _attr_loc(ctx, L.ATTR_RUN_ID), f"run_id {values[L.ATTR_RUN_ID]!r} is not a non-empty string."
-        )
-    rank, world = int_value(values[L.ATTR_RANK]), int_value(values[L.ATTR_WORLD_SIZE])
-    if rank is None or world is None:
-        yield Issue(
-            ctx.loc(),
-            f"rank {values[L.ATTR_RANK]!r} and world_size "
-            f"{values[L.ATTR_WORLD_SIZE]!r} must be integers.",
-        )
-    elif not 0 <= rank < world:
-        yield Issue(ctx.loc(), f"rank {rank} is outside 0..world_size-1 (world_size {world}).")
+    for value in (read_run_id(ctx.h5), read_rank(ctx.h5)):
+        if isinstance(value, Problem):
+            yield _issue(ctx, value)
 
 
 @rule("TF-FILE-006", "values_filter names a known pipeline and hist_bins is 0..4096", gate=GATE_TRACE)
 def file_settings(ctx: FileContext) -> Iterator[Issue]:
-    value, problem = ctx.attr(L.ATTR_VALUES_FILTER)
-    if problem or text_value(value) not in FILTERS:
-        yield Issue(
-            _attr_loc(ctx, L.ATTR_VALUES_FILTER),
-            problem or f"values_filter {value!r} is not one of {', '.join(FILTERS)}.",
-        )
-    value, problem = ctx.attr(L.ATTR_HIST_BINS)
-    bins = int_value(value)
-    if problem or bins is None or not 0 <= bins <= L.MAX_HIST_BINS:
-        yield Issue(
-            _attr_loc(ctx, L.ATTR_HIST_BINS),
-            problem or f"hist_bins {value!r} is not an integer in 0..{L.MAX_HIST_BINS}.",
-        )
+    for value in (read_values_filter(ctx.h5), read_hist_bins(ctx.h5)):
+        if isinstance(value, Problem):
+            yield _issue(ctx, value)
 
 
 @rule(
@@ -199,11 +165,11 @@ def run_file_names(run: RunContext) -> Iterator[Issue]:
     for path, identity in run.files:
         if identity is None or not fnmatch.fnmatchcase(path.name, L.RANK_FILE_GLOB):
             continue
-        expected = L.RANK_FILE_PATTERN.format(rank=identity[1])
+        expected = L.RANK_FILE_PATTERN.format(rank=identity.rank)
         if path.name != expected:
             yield Issue(
                 str(path),
-                f"The file holds rank {identity[1]} and so must be named "
+                f"The file holds rank {identity.rank} and so must be named "
                 f"{expected!r}, not {path.name!r}.",
             )
 
@@ -218,14 +184,14 @@ def run_identity(run: RunContext) -> Iterator[Issue]:
     known = [(path, identity) for path, identity in run.files if identity is not None]
     if not known:
         return
-    first_path, (run_id, _, world) = known[0]
-    for path, (other_id, _, other_world) in known[1:]:
-        if (other_id, other_world) != (run_id, world):
+    first_path, first = known[0]
+    for path, other in known[1:]:
+        if (other.run_id, other.world_size) != (first.run_id, first.world_size):
             yield Issue(
                 str(path),
-                f"run_id {other_id!r} / world_size {other_world} differ from "
-                f"{first_path.name}'s {run_id!r} / {world}; the files belong to "
-                "different runs.",
+                f"run_id {other.run_id!r} / world_size {other.world_size} differ from "
+                f"{first_path.name}'s {first.run_id!r} / {first.world_size}; the files belong "
+                "to different runs.",
             )
 
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from tracefmt import _layout as L
+from tracefmt._primitives import Problem, tensor_dims
+from tracefmt.attrcodec import decode_attrs
 from tracefmt.dtypes import DType
 from tracefmt.model import Phase, Role
-from tracefmt.records import decode_attrs
 from tracefmt.rules._base import Issue, rule
 from tracefmt.rules._context import FileContext
-from tracefmt.rules._views import GRAPH_RANGES, GraphView
+from tracefmt.rules._views import GraphView
 
 _PHASES = frozenset(int(p) for p in Phase)
 _DTYPES = frozenset(int(d) for d in DType)
@@ -26,53 +28,61 @@ def _graph_start(ctx: FileContext, view: GraphView, field: str) -> int:
     return int(ctx.table(L.GRAPHS)[view.index][field])
 
 
-# A string reference: (table, row, step or None, field, string id, required).
-_Ref = tuple[str, int, "int | None", str, int, bool]
+class _StringRef(NamedTuple):
+    """A string reference: where it is (table, row, step or None, field), the string id, and
+    whether the string is required."""
+
+    table: str
+    row: int
+    step: int | None
+    field: str
+    sid: int
+    required: bool
 
 
-def _string_refs(ctx: FileContext) -> Iterator[_Ref]:
+def _string_refs(ctx: FileContext) -> Iterator[_StringRef]:
     """Every string reference that committed steps reach (locations are built only for issues)."""
     for view in ctx.graph_views():
         op0 = _graph_start(ctx, view, "op_start")
         for i, op in enumerate(view.op_list):
-            yield L.OPS, op0 + i, None, "name", op[0], True
-            yield L.OPS, op0 + i, None, "module", op[2], False
-            yield L.OPS, op0 + i, None, "attrs", op[3], False
-            yield L.OPS, op0 + i, None, "source", op[4], False
+            yield _StringRef(L.OPS, op0 + i, None, "name", op.name, True)
+            yield _StringRef(L.OPS, op0 + i, None, "module", op.module, False)
+            yield _StringRef(L.OPS, op0 + i, None, "attrs", op.attrs, False)
+            yield _StringRef(L.OPS, op0 + i, None, "source", op.source, False)
         t0 = _graph_start(ctx, view, "tensor_start")
         for j, t in enumerate(view.tensor_list):
-            yield L.TENSORS, t0 + j, None, "device", t[4], False
-            yield L.TENSORS, t0 + j, None, "name", t[5], False
+            yield _StringRef(L.TENSORS, t0 + j, None, "device", t.device, False)
+            yield _StringRef(L.TENSORS, t0 + j, None, "name", t.name, False)
     for ref in ctx.steps():
         op_attrs = ctx.override_rows(ref, L.OP_ATTRS)
         if op_attrs is not None and ref.overrides is not None:
-            start = ref.overrides[L.OP_ATTRS][0]
-            for k, (_, sid) in enumerate(op_attrs.tolist()):
-                yield L.OP_ATTRS, start + k, ref.step, "attrs", sid, False
+            start = ref.overrides[L.OP_ATTRS].start
+            for k, sid in enumerate(op_attrs["attrs"].tolist()):
+                yield _StringRef(L.OP_ATTRS, start + k, ref.step, "attrs", sid, False)
         for table, fields in (
-            (L.EVENTS, ((0, "kind", True), (3, "message", False))),
-            (L.SCALARS, ((0, "name", True),)),
+            (L.EVENTS, (("kind", True), ("message", False))),
+            (L.SCALARS, (("name", True),)),
         ):
-            if not ref.ranges[table][1]:
+            if not ref.ranges[table].count:
                 continue
             rows = ctx.step_rows(ref, table)
             if rows is None:
                 continue
-            start = ref.ranges[table][0]
-            for k, row in enumerate(rows.tolist()):
-                for pos, field, required in fields:
-                    yield table, start + k, ref.step, field, row[pos], required
+            start = ref.ranges[table].start
+            for field, required in fields:
+                for k, sid in enumerate(rows[field].tolist()):
+                    yield _StringRef(table, start + k, ref.step, field, sid, required)
 
 
-def _ref_loc(ctx: FileContext, ref: _Ref) -> str:
-    return f"{ctx.loc(ref[0], ref[1], ref[2])} {ref[3]}"
+def _ref_loc(ctx: FileContext, ref: _StringRef) -> str:
+    return f"{ctx.loc(ref.table, ref.row, ref.step)} {ref.field}"
 
 
 @rule("TF-STR-001", "String ids are -1 or rows of strings/index; required strings are present")
 def strings_ids(ctx: FileContext) -> Iterator[Issue]:
     n = ctx.length(L.STRINGS_INDEX)
     for ref in _string_refs(ctx):
-        sid, required = ref[4], ref[5]
+        sid, required = ref.sid, ref.required
         if sid == L.NO_STRING and required:
             yield Issue(_ref_loc(ctx, ref), "This string is required but the id is -1 (none).")
         elif not L.NO_STRING <= sid < n:
@@ -86,12 +96,12 @@ def strings_text(ctx: FileContext) -> Iterator[Issue]:
     n = ctx.length(L.STRINGS_INDEX)
     seen: set[int] = set()
     for ref in _string_refs(ctx):
-        sid = ref[4]
+        sid = ref.sid
         if 0 <= sid < n and sid not in seen:
             seen.add(sid)
             problem = ctx.string_problem(sid)
             if problem:
-                yield Issue(_ref_loc(ctx, ref), f"{problem[:1].upper()}{problem[1:]}.")
+                yield Issue(_ref_loc(ctx, ref), problem.message)
 
 
 @rule("TF-GRAPH-001", "A referenced graph's ranges lie inside ops, edges, tensors and dims")
@@ -101,7 +111,7 @@ def graph_ranges(ctx: FileContext) -> Iterator[Issue]:
         if g >= len(graphs):
             continue  # TF-STEP-002
         row = graphs[g]
-        for table, (start_field, count_field, limit) in GRAPH_RANGES.items():
+        for table, (start_field, count_field, limit) in L.GRAPH_RANGES.items():
             start, count = int(row[start_field]), int(row[count_field])
             if not ctx.range_ok(table, start, count, limit):
                 yield Issue(
@@ -144,10 +154,10 @@ def op_phase(ctx: FileContext) -> Iterator[Issue]:
     for view in ctx.graph_views():
         op0 = _graph_start(ctx, view, "op_start")
         for i, op in enumerate(view.op_list):
-            if op[1] not in _PHASES:
+            if op.phase not in _PHASES:
                 yield Issue(
                     ctx.loc(L.OPS, op0 + i),
-                    f"Phase code {op[1]} is not in the Phase table.",
+                    f"Phase code {op.phase} is not in the Phase table.",
                     ctx.unknown_severity,
                 )
 
@@ -158,7 +168,10 @@ def op_edges(ctx: FileContext) -> Iterator[Issue]:
         op0 = _graph_start(ctx, view, "op_start")
         for i, op in enumerate(view.op_list):
             loc = ctx.loc(L.OPS, op0 + i)
-            for kind, start, count in (("input", op[5], op[6]), ("output", op[7], op[8])):
+            for kind, start, count in (
+                ("input", op.in_start, op.in_count),
+                ("output", op.out_start, op.out_count),
+            ):
                 if start + count > view.n_edges:
                     yield Issue(
                         loc,
@@ -166,23 +179,23 @@ def op_edges(ctx: FileContext) -> Iterator[Issue]:
                         f"its graph's {view.n_edges} edges.",
                     )
                     continue
-                for k, (tensor, arg, item) in enumerate(view.edge_list[start : start + count]):
-                    if tensor >= view.n_tensors:
+                for k, e in enumerate(view.edge_list[start : start + count]):
+                    if e.tensor >= view.n_tensors:
                         yield Issue(
                             loc,
-                            f"Op {i}'s {kind} {k} names tensor {tensor}; the graph "
+                            f"Op {i}'s {kind} {k} names tensor {e.tensor}; the graph "
                             f"has {view.n_tensors}.",
                         )
-                    if kind == "input" and (arg < 0 or item < -1):
+                    if kind == "input" and (e.arg < 0 or e.item < -1):
                         yield Issue(
                             loc,
-                            f"Op {i}'s input {k} has arg {arg}, item {item}; inputs "
+                            f"Op {i}'s input {k} has arg {e.arg}, item {e.item}; inputs "
                             "need arg >= 0 and item >= -1.",
                         )
-                    if kind == "output" and (arg != k or item != -1):
+                    if kind == "output" and (e.arg != k or e.item != -1):
                         yield Issue(
                             loc,
-                            f"Op {i}'s output {k} has arg {arg}, item {item}; output "
+                            f"Op {i}'s output {k} has arg {e.arg}, item {e.item}; output "
                             f"k needs arg k and item -1.",
                         )
 
@@ -192,7 +205,7 @@ def op_attrs(ctx: FileContext) -> Iterator[Issue]:
     for view in ctx.graph_views():
         op0 = _graph_start(ctx, view, "op_start")
         for i, op in enumerate(view.op_list):
-            text = ctx.string(op[3])
+            text = ctx.string(op.attrs)
             if text is None:
                 continue  # none, or a broken string (TF-STR-001, TF-STR-002)
             try:
@@ -209,7 +222,7 @@ def tensor_codes(ctx: FileContext) -> Iterator[Issue]:
     for view in ctx.graph_views():
         t0 = _graph_start(ctx, view, "tensor_start")
         for j, t in enumerate(view.tensor_list):
-            for code, table, name in ((t[0], _DTYPES, "DType"), (t[1], _ROLES, "Role")):
+            for code, table, name in ((t.dtype, _DTYPES, "DType"), (t.role, _ROLES, "Role")):
                 if code not in table:
                     yield Issue(
                         ctx.loc(L.TENSORS, t0 + j),
@@ -219,33 +232,26 @@ def tensor_codes(ctx: FileContext) -> Iterator[Issue]:
 
 
 @rule("TF-TENSOR-002", "Tensor shapes and strides lie in dims and are valid")
-def tensor_dims(ctx: FileContext) -> Iterator[Issue]:
+def tensor_dims_valid(ctx: FileContext) -> Iterator[Issue]:
     for view in ctx.graph_views():
         t0 = _graph_start(ctx, view, "tensor_start")
         dims = view.dims.tolist()
         for j, t in enumerate(view.tensor_list):
             loc = ctx.loc(L.TENSORS, t0 + j)
-            ndim, d0, version, offset = t[2], t[3], t[8], t[9]
-            if ndim > L.MAX_NDIM or d0 + 2 * ndim > view.n_dims:
+            decoded = tensor_dims(j, t, dims)
+            if isinstance(decoded, Problem):
+                yield Issue(loc, decoded.message)
+            elif not (all(s == -1 for s in decoded.strides) or all(s >= 0 for s in decoded.strides)):
                 yield Issue(
                     loc,
-                    f"Tensor {j} has {ndim} dimensions at dims {d0}; the graph has "
-                    f"{view.n_dims} dims entries and the limit is {L.MAX_NDIM}.",
-                )
-                continue
-            shape, strides = dims[d0 : d0 + ndim], dims[d0 + ndim : d0 + 2 * ndim]
-            if any(d < 0 for d in shape):
-                yield Issue(loc, f"Tensor {j} has a negative dimension in shape {tuple(shape)}.")
-            if not (all(s == -1 for s in strides) or all(s >= 0 for s in strides)):
-                yield Issue(
-                    loc,
-                    f"Tensor {j} has strides {tuple(strides)}; strides are all -1 "
+                    f"Tensor {j} has strides {decoded.strides}; strides are all -1 "
                     "(not recorded) or all >= 0.",
                 )
-            if version < 0 or offset < 0:
+            if t.version < 0 or t.storage_offset < 0:
                 yield Issue(
                     loc,
-                    f"Tensor {j} has version {version} and storage offset {offset}; both must be >= 0.",
+                    f"Tensor {j} has version {t.version} and storage offset {t.storage_offset}; "
+                    "both must be >= 0.",
                 )
 
 
@@ -254,7 +260,7 @@ def tensor_producer(ctx: FileContext) -> Iterator[Issue]:
     for view in ctx.graph_views():
         t0 = _graph_start(ctx, view, "tensor_start")
         for j, t in enumerate(view.tensor_list):
-            producer, slot = t[6], t[7]
+            producer, slot = t.producer, t.producer_slot
             if not -1 <= producer < view.n_ops:
                 yield Issue(
                     ctx.loc(L.TENSORS, t0 + j),
@@ -271,7 +277,7 @@ def tensor_producer(ctx: FileContext) -> Iterator[Issue]:
         op0 = _graph_start(ctx, view, "op_start")
         for i in range(view.n_ops):
             for k, tensor in enumerate(view.op_tensors(i, outputs=True) or ()):
-                producer = view.tensor_list[tensor][6]
+                producer = view.tensor_list[tensor].producer
                 if producer not in (-1, i):
                     yield Issue(
                         ctx.loc(L.OPS, op0 + i),
@@ -285,7 +291,7 @@ def tensor_order(ctx: FileContext) -> Iterator[Issue]:
         op0 = _graph_start(ctx, view, "op_start")
         for i in range(view.n_ops):
             for tensor in view.op_tensors(i, outputs=False) or ():
-                producer = view.tensor_list[tensor][6]
+                producer = view.tensor_list[tensor].producer
                 if i <= producer < view.n_ops:
                     yield Issue(
                         ctx.loc(L.OPS, op0 + i),

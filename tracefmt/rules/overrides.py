@@ -13,17 +13,17 @@ from collections.abc import Iterator
 import numpy as np
 
 from tracefmt import _layout as L
-from tracefmt.records import decode_attrs
+from tracefmt.attrcodec import decode_attrs
 from tracefmt.rules._base import Issue, Skip, rule
 from tracefmt.rules._context import FileContext
-from tracefmt.rules._views import OVERRIDE_RANGES, GraphView, StepRef
+from tracefmt.rules._views import GraphView, StepRef
 
 #: Per override table: the field naming the op or tensor, and what it names.
 _TARGET = {L.OP_ATTRS: ("op", "op"), L.TENSOR_OFFSETS: ("tensor", "tensor")}
 
 
 def _start(ref: StepRef, table: str) -> int:
-    return 0 if ref.overrides is None else ref.overrides[table][0]
+    return 0 if ref.overrides is None else ref.overrides[table].start
 
 
 def _count(view: GraphView, table: str) -> int:
@@ -46,13 +46,13 @@ def override_ranges(ctx: FileContext) -> Iterator[Issue]:
             f"{ctx.length(L.STEPS)} committed steps; every row of /{L.STEPS} needs its "
             f"row of /{L.STEP_OVERRIDES}.",
         )
-    for table in OVERRIDE_RANGES:
+    for table in L.OVERRIDE_RANGES:
         end, previous = 0, None
         for ref in ctx.steps():
             if ref.overrides is None:
                 continue  # no row (reported above), or it could not be read (TF-FILT-003)
             loc = ctx.loc(L.STEP_OVERRIDES, ref.row, ref.step)
-            start, count = ref.overrides[table]
+            start, count = ref.overrides[table].start, ref.overrides[table].count
             if not ctx.range_ok(table, start, count):
                 yield Issue(
                     loc,
@@ -106,11 +106,15 @@ def _rows(ctx: FileContext, table: str) -> Iterator[tuple[int, int, int, int, in
         if rows is None:
             continue
         start = _start(ref, table)
-        items, count, field = (
-            (view.op_list, view.n_ops, 3) if attrs else (view.tensor_list, view.n_tensors, 9)
+        # The graph's base value of each op's attrs, each tensor's storage offset.
+        base = (
+            [op.attrs for op in view.op_list] if attrs else [t.storage_offset for t in view.tensor_list]
         )
-        for k, (index, value) in enumerate(rows.tolist()):
-            yield start + k, ref.step, index, value, items[index][field] if index < count else None
+        field, _ = _TARGET[table]
+        what = "attrs" if attrs else "storage_offset"
+        pairs = zip(rows[field].tolist(), rows[what].tolist(), strict=True)
+        for k, (index, value) in enumerate(pairs):
+            yield start + k, ref.step, index, value, base[index] if index < len(base) else None
 
 
 @rule(

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import numpy as np
 
 from tracefmt import _layout as L
+from tracefmt._rows import DataRow, EventRow, HistRow, named
 from tracefmt.dtypes import DTYPE_INFO, DType, heap_name
 from tracefmt.rules._base import Issue, Skip, rule
 from tracefmt.rules._context import FileContext
-from tracefmt.rules._views import STEP_RANGES, GraphView, StepRef
+from tracefmt.rules._views import GraphView, StepRef
 
 _STEP_FLAGS = L.STEP_HAS_NAN | L.STEP_HAS_INF
 _STAT_FLAGS = L.STAT_MOMENTS | L.STAT_COUNTS | L.STAT_FINGERPRINT
@@ -41,7 +42,8 @@ def step_references(ctx: FileContext) -> Iterator[Issue]:
         loc = ctx.loc(L.STEPS, ref.row, ref.step)
         if ref.graph >= n_graphs:
             yield Issue(loc, f"The step references graph {ref.graph}; /{L.GRAPHS} has {n_graphs} rows.")
-        for table, (start, count) in ref.ranges.items():
+        for table, span in ref.ranges.items():
+            start, count = span.start, span.count
             try:
                 ok = ctx.range_ok(table, start, count)
             except Skip:
@@ -59,7 +61,7 @@ def step_references(ctx: FileContext) -> Iterator[Issue]:
 def step_counts(ctx: FileContext) -> Iterator[Issue]:
     for ref, view in ctx.step_graphs():
         loc = ctx.loc(L.STEPS, ref.row, ref.step)
-        stats, op_stats = ref.ranges[L.STATS][1], ref.ranges[L.OP_STATS][1]
+        stats, op_stats = ref.ranges[L.STATS].count, ref.ranges[L.OP_STATS].count
         if stats not in (0, view.n_tensors):
             yield Issue(loc, f"The step has {stats} stats rows for a graph of {view.n_tensors} tensors.")
         if op_stats not in (0, view.n_ops):
@@ -68,14 +70,14 @@ def step_counts(ctx: FileContext) -> Iterator[Issue]:
 
 @rule("TF-STEP-004", "Steps' ranges of a table do not overlap and follow the step order")
 def step_append_only(ctx: FileContext) -> Iterator[Issue]:
-    for table in STEP_RANGES:
+    for table in L.STEP_RANGES:
         try:
             ctx.length(table)
         except Skip:
             continue
         end, previous = 0, None
         for ref in ctx.steps():
-            start, count = ref.ranges[table]
+            start, count = ref.ranges[table].start, ref.ranges[table].count
             if count == 0 or not ctx.range_ok(table, start, count):
                 continue
             if start < end:
@@ -122,7 +124,7 @@ def stat_rows(ctx: FileContext) -> Iterator[Issue]:
         rows = _stats(ctx, ref, view)
         if rows is None or not len(rows):
             continue
-        start = ref.ranges[L.STATS][0]
+        start = ref.ranges[L.STATS].start
         flags = rows["flags"]
         moments = (flags & L.STAT_MOMENTS) != 0
         values = np.stack([rows[f] for f in ("min", "max", "mean", "std", "norm")])
@@ -164,7 +166,7 @@ def stat_op_rows(ctx: FileContext) -> Iterator[Issue]:
         bad = (rows["host_ns"] < -1) | (rows["device_ns"] < -1) | (rows["mem_bytes"] < -1)
         for i in np.flatnonzero(bad).tolist():
             yield Issue(
-                ctx.loc(L.OP_STATS, ref.ranges[L.OP_STATS][0] + i, ref.step),
+                ctx.loc(L.OP_STATS, ref.ranges[L.OP_STATS].start + i, ref.step),
                 f"Op {i}'s timing {rows[i].tolist()} has a value below -1.",
             )
 
@@ -176,11 +178,12 @@ def _value_rows(
     rows = ctx.step_rows(ref, L.DATA_INDEX)
     if rows is None:
         return
-    start = ref.ranges[L.DATA_INDEX][0]
-    for k, (tensor, offset, count, fp) in enumerate(rows.tolist()):
-        if tensor >= view.n_tensors or view.tensor_list[tensor][0] not in _DTYPES:
+    start = ref.ranges[L.DATA_INDEX].start
+    for k, d in enumerate(named(rows, DataRow)):
+        tensor, offset, count = d.tensor, d.offset, d.count
+        if tensor >= view.n_tensors or view.tensor_list[tensor].dtype not in _DTYPES:
             continue
-        numel, dtype = view.numel[tensor], DType(view.tensor_list[tensor][0])
+        numel, dtype = view.numel[tensor], DType(view.tensor_list[tensor].dtype)
         info = DTYPE_INFO[dtype]
         if (
             numel is None
@@ -191,7 +194,7 @@ def _value_rows(
         heap = f"{L.DATA_GROUP}/{heap_name(dtype)}"
         try:
             if ctx.range_ok(heap, offset, count, L.MAX_VALUE_BYTES):
-                yield start + k, tensor, heap, offset, count, fp
+                yield start + k, tensor, heap, offset, count, d.fingerprint
         except Skip:
             continue
 
@@ -209,7 +212,7 @@ def stat_fingerprints(ctx: FileContext) -> Iterator[Issue]:
             actual = ctx.values_fingerprint(heap, offset, count)
             if int(row["fingerprint"]) != actual:
                 yield Issue(
-                    ctx.loc(L.STATS, ref.ranges[L.STATS][0] + tensor, ref.step),
+                    ctx.loc(L.STATS, ref.ranges[L.STATS].start + tensor, ref.step),
                     f"Tensor {tensor}'s statistics have fingerprint {int(row['fingerprint'])}"
                     f" but its recorded values (/{heap}, items {offset}..{offset + count}) "
                     f"have {actual}.",
@@ -222,7 +225,7 @@ def data_tensors(ctx: FileContext) -> Iterator[Issue]:
         rows = ctx.step_rows(ref, L.DATA_INDEX)
         if rows is None or not len(rows):
             continue
-        start, tensors = ref.ranges[L.DATA_INDEX][0], rows["tensor"].astype(np.int64)
+        start, tensors = ref.ranges[L.DATA_INDEX].start, rows["tensor"].astype(np.int64)
         for k in np.flatnonzero(tensors >= view.n_tensors).tolist():
             yield Issue(
                 ctx.loc(L.DATA_INDEX, start + k, ref.step),
@@ -242,15 +245,16 @@ def data_extent(ctx: FileContext) -> Iterator[Issue]:
         rows = ctx.step_rows(ref, L.DATA_INDEX)
         if rows is None:
             continue
-        for k, (tensor, offset, count, _) in enumerate(rows.tolist()):
-            loc = ctx.loc(L.DATA_INDEX, ref.ranges[L.DATA_INDEX][0] + k, ref.step)
+        for k, d in enumerate(named(rows, DataRow)):
+            tensor, offset, count = d.tensor, d.offset, d.count
+            loc = ctx.loc(L.DATA_INDEX, ref.ranges[L.DATA_INDEX].start + k, ref.step)
             if (
                 tensor >= view.n_tensors
-                or view.tensor_list[tensor][0] not in _DTYPES
+                or view.tensor_list[tensor].dtype not in _DTYPES
                 or view.numel[tensor] is None
             ):
                 continue  # TF-DATA-001, TF-TENSOR-001, TF-TENSOR-002
-            dtype = DType(view.tensor_list[tensor][0])
+            dtype = DType(view.tensor_list[tensor].dtype)
             info, numel = DTYPE_INFO[dtype], view.numel[tensor] or 0
             heap = f"{L.DATA_GROUP}/{heap_name(dtype)}"
             if numel * info.itemsize > L.MAX_VALUE_BYTES:
@@ -298,7 +302,7 @@ def hist_rows(ctx: FileContext) -> Iterator[Issue]:
     if bins is None:
         raise Skip  # TF-FILE-006
     for ref, view in ctx.step_graphs():
-        start, count = ref.ranges[L.HISTS]
+        start, count = ref.ranges[L.HISTS].start, ref.ranges[L.HISTS].count
         if bins == 0 and count:
             yield Issue(
                 ctx.loc(L.STEPS, ref.row, ref.step),
@@ -309,7 +313,8 @@ def hist_rows(ctx: FileContext) -> Iterator[Issue]:
         if rows is None:
             continue
         previous = -1
-        for k, (tensor, lo, hi, counts) in enumerate(rows.tolist()):
+        for k, h in enumerate(named(rows, HistRow)):
+            tensor, lo, hi, counts = h.tensor, h.lo, h.hi, h.counts
             loc = ctx.loc(L.HISTS, start + k, ref.step)
             if tensor >= view.n_tensors or tensor <= previous:
                 yield Issue(
@@ -341,10 +346,11 @@ def event_rows(ctx: FileContext) -> Iterator[Issue]:
         rows = ctx.step_rows(ref, L.EVENTS)
         if rows is None:
             continue
-        for k, (_, op, tensor, _) in enumerate(rows.tolist()):
+        for k, e in enumerate(named(rows, EventRow)):
+            op, tensor = e.op, e.tensor
             if not (-1 <= op < view.n_ops and -1 <= tensor < view.n_tensors):
                 yield Issue(
-                    ctx.loc(L.EVENTS, ref.ranges[L.EVENTS][0] + k, ref.step),
+                    ctx.loc(L.EVENTS, ref.ranges[L.EVENTS].start + k, ref.step),
                     f"The event names op {op} and tensor {tensor}; the graph has "
                     f"{view.n_ops} ops and {view.n_tensors} tensors (-1: none).",
                 )
@@ -357,12 +363,12 @@ def scalar_names(ctx: FileContext) -> Iterator[Issue]:
         if rows is None:
             continue
         seen: set[object] = set()
-        for k, (sid, _) in enumerate(rows.tolist()):
+        for k, sid in enumerate(rows["name"].tolist()):
             text = ctx.string(sid) if sid >= 0 else None
             key: object = text if text is not None else ("id", sid)
             if key in seen:
                 yield Issue(
-                    ctx.loc(L.SCALARS, ref.ranges[L.SCALARS][0] + k, ref.step),
+                    ctx.loc(L.SCALARS, ref.ranges[L.SCALARS].start + k, ref.step),
                     f"The scalar {text if text is not None else sid!r} appears twice in the step.",
                 )
             seen.add(key)
