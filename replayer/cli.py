@@ -7,7 +7,6 @@ A ``TraceError`` (``ReplayError`` included) becomes one line on stderr and exit 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,18 +16,22 @@ import click
 import numpy as np
 
 import tracefmt
+from replayer.cli_diff import diff
 from replayer.errors import ReplayError
-from replayer.export.build import PHASES
+from replayer.export.mapping import PHASES
 from tracefmt.cli import TraceErrorGroup
+from tracefmt.jsonout import dumps
 
 EXIT_MISMATCH = 1
-EXIT_ERROR = 2
 
 
 @click.group(cls=TraceErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(tracefmt.__version__, prog_name="replayer")
 def main() -> None:
     """Rebuild, view, check and diff recorded training steps, without torch."""
+
+
+main.add_command(diff)
 
 
 @contextlib.contextmanager
@@ -192,7 +195,7 @@ def check(
             progress=progress,
         )
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=1))
+        click.echo(dumps(report.to_json(), indent=1))
     else:
         from rich.console import Console
 
@@ -316,10 +319,6 @@ def _serve_until_stopped(host: str, port: int, message: str, line: str) -> None:
         stop(host, port)
     click.echo("stopped")
 
-
-from replayer.cli_diff import diff  # noqa: E402  (registered after the group exists)
-
-main.add_command(diff)
 
 if __name__ == "__main__":
     main()

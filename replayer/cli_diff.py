@@ -6,7 +6,6 @@ Exit status: 0 when the sides are equal within tolerance, 1 when they differ, 2 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,9 +13,12 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from replayer.diff.render import render, to_json, write_html
+from replayer.diff.jsondata import to_json
+from replayer.diff.page import write_html
+from replayer.diff.render import render
 from replayer.diff.runs import Progress as ProgressFn
 from replayer.diff.runs import diff_sides
+from tracefmt.jsonout import dumps
 
 __all__ = ["diff"]
 
@@ -117,7 +119,7 @@ def diff(
             stop_at_first_different=not all_steps,
         )
     if as_json:
-        click.echo(json.dumps(to_json(result, limit=max(top, 100))))
+        click.echo(dumps(to_json(result, limit=max(top, 100))))
     else:
         render(result, Console(), top=top)
     if report is not None:

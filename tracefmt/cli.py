@@ -7,7 +7,6 @@ becomes one line on stderr and exit code 2 (``validate`` exits 1 for findings).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from typing import Any
@@ -18,9 +17,17 @@ from rich.table import Table
 
 import tracefmt
 from tracefmt.errors import TraceError
+from tracefmt.jsonout import dumps
 from tracefmt.model import OpNode
 from tracefmt.reader import Step
-from tracefmt.summary import dump_tensor, find_tensor, select_ops, shapes_text, trace_info
+from tracefmt.summary import (
+    KindBytes,
+    dump_tensor,
+    find_tensor,
+    select_ops,
+    shapes_text,
+    trace_info,
+)
 
 EXIT_FINDINGS = 1
 EXIT_ERROR = 2
@@ -47,15 +54,24 @@ def _console() -> Console:
 
 
 def _json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=None, default=str, allow_nan=True))
+    """Print ``data`` as strict JSON (non-finite numbers as ``"inf"``, ``"-inf"``, ``"nan"``)."""
+    click.echo(dumps(data))
+
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
 def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    k = 0
+    while abs(n) >= 1024 and k < len(_UNITS) - 1:
         n /= 1024
-    return f"{n:.1f} TiB"
+        k += 1
+    return f"{n:.0f} B" if k == 0 else f"{n:.1f} {_UNITS[k]}"
+
+
+def _ratio(k: KindBytes) -> str:
+    """``2.31x`` (raw over stored), or ``-`` when nothing is stored."""
+    return "-" if k.ratio is None else f"{k.ratio:.2f}x"
 
 
 def _num(x: float | int | None) -> str:
@@ -142,20 +158,10 @@ def info(path: str, as_json: bool) -> None:
     kinds = Table(title="Bytes by kind (all ranks)", title_justify="left")
     for col in ("kind", "raw", "on disk", "ratio"):
         kinds.add_column(col, justify="right" if col != "kind" else "left")
-    totals: dict[str, list[int]] = {}
-    for r in data.rank_info:
-        for k in r.bytes_by_kind:
-            acc = totals.setdefault(k.kind, [0, 0])
-            acc[0] += k.raw_bytes
-            acc[1] += k.stored_bytes
-    for kind, (raw, stored) in totals.items():
-        kinds.add_row(kind, _bytes(raw), _bytes(stored), f"{raw / stored:.2f}x" if stored else "-")
-    kinds.add_row(
-        "[bold]total[/]",
-        _bytes(data.raw_bytes),
-        _bytes(data.stored_bytes),
-        f"{data.raw_bytes / data.stored_bytes:.2f}x" if data.stored_bytes else "-",
-    )
+    for k in data.bytes_by_kind():
+        kinds.add_row(k.kind, _bytes(k.raw_bytes), _bytes(k.stored_bytes), _ratio(k))
+    total = KindBytes("total", data.raw_bytes, data.stored_bytes)
+    kinds.add_row("[bold]total[/]", _bytes(total.raw_bytes), _bytes(total.stored_bytes), _ratio(total))
     con.print(kinds)
 
 

@@ -51,8 +51,9 @@ class KindBytes:
     stored_bytes: int
 
     @property
-    def ratio(self) -> float:
-        return self.raw_bytes / self.stored_bytes if self.stored_bytes else 1.0
+    def ratio(self) -> float | None:
+        """How many times smaller the data is on disk (``None`` when nothing is stored)."""
+        return self.raw_bytes / self.stored_bytes if self.stored_bytes else None
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,15 @@ class TraceInfo:
     @property
     def stored_bytes(self) -> int:
         return sum(k.stored_bytes for r in self.rank_info for k in r.bytes_by_kind)
+
+    def bytes_by_kind(self) -> list[KindBytes]:
+        """Bytes of each kind of data summed over the ranks (kinds in the order first seen)."""
+        totals: dict[str, tuple[int, int]] = {}
+        for r in self.rank_info:
+            for k in r.bytes_by_kind:
+                raw, stored = totals.get(k.kind, (0, 0))
+                totals[k.kind] = (raw + k.raw_bytes, stored + k.stored_bytes)
+        return [KindBytes(kind, raw, stored) for kind, (raw, stored) in totals.items()]
 
 
 def trace_info(trace: Trace) -> TraceInfo:
@@ -212,7 +222,8 @@ def dump_tensor(tensor: TensorRecord, out: str | os.PathLike[str], *, raw: bool 
     elif tensor.dtype in _WIDEN:
         values = values.view(np.uint16 if values.dtype.itemsize == 2 else np.uint8)
     path = Path(out)
-    np.save(path, np.ascontiguousarray(values), allow_pickle=False)
+    # Not np.ascontiguousarray: it returns at least one dimension, and a 0-d tensor has none.
+    np.save(path, np.asarray(values, order="C"), allow_pickle=False)
     return path
 
 

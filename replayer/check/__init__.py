@@ -2,9 +2,10 @@
 
 :func:`check_step` maps the step to ONNX (:mod:`replayer.export`), runs it in stages
 (:mod:`replayer.check.stages`: ONNX Runtime for standard nodes, the reference evaluator for
-custom ones, :mod:`replayer.check.runtime`), judges each op (:mod:`replayer.check.compare`; views
-by their storage addresses, :mod:`replayer.check.addresses`) and returns a
-:class:`CheckReport` (:mod:`replayer.check.report`).
+custom ones, :mod:`replayer.check.runtime`), judges each op (:mod:`replayer.check.compare`, with
+the tolerance of sums and products scaled by the size of their terms,
+:mod:`replayer.check.magnitude`; views by their storage addresses, :mod:`replayer.check.addresses`)
+and returns a :class:`CheckReport` (:mod:`replayer.check.report`).
 """
 
 from replayer.check.checker import check_step

@@ -18,7 +18,7 @@ import onnx
 from replayer.check.compare import Comparison, has_stats
 from replayer.check.runtime import RunError, run_ort, run_reference
 from replayer.check.stages import Replay
-from replayer.export.build import OpUnit
+from replayer.export.mapping import OpUnit
 from tracefmt.model import TensorMeta
 from tracefmt.reader import Step
 

@@ -26,11 +26,12 @@ import numpy as np
 
 from replayer.check.addresses import layout_checks
 from replayer.check.compare import Comparison, compare_stats, compare_values, has_stats, tolerance
+from replayer.check.magnitude import linear, term_magnitudes
 from replayer.check.report import CHECKED, FAILED, SKIPPED, Change, CheckReport, OpResult
-from replayer.check.runtime import NOT_COMPUTED
+from replayer.check.runtime import NOT_COMPUTED, RunError
 from replayer.check.stages import Replay
 from replayer.errors import ReplayError
-from replayer.export.build import OpUnit, load_selection, map_op, value_names
+from replayer.export.mapping import OpUnit, load_selection, map_op, value_names
 from replayer.export.ops import RefArgs, plausibility_for
 from tracefmt.model import OpNode
 from tracefmt.reader import Step, Trace
@@ -68,9 +69,7 @@ def _resolve_feeds(
     return out
 
 
-def _run_set(
-    step: Step, selected: list[OpNode], chain: bool, fed: Mapping[int, np.ndarray]
-) -> list[int]:
+def _run_set(step: Step, selected: list[OpNode], fed: Mapping[int, np.ndarray]) -> list[int]:
     """Selected ops plus the producers needed for inputs that the record cannot supply."""
     chosen = {op.index for op in selected}
     queue = list(selected)
@@ -102,13 +101,14 @@ class _Checker:
         self.fed = fed
         self.names = value_names(step.tensors)
         self.selected = {op.index for op in selected}
-        run = _run_set(step, selected, chain, fed)
+        run = _run_set(step, selected, fed)
         self.units: dict[int, OpUnit] = {i: map_op(step, step.ops[i], self.names) for i in run}
         self.replay = Replay(step, self.units, self.names, self.use_record, self.record, progress)
         #: Per replayed tensor: its error relative to its scale, and the scale floor (the size of
         #: the terms it sums) that error is measured against.
         self.err: dict[int, float] = {}
         self.floor: dict[int, float] = {}
+        self._magnitudes: dict[int, dict[str, np.ndarray] | None] = {}
 
     def use_record(self, t: int) -> bool:
         """Whether consumers read tensor ``t`` from the record (or the feed)."""
@@ -200,20 +200,20 @@ class _Checker:
                 self.err[t] = 0.0
                 continue
             if rec.has_values and t not in self.fed:
-                c = compare_values(
-                    value,
-                    self.replay.record(t),
-                    rec.dtype,
-                    tol or tolerance(rec.dtype, reduction),
-                    bit_exact,
-                    floor,
-                )
+                recorded = self.replay.record(t)
+                tol_t = tol or tolerance(rec.dtype, reduction)
+                c = compare_values(value, recorded, rec.dtype, tol_t, bit_exact, floor)
+                magnitude = None if c.ok or bit_exact else self._magnitude(unit, name)
+                if magnitude is not None:
+                    c = compare_values(value, recorded, rec.dtype, tol_t, bit_exact, floor, magnitude)
                 if c.max_rel is not None:
                     self.err[t] = c.max_rel
             elif rec.stats is not None and has_stats(rec.stats):
-                c = compare_stats(
-                    value, rec.stats, rec.dtype, tol or tolerance(rec.dtype, reduction), bit_exact
-                )
+                tol_t = tol or tolerance(rec.dtype, reduction)
+                c = compare_stats(value, rec.stats, rec.dtype, tol_t, bit_exact)
+                magnitude = None if c.ok or bit_exact else self._magnitude(unit, name)
+                if magnitude is not None:
+                    c = compare_stats(value, rec.stats, rec.dtype, tol_t, bit_exact, magnitude)
             elif unit.uninitialized:
                 c = Comparison(True, "shape")
             elif index in layout:
@@ -249,6 +249,22 @@ class _Checker:
             reason="; ".join(c.detail for c in failed if c.detail),
             **base,
         )
+
+    def _magnitude(self, unit: OpUnit, name: str) -> np.ndarray | None:
+        """Per element of output ``name``: the size of the terms it was computed from (sum|x|,
+        sum|a||b|; :mod:`replayer.check.magnitude`), or ``None`` for ops it does not apply to.
+        Computed only for an output that failed against its own scale: most never need it."""
+        if not unit.standard or unit.exact or not linear(unit.nodes):
+            return None
+        if unit.op.index not in self._magnitudes:
+            try:
+                batch = self.replay.prepare([unit.op.index])
+            except RunError:
+                self._magnitudes[unit.op.index] = None
+            else:
+                self._magnitudes[unit.op.index] = term_magnitudes(batch)
+        found = self._magnitudes[unit.op.index]
+        return None if found is None else found.get(name)
 
     def what_if(self) -> tuple[list[Change], list[Change]]:
         changes, outputs = [], []
@@ -295,7 +311,10 @@ def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
 
 
 def _summary(x: np.ndarray) -> str:
-    return f"{float(x.reshape(-1)[0]):.6g}" if x.size == 1 else f"mean {float(x.mean()):.6g}"
+    if x.size == 1:
+        return f"{float(x.reshape(-1)[0]):.6g}"
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is a NaN mean, and says so
+        return f"mean {float(x.mean()):.6g}"
 
 
 def check_step(

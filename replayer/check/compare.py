@@ -6,10 +6,14 @@ of a product, the normalized size of a norm, the window of a pool).  The relativ
 
     tol = eps(dtype) * 16 * (1 + sqrt(K))
 
-and an element passes when ``|replayed - recorded| <= tol * (|recorded| + rms(recorded))``: errors
-are measured against the tensor's own scale, so a near-zero element produced by cancellation is
-not held to a relative standard it cannot meet.  Bit-exact ops (data movement, integer math) fed
-recorded inputs must match exactly.  Non-finite elements must match exactly, everywhere.
+and an element passes when ``|replayed - recorded| <= tol * (|recorded| + scale)``, where ``scale``
+is the larger of the tensor's own RMS and the size of the terms the element was computed from
+(``magnitude``: sum|x| for a sum, sum|a||b| for a product, :mod:`replayer.check.magnitude`).
+Errors are measured against the tensor's scale, so a near-zero element of a tensor is not held to a
+relative standard it cannot meet, and against its terms, so a whole tensor that cancels to
+rounding noise (a sum that is mathematically zero) is judged by the rounding of its inputs, not by
+its own size.  Bit-exact ops (data movement, integer math) fed recorded inputs must match exactly.
+Non-finite elements must match exactly, everywhere.
 
 Statistics.  The trace format says moments are over the finite values and ``std`` is the
 population standard deviation; the recorder currently writes Bessel's ``std`` and moments over all
@@ -65,10 +69,17 @@ def _as_float(x: np.ndarray) -> np.ndarray:
 
 
 def compare_values(
-    replayed: np.ndarray, recorded: np.ndarray, dtype: DType, tol: float, exact: bool, floor: float = 0.0
+    replayed: np.ndarray,
+    recorded: np.ndarray,
+    dtype: DType,
+    tol: float,
+    exact: bool,
+    floor: float = 0.0,
+    magnitude: np.ndarray | None = None,
 ) -> Comparison:
-    """Elementwise comparison (see the module docstring); ``floor`` raises the scale errors are
-    measured against to the size of the terms an element sums (for outputs that cancel)."""
+    """Elementwise comparison (see the module docstring).  ``floor`` (one number) and
+    ``magnitude`` (per element, the shape of ``recorded``) raise the scale errors are measured
+    against to the size of the terms an element sums (for outputs that cancel)."""
     if tuple(replayed.shape) != tuple(recorded.shape):
         return Comparison(
             False,
@@ -108,8 +119,11 @@ def compare_values(
             "elements are not finite where the record is",
         )
     err = np.abs(fa - fb)
-    scale = max(float(np.sqrt(np.mean(fb * fb))), floor)
-    rel = err / (np.abs(fb) + scale) if scale > 0 else np.where(err > 0, np.inf, 0.0)
+    scale: float | np.ndarray = max(float(np.sqrt(np.mean(fb * fb))), floor)
+    if magnitude is not None:
+        scale = np.maximum(scale, np.broadcast_to(magnitude, b.shape)[finite])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(err > 0, err / (np.abs(fb) + scale), 0.0)
     max_abs, max_rel = float(err.max()), float(rel.max())
     ok = max_rel <= tol
     detail = "" if ok else f"max relative error {max_rel:.3g} > tolerance {tol:.3g}"
@@ -149,13 +163,23 @@ def _close(replayed: float, recorded: float, bound: float) -> bool:
 
 
 def compare_stats(
-    replayed: np.ndarray, stats: TensorStats, dtype: DType, tol: float, bit_exact: bool
+    replayed: np.ndarray,
+    stats: TensorStats,
+    dtype: DType,
+    tol: float,
+    bit_exact: bool,
+    magnitude: np.ndarray | None = None,
 ) -> Comparison:
     """Compare with recorded statistics: moments within tolerance, NaN/Inf counts equal, and
-    (when ``bit_exact``: the op and its inputs are exact) zero count and fingerprint equal."""
+    (when ``bit_exact``: the op and its inputs are exact) zero count and fingerprint equal.
+
+    ``magnitude`` (per element, as in :func:`compare_values`) bounds how far each moment may move
+    when every element is off by its rounding: the mean by the mean magnitude, ``std`` by its
+    RMS, ``min`` and ``max`` by its largest, the norm by its norm."""
     problems: list[str] = []
     max_abs = max_rel = 0.0
     x = _as_float(replayed).reshape(-1)
+    terms = _moment_terms(magnitude)
     if stats.mean is not None and DTYPE_INFO[dtype].per_element == 1:
         variants = _variants(x)
         mean, std = stats.mean, stats.std if stats.std is not None else 0.0
@@ -172,13 +196,14 @@ def compare_stats(
             if want is None:
                 continue
             ref = abs(want) if key in ("min", "max", "norm") and math.isfinite(want) else 0.0
-            bound = tol * (ref + scale)
+            key_scale = max(scale, terms.get(key, 0.0))
+            bound = tol * (ref + key_scale)
             if not any(_close(v[key], want, bound) for v in variants):
                 problems.append(f"{key} {variants[0][key]:.6g} replayed, {want:.6g} recorded")
             best = min(abs(v[key] - want) for v in variants) if math.isfinite(want) else 0.0
             if math.isfinite(best):
                 max_abs = max(max_abs, best)
-                max_rel = max(max_rel, best / (ref + scale))
+                max_rel = max(max_rel, best / (ref + key_scale))
     if stats.nan is not None and stats.inf is not None:
         nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
         if (nan, inf) != (stats.nan, stats.inf):
@@ -189,6 +214,16 @@ def compare_stats(
         if stats.fingerprint is not None and tensor_fingerprint(replayed, dtype) != stats.fingerprint:
             problems.append("fingerprint differs (the op and its inputs are exact)")
     return Comparison(not problems, "stats", max_abs, max_rel, "; ".join(problems))
+
+
+def _moment_terms(magnitude: np.ndarray | None) -> dict[str, float]:
+    """The scale of each moment's rounding, from the per-element magnitudes of the terms."""
+    if magnitude is None or magnitude.size == 0:
+        return {}
+    m = np.asarray(magnitude, dtype=np.float64).reshape(-1)
+    rms = float(np.sqrt(np.mean(m * m)))
+    top = float(m.max())
+    return {"min": top, "max": top, "mean": float(m.mean()), "std": rms, "norm": rms * math.sqrt(m.size)}
 
 
 def tensor_fingerprint(array: np.ndarray, dtype: DType) -> int:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from tracefmt.jsonout import plain
 
 CHECKED, SKIPPED, FAILED = "checked", "skipped", "failed"
 PHASE_ORDER = ("other", "forward", "backward", "optimizer")
@@ -92,12 +93,9 @@ class CheckReport:
         return dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
 
     def to_json(self) -> dict[str, Any]:
-        def clean(d: dict[str, Any]) -> dict[str, Any]:
-            return {
-                k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
-            }
-
-        return {
+        """The report as JSON data; non-finite numbers as the strings ``"inf"``, ``"-inf"``,
+        ``"nan"`` (:func:`tracefmt.jsonout.plain`), so ``json.dumps(..., allow_nan=False)`` takes it."""
+        data = {
             "step": self.step,
             "rank": self.rank,
             "phase": self.phase,
@@ -107,7 +105,7 @@ class CheckReport:
             "summary": self.counts(),
             "fraction_checked": self.fractions(),
             "feeds": self.feeds,
-            "ops": [clean(asdict(r)) for r in self.results],
+            "ops": [asdict(r) for r in self.results],
             "what_if": {
                 "outputs": [asdict(c) for c in self.outputs],
                 "changes": [asdict(c) for c in self.changes],
@@ -115,6 +113,8 @@ class CheckReport:
             if self.feeds
             else None,
         }
+        out: dict[str, Any] = plain(data)
+        return out
 
 
 def _fmt(x: float | None) -> str:

@@ -12,12 +12,13 @@ Runtime refuses gets a second try in the reference evaluator), so one odd op cos
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 import onnx
 
 from replayer.check.runtime import RunError, run_ort, run_reference
-from replayer.export.build import OpUnit
+from replayer.export.mapping import OpUnit
 from replayer.export.ops import reference_for
 from tracefmt.model import TensorMeta
 from tracefmt.reader import Step
@@ -27,6 +28,17 @@ ORT, REF, NONE = "ort", "ref", "none"
 CHUNK = 2048
 #: Suffix of a node input fed from the record rather than from its producer's replay.
 RECORD_SUFFIX = "@rec"
+
+
+class Batch(NamedTuple):
+    """What one runtime call gets: nodes, their initializers, the input arrays by value name,
+    the outputs to return and their recorded metadata."""
+
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+    feeds: dict[str, np.ndarray]
+    outputs: list[str]
+    metas: dict[str, TensorMeta]
 
 
 def unit_kind(unit: OpUnit) -> str:
@@ -123,16 +135,14 @@ class Replay:
         if self.progress is not None:
             self.progress(total, total)
 
-    def _prepare(
-        self, batch: list[int]
-    ) -> tuple[
-        list[onnx.NodeProto],
-        list[onnx.TensorProto],
-        dict[str, np.ndarray],
-        list[str],
-        dict[str, TensorMeta],
-    ]:
-        nodes, inits, feeds, outputs, metas = [], [], {}, [], {}
+    def prepare(self, batch: list[int]) -> Batch:
+        """The nodes of the ops ``batch`` (by index) with their inputs: read from the record,
+        or from the replay of their producers (which must have run)."""
+        nodes: list[onnx.NodeProto] = []
+        inits: list[onnx.TensorProto] = []
+        feeds: dict[str, np.ndarray] = {}
+        outputs: list[str] = []
+        metas: dict[str, TensorMeta] = {}
         made: set[str] = set()
         for index in batch:
             unit = self.units[index]
@@ -165,15 +175,15 @@ class Replay:
                 outputs.append(self.names[t])
                 metas[self.names[t]] = self.step.tensors[t].meta
             made.update(local)
-        return nodes, inits, feeds, outputs, metas
+        return Batch(nodes, inits, feeds, outputs, metas)
 
     def _run_batch(self, batch: list[int], kind: str) -> None:
         try:
-            nodes, inits, feeds, outputs, metas = self._prepare(batch)
+            b = self.prepare(batch)
             if kind == ORT:
-                results = run_ort(nodes, inits, feeds, outputs)
+                results = run_ort(b.nodes, b.initializers, b.feeds, b.outputs)
             else:
-                results = run_reference(nodes, inits, feeds, outputs, metas, self.notes)
+                results = run_reference(b.nodes, b.initializers, b.feeds, b.outputs, b.metas, self.notes)
         except RunError as e:
             if len(batch) > 1:
                 for index in batch:
@@ -181,8 +191,10 @@ class Replay:
                 return
             if kind == ORT:  # a second opinion: the reference evaluator runs standard ops too
                 try:
-                    nodes, inits, feeds, outputs, metas = self._prepare(batch)
-                    results = run_reference(nodes, inits, feeds, outputs, metas, self.notes)
+                    b = self.prepare(batch)
+                    results = run_reference(
+                        b.nodes, b.initializers, b.feeds, b.outputs, b.metas, self.notes
+                    )
                 except RunError as e2:
                     self.problems[batch[0]] = f"could not run: {e}; {e2}"
                     return

@@ -140,6 +140,15 @@ class OpDivergence:
     def phase(self) -> Phase:
         return self.a.phase
 
+    @property
+    def measured(self) -> bool:
+        """Close or different (not merely without numbers to compare)."""
+        return self.status is Status.CLOSE or self.status is Status.DIFFERENT
+
+    @property
+    def has_distance(self) -> bool:
+        return any(t.distance is not None for t in self.outputs)
+
 
 @dataclass(frozen=True, slots=True)
 class Origin:
@@ -238,6 +247,13 @@ class StepDiff:
     modules_removed: tuple[str, ...]
     scalars: tuple[ScalarDiff, ...]
     phase_spans: tuple[PhaseSpan, ...]
+
+    def top_divergences(self, n: int) -> list[OpDivergence]:
+        """The ``n`` measured divergences (close or different) with the largest distance; those
+        without a distance (fingerprints only, shapes differ) after them; ties earliest first."""
+        measured = [x for x in self.divergences if x.measured]
+        measured.sort(key=lambda x: (not x.has_distance, -x.score, x.position))
+        return measured[:n]
 
     @property
     def verdict(self) -> str:

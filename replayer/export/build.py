@@ -2,11 +2,12 @@
 
 Each recorded tensor becomes one ONNX value (named by its parameter name where it has one, else
 ``t<index>``; a later version of a named tensor is ``name@v<version>``) with its shape and dtype in
-``value_info``; each op becomes the standard ONNX nodes of its mapper in :mod:`replayer.export.ops`, or
-one node in the custom domain ``ai.tracefmt.aten`` (:mod:`replayer.export.custom`).  Tensors that enter
-the selection from outside become initializers (when their values were recorded) or graph inputs;
-tensors the selection produces and nothing in it reads become graph outputs.  ``depth`` folds
-modules below that depth into ``ai.tracefmt.Module`` nodes (:mod:`replayer.export.modules`).
+``value_info``; each op becomes the nodes :mod:`replayer.export.mapping` maps it to (standard ONNX, or
+one node in the custom domain ``ai.tracefmt.aten``).  Tensors that enter the selection from outside
+become initializers (when their values were recorded) or graph inputs; tensors the selection
+produces and nothing in it reads become graph outputs.  ``depth`` folds modules below that depth
+into ``ai.tracefmt.Module`` nodes (:mod:`replayer.export.modules`).  How is one
+:class:`ExportOptions`; every entry point takes it (``export_step`` as keywords).
 
 Example::
 
@@ -17,28 +18,111 @@ Example::
 
 from __future__ import annotations
 
-import fnmatch
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import onnx
 from onnx import helper, numpy_helper
 
 from replayer.errors import ReplayError
-from replayer.export.custom import ATEN_DOMAIN, DOMAIN_VERSION, MODULE_DOMAIN, emit_custom
+from replayer.export.custom import ATEN_DOMAIN, DOMAIN_VERSION, MODULE_DOMAIN
+from replayer.export.mapping import MappedStep, Progress, load_selection, map_step
 from replayer.export.onnx_types import onnx_type
-from replayer.export.ops import OpContext, Unsupported, mapper_for
 from tracefmt.model import OpNode, Phase, TensorRecord
 from tracefmt.reader import Step, Trace
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = [
+    "IR_VERSION",
+    "OPSET",
+    "ExportKeywords",
+    "ExportOptions",
+    "ExportStats",
+    "ModelLabels",
+    "build_model",
+    "export_ops",
+    "export_step",
+    "save_model",
+]
+
 OPSET = 21
 IR_VERSION = 10
-PHASES = ("forward", "backward", "optimizer", "other", "all")
 #: Above this many bytes of initializers the model must keep them in an external data file.
 EXTERNAL_LIMIT = 2**31 - 2**26
-Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How a selection of ops becomes a model: the one place the export's defaults are.
+
+    * ``with_values``: recorded values become initializers (else graph inputs: shapes only).
+    * ``depth``: fold modules below this depth into ``ai.tracefmt.Module`` nodes (``None``: flat).
+    * ``split_saved``: draw tensors that backward or optimizer ops read from the forward pass as
+      separate graph inputs (``name:saved``) instead of long edges: Netron lays such graphs out
+      in seconds instead of minutes.
+    * ``external_data``: a file for initializers of at least ``external_threshold`` bytes (when
+      no threshold is given: all of them, once they pass :data:`EXTERNAL_LIMIT` together; a step
+      that large without a file must be exported without values).
+    """
+
+    with_values: bool = True
+    depth: int | None = None
+    split_saved: bool = False
+    external_data: str | os.PathLike[str] | None = None
+    external_threshold: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("with_values", "split_saved"):
+            flag = getattr(self, name)
+            if not isinstance(flag, bool):
+                raise ReplayError(f"Export option {name!r} must be True or False, got {flag!r}.")
+        for name in ("depth", "external_threshold"):
+            count = getattr(self, name)
+            if count is not None and (
+                isinstance(count, bool) or not isinstance(count, int) or count < 0
+            ):
+                raise ReplayError(
+                    f"Export option {name!r} must be None or an int of at least 0, got {count!r}."
+                )
+        if self.external_data is not None and not isinstance(self.external_data, str | os.PathLike):
+            raise ReplayError(
+                f"Export option 'external_data' must be a file path, got {self.external_data!r}."
+            )
+
+
+class ExportKeywords(TypedDict, total=False):
+    """The fields of :class:`ExportOptions` as :func:`export_step`'s keywords (defaults there)."""
+
+    with_values: bool
+    depth: int | None
+    split_saved: bool
+    external_data: str | os.PathLike[str] | None
+    external_threshold: int | None
+
+
+@dataclass(frozen=True)
+class ModelLabels:
+    """What a model says about where it came from: its graph's name and extra metadata props."""
+
+    graph_name: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, trace: Trace, step: Step, phase: str) -> ModelLabels:
+        """The labels of ``phase`` of ``step`` (loaded from ``trace``): run id and provenance."""
+        return cls(
+            f"step {step.step} rank {step.rank} {phase}",
+            {
+                "tracefmt.run_id": trace.run_id,
+                "tracefmt.phase": phase,
+                "tracefmt.provenance": trace.provenance.to_json(),
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -52,162 +136,14 @@ class ExportStats:
     modules: int = 0
     external: str | None = None
 
-
-@dataclass
-class OpUnit:
-    """The ONNX nodes of one recorded op and what the check needs to know about them."""
-
-    op: OpNode
-    nodes: list[onnx.NodeProto]
-    initializers: list[onnx.TensorProto]
-    recorded_inputs: list[tuple[str, int]]
-    standard: bool
-    reduction: int = 1
-    exact: bool = False
-    layout: bool = False
-    random: bool = False
-    uninitialized: bool = False
-    why_custom: str | None = None
-
-
-@dataclass
-class MappedStep:
-    """A selection of a step's ops, mapped: the input of model building and of the check."""
-
-    step: Step
-    units: list[OpUnit]
-    names: list[str]
-    produced: set[int] = field(default_factory=set)
-
-    @property
-    def ops(self) -> list[OpNode]:
-        return [u.op for u in self.units]
-
-
-def select(step: Step, phase: str = "all", module: str | None = None) -> list[OpNode]:
-    """The ops of ``step`` in one phase (or ``all``) whose module path matches a glob."""
-    if phase not in PHASES:
-        raise ReplayError(f"Unknown phase {phase!r}; use one of {', '.join(PHASES)}.")
-    want = None if phase == "all" else Phase[phase.upper()]
-    return [
-        op
-        for op in step.ops
-        if (want is None or op.phase is want)
-        and (
-            module is None
-            or fnmatch.fnmatchcase(op.module, module)
-            or fnmatch.fnmatchcase(op.module, module + ".*")
-        )
-    ]
-
-
-def value_names(tensors: Sequence[TensorRecord]) -> list[str]:
-    """Unique, readable ONNX value names: ``h.0.ln_1.weight``, ``wte.weight@v1``, ``t12``."""
-    names: list[str] = []
-    seen: set[str] = set()
-    for t in tensors:
-        base = t.name if t.name else f"t{t.index}"
-        if t.name and t.meta.version:
-            base = f"{base}@v{t.meta.version}"
-        name = base if base not in seen else f"{base}#{t.index}"
-        seen.add(name)
-        names.append(name)
-    return names
-
-
-def node_name(op: OpNode) -> str:
-    """``h.0.attn/bmm_71``: the module path, the op's short name and its index."""
-    short = op.name.removeprefix("aten::").split(".")[0]
-    return f"{op.module}/{short}_{op.index}" if op.module else f"{short}_{op.index}"
-
-
-def _doc(step: Step, op: OpNode, unit_note: str | None) -> str:
-    lines = [f"{op.name} (op {op.index}, {op.phase.label}) in module '{op.module or '<root>'}'"]
-    if op.host_ns is not None:
-        lines.append(f"host time: {op.host_ns / 1000:.1f} us")
-    if op.device_ns is not None:
-        lines.append(f"device time: {op.device_ns / 1000:.1f} us")
-    if op.mem_bytes is not None:
-        lines.append(f"memory delta: {op.mem_bytes} bytes")
-    for t in op.outputs:
-        st = step.tensors[t].stats
-        if st is not None and st.min is not None:
-            lines.append(
-                f"out t{t}: min {st.min:.4g} max {st.max:.4g} mean {st.mean:.4g} "
-                f"std {st.std:.4g} norm {st.norm:.4g} nan {st.nan} inf {st.inf}"
-            )
-    if unit_note:
-        lines.append(unit_note)
-    if op.source:
-        lines.append(f"source: {op.source}")
-    return "\n".join(lines)
-
-
-def map_op(step: Step, op: OpNode, names: Sequence[str]) -> OpUnit:
-    """The ONNX nodes of one op: its mapper's, or one custom node when it has none."""
-    name = node_name(op)
-    ctx = OpContext(op, step.tensors, names.__getitem__, name)
-    mapper = mapper_for(op.name)
-    why: str | None = "no mapping to standard ONNX"
-    if mapper is not None:
-        try:
-            mapper(ctx)
-            _check_outputs(ctx)
-            why = None
-        except Unsupported as e:
-            why = f"not mapped: {e}"
-        except Exception as e:  # a mapper bug must not stop the export: keep the op as custom
-            why = f"mapper failed: {type(e).__name__}: {e}"
-    if why is not None:
-        ctx = OpContext(op, step.tensors, names.__getitem__, name)
-        emit_custom(ctx)
-    note = None
-    if ctx.random:
-        note = "random: replayed with the recorded draw (<output>.recorded)"
-    elif why is not None:
-        note = f"custom node ({why}); see spec/custom-ops.md"
-    doc = _doc(step, op, note)
-    for node in ctx.nodes:
-        node.doc_string = doc
-        for key, value in (
-            ("tracefmt.op", str(op.index)),
-            ("tracefmt.module", op.module),
-            ("tracefmt.phase", op.phase.label),
-        ):
-            node.metadata_props.add(key=key, value=value)
-    return OpUnit(
-        op,
-        ctx.nodes,
-        ctx.initializers,
-        ctx.recorded_inputs,
-        why is None,
-        ctx.reduction,
-        ctx.exact,
-        ctx.layout,
-        ctx.random,
-        ctx.uninitialized,
-        why,
-    )
-
-
-def _check_outputs(ctx: OpContext) -> None:
-    made = {o for n in ctx.nodes for o in n.output}
-    missing = [o for o in ctx.outputs() if o not in made]
-    if missing:
-        raise Unsupported(f"the mapping does not produce {', '.join(missing)}")
-
-
-def map_step(step: Step, ops: Sequence[OpNode], progress: Progress | None = None) -> MappedStep:
-    """Map every op of a selection (in execution order)."""
-    names = value_names(step.tensors)
-    units = []
-    produced: set[int] = set()
-    for i, op in enumerate(ops):
-        units.append(map_op(step, op, names))
-        produced.update(op.outputs)
-        if progress is not None and (i % 256 == 0 or i == len(ops) - 1):
-            progress(i + 1, len(ops))
-    return MappedStep(step, units, names, produced)
+    @classmethod
+    def of(cls, mapped: MappedStep, nodes: int, modules: int, external: str | None) -> ExportStats:
+        custom: dict[str, int] = {}
+        for unit in mapped.units:
+            if not unit.standard:
+                custom[unit.op.name] = custom.get(unit.op.name, 0) + 1
+        n_ops = len(mapped.units)
+        return cls(n_ops, n_ops - sum(custom.values()), custom, nodes, modules, external)
 
 
 def _value_info(rec: TensorRecord, name: str) -> onnx.ValueInfoProto:
@@ -254,92 +190,111 @@ class _External:
         self._file.close()
 
 
-def build_model(
-    mapped: MappedStep,
-    *,
-    with_values: bool = True,
-    depth: int | None = None,
-    split_saved: bool = False,
-    metadata: dict[str, str] | None = None,
-    graph_name: str | None = None,
-    external_data: str | os.PathLike[str] | None = None,
-    external_threshold: int | None = None,
-) -> tuple[onnx.ModelProto, ExportStats]:
-    """The ONNX model of a mapped selection (see the module docstring).
+@dataclass
+class _Wiring:
+    """How a selection's values connect: its nodes, what it reads from outside, what it makes."""
 
-    ``split_saved`` draws tensors that backward or optimizer ops read from the forward pass as
-    separate graph inputs (``name:saved``) instead of long edges: Netron lays such graphs out in
-    seconds instead of minutes.  ``external_data`` names a file for initializers of at least
-    ``external_threshold`` bytes (default: all of them once they pass 2 GiB together).
-    """
-    step, names = mapped.step, mapped.names
-    tensors = step.tensors
-    produced: set[int] = set()
-    consumed_outside: dict[int, None] = {}
-    consumed: set[int] = set()
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    #: The mappers' own constants.
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    #: Values read before anything in the selection made them (ordered, first read first).
+    outside: dict[int, None] = field(default_factory=dict)
+    #: Recorded draws and other values the mappers read by a name of their own.
+    recorded: list[tuple[str, int]] = field(default_factory=list)
+    #: Forward values read by later phases, drawn as ``name:saved`` inputs (``split_saved``).
+    saved: dict[int, None] = field(default_factory=dict)
+    produced: set[int] = field(default_factory=set)
+    consumed: set[int] = field(default_factory=set)
+
+
+def _wire(mapped: MappedStep, split_saved: bool) -> _Wiring:
+    names = mapped.names
+    wiring = _Wiring()
     forward_made: set[int] = set()
-    nodes: list[onnx.NodeProto] = []
-    initializers: list[onnx.TensorProto] = []
-    saved: dict[int, None] = {}
-    recorded: list[tuple[str, int]] = []
     for unit in mapped.units:
-        op = unit.op
+        op: OpNode = unit.op
         renames: dict[str, str] = {}
         for t in op.inputs:
-            consumed.add(t)
-            if t not in produced:
-                consumed_outside.setdefault(t)
+            wiring.consumed.add(t)
+            if t not in wiring.produced:
+                wiring.outside.setdefault(t)
             elif split_saved and t in forward_made and op.phase is not Phase.FORWARD:
-                saved.setdefault(t)
+                wiring.saved.setdefault(t)
                 renames[names[t]] = names[t] + ":saved"
         for node in unit.nodes:
             if renames:
                 for i, name in enumerate(node.input):
                     if name in renames:
                         node.input[i] = renames[name]
-            nodes.append(node)
-        initializers.extend(unit.initializers)
-        recorded.extend(unit.recorded_inputs)
-        produced.update(op.outputs)
+            wiring.nodes.append(node)
+        wiring.initializers.extend(unit.initializers)
+        wiring.recorded.extend(unit.recorded_inputs)
+        wiring.produced.update(op.outputs)
         if op.phase is Phase.FORWARD:
             forward_made.update(op.outputs)
-    external = None
-    sources = list(consumed_outside) + [t for _, t in recorded]
-    if with_values:
-        total = _source_bytes(tensors, sources)
-        threshold = external_threshold
-        if threshold is None:
-            threshold = 1024 if total > EXTERNAL_LIMIT else None
-        if threshold is not None:
-            if external_data is None:
-                raise ReplayError(
-                    f"The step's recorded values take {total} bytes, more than an "
-                    "ONNX file can hold; give an output path (external data) or "
-                    "export without values."
-                )
-            external = _External(Path(external_data), threshold)
-    graph_inputs = []
+    return wiring
+
+
+def _external_file(
+    tensors: Sequence[TensorRecord], wiring: _Wiring, options: ExportOptions
+) -> _External | None:
+    """The external data file the values need, or ``None`` when they fit in the model."""
+    if not options.with_values:
+        return None
+    sources = list(wiring.outside) + [t for _, t in wiring.recorded]
+    total = _source_bytes(tensors, sources)
+    threshold = options.external_threshold
+    if threshold is None:
+        threshold = 1024 if total > EXTERNAL_LIMIT else None
+    if threshold is None:
+        return None
+    if options.external_data is None:
+        raise ReplayError(
+            f"The step's recorded values take {total} bytes, more than an "
+            "ONNX file can hold; give an output path (external data) or "
+            "export without values."
+        )
+    return _External(Path(options.external_data), threshold)
+
+
+def _sources(
+    mapped: MappedStep, wiring: _Wiring, options: ExportOptions
+) -> tuple[list[onnx.ValueInfoProto], list[onnx.TensorProto], str | None]:
+    """The graph inputs and initializers of the values the selection reads from outside, and the
+    external data file written, if any."""
+    tensors, names = mapped.step.tensors, mapped.names
+    graph_inputs: list[onnx.ValueInfoProto] = []
+    initializers = list(wiring.initializers)
+    external = _external_file(tensors, wiring, options)
     try:
-        for t in consumed_outside:
+        named = [(names[t], t) for t in wiring.outside] + wiring.recorded
+        for name, t in named:
             rec = tensors[t]
-            if with_values and rec.has_values:
-                initializers.append(_initializer(rec, names[t], external))
-            else:
-                graph_inputs.append(_value_info(rec, names[t]))
-        for name, t in recorded:
-            rec = tensors[t]
-            if with_values and rec.has_values:
+            if options.with_values and rec.has_values:
                 initializers.append(_initializer(rec, name, external))
             else:
                 graph_inputs.append(_value_info(rec, name))
     finally:
         if external is not None:
             external.close()
-    graph_inputs.extend(_value_info(tensors[t], names[t] + ":saved") for t in saved)
-    outputs = [_value_info(tensors[t], names[t]) for t in sorted(produced) if t not in consumed]
-    value_info = {names[t]: _value_info(tensors[t], names[t]) for t in sorted(produced) if t in consumed}
+    graph_inputs.extend(_value_info(tensors[t], names[t] + ":saved") for t in wiring.saved)
+    return graph_inputs, initializers, None if external is None else str(external.path)
+
+
+def build_model(
+    mapped: MappedStep, options: ExportOptions, labels: ModelLabels | None = None
+) -> tuple[onnx.ModelProto, ExportStats]:
+    """The ONNX model of a mapped selection (see the module docstring)."""
+    step, names = mapped.step, mapped.names
+    tensors = step.tensors
+    wiring = _wire(mapped, options.split_saved)
+    nodes = wiring.nodes
+    graph_inputs, initializers, external = _sources(mapped, wiring, options)
+    made = sorted(wiring.produced)
+    outputs = [_value_info(tensors[t], names[t]) for t in made if t not in wiring.consumed]
+    value_info = {names[t]: _value_info(tensors[t], names[t]) for t in made if t in wiring.consumed}
     modules = 0
-    if depth is not None:
+    if options.depth is not None:
         from replayer.export.modules import collapse
 
         types = {**value_info, **{v.name: v for v in graph_inputs + outputs}}
@@ -348,13 +303,14 @@ def build_model(
                 init.name, helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
             )
         nodes, initializers, modules = collapse(
-            mapped.units, tensors, initializers, types, depth, {o.name for o in outputs}
+            mapped.units, tensors, initializers, types, options.depth, {o.name for o in outputs}
         )
         visible = {o for n in nodes for o in n.output}
         value_info = {k: v for k, v in value_info.items() if k in visible}
+    labels = labels or ModelLabels()
     graph = helper.make_graph(
         nodes,
-        graph_name or f"step_{step.step}",
+        labels.graph_name or f"step_{step.step}",
         graph_inputs,
         outputs,
         initializer=initializers,
@@ -367,22 +323,9 @@ def build_model(
         graph, producer_name="tracefmt-replayer", ir_version=IR_VERSION, opset_imports=opsets
     )
     helper.set_model_props(
-        model, {"tracefmt.step": str(step.step), "tracefmt.rank": str(step.rank), **(metadata or {})}
+        model, {"tracefmt.step": str(step.step), "tracefmt.rank": str(step.rank), **labels.metadata}
     )
-    custom: dict[str, int] = {}
-    for unit in mapped.units:
-        if not unit.standard:
-            custom[unit.op.name] = custom.get(unit.op.name, 0) + 1
-    n_ops = len(mapped.units)
-    stats = ExportStats(
-        ops=n_ops,
-        standard=n_ops - sum(custom.values()),
-        custom=custom,
-        nodes=len(nodes),
-        modules=modules,
-        external=str(external.path) if external is not None else None,
-    )
-    return model, stats
+    return model, ExportStats.of(mapped, len(nodes), modules, external)
 
 
 def _source_bytes(tensors: Sequence[TensorRecord], sources: Sequence[int]) -> int:
@@ -398,51 +341,13 @@ def _source_bytes(tensors: Sequence[TensorRecord], sources: Sequence[int]) -> in
 def export_ops(
     step: Step,
     ops: Sequence[OpNode],
+    options: ExportOptions | None = None,
     *,
-    with_values: bool = True,
-    depth: int | None = None,
-    split_saved: bool = False,
-    metadata: dict[str, str] | None = None,
-    graph_name: str | None = None,
+    labels: ModelLabels | None = None,
     progress: Progress | None = None,
-    external_data: str | os.PathLike[str] | None = None,
-    external_threshold: int | None = None,
 ) -> tuple[onnx.ModelProto, ExportStats]:
     """Build the ONNX model of ``ops`` (a selection of ``step``'s ops, in execution order)."""
-    mapped = map_step(step, ops, progress)
-    return build_model(
-        mapped,
-        with_values=with_values,
-        depth=depth,
-        split_saved=split_saved,
-        metadata=metadata,
-        graph_name=graph_name,
-        external_data=external_data,
-        external_threshold=external_threshold,
-    )
-
-
-def load_selection(
-    trace: Trace, step: int, rank: int | None, phase: str, module: str | None
-) -> tuple[Step, list[OpNode]]:
-    """Load a step and select its ops; a clear error when nothing is selected."""
-    loaded = trace.step(step, rank)
-    ops = select(loaded, phase, module)
-    if not ops:
-        raise ReplayError(
-            f"Step {step} has no {phase} ops"
-            + (f" in modules matching {module!r}" if module else "")
-            + "."
-        )
-    return loaded, ops
-
-
-def provenance_metadata(trace: Trace, phase: str) -> dict[str, str]:
-    return {
-        "tracefmt.run_id": trace.run_id,
-        "tracefmt.phase": phase,
-        "tracefmt.provenance": trace.provenance.to_json(),
-    }
+    return build_model(map_step(step, ops, progress), options or ExportOptions(), labels)
 
 
 def export_step(
@@ -452,26 +357,19 @@ def export_step(
     rank: int | None = None,
     phase: str = "all",
     module: str | None = None,
-    depth: int | None = None,
-    with_values: bool = True,
-    split_saved: bool = False,
     progress: Progress | None = None,
-    external_data: str | os.PathLike[str] | None = None,
-    external_threshold: int | None = None,
+    **options: Unpack[ExportKeywords],
 ) -> tuple[onnx.ModelProto, ExportStats]:
-    """Export one recorded step of ``trace`` (see the module docstring)."""
+    """Export one recorded step of ``trace`` (see the module docstring).
+
+    ``rank``, ``phase`` (one of :data:`~replayer.export.mapping.PHASES`) and ``module`` (a glob)
+    choose the ops; the other keywords are the fields of :class:`ExportOptions`, where their
+    defaults are.
+    """
+    settings = ExportOptions(**options)
     loaded, ops = load_selection(trace, step, rank, phase, module)
     return export_ops(
-        loaded,
-        ops,
-        with_values=with_values,
-        depth=depth,
-        split_saved=split_saved,
-        metadata=provenance_metadata(trace, phase),
-        graph_name=f"step {step} rank {loaded.rank} {phase}",
-        progress=progress,
-        external_data=external_data,
-        external_threshold=external_threshold,
+        loaded, ops, settings, labels=ModelLabels.of(trace, loaded, phase), progress=progress
     )
 
 

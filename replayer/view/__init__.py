@@ -4,6 +4,6 @@
 seconds, marks divergent ops for ``view --diff``, and serves the model on 127.0.0.1.
 """
 
-from replayer.view.netron import prepare, prepare_diff, serve_diff, serve_step, stop
+from replayer.view.netron import Prepared, prepare, prepare_diff, serve_diff, serve_step, stop
 
-__all__ = ["prepare", "prepare_diff", "serve_diff", "serve_step", "stop"]
+__all__ = ["Prepared", "prepare", "prepare_diff", "serve_diff", "serve_step", "stop"]

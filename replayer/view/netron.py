@@ -15,18 +15,14 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import onnx
 
 from replayer.diff.results import OpDivergence, RunDiff, StepDiff, StructuralChange
 from replayer.errors import ReplayError
-from replayer.export.build import (
-    MappedStep,
-    build_model,
-    load_selection,
-    map_step,
-    provenance_metadata,
-)
+from replayer.export.build import ExportOptions, ModelLabels, build_model
+from replayer.export.mapping import MappedStep, load_selection, map_step
 from replayer.export.modules import module_paths, top_level_count
 from tracefmt.reader import Trace
 
@@ -52,6 +48,19 @@ class Served:
     depth: int | None
     message: str
     path: str
+
+
+class Prepared(NamedTuple):
+    """What :func:`prepare` made: the model to serve and what it shows."""
+
+    data: bytes
+    #: Nodes at the model's top level.
+    nodes: int
+    #: The depth modules are folded below (``None``: flat).
+    depth: int | None
+    ops: int
+    #: What is shown and how to see more, for the user.
+    message: str
 
 
 def choose_depth(mapped: MappedStep, budget: int = NODE_BUDGET) -> int | None:
@@ -173,11 +182,12 @@ def prepare(
     auto_depth: bool = True,
     with_values: bool | None = None,
     diverged: Mapping[int, str] | None = None,
-) -> tuple[bytes, int, int | None, int, str]:
-    """The model bytes to serve, its top-level node count, the depth used, the op count and a
-    message on what is shown and how to see more.
+) -> Prepared:
+    """The model of a step to serve, and what it shows (see the module docstring).
 
-    ``diverged`` (op index -> summary) marks those ops' nodes with :func:`mark_divergent`."""
+    ``depth=None`` with ``auto_depth`` chooses a depth (:func:`choose_depth`); ``with_values=None``
+    keeps recorded values up to :data:`VALUES_BUDGET`.  ``diverged`` (op index -> summary) marks
+    those ops' nodes with :func:`mark_divergent`."""
     loaded, ops = load_selection(trace, step, rank, phase, module)
     mapped = map_step(loaded, ops)
     if depth is None and auto_depth:
@@ -187,14 +197,8 @@ def prepare(
 
         size = sum(t.meta.numel * DTYPE_INFO[t.dtype].itemsize for t in loaded.tensors if t.has_values)
         with_values = size <= VALUES_BUDGET
-    model, stats = build_model(
-        mapped,
-        with_values=with_values,
-        depth=depth,
-        split_saved=phase == "all",
-        metadata=provenance_metadata(trace, phase),
-        graph_name=f"step {step} rank {loaded.rank} {phase}",
-    )
+    options = ExportOptions(with_values=with_values, depth=depth, split_saved=phase == "all")
+    model, stats = build_model(mapped, options, ModelLabels.of(trace, loaded, phase))
     marked: set[int] = set()
     if diverged is not None:
         marked = mark_divergent(model, diverged, diverged)
@@ -222,7 +226,7 @@ def prepare(
             if len(marked) == len(diverged)
             else ("; the rest are outside this selection (other phases or modules).")
         )
-    return model.SerializeToString(), nodes, depth, stats.ops, message
+    return Prepared(model.SerializeToString(), nodes, depth, stats.ops, message)
 
 
 def serve(data: bytes, name: str, *, port: int = 0, browse: bool = False) -> tuple[str, int]:
@@ -233,6 +237,12 @@ def serve(data: bytes, name: str, *, port: int = 0, browse: bool = False) -> tup
     folder = Path(tempfile.mkdtemp(prefix="replayer-view-"))
     host, bound = netron.serve(str(folder / name), data=data, address=("127.0.0.1", port), browse=browse)
     return str(host), int(bound)
+
+
+def _serve(shown: Prepared, name: str, *, port: int, browse: bool) -> Served:
+    host, bound = serve(shown.data, name, port=port, browse=browse)
+    url = f"http://{host}:{bound}/"
+    return Served(url, host, bound, shown.nodes, shown.ops, shown.depth, shown.message, name)
 
 
 def serve_step(
@@ -248,12 +258,10 @@ def serve_step(
     browse: bool = False,
 ) -> Served:
     """Export and serve one step (see the module docstring)."""
-    data, nodes, used, ops, message = prepare(
+    shown = prepare(
         trace, step, rank=rank, phase=phase, module=module, depth=depth, auto_depth=auto_depth
     )
-    name = f"step{step}-{phase}.onnx"
-    host, bound = serve(data, name, port=port, browse=browse)
-    return Served(f"http://{host}:{bound}/", host, bound, nodes, ops, used, message, name)
+    return _serve(shown, f"step{step}-{phase}.onnx", port=port, browse=browse)
 
 
 @dataclass(frozen=True)
@@ -315,7 +323,7 @@ def serve_diff(
 
     view = prepare_diff(side_a, side_b, rtol=rtol, atol=atol)
     with tracefmt.open(view.path) as trace:
-        data, nodes, used, ops, message = prepare(
+        shown = prepare(
             trace,
             view.step,
             rank=view.rank,
@@ -325,9 +333,7 @@ def serve_diff(
             auto_depth=auto_depth,
             diverged=view.notes,
         )
-    name = f"step{view.step}-{phase}-diff.onnx"
-    host, bound = serve(data, name, port=port, browse=browse)
-    return view, Served(f"http://{host}:{bound}/", host, bound, nodes, ops, used, message, name)
+    return view, _serve(shown, f"step{view.step}-{phase}-diff.onnx", port=port, browse=browse)
 
 
 def stop(host: str, port: int, timeout: float = 10.0) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -109,3 +111,46 @@ def test_usage_errors_exit_2(consistent_trace: Path, tmp_path: Path) -> None:
     code, text = _run("check", str(consistent_trace), "--step", "7")
     assert code == 2
     assert "Step 7" in text
+
+
+def _strict(text: str) -> Any:
+    """``json.loads`` that refuses ``NaN``, ``Infinity`` and ``-Infinity`` (RFC 8259)."""
+
+    def reject(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def test_check_json_writes_non_finite_numbers_as_strings(consistent_trace: Path, tmp_path: Path) -> None:
+    # An infinite input makes infinite changes downstream: they were printed as Infinity.
+    x = np.ones((8, 16), dtype=np.float32)
+    x[0, 0] = np.inf
+    np.save(tmp_path / "x.npy", x)
+    code, text = _run(
+        "check", str(consistent_trace), "--step", "0", "--feed", f"x={tmp_path / 'x.npy'}", "--json"
+    )
+    assert code == 0, text
+    report = _strict(text)
+    assert "inf" in {c["rel_change"] for c in report["what_if"]["changes"]}
+
+
+def test_json_of_the_demo_trace_is_strict(record_trace: Callable[[str], Path]) -> None:
+    """Every --json output of both CLIs on the GPT example parses with a strict parser; the
+    attention mask's -inf shows as the string "-inf"."""
+    from tracefmt.cli import main as tracefmt_main
+
+    path = str(record_trace("gpt"))
+    for args in (("info", path), ("ls", path), ("show", path, "--step", "1"), ("validate", path)):
+        result = CliRunner().invoke(tracefmt_main, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        data = _strict(result.stdout)
+        if args[0] == "show":
+            attrs = [v for op in data["ops"] for v in op["attrs"].values()]
+            assert "-inf" in attrs
+    code, text = _run("diff", f"{path}:0", f"{path}:1", "--json")
+    assert code == 1, text  # two training steps differ
+    assert _strict(text)["kind"] == "step"
+    code, text = _run("check", path, "--step", "1", "--phase", "forward", "--json")
+    assert code == 0, text
+    assert _strict(text)["passed"] is True

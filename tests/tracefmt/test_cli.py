@@ -132,3 +132,85 @@ def test_validate_exit_codes(small_trace: Path, tmp_path: Path) -> None:
     bogus.write_bytes(b"not hdf5")
     code, _, _ = run("validate", str(bogus))
     assert code == 2
+
+
+def test_dump_keeps_a_0d_tensor_0d(small_trace: Path, tmp_path: Path) -> None:
+    # Spec section 5.5: a 0-d tensor has no dims; dump wrote it as shape (1,).
+    with tracefmt.open(small_trace) as trace:
+        scalar = next(t for t in trace.step(1).tensors if t.shape == () and t.has_values)
+        want = scalar.values()
+    out = tmp_path / "loss.npy"
+    code, text, _ = run(
+        "dump", str(small_trace), "--step", "1", "--tensor", str(scalar.index), "-o", str(out)
+    )
+    assert code == 0, text
+    got = np.load(out, allow_pickle=False)
+    assert got.shape == ()
+    assert got == want
+
+
+def _strict(text: str) -> object:
+    """``json.loads`` that refuses ``NaN``, ``Infinity`` and ``-Infinity`` (RFC 8259)."""
+
+    def reject(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+@pytest.fixture
+def nonfinite_trace(tmp_path: Path) -> Path:
+    """One step with non-finite numbers everywhere JSON output shows them: an op attribute of
+    -inf and NaN, a tensor holding -inf and NaN, NaN and inf scalars, and no duration (NaN)."""
+    from tracefmt import DType, GraphBuilder, Phase, StepRecord, TraceWriter
+    from tracefmt.records import empty_stats
+    from tracefmt.stats import tensor_stats
+
+    g = GraphBuilder()
+    x = g.add_tensor(DType.FLOAT32, (4,), name="scores")
+    y = g.add_tensor(DType.FLOAT32, (4,), producer=0)
+    g.add_op(
+        "aten::masked_fill.Scalar",
+        phase=Phase.FORWARD,
+        module="attn",
+        inputs=[x],
+        outputs=[y],
+        attrs={"value": float("-inf"), "other": float("nan")},
+    )
+    graph = g.finish()
+    xv = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+    yv = np.array([-np.inf, np.nan, -np.inf, np.nan], dtype=np.float32)
+    stats = empty_stats(graph.num_tensors)
+    stats[x], stats[y] = tensor_stats(xv, DType.FLOAT32), tensor_stats(yv, DType.FLOAT32)
+    path = tmp_path / "nonfinite.tft.h5"
+    with TraceWriter(path) as w:
+        w.write_step(
+            StepRecord(
+                step=0,
+                graph=graph,
+                stats=stats,
+                values={x: xv, y: yv},
+                scalars={"loss": float("nan"), "scale": float("inf")},
+            )
+        )
+        w.flush()
+    return path
+
+
+def test_json_output_is_strict_json(nonfinite_trace: Path) -> None:
+    # Python's json writes NaN / Infinity / -Infinity, which jq, JavaScript and Go refuse.
+    p = str(nonfinite_trace)
+    outputs = {}
+    for command in (("info", p), ("ls", p), ("show", p, "--step", "0"), ("validate", p)):
+        code, out, err = run(*command, "--json")
+        assert code == 0, err
+        outputs[command[0]] = _strict(out)
+    (row,) = outputs["ls"]  # type: ignore[misc]
+    assert row["duration"] == "nan"
+    shown = outputs["show"]
+    assert isinstance(shown, dict)
+    assert shown["scalars"] == {"loss": "nan", "scale": "inf"}
+    (op,) = shown["ops"]
+    assert op["attrs"] == {"value": "-inf", "other": "nan"}
+    (stats,) = op["outputs_stats"]
+    assert (stats["nan"], stats["inf"]) == (2, 2)

@@ -13,7 +13,7 @@ from onnx import helper
 
 import replayer
 import tracefmt
-from replayer.export.build import PHASES
+from replayer.export.mapping import PHASES
 from tests.replayer._traces import EXAMPLES, MODELS, copy_step
 
 ALL = EXAMPLES + MODELS

@@ -17,8 +17,10 @@ import tracefmt
 from replayer.cli import main
 from replayer.diff.align import align_ops
 from replayer.diff.core import attrs_differ, diff_steps, divergent_ops
+from replayer.diff.jsondata import to_json
 from replayer.diff.numeric import tolerance_for, values_distance
-from replayer.diff.render import plot_png, render, to_json
+from replayer.diff.page import plot_png
+from replayer.diff.render import render
 from replayer.diff.results import RunDiff, StepDiff
 from replayer.diff.runs import Side, diff_runs, diff_sides, parse_side
 from replayer.errors import ReplayError
@@ -246,7 +248,7 @@ def test_report_renders_and_plots(chains: dict[str, Path]) -> None:
 def test_diff_modules_import_without_torch(chains: dict[str, Path]) -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import replayer.diff.core, replayer.diff.runs, replayer.diff.render, replayer.cli_diff\n"
+        "import replayer.diff.core, replayer.diff.runs, replayer.diff.page, replayer.cli_diff\n"
         f"r = replayer.diff.runs.diff_sides({str(chains['a'])!r}, {str(chains['noise'])!r})\n"
         "assert r.diff.origin.a.index == 17\n"
         "assert not any(k == 'torch' or k.startswith('torch.') for k, v in sys.modules.items()"

@@ -12,13 +12,16 @@ from onnx import helper
 
 import replayer
 import tracefmt
-from replayer.export.build import map_step, select
 from replayer.export.custom import MODULE_DOMAIN
+from replayer.export.mapping import map_step, select
 from replayer.export.modules import top_level_count
 
 
 def _body(node: onnx.NodeProto) -> onnx.GraphProto:
-    return next(helper.get_attribute_value(a) for a in node.attribute if a.name == "body")
+    body: onnx.GraphProto = next(
+        helper.get_attribute_value(a) for a in node.attribute if a.name == "body"
+    )
+    return body
 
 
 def _leaves(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
