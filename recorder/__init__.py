@@ -19,13 +19,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from recorder.options import ValuesSelection, select
+from recorder.options import Options, ValuesSelection, select
 from recorder.schedule import Action, Schedule, schedule
 
 if TYPE_CHECKING:
     from recorder.session import Recorder, record
 
-__all__ = ["Action", "Recorder", "Schedule", "ValuesSelection", "record", "schedule", "select"]
+__all__ = [
+    "Action",
+    "Options",
+    "Recorder",
+    "Schedule",
+    "ValuesSelection",
+    "record",
+    "schedule",
+    "select",
+]
 
 
 def __getattr__(name: str) -> Any:

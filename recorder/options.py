@@ -8,9 +8,21 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
-__all__ = ["CAPTURE_KINDS", "ROLE_NAMES", "Options", "ValuesSelection", "select"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = [
+    "CAPTURE_KINDS",
+    "ROLE_NAMES",
+    "Backpressure",
+    "Options",
+    "RecordOptions",
+    "ValuesSelection",
+    "select",
+]
 
 CAPTURE_KINDS = frozenset({"graph", "stats", "values"})
 #: Role names a values selection may use (the labels of :class:`tracefmt.model.Role`).
@@ -29,7 +41,8 @@ _ROLE_ALIASES = {
     "optimizer_states": "optimizer_state",
     "constants": "constant",
 }
-BACKPRESSURE = frozenset({"block", "drop"})
+#: What the training thread does when the writer queue is full.
+Backpressure = Literal["block", "drop"]
 
 
 def _strings(name: str, value: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -104,111 +117,171 @@ def select(
     return ValuesSelection(role_set, _strings("modules", modules), _strings("ops", ops))
 
 
-def _positive(
-    name: str, value: object, *, allow_zero: bool = False, kind: type | tuple[type, ...] = int
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"record() option {name!r} must be a number, got {value!r}.")
-    if value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
+#: The most histogram bins a tensor may get.
+MAX_HIST_BINS = 4096
+
+
+def parse_capture(value: object) -> frozenset[str]:
+    """``capture=``: one kind or a collection of kinds, ``"graph"`` among them."""
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, Iterable):
+        raise TypeError(f"record(capture=...) takes a kind or a list of kinds, got {value!r}.")
+    kinds = frozenset(value)
+    unknown = sorted(map(repr, kinds - CAPTURE_KINDS))
+    if unknown:
         raise ValueError(
-            f"record() option {name!r} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}."
+            f"record(capture=...) got {', '.join(unknown)}; choose from "
+            f"{', '.join(sorted(CAPTURE_KINDS))}."
         )
+    if "graph" not in kinds:
+        raise ValueError(
+            "record(capture=...) must include 'graph': statistics and values are "
+            "stored against the step's graph."
+        )
+    return kinds
+
+
+def parse_values(value: object) -> ValuesSelection | None:
+    """``values=``: ``None``, ``"all"`` or a :func:`select` result."""
+    if value == "all":
+        return ALL_VALUES
+    if isinstance(value, str):
+        raise ValueError(
+            f"record(values={value!r}) is not a selection; pass 'all' or "
+            "recorder.select(roles=..., modules=..., ops=...)."
+        )
+    if value is not None and not isinstance(value, ValuesSelection):
+        raise TypeError(f"record(values=...) takes recorder.select(...) or 'all', got {value!r}.")
+    return value
+
+
+def parse_flag(name: str, value: object) -> bool:
+    """A ``True``/``False`` option (``1`` is refused: it is usually a misplaced count)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"record() option {name!r} must be True or False, got {value!r}.")
+    return value
+
+
+def parse_count(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
+    """An integer option in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"record() option {name!r} must be an int, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"record() option {name!r} must be at least {minimum}, got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"record() option {name!r} must be at most {maximum}, got {value!r}.")
+    return value
+
+
+def parse_seconds(name: str, value: object) -> float:
+    """A positive number of seconds (``inf``: never; NaN is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"record() option {name!r} must be a number of seconds, got {value!r}.")
+    if not value > 0:
+        raise ValueError(f"record() option {name!r} must be more than 0 seconds, got {value!r}.")
+    return float(value)
+
+
+def parse_backpressure(value: object) -> Backpressure:
+    """``backpressure=``: ``"block"`` or ``"drop"``."""
+    if value == "block" or value == "drop":
+        return value
+    raise ValueError(
+        f"record(backpressure={value!r}) must be 'block' (wait for the writer) or 'drop' "
+        "(skip the step and count it)."
+    )
 
 
 @dataclass(frozen=True)
 class Options:
-    """Everything :func:`recorder.record` accepts besides the path, schedule, model and sink."""
+    """What :func:`recorder.record` does besides where it writes: the one place the defaults are.
 
+    ``record(...)`` builds this from its keywords (:meth:`build`); every field is parsed when the
+    object is made, so a bad value fails at ``record(...)`` with a sentence naming the option.
+    :func:`recorder.record` says what each option does; the comments here are reminders.
+    """
+
+    #: Any of ``"graph"`` (required), ``"stats"``, ``"values"``; a str or a collection of them.
     capture: frozenset[str] = frozenset({"graph", "stats"})
+    #: Which full values to keep: ``None`` (none, unless ``capture`` has ``"values"``: then all),
+    #: ``"all"`` or :func:`select`.  A selection adds ``"values"`` to ``capture``.
     values: ValuesSelection | None = None
+    #: Also measure pure views (off: a view's numbers are its base's).
     views: bool = False
+    #: Bins of the fixed-bin histogram per tensor (0: none; at most :data:`MAX_HIST_BINS`).
     hist_bins: int = 0
+    #: Record the user's ``file:line`` per op (slower).
     source: bool = False
-    backpressure: str = "block"
+    #: When the writer queue is full: ``"block"`` waits, ``"drop"`` skips the step and counts it.
+    backpressure: Backpressure = "block"
+    #: Bounds of the writer queue, in steps and in bytes.
     max_queue_steps: int = 4
     max_queue_bytes: int = 1 << 30
+    #: Flush after this many unflushed steps or this long since the last flush, whichever first.
     flush_every_steps: int = 10
     flush_every_seconds: float = 1.0
+    #: This process's place in a distributed run (one file per rank).
     rank: int = 0
     world_size: int = 1
 
+    def __post_init__(self) -> None:
+        capture = parse_capture(self.capture)
+        values = parse_values(self.values)
+        if values is not None:
+            capture |= {"values"}
+        elif "values" in capture:
+            values = ALL_VALUES
+        parsed: dict[str, object] = {
+            "capture": capture,
+            "values": values,
+            "views": parse_flag("views", self.views),
+            "hist_bins": parse_count("hist_bins", self.hist_bins, minimum=0, maximum=MAX_HIST_BINS),
+            "source": parse_flag("source", self.source),
+            "backpressure": parse_backpressure(self.backpressure),
+            "max_queue_steps": parse_count("max_queue_steps", self.max_queue_steps, minimum=1),
+            "max_queue_bytes": parse_count("max_queue_bytes", self.max_queue_bytes, minimum=1),
+            "flush_every_steps": parse_count("flush_every_steps", self.flush_every_steps, minimum=1),
+            "flush_every_seconds": parse_seconds("flush_every_seconds", self.flush_every_seconds),
+            "rank": parse_count("rank", self.rank, minimum=0),
+            "world_size": parse_count("world_size", self.world_size, minimum=1),
+        }
+        for name, value in parsed.items():
+            object.__setattr__(self, name, value)
+        if self.rank >= self.world_size:
+            raise ValueError(f"record(rank={self.rank}) must be below world_size={self.world_size}.")
+
     @property
     def stats(self) -> bool:
+        """Whether per-tensor statistics are captured."""
         return "stats" in self.capture
 
     @classmethod
-    def build(
-        cls,
-        *,
-        capture: str | Collection[str] = ("graph", "stats"),
-        values: ValuesSelection | str | None = None,
-        views: bool = False,
-        hist_bins: int = 0,
-        source: bool = False,
-        backpressure: str = "block",
-        max_queue_steps: int = 4,
-        max_queue_bytes: int = 1 << 30,
-        flush_every_steps: int = 10,
-        flush_every_seconds: float = 1.0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Options:
-        """Check every option and return them frozen; raises ``ValueError`` / ``TypeError``."""
-        kinds = frozenset((capture,) if isinstance(capture, str) else capture)
-        unknown = sorted(kinds - CAPTURE_KINDS)
+    def build(cls, **given: Unpack[RecordOptions]) -> Options:
+        """The options from ``record(...)``'s keywords; unset ones keep the field defaults."""
+        unknown = sorted(set(given) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(
-                f"record(capture=...) got {', '.join(map(repr, unknown))}; choose "
-                f"from {', '.join(sorted(CAPTURE_KINDS))}."
+            raise TypeError(
+                f"record() got unknown option(s) {', '.join(map(repr, unknown))}; its options "
+                f"are {', '.join(f.name for f in fields(cls))}."
             )
-        if "graph" not in kinds:
-            raise ValueError(
-                "record(capture=...) must include 'graph': statistics and values are "
-                "stored against the step's graph."
-            )
-        if values == "all":
-            values = ALL_VALUES
-        elif isinstance(values, str):
-            raise ValueError(
-                f"record(values={values!r}) is not a selection; pass 'all' or "
-                "recorder.select(roles=..., modules=..., ops=...)."
-            )
-        if values is not None and not isinstance(values, ValuesSelection):
-            raise TypeError(f"record(values=...) takes recorder.select(...) or 'all', got {values!r}.")
-        if "values" in kinds and values is None:
-            values = ALL_VALUES
-        if values is not None and "values" not in kinds:
-            kinds = kinds | {"values"}
-        if backpressure not in BACKPRESSURE:
-            raise ValueError(
-                f"record(backpressure={backpressure!r}) must be 'block' (wait for the "
-                "writer) or 'drop' (skip the step and count it)."
-            )
-        _positive("hist_bins", hist_bins, allow_zero=True)
-        if hist_bins > 4096:
-            raise ValueError(f"record(hist_bins={hist_bins}) is more than 4096 bins.")
-        _positive("max_queue_steps", max_queue_steps)
-        _positive("max_queue_bytes", max_queue_bytes)
-        _positive("flush_every_steps", flush_every_steps)
-        _positive("flush_every_seconds", flush_every_seconds, kind=(int, float))
-        _positive("world_size", world_size)
-        _positive("rank", rank, allow_zero=True)
-        if rank >= world_size:
-            raise ValueError(f"record(rank={rank}) must be below world_size={world_size}.")
-        for name, flag in (("views", views), ("source", source)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"record() option {name!r} must be True or False, got {flag!r}.")
-        return cls(
-            kinds,
-            values,
-            views,
-            hist_bins,
-            source,
-            backpressure,
-            max_queue_steps,
-            max_queue_bytes,
-            flush_every_steps,
-            float(flush_every_seconds),
-            rank,
-            world_size,
-        )
+        # The keywords are wider than the fields (a str for capture, "all" for values); the
+        # fields' parsers in __post_init__ narrow them.
+        return cls(**cast("dict[str, Any]", given))
+
+
+class RecordOptions(TypedDict, total=False):
+    """The keywords of :func:`recorder.record` that become :class:`Options` (defaults there)."""
+
+    capture: str | Collection[str]
+    values: ValuesSelection | Literal["all"] | None
+    views: bool
+    hist_bins: int
+    source: bool
+    backpressure: Backpressure
+    max_queue_steps: int
+    max_queue_bytes: int
+    flush_every_steps: int
+    flush_every_seconds: float
+    rank: int
+    world_size: int

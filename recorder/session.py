@@ -22,22 +22,25 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from recorder.capture import StepCapture
-from recorder.options import Options, ValuesSelection
+from recorder.options import Options, RecordOptions
 from recorder.pipeline import BackgroundWriter, Sink
 from recorder.schedule import Action, Schedule
 from recorder.schedule import schedule as make_schedule
 from recorder.stats.native import available as native_stats_available
 from recorder.tracking import Names
 from tracefmt.errors import TraceError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Recorder", "record"]
 
@@ -114,11 +117,6 @@ class Recorder:
         self._stopped = False
         self._warned_compile = False
         self.recorded_steps: list[int] = []
-
-    @property
-    def step_num(self) -> int:
-        """The number of the step now running (0-based, plus ``start_step``)."""
-        return self._step
 
     @property
     def dropped(self) -> int:
@@ -257,30 +255,23 @@ def record(
     *,
     schedule: ScheduleLike | None = None,
     model: torch.nn.Module | None = None,
-    capture: str | Collection[str] = ("graph", "stats"),
-    values: ValuesSelection | str | None = None,
-    views: bool = False,
-    hist_bins: int = 0,
-    source: bool = False,
-    backpressure: str = "block",
-    max_queue_steps: int = 4,
-    max_queue_bytes: int = 1 << 30,
-    flush_every_steps: int = 10,
-    flush_every_seconds: float = 1.0,
-    rank: int = 0,
-    world_size: int = 1,
     run_id: str | None = None,
     overwrite: bool = False,
     values_filter: str = "none",
     start_step: int = 0,
     sink: Sink | None = None,
     provenance_extra: Mapping[str, str] | None = None,
+    **options: Unpack[RecordOptions],
 ) -> Recorder:
     """Record training steps into the run directory ``path`` (``path/rank-00000.tft.h5``).
 
     * ``schedule``: which steps (default every step); see :func:`recorder.schedule`.
     * ``model``: names parameters and buffers by FQN and module paths from it; without it the
       first module called at top level in a step is taken as the model.
+    * ``sink``: receive :class:`tracefmt.records.StepRecord` objects instead of writing a file.
+
+    The other keywords are the fields of :class:`recorder.Options`, where their defaults are:
+
     * ``capture``: any of ``"graph"`` (always), ``"stats"`` (per-tensor statistics and fingerprint),
       ``"values"``; ``values`` picks which full values (``"all"`` or :func:`recorder.select`).
     * ``views``: also compute statistics and values of pure views (off: a view's numbers are its
@@ -289,16 +280,15 @@ def record(
     * ``backpressure``: ``"block"`` waits for the writer, ``"drop"`` skips the step and counts it.
       ``max_queue_steps`` / ``max_queue_bytes`` bound the queue.
     * Flushing: the writer thread commits written steps to the file and fsyncs it (the
-      trace writer's default) when ``flush_every_steps`` steps (default 10) are unflushed or
-      ``flush_every_seconds`` (default 1.0) have passed since the last flush, whichever comes
-      first; a step that arrives after a quiet spell is flushed at once.  So a process killed
-      outright (SIGKILL, the OOM killer) loses at most the last 10 recorded steps or about one
-      second of them; an exception leaving the ``with`` block, ``rec.flush()`` and the end of
-      the block lose nothing.  A flush costs the writer thread a few ms (mostly waiting for the
-      disk), never the training thread.  Pass ``flush_every_steps=1`` to keep every step the
-      moment it is written.
+      trace writer's default) when ``flush_every_steps`` steps are unflushed or
+      ``flush_every_seconds`` have passed since the last flush, whichever comes first; a step
+      that arrives after a quiet spell is flushed at once.  So a process killed outright
+      (SIGKILL, the OOM killer) loses at most the last ``flush_every_steps`` recorded steps or
+      about ``flush_every_seconds`` of them; an exception leaving the ``with`` block,
+      ``rec.flush()`` and the end of the block lose nothing.  A flush costs the writer thread a
+      few ms (mostly waiting for the disk), never the training thread.  Pass
+      ``flush_every_steps=1`` to keep every step the moment it is written.
     * ``rank`` / ``world_size``: this process's place in a distributed run (one file per rank).
-    * ``sink``: receive :class:`tracefmt.records.StepRecord` objects instead of writing a file.
     """
     if path is None and sink is None:
         raise ValueError(
@@ -317,24 +307,10 @@ def record(
         raise TypeError(f"record(model=...) takes a torch.nn.Module, got {type(model).__name__}.")
     if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
         raise ValueError(f"record(start_step=...) must be a non-negative int, got {start_step!r}.")
-    options = Options.build(
-        capture=capture,
-        values=values,
-        views=views,
-        hist_bins=hist_bins,
-        source=source,
-        backpressure=backpressure,
-        max_queue_steps=max_queue_steps,
-        max_queue_bytes=max_queue_bytes,
-        flush_every_steps=flush_every_steps,
-        flush_every_seconds=flush_every_seconds,
-        rank=rank,
-        world_size=world_size,
-    )
     return Recorder(
         path,
         schedule,
-        options,
+        Options.build(**options),
         model=model,
         sink=sink,
         run_id=run_id,

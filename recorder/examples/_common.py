@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -17,10 +18,10 @@ import recorder
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def parser(description: str, *, steps: int = 20) -> argparse.ArgumentParser:
+def parser(description: str) -> argparse.ArgumentParser:
     """Arguments every example takes."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--steps", type=int, default=steps, help="training steps to run")
+    p.add_argument("--steps", type=int, default=20, help="training steps to run")
     p.add_argument("--out", default="runs/demo", help="run directory to record into")
     p.add_argument("--every", type=int, default=1, help="record one step in N")
     p.add_argument("--off", action="store_true", help="run without the recorder (for timing)")
@@ -45,7 +46,6 @@ def run(
     loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
     *,
     name: str,
-    argv: Sequence[str] | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, Any]:
     """Train ``args.steps`` steps, recording them unless ``--off``; returns a timing summary.
@@ -54,7 +54,7 @@ def run(
     """
     console = Console(stderr=True, quiet=args.quiet)
     times: list[float] = []
-    with _maybe_record(args, model) as rec, _progress(console, args.steps, name) as progress:
+    with _maybe_record(args, model) as rec, _progress(console) as progress:
         task = progress.add_task(name, total=args.steps, loss=float("nan"))
         for step in range(args.steps):
             t0 = time.perf_counter()
@@ -94,17 +94,11 @@ def run(
     return summary
 
 
-class _Off:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _maybe_record(args: argparse.Namespace, model: torch.nn.Module) -> Any:
+def _maybe_record(
+    args: argparse.Namespace, model: torch.nn.Module
+) -> AbstractContextManager[recorder.Recorder | None]:
     if args.off:
-        return _Off()
+        return nullcontext()
     capture = ("graph",) if args.no_stats else ("graph", "stats")
     return recorder.record(
         args.out,
@@ -116,7 +110,7 @@ def _maybe_record(args: argparse.Namespace, model: torch.nn.Module) -> Any:
     )
 
 
-def _progress(console: Console, total: int, name: str) -> Progress:
+def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -135,11 +129,6 @@ def setup(args: argparse.Namespace) -> torch.device:
     if args.threads:
         torch.set_num_threads(args.threads)
     return torch.device(args.device)
-
-
-def cycle(items: Sequence[Batch]) -> Iterator[Batch]:
-    while True:
-        yield from items
 
 
 def example_main(
