@@ -1,11 +1,10 @@
 """The capture of one step: a ``TorchDispatchMode`` that turns every aten op into graph rows.
 
-Identity: ``id(tensor)`` is reused within a step, so tensors are keyed weakly by object
-(``WeakTensorKeyDictionary``).  Each entry holds the graph tensor (value) the object holds now.  An
-op that writes a tensor (schema ``alias_info.is_write``: in-place, ``out=``, ``_foreach_*_`` which
-return None, running statistics of batch norm) gives it a new value with the next version.  A write
-also bumps a generation counter of the storage, so another object viewing the same storage is known
-to be stale and is read as a new value from outside rather than linked to the wrong producer.
+Each aten op is read twice: before it runs (:meth:`StepCapture._before`: its phase and module, its
+tensor inputs resolved to graph tensors, its other arguments as JSON data) and after
+(:meth:`StepCapture._after`: its outputs, and the tensors it wrote, become new graph tensors).
+Which graph tensor a tensor object holds is :mod:`recorder.identity`'s business; what an op's
+schema says, :mod:`recorder.opinfo`'s.
 
 Every value that enters the step from outside (parameters, inputs, optimizer state) and every op
 output that is not a pure view gets statistics; selected values are copied.  All of it stays on the
@@ -19,125 +18,61 @@ import sys
 import time
 import traceback
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from types import FrameType
+from typing import Any, ClassVar, NamedTuple
 
 import torch
+from torch._ops import OpOverload
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from recorder.convert import TORCH_TO_DTYPE, CudaEvent, TensorMap, json_value
+from recorder.captured import CudaTiming, InputRef, OpRow, RawStep
+from recorder.convert import TORCH_TO_DTYPE, CudaEvent, DeviceEvent, json_value
+from recorder.identity import TensorTable
+from recorder.opinfo import OpInfo
 from recorder.options import Options
-from recorder.stats.cpu import SMALL_NUMEL, PendingStats, StatsCollector
-from recorder.tracking import Names, PhaseTracker
-from tracefmt.dtypes import DType
+from recorder.stats.cpu import SMALL_NUMEL, StatsCollector
+from recorder.tracking import ACCUMULATE_GRAD_SEQ, Names, PhaseTracker
 from tracefmt.errors import TraceError
 from tracefmt.model import Event, Phase, Role
 
-__all__ = ["RawStep", "StepCapture"]
+__all__ = ["StepCapture"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
-#: Ops whose output is uninitialized memory: statistics of it would be noise (and often NaN).
-_UNINITIALIZED = frozenset(
-    {
-        "aten::empty",
-        "aten::empty_like",
-        "aten::empty_strided",
-        "aten::new_empty",
-        "aten::new_empty_strided",
-        "aten::empty_permuted",
-    }
-)
-
-#: Ops that write arguments their schema does not mark as written: batch norm updates
-#: ``running_mean`` and ``running_var`` (arguments 3 and 4) in place when ``training`` (argument 5).
-_UNDECLARED_WRITES = {
-    "aten::native_batch_norm": (5, frozenset({3, 4})),
-    "aten::cudnn_batch_norm": (5, frozenset({3, 4})),
-    "aten::miopen_batch_norm": (5, frozenset({3, 4})),
-}
 #: Roles of tensors the recorder has no name for yet.
 _UNNAMED = (Role.ACTIVATION, Role.INPUT)
+_ACTIVATION = Role.ACTIVATION
+#: Builds the named rows on the per-op path: a ``NamedTuple``'s own ``__new__`` is Python code
+#: costing about seven plain tuples (300 ns), ``tuple.__new__(Row, fields)`` about three.  It
+#: does not check the fields' types, so each row is built in one place only.
+_new = tuple.__new__
+
+#: A tensor argument of an op: (tensor, argument position, item in a list argument or -1), the
+#: order of :data:`recorder.captured.InputRef`.  A plain tuple, always unpacked: an op has a few.
+_ArgTensor = tuple[torch.Tensor, int, int]
 
 
-@dataclass(frozen=True)
-class _OpInfo:
-    """What the schema of one op overload says, computed once per overload."""
+class _CudaStart(NamedTuple):
+    """The events around a CUDA op, the first one recorded, and the memory allocated before it."""
 
-    name: str
-    arg_names: tuple[str, ...]
-    arg_index: dict[str, int]
-    written: frozenset[int]
-    view_returns: tuple[bool, ...]
-    uninitialized: bool
-    written_if: tuple[int, frozenset[int]] | None = None
-
-    @classmethod
-    def of(cls, func: Any) -> _OpInfo:
-        schema = func._schema
-        args = schema.arguments
-        written = frozenset(
-            i for i, a in enumerate(args) if a.alias_info is not None and a.alias_info.is_write
-        )
-        views = tuple(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
-        names = tuple(a.name for a in args)
-        return cls(
-            f"{schema.name}.{func._overloadname}",
-            names,
-            {n: i for i, n in enumerate(names)},
-            written,
-            views,
-            schema.name in _UNINITIALIZED,
-            _UNDECLARED_WRITES.get(schema.name),
-        )
+    start: DeviceEvent
+    end: DeviceEvent
+    mem_before: int
 
 
-class _Slot:
-    """The value a tensor object holds now, and the storage generation it was read at."""
+class _OpCall(NamedTuple):
+    """What :meth:`StepCapture._before` found out about an op, for :meth:`StepCapture._after`."""
 
-    __slots__ = ("gen", "history", "key", "name", "role", "value", "version")
-
-    def __init__(
-        self, value: int, key: int | None, gen: int, version: int, role: Role, name: str | None
-    ) -> None:
-        self.value, self.key, self.gen, self.version = value, key, gen, version
-        self.role, self.name = role, name
-        self.history = [value]
-
-
-@dataclass
-class RawStep:
-    """A captured step before it becomes a :class:`tracefmt.records.StepRecord`.
-
-    Built on the training thread; turned into a record on the writer thread, so graph building
-    stays off the training path.  It holds tensors only as value copies and 0-d results.
-    """
-
-    step: int
-    ops: list[
-        tuple[
-            str,
-            Phase,
-            str,
-            tuple[tuple[int, int, int], ...],
-            tuple[int, ...],
-            dict[str, Any] | None,
-            str | None,
-        ]
-    ]
-    tensors: list[tuple[DType, tuple[int, ...], tuple[int, ...], str, int, int, int, int]]
-    roles: list[Role]
-    names: list[str | None]
-    host_ns: list[int]
-    stats: PendingStats | None
-    values: dict[int, torch.Tensor]
-    cuda_times: list[tuple[int, Any, Any, int]]
-    events: list[Event]
-    scalars: dict[str, Any] = field(default_factory=dict)
-    wall_time: float = 0.0
-    duration: float = float("nan")
-    dropped: int = 0
-    values_ready: Any = None
+    info: OpInfo
+    phase: Phase
+    module: str
+    inputs: list[InputRef]
+    written: list[torch.Tensor]  #: the tensor arguments the op writes
+    attrs: dict[str, Any]
+    tensors: list[_ArgTensor]
+    grad_of: str | None  #: for ``AccumulateGrad``: the parameter whose gradient it makes
+    source: str | None
+    cuda: _CudaStart | None
 
 
 class _Mode(TorchDispatchMode):  # type: ignore[no-untyped-call]
@@ -145,7 +80,13 @@ class _Mode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         super().__init__()  # type: ignore[no-untyped-call]
         self._capture = capture
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+    def __torch_dispatch__(
+        self,
+        func: OpOverload,
+        types: tuple[type, ...],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         if func.namespace != "aten":
             return func(*args, **(kwargs or {}))
         return self._capture.run_op(func, args, kwargs or {})
@@ -154,7 +95,7 @@ class _Mode(TorchDispatchMode):  # type: ignore[no-untyped-call]
 class StepCapture:
     """Records the ops of one step; :meth:`install` starts it, :meth:`finish` ends it."""
 
-    _infos: ClassVar[dict[Any, _OpInfo]] = {}
+    _infos: ClassVar[dict[OpOverload, OpInfo]] = {}
     _active: ClassVar[StepCapture | None] = None
 
     def __init__(self, step: int, options: Options, names: Names) -> None:
@@ -162,15 +103,10 @@ class StepCapture:
         self.options = options
         self.names = names
         self.tracker = PhaseTracker(names, on_tensor_named=self.name_tensor, on_compiled=self._compiled)
-        self._objects = TensorMap()
-        self._named = TensorMap()
-        self._gens: dict[int, int] = {}
-        self._ops: list[Any] = []
-        self._tensors: list[Any] = []
-        self._roles: list[Role] = []
-        self._names: list[str | None] = []
+        self._table = TensorTable()
+        self._ops: list[OpRow] = []
         self._host_ns: list[int] = []
-        self._cuda_times: list[tuple[int, Any, Any, int]] = []
+        self._cuda_times: list[CudaTiming] = []
         self._events: list[Event] = []
         self._values: dict[int, torch.Tensor] = {}
         self._tentative: list[tuple[int, str, str]] = []
@@ -178,19 +114,13 @@ class StepCapture:
         self._stats = StatsCollector(hist_bins=options.hist_bins) if options.stats else None
         self._failed = False
         self._compiled_seen = False
-        self._devices: dict[torch.device, str] = {}
         self._t0 = time.perf_counter()
         self._wall = time.time()
 
     # -- naming -----------------------------------------------------------------------------
     def name_tensor(self, t: torch.Tensor, role: Role, name: str) -> None:
         """Give ``t`` (and every value it has held in this step) a role and a name."""
-        self._named[t] = (role, name)
-        slot = self._objects.get(t)
-        if slot is not None and slot.name != name:
-            slot.role, slot.name = role, name
-            for i in slot.history:
-                self._roles[i], self._names[i] = role, name
+        self._table.name(t, role, name)
 
     def _compiled(self, module: torch.nn.Module) -> None:
         if not self._compiled_seen:
@@ -204,7 +134,7 @@ class StepCapture:
             )
 
     # -- lifecycle --------------------------------------------------------------------------
-    def install(self) -> Any:
+    def install(self) -> ExitStack:
         """Enter hooks and the dispatch mode; returns an ``ExitStack`` that removes them.
 
         One capture at a time per process: the module and optimizer hooks are global, and two
@@ -234,23 +164,23 @@ class StepCapture:
         """End the capture: launch batched statistics and return the step; drops every reference
         this capture held to the step's tensors (their copies travel in the result)."""
         duration = time.perf_counter() - self._t0
-        n = len(self._tensors)
+        table = self._table
         selection = self.options.values
         for index, module, op in self._tentative:
-            if selection is not None and not selection.matches(self._roles[index].label, module, op):
+            if selection is not None and not selection.matches(table.roles[index].label, module, op):
                 del self._values[index]
         self._tentative = []
-        stats = self._stats.finish(n) if self._stats is not None else None
-        ready = None
+        stats = self._stats.finish(len(table.rows)) if self._stats is not None else None
+        ready: DeviceEvent | None = None
         if any(v.device.type == "cuda" for v in self._values.values()):
             ready = CudaEvent()
             ready.record()
         raw = RawStep(
             self.step,
             self._ops,
-            self._tensors,
-            self._roles,
-            self._names,
+            table.rows,
+            table.roles,
+            table.names,
             self._host_ns,
             stats,
             self._values,
@@ -260,62 +190,12 @@ class StepCapture:
             duration=duration,
             values_ready=ready,
         )
-        self._objects = TensorMap()
-        self._named = TensorMap()
+        self._table = TensorTable()
         self._values = {}
         self._stats = None
         return raw
 
     # -- values -----------------------------------------------------------------------------
-    @staticmethod
-    def _storage_key(t: torch.Tensor) -> int | None:
-        """The address of ``t``'s storage (without building a storage object)."""
-        try:
-            ptr = int(t.data_ptr() - t.storage_offset() * t.element_size())
-        except (RuntimeError, NotImplementedError):
-            return None
-        return ptr or None
-
-    def _new_value(
-        self,
-        t: torch.Tensor,
-        producer: int,
-        slot_no: int,
-        version: int,
-        role: Role,
-        name: str | None,
-        key: int | None,
-        slot: _Slot | None,
-    ) -> int:
-        """A new graph tensor for the value ``t`` holds now; ``slot``: ``t``'s slot, if any."""
-        device = self._devices.get(t.device)
-        if device is None:
-            device = self._devices[t.device] = str(t.device)
-        index = len(self._tensors)
-        self._tensors.append(
-            (
-                TORCH_TO_DTYPE[t.dtype],
-                tuple(t.shape),
-                t.stride(),
-                device,
-                producer,
-                slot_no,
-                version,
-                t.storage_offset(),
-            )
-        )
-        self._roles.append(role)
-        self._names.append(name)
-        if slot is None:
-            slot = _Slot(index, key, self._gens.get(key, 0) if key else 0, version, role, name)
-            self._objects[t] = slot
-        else:
-            slot.value, slot.key, slot.version = index, key, version
-            slot.gen = self._gens.get(key, 0) if key else 0
-            slot.role, slot.name = role, name
-            slot.history.append(index)
-        return index
-
     def _observe(
         self, index: int, t: torch.Tensor, module: str, op: str, same_bytes: int | None = None
     ) -> None:
@@ -333,7 +213,7 @@ class StepCapture:
         selection = self.options.values
         if selection is None:
             return
-        role = self._roles[index]
+        role = self._table.roles[index]
         selected = selection.matches(role.label, module, op)
         if (
             not selected
@@ -353,30 +233,22 @@ class StepCapture:
             else:
                 self._values[index] = copy.clone(memory_format=torch.contiguous_format)
 
-    def _input(self, t: torch.Tensor, module: str, op: str) -> int | None:
+    def _read_input(self, t: torch.Tensor, module: str, op: str) -> int | None:
+        """A new value for input ``t`` of ``op``, read from outside the step (None: a dtype the
+        trace cannot hold)."""
         if t.dtype not in TORCH_TO_DTYPE:
             return None
-        slot = self._objects.get(t)
-        if slot is not None and (slot.key is None or self._gens.get(slot.key, 0) == slot.gen):
-            return int(slot.value)
-        version = 0 if slot is None else slot.version + 1
-        named = self._named.get(t)
-        role, name = (
-            named
-            if named is not None
-            else ((slot.role, slot.name) if slot is not None else (Role.INPUT, None))
-        )
-        index = self._new_value(t, -1, 0, version, role, name, self._storage_key(t), slot)
+        index = self._table.read(t)
         self._observe(index, t, module, op)
         return index
 
     # -- the op -----------------------------------------------------------------------------
-    def run_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def run_op(self, func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run one aten op and record it (the body of ``__torch_dispatch__``)."""
         if self._failed:
             return func(*args, **kwargs)
         try:
-            before = self._before(func, args, kwargs)
+            call = self._before(func, args, kwargs)
         except Exception as e:
             self._fail(e)
             return func(*args, **kwargs)
@@ -384,7 +256,7 @@ class StepCapture:
         out = func(*args, **kwargs)
         elapsed = time.perf_counter_ns() - t0
         try:
-            self._after(before, out, elapsed)
+            self._after(call, out, elapsed)
         except Exception as e:
             self._fail(e)
         return out
@@ -399,24 +271,30 @@ class StepCapture:
             )
         )
 
-    def _before(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    def _before(self, func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _OpCall:
         info = self._infos.get(func)
         if info is None:
-            info = self._infos[func] = _OpInfo.of(func)
+            info = self._infos[func] = OpInfo.of(func)
         tracker = self.tracker
         node = torch._C._current_autograd_node()
-        tensors: list[tuple[torch.Tensor, int, int]] = []
+        tensors: list[_ArgTensor] = []
         attrs: dict[str, Any] = {}
         names = info.arg_names
         for pos, a in enumerate(args):
-            self._collect(a, pos, names[pos] if pos < len(names) else f"arg{pos}", tensors, attrs)
+            if isinstance(a, torch.Tensor):  # the common case, without a call
+                tensors.append((a, pos, -1))
+            else:
+                self._collect(a, pos, names[pos] if pos < len(names) else f"arg{pos}", tensors, attrs)
         for key, a in kwargs.items():
             self._collect(a, info.arg_index.get(key, -1), key, tensors, attrs)
         phase, module = tracker.phase(node, lambda: any(t.requires_grad for t, _, _ in tensors))
         name = info.name
         inputs = []
+        current = self._table.current
         for t, pos, item in tensors:
-            v = self._input(t, module, name)
+            v = current(t)
+            if v is None:
+                v = self._read_input(t, module, name)
             if v is not None:
                 inputs.append((v, pos, item))
         written_pos = info.written
@@ -424,21 +302,25 @@ class StepCapture:
             flag, extra = info.written_if
             if len(args) > flag and args[flag] is True:
                 written_pos = written_pos | extra
-        written = [t for t, pos, _ in tensors if pos in written_pos]
+        written = [t for t, pos, _ in tensors if pos in written_pos] if written_pos else []
         grad_of = None
-        if node is not None and node._sequence_nr() == 2**64 - 1:
+        if node is not None and node._sequence_nr() == ACCUMULATE_GRAD_SEQ:
             grad_of = tracker.accumulate_grad_param(node)
         source = self._source() if self.options.source else None
         cuda = None
-        if tensors and tensors[0][0].is_cuda:
-            start, end = CudaEvent(enable_timing=True), CudaEvent(enable_timing=True)
-            start.record()
-            cuda = (start, end, torch.cuda.memory_allocated())
-        return (info, phase, module, inputs, written, attrs, tensors, grad_of, source, cuda)
+        if tensors:
+            first, _, _ = tensors[0]
+            if first.is_cuda:
+                start, end = CudaEvent(enable_timing=True), CudaEvent(enable_timing=True)
+                start.record()
+                cuda = _CudaStart(start, end, torch.cuda.memory_allocated())
+        return _new(
+            _OpCall, (info, phase, module, inputs, written, attrs, tensors, grad_of, source, cuda)
+        )
 
     @staticmethod
     def _collect(
-        a: Any, pos: int, name: str, tensors: list[tuple[torch.Tensor, int, int]], attrs: dict[str, Any]
+        a: object, pos: int, name: str, tensors: list[_ArgTensor], attrs: dict[str, Any]
     ) -> None:
         if isinstance(a, torch.Tensor):
             tensors.append((a, pos, -1))
@@ -449,93 +331,60 @@ class StepCapture:
         else:
             attrs[name] = json_value(a)
 
-    def _after(self, before: tuple[Any, ...], out: Any, elapsed: int) -> None:
-        info, phase, module, inputs, written, attrs, tensors, grad_of, source, cuda = before
+    def _after(self, call: _OpCall, out: object, elapsed: int) -> None:
+        # Unpacked at once (mypy checks each field's type): cheaper than ten attribute reads.
+        info, phase, module, inputs, written, attrs, tensors, grad_of, source, cuda = call
         op_index = len(self._ops)
         if cuda is not None:
-            cuda[1].record()
-            self._cuda_times.append(
-                (op_index, cuda[0], cuda[1], torch.cuda.memory_allocated() - cuda[2])
-            )
-        returned: list[tuple[torch.Tensor, bool]] = []
+            cuda.end.record()
+            memory = torch.cuda.memory_allocated() - cuda.mem_before
+            self._cuda_times.append(CudaTiming(op_index, cuda.start, cuda.end, memory))
+        returned: list[tuple[torch.Tensor, bool]] = []  # (output, is a view)
         if isinstance(out, torch.Tensor):
             returned.append((out, bool(info.view_returns and info.view_returns[0])))
         elif isinstance(out, (tuple, list)):
-            views = info.view_returns
             for i, o in enumerate(out):
                 if isinstance(o, torch.Tensor):
-                    returned.append(
-                        (o, views[i] if i < len(views) and len(views) > 1 else bool(views and views[0]))
-                    )
+                    returned.append((o, info.view_of_return(i)))
         if written:
             returned_ids = {id(o) for o, _ in returned}
             returned.extend((w, False) for w in written if id(w) not in returned_ids)
             written_ids = {id(w) for w in written}
         else:
             written_ids = set()
-        input_ids = {id(t) for t, _, _ in tensors}
+        table = self._table
+        views = self.options.views
         outputs = []
         for slot_no, (o, is_view) in enumerate(returned):
             if o.dtype not in TORCH_TO_DTYPE:
                 continue
-            previous = self._objects.get(o)
-            key = self._storage_key(o)
+            previous = table.slot(o)
             is_written = id(o) in written_ids
-            if is_written and key is not None:
-                self._gens[key] = self._gens.get(key, 0) + 1
-            if previous is not None and id(o) in input_ids:
-                # A new version (written) or the same object handed back (alias): keep its name.
-                version = previous.version + (1 if is_written else 0)
-                role, name = previous.role, previous.name
-                observe = is_written or self.options.views
+            # A new version (written) or the same object handed back (alias): keeps its name.
+            again = previous is not None and any(t is o for t, _, _ in tensors)
+            slot = table.write(o, previous, op_index, slot_no, is_written, again, grad_of)
+            outputs.append(slot.value)
+            if again:
+                observe = is_written or views
             else:
-                version = 0
-                named = self._named.get(o)
-                if named is not None:
-                    role, name = named
-                elif grad_of is not None:
-                    role, name = Role.GRADIENT, f"{grad_of}.grad"
-                    self._named[o] = (role, name)
-                else:
-                    role, name = Role.ACTIVATION, None
                 # A pure view repeats its base's numbers; a named one (a gradient handed over by
                 # AccumulateGrad's detach) is what the user asks about, so it gets its own.
                 observe = (
-                    not is_view or self.options.views or role is not Role.ACTIVATION
+                    not is_view or views or slot.role is not _ACTIVATION
                 ) and not info.uninitialized
-            index = self._new_value(o, op_index, slot_no, version, role, name, key, previous)
-            outputs.append(index)
             if observe:
                 same = None
-                if not is_written and key is not None and o.numel() > SMALL_NUMEL:
-                    same = self._same_bytes(o, tensors)
-                self._observe(index, o, module, info.name, same)
-        self._ops.append(
-            (info.name, phase, module, tuple(inputs), tuple(outputs), attrs or None, source)
-        )
+                if not is_written and slot.key is not None and o.numel() > SMALL_NUMEL:
+                    same = table.same_bytes(o, [t for t, _, _ in tensors])
+                self._observe(slot.value, o, module, info.name, same)
+        row = (info.name, phase, module, tuple(inputs), tuple(outputs), attrs or None, source)
+        self._ops.append(_new(OpRow, row))
         self._host_ns.append(elapsed)
-
-    def _same_bytes(self, o: torch.Tensor, tensors: list[tuple[torch.Tensor, int, int]]) -> int | None:
-        """The value of an input whose bytes ``o`` shares exactly (``detach``, ``_unsafe_view``,
-        ``alias``, a reshape of a contiguous tensor), if any."""
-        ptr = o.data_ptr()
-        for t, _, _ in tensors:
-            if (
-                t.data_ptr() == ptr
-                and t.dtype == o.dtype
-                and t.numel() == o.numel()
-                and t.is_contiguous()
-                and o.is_contiguous()
-            ):
-                slot = self._objects.get(t)
-                if slot is not None:
-                    return int(slot.value)
-        return None
 
     @staticmethod
     def _source() -> str | None:
         """``file:line`` of the innermost caller outside torch and the recorder."""
-        frame: Any = sys._getframe(3)
+        frame: FrameType | None = sys._getframe(3)
         while frame is not None:
             path = frame.f_code.co_filename
             if not (path.startswith(_TORCH_DIR) or path.startswith(_HERE) or path.startswith("<")):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import enum
 import re
 import weakref
-from typing import Any
+from collections.abc import MutableMapping
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -37,16 +38,31 @@ _NAMES = [
     "float4_e2m1fn_x2",
 ]
 
-#: ``torch.cuda.Event``, typed loosely (torch leaves it unannotated).
+#: ``torch.cuda.Event``, typed loosely: torch leaves its constructor and methods unannotated
+#: (:class:`DeviceEvent` says what the recorder uses of one).
 CudaEvent: Any = torch.cuda.Event
 
 
-def weak_tensor_map() -> Any:
-    """A ``WeakTensorKeyDictionary``: keyed by tensor object identity, holding no reference."""
+class DeviceEvent(Protocol):
+    """What the recorder uses of a ``torch.cuda.Event``."""
+
+    def record(self) -> None: ...
+
+    def synchronize(self) -> None: ...
+
+    def elapsed_time(self, end_event: Any) -> float: ...
+
+
+_V = TypeVar("_V")
+
+
+def weak_tensor_map() -> MutableMapping[torch.Tensor, str]:
+    """Tensor object -> name, holding no reference to the tensors (a ``WeakTensorKeyDictionary``:
+    keyed by identity, since tensors compare elementwise)."""
     return WeakTensorKeyDictionary()
 
 
-class TensorMap:
+class TensorMap(Generic[_V]):
     """A map keyed by tensor *object*, holding only weak references to the keys.
 
     The per-op hot path of the capture: ``WeakTensorKeyDictionary.get`` builds a weak reference
@@ -58,25 +74,17 @@ class TensorMap:
     __slots__ = ("_d",)
 
     def __init__(self) -> None:
-        self._d: dict[int, tuple[weakref.ref[Any], Any]] = {}
+        self._d: dict[int, tuple[weakref.ref[torch.Tensor], _V]] = {}
 
-    def get(self, t: Any, default: Any = None) -> Any:
+    def get(self, t: torch.Tensor) -> _V | None:
+        """The value stored for the object ``t``, or None."""
         entry = self._d.get(id(t))
         if entry is not None and entry[0]() is t:
             return entry[1]
-        return default
+        return None
 
-    def __setitem__(self, t: Any, value: Any) -> None:
+    def __setitem__(self, t: torch.Tensor, value: _V) -> None:
         self._d[id(t)] = (weakref.ref(t), value)
-
-    def __contains__(self, t: Any) -> bool:
-        return self.get(t, _MISSING) is not _MISSING
-
-    def __len__(self) -> int:
-        return sum(1 for ref, _ in self._d.values() if ref() is not None)
-
-
-_MISSING = object()
 
 
 #: torch dtype -> tracefmt logical dtype, for every dtype both know.

@@ -1,30 +1,29 @@
-"""From a captured step to disk: building the record and writing it on a background thread.
+"""From a captured step to disk: a background thread builds each step's record and writes it.
 
-The training thread hands each :class:`~recorder.capture.RawStep` to a :class:`BackgroundWriter`
+The training thread hands each :class:`~recorder.captured.RawStep` to a :class:`BackgroundWriter`
 and goes on.  The writer thread waits for the step's device results, builds the self-contained
-:class:`tracefmt.records.StepRecord` and passes it to a sink (a ``TraceWriter``, or anything with
-``write_step``, ``flush`` and ``close``).  The queue is bounded in steps and bytes: when it is full
-the training thread waits (``"block"``) or the step is dropped and counted (``"drop"``; the count is
-written with the next step).  An error on the writer thread is kept and raised on the training
-thread at its next call, as a :class:`tracefmt.errors.TraceError`.
+:class:`tracefmt.records.StepRecord` (:mod:`recorder.assemble`) and passes it to a sink (a
+``TraceWriter``, or anything with ``write_step``, ``flush`` and ``close``).  The queue is bounded
+in steps and bytes: when it is full the training thread waits (``"block"``) or the step is
+dropped and counted (``"drop"``; the count is written with the next step).  An error on the
+writer thread is kept and raised on the training thread at its next call, as a
+:class:`tracefmt.errors.TraceError`.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import threading
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
-import torch
-
-from recorder.capture import RawStep
-from recorder.convert import to_numpy
+from recorder import assemble
+from recorder.captured import RawStep
 from tracefmt.errors import TraceError
-from tracefmt.records import Graph, GraphBuilder, StepRecord, empty_op_stats
+from tracefmt.records import StepRecord
 
-__all__ = ["BackgroundWriter", "GraphCache", "Sink", "build_record"]
+__all__ = ["BackgroundWriter", "Sink"]
 
 
 class Sink(Protocol):
@@ -37,132 +36,18 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def _scalar(value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise TraceError(
-                f"A step scalar must have one element, got a tensor of shape {tuple(value.shape)}."
-            )
-        return float(value.detach().cpu().item())
-    return float(value)
-
-
-def _build_graph(raw: RawStep) -> Graph:
-    g = GraphBuilder()
-    for (dtype, shape, strides, device, producer, slot, version, offset), role, name in zip(
-        raw.tensors, raw.roles, raw.names, strict=True
-    ):
-        g.add_tensor(
-            dtype,
-            shape,
-            strides=strides,
-            device=device,
-            role=role,
-            name=name,
-            producer=None if producer < 0 else producer,
-            producer_slot=slot,
-            version=version,
-            storage_offset=offset,
-        )
-    for name, phase, module, inputs, outputs, attrs, source in raw.ops:
-        g.add_op(
-            name, phase=phase, module=module, inputs=inputs, outputs=outputs, attrs=attrs, source=source
-        )
-    return g.finish()
-
-
-class GraphCache:
-    """The last step's raw rows and graph, so that a step repeating its structure gets its graph as
-    a :meth:`Graph.variant` of the last one: only the ops whose arguments changed are encoded
-    again, and the digest is carried over (on the FACTS GPT step, 13 + 4 ms of the writer
-    thread's CPU become about 3).
-
-    Arguments count as unchanged only when their ``repr`` is equal too: ``1 == 1.0 == True``, but
-    the trace must keep which one the op was given.
-    """
-
-    def __init__(self) -> None:
-        # The last step's rows only (never the RawStep: it holds value copies).
-        self._tensors: list[Any] = []
-        self._roles: list[Any] = []
-        self._names: list[str | None] = []
-        self._ops: list[Any] = []
-        self._reprs: list[str] = []
-        self._graph: Graph | None = None
-
-    def graph(self, raw: RawStep) -> Graph:
-        """The graph of ``raw``: a variant of the last step's when only arguments and storage
-        offsets differ, else built from scratch; either way what :class:`GraphBuilder` builds."""
-        reprs = [repr(op[5]) if op[5] else "" for op in raw.ops]
-        graph = self._variant(raw, reprs)
-        if graph is None:
-            graph = _build_graph(raw)
-        self._tensors, self._roles, self._names = raw.tensors, raw.roles, raw.names
-        self._ops, self._reprs, self._graph = raw.ops, reprs, graph
-        return graph
-
-    def _variant(self, raw: RawStep, reprs: list[str]) -> Graph | None:
-        graph = self._graph
-        if (
-            graph is None
-            or len(raw.ops) != len(self._ops)
-            or len(raw.tensors) != len(self._tensors)
-            or raw.roles != self._roles
-            or raw.names != self._names
-        ):
-            return None
-        offsets: dict[int, int] = {}
-        for i, (new, old) in enumerate(zip(raw.tensors, self._tensors, strict=True)):
-            if new != old:
-                if new[:7] != old[:7]:
-                    return None
-                offsets[i] = new[7]
-        attrs: dict[int, Any] = {}
-        for i, (new_op, old_op) in enumerate(zip(raw.ops, self._ops, strict=True)):
-            if new_op[:5] != old_op[:5] or new_op[6] != old_op[6]:
-                return None
-            if reprs[i] != self._reprs[i] or new_op[5] != old_op[5]:
-                attrs[i] = new_op[5]
-        return graph.variant(attrs, offsets)
-
-
-def build_record(raw: RawStep, graphs: GraphCache | None = None) -> StepRecord:
-    """Build the :class:`StepRecord` of a captured step (waits for its device results).
-
-    ``graphs``: the cache of one recording's writer thread (see :class:`GraphCache`)."""
-    graph = _build_graph(raw) if graphs is None else graphs.graph(raw)
-    op_stats = empty_op_stats(len(raw.ops))
-    op_stats["host_ns"] = np.asarray(raw.host_ns, dtype=np.int64)
-    for op, start, end, mem in raw.cuda_times:
-        end.synchronize()
-        op_stats["device_ns"][op] = int(start.elapsed_time(end) * 1e6)
-        op_stats["mem_bytes"][op] = mem
-    stats, hists = (None, {}) if raw.stats is None else raw.stats.resolve()
-    if raw.values_ready is not None:
-        raw.values_ready.synchronize()
-    values = {i: to_numpy(t) for i, t in raw.values.items()}
-    scalars = {k: _scalar(v) for k, v in raw.scalars.items()}
-    return StepRecord(
-        step=raw.step,
-        graph=graph,
-        stats=stats,
-        op_stats=op_stats,
-        values=values,
-        histograms=hists,
-        events=tuple(raw.events),
-        scalars=scalars,
-        wall_time=raw.wall_time,
-        duration=raw.duration,
-        dropped=raw.dropped,
-    )
-
-
 def _raw_nbytes(raw: RawStep) -> int:
     return sum(t.numel() * t.element_size() for t in raw.values.values()) + 200 * len(raw.ops)
 
 
-_STOP = object()
-_FLUSH = object()
+class _Signal(enum.Enum):
+    """What the training thread queues besides steps."""
+
+    STOP = "stop"  #: write what is queued, flush and close the sink, end the thread
+    FLUSH = "flush"  #: flush the sink once what is queued before it is written
+
+
+_STOP, _FLUSH = _Signal.STOP, _Signal.FLUSH
 
 
 class BackgroundWriter:
@@ -173,21 +58,21 @@ class BackgroundWriter:
         sink: Sink,
         *,
         target: str,
-        max_steps: int = 4,
-        max_bytes: int = 1 << 30,
-        backpressure: str = "block",
-        flush_every_steps: int = 10,
-        flush_every_seconds: float = 1.0,
+        max_steps: int,
+        max_bytes: int,
+        backpressure: str,
+        flush_every_steps: int,
+        flush_every_seconds: float,
     ) -> None:
         self._sink = sink
-        self._graphs = GraphCache()
+        self._graphs = assemble.GraphCache()
         self._target = target
         self._max_steps = max_steps
         self._max_bytes = max_bytes
         self._drop = backpressure == "drop"
         self._flush_steps = flush_every_steps
         self._flush_seconds = flush_every_seconds
-        self._queue: collections.deque[tuple[Any, int]] = collections.deque()
+        self._queue: collections.deque[tuple[RawStep | _Signal, int]] = collections.deque()
         self._queued_bytes = 0
         self._cond = threading.Condition()
         self._error: BaseException | None = None
@@ -280,12 +165,15 @@ class BackgroundWriter:
                     if unflushed and timeout <= 0:
                         break
                     self._cond.wait(None if not unflushed else max(timeout, 0.01))
-                item, nbytes = self._queue[0] if self._queue else (None, 0)
+                item: RawStep | _Signal | None = None
+                nbytes = 0
+                if self._queue:
+                    item, nbytes = self._queue[0]
             try:
                 if item is _STOP:
                     self._finish_sink()
                     break
-                if item is not None and item is not _FLUSH and self._error is None:
+                if isinstance(item, RawStep) and self._error is None:
                     self._write(item)
                     unflushed += 1
                 if (
@@ -302,7 +190,7 @@ class BackgroundWriter:
             except BaseException as e:
                 if self._error is None:
                     self._error = e
-                    self._error_step = getattr(item, "step", None)
+                    self._error_step = item.step if isinstance(item, RawStep) else None
             finally:
                 if item is not None:
                     with self._cond:
@@ -311,7 +199,7 @@ class BackgroundWriter:
                         self._cond.notify_all()
 
     def _write(self, raw: RawStep) -> None:
-        record = build_record(raw, self._graphs)
+        record = assemble.build_record(raw, self._graphs)
         self._sink.write_step(record)
         self.written += 1
 

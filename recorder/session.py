@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from recorder.capture import StepCapture
+from recorder.captured import RawStep
 from recorder.options import Options, RecordOptions
 from recorder.pipeline import BackgroundWriter, Sink
 from recorder.schedule import Action, Schedule
@@ -232,7 +233,7 @@ class Recorder:
         self._step_stack.enter_context(capture.install())
         self._capture, self._capture_action = capture, action
 
-    def _end_capture(self) -> Any:
+    def _end_capture(self) -> RawStep | None:
         capture, self._capture = self._capture, None
         if capture is None:
             return None

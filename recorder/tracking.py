@@ -21,6 +21,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
+from torch.autograd.graph import Node
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
@@ -84,7 +85,7 @@ class Names:
         if name is None:
             name = f"optimizer{id(optimizer) % 10000}.group{group}.param{item}"
             self.params[p] = name
-        return str(name)
+        return name
 
     def named_tensors(self) -> Iterator[tuple[torch.Tensor, Role, str]]:
         """Every tensor with a name now: parameters, buffers, gradients and optimizer state."""
@@ -150,7 +151,7 @@ class PhaseTracker:
     def module(self) -> str:
         return self.stack[-1] if self.stack else ""
 
-    def phase(self, node: Any, args_require_grad: Callable[[], bool]) -> tuple[Phase, str]:
+    def phase(self, node: Node | None, args_require_grad: Callable[[], bool]) -> tuple[Phase, str]:
         """Phase and module path of an op about to run; ``node`` is the current autograd node."""
         if node is not None:
             return Phase.BACKWARD, self.backward_module(node)
@@ -164,7 +165,7 @@ class PhaseTracker:
             return Phase.FORWARD, ""
         return Phase.OTHER, ""
 
-    def backward_module(self, node: Any) -> str:
+    def backward_module(self, node: Node) -> str:
         seq = node._sequence_nr()
         if seq == ACCUMULATE_GRAD_SEQ:
             name = self.accumulate_grad_param(node)
@@ -172,20 +173,19 @@ class PhaseTracker:
         i = bisect.bisect_right(self._bound_seq, seq) - 1
         return self._bound_path[i] if i >= 0 else ""
 
-    def accumulate_grad_param(self, node: Any) -> str | None:
+    def accumulate_grad_param(self, node: Node) -> str | None:
         """FQN of the parameter an ``AccumulateGrad`` node accumulates into, if known."""
         variable = getattr(node, "variable", None)
         if variable is None:
             return None
-        name = self.names.params.get(variable)
-        return None if name is None else str(name)
+        return self.names.params.get(variable)
 
     def _boundary(self) -> None:
         seq = torch._C._autograd._get_sequence_nr()
         self._bound_seq.append(seq)
         self._bound_path.append(self.stack[-1] if self.stack else "")
 
-    def _pre_hook(self, module: torch.nn.Module, args: Any) -> None:
+    def _pre_hook(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         path = self.names.modules.get(module)
         if path is None:
             if not self.stack:
@@ -203,12 +203,14 @@ class PhaseTracker:
         self.stack.append(path)
         self._boundary()
 
-    def _post_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+    def _post_hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: object) -> None:
         if self.stack:
             self.stack.pop()
         self._boundary()
 
-    def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _optimizer_pre(
+        self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         self.optimizer_depth += 1
         self.names.optimizers.add(optimizer)
         state = optimizer.state
@@ -227,7 +229,9 @@ class PhaseTracker:
         for t, role, name in self.names.optimizer_state(optimizer):
             self._on_tensor_named(t, role, name)
 
-    def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _optimizer_post(
+        self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         self.optimizer_depth = max(0, self.optimizer_depth - 1)
         for t, role, name in self.names.optimizer_state(optimizer):
             self._on_tensor_named(t, role, name)

@@ -13,17 +13,54 @@ values; complex and packed float4 tensors get the fingerprint only.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from tracefmt.model import StatFlags
 
-__all__ = ["SMALL_NUMEL", "bin_of", "fill_rows", "fingerprint", "histogram", "segment_ids"]
+__all__ = [
+    "ALL_FLAGS",
+    "COUNTS",
+    "FINGERPRINT",
+    "FLOAT_COLUMNS",
+    "INT_COLUMNS",
+    "MOMENTS",
+    "SMALL_NUMEL",
+    "Hist",
+    "bin_of",
+    "fill_rows",
+    "fingerprint",
+    "histogram",
+    "segment_ids",
+]
 
 #: Tensors with at most this many elements are batched (copied, then reduced together).
 SMALL_NUMEL = 1 << 14
+
+#: The flags of a row, as plain ints: they go into lists per tensor, and numpy converts plain
+#: ints at C speed (an ``IntFlag`` member costs a Python call each).
+MOMENTS = int(StatFlags.MOMENTS)
+COUNTS = int(StatFlags.COUNTS)
+FINGERPRINT = int(StatFlags.FINGERPRINT)
+ALL_FLAGS = MOMENTS | COUNTS | FINGERPRINT
+
+#: Per-tensor results before they become a stats row (:func:`fill_rows`): the float columns and
+#: the integer columns, in this order (``fingerprint`` holds the unsigned value's int64 bits).
+FLOAT_COLUMNS = ("min", "max", "sum", "norm", "std")
+INT_COLUMNS = ("nonzero", "nan", "inf", "fingerprint")
+
+
+class Hist(NamedTuple):
+    """The histogram of graph tensor ``tensor``: range and counts, as 0-d/1-d tensors."""
+
+    tensor: int
+    lo: torch.Tensor
+    hi: torch.Tensor
+    counts: torch.Tensor
+
 
 _FP_ONLY = {torch.complex64, torch.complex128, torch.complex32}
 for _name in ("float4_e2m1fn_x2",):
@@ -93,37 +130,44 @@ def histogram(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def fill_rows(
-    rows: np.ndarray, indices: Any, numels: Any, flags: Any, floats: np.ndarray, ints: np.ndarray
+    rows: np.ndarray,
+    indices: Sequence[int],
+    numels: Sequence[int],
+    flags: Sequence[int] | np.ndarray,
+    floats: np.ndarray,
+    ints: np.ndarray,
 ) -> None:
     """Write per-tensor results into the stats table ``rows``.
 
-    ``floats`` has columns min, max, sum, norm, std over the finite values (std < 0: derive it
-    from sum and norm); ``ints`` has nonzero, nan, inf, fingerprint (int64 bits of the unsigned
-    value).  A row with no finite value loses its ``StatFlags.MOMENTS`` flag.
+    ``floats`` has the columns :data:`FLOAT_COLUMNS` (min, max, sum, norm, std over the finite
+    values; std < 0: derive it from sum and norm), ``ints`` the columns :data:`INT_COLUMNS`.  A
+    row with no finite value loses its ``StatFlags.MOMENTS`` flag.
     """
     if not len(indices):
         return
     idx = np.asarray(indices, dtype=np.int64)
     n = np.asarray(numels, dtype=np.float64)
     fl = np.asarray(flags, dtype=np.uint8)
-    f = np.asarray(floats, dtype=np.float64).reshape(-1, 5)
-    i = np.asarray(ints, dtype=np.int64).reshape(-1, 4)
-    n_finite = n - i[:, 1] - i[:, 2]  # moments are over the finite values (spec 5.7)
-    moments = ((fl & StatFlags.MOMENTS) != 0) & (n_finite > 0)
-    fl = np.where(moments, fl, fl & ~np.uint8(StatFlags.MOMENTS)).astype(np.uint8)
+    f = dict(
+        zip(FLOAT_COLUMNS, np.asarray(floats, dtype=np.float64).reshape(len(idx), -1).T, strict=True)
+    )
+    i = dict(zip(INT_COLUMNS, np.asarray(ints, dtype=np.int64).reshape(len(idx), -1).T, strict=True))
+    n_finite = n - i["nan"] - i["inf"]  # moments are over the finite values (spec 5.7)
+    moments = ((fl & MOMENTS) != 0) & (n_finite > 0)
+    fl = np.where(moments, fl, fl & ~np.uint8(MOMENTS)).astype(np.uint8)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        mean = f[:, 2] / n_finite
-        var = (f[:, 3] ** 2 - f[:, 2] * mean) / n_finite  # population variance
+        mean = f["sum"] / n_finite
+        var = (f["norm"] ** 2 - f["sum"] * mean) / n_finite  # population variance
         std = np.where(n_finite > 1, np.sqrt(np.maximum(var, 0.0)), 0.0)
-        std = np.where(f[:, 4] >= 0, f[:, 4], std)
-    rows["min"][idx] = np.where(moments, f[:, 0], np.nan)
-    rows["max"][idx] = np.where(moments, f[:, 1], np.nan)
+        std = np.where(f["std"] >= 0, f["std"], std)
+    rows["min"][idx] = np.where(moments, f["min"], np.nan)
+    rows["max"][idx] = np.where(moments, f["max"], np.nan)
     rows["mean"][idx] = np.where(moments, mean, np.nan)
     rows["std"][idx] = np.where(moments, std, np.nan)
-    rows["norm"][idx] = np.where(moments, f[:, 3], np.nan)
-    counts = (fl & StatFlags.COUNTS) != 0
-    rows["nan"][idx] = np.where(counts, i[:, 1], 0)
-    rows["inf"][idx] = np.where(counts, i[:, 2], 0)
-    rows["zero"][idx] = np.where(counts, n.astype(np.int64) - i[:, 0], 0)
-    rows["fingerprint"][idx] = i[:, 3].view(np.uint64)
+    rows["norm"][idx] = np.where(moments, f["norm"], np.nan)
+    counts = (fl & COUNTS) != 0
+    rows["nan"][idx] = np.where(counts, i["nan"], 0)
+    rows["inf"][idx] = np.where(counts, i["inf"], 0)
+    rows["zero"][idx] = np.where(counts, n.astype(np.int64) - i["nonzero"], 0)
+    rows["fingerprint"][idx] = i["fingerprint"].view(np.uint64)
     rows["flags"][idx] = fl

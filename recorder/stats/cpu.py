@@ -32,24 +32,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from recorder.convert import to_numpy
+from recorder.convert import DeviceEvent, to_numpy
 from recorder.stats.common import (
     _FLOATS,
     _FP_ONLY,
     _NEEDS_UPCAST,
+    ALL_FLAGS,
+    FINGERPRINT,
+    FLOAT_COLUMNS,
+    INT_COLUMNS,
     SMALL_NUMEL,
+    Hist,
     fill_rows,
     fingerprint,
     histogram,
 )
 from recorder.stats.device import DeviceStats, Part
 from recorder.stats.native import FusedStats, fused_stats
-from tracefmt.model import StatFlags
 from tracefmt.dtypes import fingerprint as bytes_fingerprint
 from tracefmt.records import empty_stats
 
@@ -70,8 +74,24 @@ _INT_MIN = {torch.int16: -(1 << 15), torch.int32: -(1 << 31), torch.int64: -(1 <
 _CANCEL = 0.1
 #: Elements per block of the float32 norm (see ``_sum_and_norm``).
 _BLOCK = 1024
-_ALL = StatFlags.MOMENTS | StatFlags.COUNTS | StatFlags.FINGERPRINT
-_Hist = tuple[int, Any, Any, Any]
+
+
+class CpuRow(NamedTuple):
+    """The results for graph tensor ``tensor`` from the CPU path: ``FLOAT_COLUMNS`` and
+    ``INT_COLUMNS`` by name (``fingerprint``: the int64 bits of the unsigned value)."""
+
+    tensor: int
+    numel: int
+    flags: int
+    min: float
+    max: float
+    sum: float
+    norm: float
+    std: float  #: < 0: derive it from sum and norm
+    nonzero: int
+    nan: int
+    inf: int
+    fingerprint: int
 
 
 def _signed(fp: int) -> int:
@@ -87,11 +107,11 @@ class PendingStats:
     """
 
     n_tensors: int
-    cpu_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    cpu_rows: list[CpuRow] = field(default_factory=list)
     cpu_small: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     parts: list[Part] = field(default_factory=list)
-    hists: list[_Hist] = field(default_factory=list)
-    events: list[Any] = field(default_factory=list)
+    hists: list[Hist] = field(default_factory=list)
+    events: list[DeviceEvent] = field(default_factory=list)
     aliases: list[tuple[int, int]] = field(default_factory=list)
     hist_bins: int = 0
 
@@ -102,17 +122,18 @@ class PendingStats:
         rows = empty_stats(self.n_tensors)
         hists: dict[int, tuple[float, float, np.ndarray]] = {}
         if self.cpu_rows:
-            cols = list(zip(*self.cpu_rows, strict=True))
-            floats = np.array(cols[3:8], dtype=np.float64).T
-            ints = np.array(cols[8:12], dtype=np.int64).T
-            fill_rows(rows, cols[0], cols[1], cols[2], floats, ints)
+            cols = dict(zip(CpuRow._fields, zip(*self.cpu_rows, strict=True), strict=True))
+            floats = np.array([cols[c] for c in FLOAT_COLUMNS], dtype=np.float64).T
+            ints = np.array([cols[c] for c in INT_COLUMNS], dtype=np.int64).T
+            fill_rows(rows, cols["tensor"], cols["numel"], cols["flags"], floats, ints)
         if self.cpu_small:
             small_hists = _small_rows(rows, self.cpu_small, self.hist_bins)
             hists.update(small_hists)
-        for indices, numels, flags, floats_t, ints_t in self.parts:
-            fill_rows(rows, indices, numels, flags, floats_t.numpy(), ints_t.numpy())
-        for index, lo, hi, counts in self.hists:
-            hists[index] = (float(lo), float(hi), counts.cpu().numpy().astype(np.uint64))
+        for part in self.parts:
+            floats, ints = part.floats.numpy(), part.ints.numpy()
+            fill_rows(rows, part.indices, part.numels, part.flags, floats, ints)
+        for h in self.hists:
+            hists[h.tensor] = (float(h.lo), float(h.hi), h.counts.cpu().numpy().astype(np.uint64))
         for index, source in self.aliases:
             rows[index] = rows[source]
             if source in hists:
@@ -178,7 +199,7 @@ class StatsCollector:
         dtype = x.dtype
         if dtype in _FP_ONLY:
             self._pending.cpu_rows.append(
-                (index, n, StatFlags.FINGERPRINT, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, fp)
+                CpuRow(index, n, FINGERPRINT, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, fp)
             )
             return
         if dtype in _FLOATS:
@@ -206,9 +227,10 @@ class StatsCollector:
         if m > 1 and q > 0 and q - total * total / m <= _CANCEL * q:
             # mean >> spread: the sums cancel; two passes instead
             std = _centred_norm(good, total / m) / math.sqrt(m)
-        self._pending.cpu_rows.append((index, n, _ALL, lo, hi, total, norm, std, nonzero, nan, inf, fp))
+        row = CpuRow(index, n, ALL_FLAGS, lo, hi, total, norm, std, nonzero, nan, inf, fp)
+        self._pending.cpu_rows.append(row)
         if self._hist_bins:
-            self._pending.hists.append((index, *histogram(v, self._hist_bins)))
+            self._pending.hists.append(Hist(index, *histogram(v, self._hist_bins)))
 
     def _add_fused(self, index: int, x: torch.Tensor, r: FusedStats) -> bool:
         """The row of a contiguous float32/bfloat16 tensor ``x`` (any shape: only the rare cases
@@ -231,24 +253,11 @@ class StatsCollector:
             if m < n:
                 return False
             std = _centred_norm(x.reshape(-1), r.sum / m) / math.sqrt(m)  # two passes
-        self._pending.cpu_rows.append(
-            (
-                index,
-                n,
-                _ALL,
-                lo,
-                hi,
-                r.sum,
-                math.sqrt(r.sumsq),
-                std,
-                r.nonzero,
-                r.nan,
-                r.inf,
-                _signed(r.fingerprint),
-            )
-        )
+        norm, fp = math.sqrt(r.sumsq), _signed(r.fingerprint)
+        row = CpuRow(index, n, ALL_FLAGS, lo, hi, r.sum, norm, std, r.nonzero, r.nan, r.inf, fp)
+        self._pending.cpu_rows.append(row)
         if self._hist_bins:
-            self._pending.hists.append((index, *histogram(x.reshape(-1), self._hist_bins)))
+            self._pending.hists.append(Hist(index, *histogram(x.reshape(-1), self._hist_bins)))
         return True
 
     def finish(self, n_tensors: int) -> PendingStats:
@@ -325,7 +334,7 @@ def _small_rows(
     floats = np.zeros((k, 5))
     ints = np.zeros((k, 4), dtype=np.int64)
     ints[:, 3] = fps
-    flags = np.full(k, StatFlags.FINGERPRINT, dtype=np.uint8)
+    flags = np.full(k, FINGERPRINT, dtype=np.uint8)
     hists: dict[int, tuple[float, float, np.ndarray]] = {}
     if numeric:
         vals = np.concatenate([items[p][1].reshape(-1).to(torch.float64).numpy() for p in numeric])
@@ -349,7 +358,7 @@ def _small_rows(
         ints[pos, 0] = np.add.reduceat((vals != 0).astype(np.int64), starts)
         ints[pos, 1] = np.add.reduceat(is_nan.astype(np.int64), starts)
         ints[pos, 2] = np.add.reduceat(is_inf.astype(np.int64), starts)
-        flags[pos] = _ALL
+        flags[pos] = ALL_FLAGS
         if hist_bins:
             hists = _small_histograms(
                 [indices[p] for p in numeric], vals, lens, starts, finite, hist_bins

@@ -14,28 +14,55 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NamedTuple
 
 import torch
 
-from recorder.convert import CudaEvent
+from recorder.convert import CudaEvent, DeviceEvent
 from recorder.stats.common import (
     _FLOATS,
     _FP_ONLY,
     _NEEDS_UPCAST,
+    ALL_FLAGS,
+    COUNTS,
+    FINGERPRINT,
+    MOMENTS,
     SMALL_NUMEL,
+    Hist,
     bin_of,
     fingerprint,
     histogram,
     segment_ids,
 )
-from tracefmt.model import StatFlags
 
 __all__ = ["DeviceStats", "Part"]
 
-#: One device's results: indices, numels, flags, floats (min, max, sum, norm, std) and ints
-#: (nonzero, nan, inf, fingerprint), the last two as host tensors valid once ``events`` synced.
-Part = tuple[list[int], list[int], list[int], Any, Any]
+
+class Part(NamedTuple):
+    """One device's results for :func:`recorder.stats.common.fill_rows`; ``floats`` and ``ints``
+    (``FLOAT_COLUMNS`` and ``INT_COLUMNS`` per tensor, flat) are host tensors, valid once the
+    step's events have completed."""
+
+    indices: list[int]
+    numels: list[int]
+    flags: list[int]
+    floats: torch.Tensor
+    ints: torch.Tensor
+
+
+class _Segments(NamedTuple):
+    """Per segment: the moments and counts of :func:`_segment_moments`, and the histogram when
+    asked for (``counts`` None otherwise)."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    sum: torch.Tensor
+    norm: torch.Tensor
+    std: torch.Tensor
+    nonzero: torch.Tensor
+    nan: torch.Tensor
+    inf: torch.Tensor
+    counts: torch.Tensor | None
 
 
 @dataclass
@@ -51,7 +78,7 @@ class _DeviceBatch:
     floats: list[torch.Tensor] = field(default_factory=list)  # min, max, sum, norm, std
     ints: list[torch.Tensor] = field(default_factory=list)  # nonzero, nan, inf, fingerprint
     small: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-    hists: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    hists: list[Hist] = field(default_factory=list)
 
 
 class DeviceStats:
@@ -91,7 +118,7 @@ class DeviceStats:
         dtype = x.dtype
         fp = fingerprint(x)
         if dtype in _FP_ONLY:
-            batch.flags.append(StatFlags.FINGERPRINT)
+            batch.flags.append(FINGERPRINT)
             z = batch.zero_f
             batch.floats.extend((z, z, z, z, z))
             batch.ints.extend((batch.zero_i, batch.zero_i, batch.zero_i, fp))
@@ -118,18 +145,18 @@ class DeviceStats:
         if dtype.is_floating_point:
             centred = torch.where(finite, centred, 0.0)
         std = (centred.square().sum() / n_finite.clamp(min=1)).sqrt()  # population, two-pass
-        batch.flags.append(StatFlags.MOMENTS | StatFlags.COUNTS | StatFlags.FINGERPRINT)
+        batch.flags.append(ALL_FLAGS)
         batch.floats.extend((lo, hi, total, norm, std))
         batch.ints.extend((nonzero, nan, inf, fp))
         if self._hist_bins:
-            batch.hists.append((index, *histogram(x.reshape(-1), self._hist_bins)))
+            batch.hists.append(Hist(index, *histogram(x.reshape(-1), self._hist_bins)))
 
-    def finish(self) -> tuple[list[Part], list[Any], list[Any]]:
+    def finish(self) -> tuple[list[Part], list[Hist], list[DeviceEvent]]:
         """Launch the batched reductions, start the copies to the host and return the pending
         result; the collector is empty afterwards."""
         parts: list[Part] = []
-        hists: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        events = []
+        hists: list[Hist] = []
+        events: list[DeviceEvent] = []
         for device, batch in self._devices.items():
             if batch.small:
                 self._reduce_small(batch)
@@ -142,14 +169,15 @@ class DeviceStats:
                 floats_t = _to_host(floats_t)
                 ints_t = _to_host(ints_t)
                 hist_items = [
-                    (i, _to_host(lo), _to_host(hi), _to_host(c)) for i, lo, hi, c in hist_items
+                    Hist(h.tensor, _to_host(h.lo), _to_host(h.hi), _to_host(h.counts))
+                    for h in hist_items
                 ]
                 event = CudaEvent()
                 event.record()
                 events.append(event)
             else:
                 floats_t, ints_t = floats_t.cpu(), ints_t.cpu()
-            parts.append((batch.indices, batch.numels, batch.flags, floats_t, ints_t))
+            parts.append(Part(batch.indices, batch.numels, batch.flags, floats_t, ints_t))
             hists.extend(hist_items)
         self._devices = {}
         return parts, hists, events
@@ -165,7 +193,8 @@ class DeviceStats:
         byte_lens = torch.tensor([r.numel() for r in raw], dtype=torch.int64, device=device)
         k = len(items)
         fps = _segment_word_sums(torch.cat(raw), byte_lens, k)
-        moments: dict[int, tuple[torch.Tensor, ...]] = {}
+        moments: dict[int, int] = {}  # graph tensor -> its position in ``stats``
+        stats: _Segments | None = None
         if numeric:
             groups: dict[torch.dtype, list[torch.Tensor]] = {}
             for _, c in numeric:
@@ -179,27 +208,24 @@ class DeviceStats:
             numel_of = {i: c.numel() for i, c in numeric}
             lens = torch.tensor([numel_of[i] for i in order], dtype=torch.int64, device=device)
             stats = _segment_moments(vals, lens, len(order), self._hist_bins)
-            for pos, i in enumerate(order):
-                moments[i] = tuple(s[pos] for s in stats[:8])
-            if self._hist_bins:
-                lo, hi, counts = stats[8:]
+            moments = {i: pos for pos, i in enumerate(order)}
+            if stats.counts is not None:
                 for pos, i in enumerate(order):
-                    batch.hists.append((i, lo[pos], hi[pos], counts[pos]))
+                    batch.hists.append(Hist(i, stats.lo[pos], stats.hi[pos], stats.counts[pos]))
         z_f, z_i = batch.zero_f, batch.zero_i
         for pos, (index, c) in enumerate(items):
             batch.indices.append(index)
             batch.numels.append(c.numel())
-            got = moments.get(index)
-            if got is None:
-                batch.flags.append(StatFlags.FINGERPRINT)
+            at = moments.get(index)
+            if stats is None or at is None:
+                batch.flags.append(FINGERPRINT)
                 batch.floats.extend((z_f, z_f, z_f, z_f, z_f))
                 batch.ints.extend((z_i, z_i, z_i, fps[pos]))
                 continue
-            lo, hi, total, norm, std, nonzero, nan, inf = got
-            flags = StatFlags.COUNTS | StatFlags.FINGERPRINT | (StatFlags.MOMENTS if c.numel() else 0)
-            batch.flags.append(flags)
-            batch.floats.extend((lo, hi, total, norm, std))
-            batch.ints.extend((nonzero, nan, inf, fps[pos]))
+            batch.flags.append(COUNTS | FINGERPRINT | (MOMENTS if c.numel() else 0))
+            s = stats
+            batch.floats.extend((s.lo[at], s.hi[at], s.sum[at], s.norm[at], s.std[at]))
+            batch.ints.extend((s.nonzero[at], s.nan[at], s.inf[at], fps[pos]))
 
 
 def _segment_word_sums(flat_bytes: torch.Tensor, byte_lens: torch.Tensor, k: int) -> torch.Tensor:
@@ -211,11 +237,10 @@ def _segment_word_sums(flat_bytes: torch.Tensor, byte_lens: torch.Tensor, k: int
     return torch.zeros(k, dtype=torch.int64, device=flat_bytes.device).index_add_(0, seg, words)
 
 
-def _segment_moments(
-    vals: torch.Tensor, lens: torch.Tensor, k: int, hist_bins: int
-) -> tuple[torch.Tensor, ...]:
-    """min, max, sum, norm, std, nonzero, nan, inf (and with ``hist_bins`` lo, hi, counts) of
-    ``k`` float64 segments laid end to end; moments over the finite values, std two-pass."""
+def _segment_moments(vals: torch.Tensor, lens: torch.Tensor, k: int, hist_bins: int) -> _Segments:
+    """min, max, sum, norm, std, nonzero, nan, inf (and with ``hist_bins`` the histogram counts
+    over ``[min, max]``) of ``k`` float64 segments laid end to end; moments over the finite
+    values, std two-pass."""
     seg = segment_ids(lens, k)
     dev = vals.device
     is_nan = vals != vals
@@ -239,16 +264,15 @@ def _segment_moments(
     centred = torch.where(finite, good - (total / n)[seg], 0.0)
     std = (zeros_f.index_add(0, seg, centred * centred) / n).sqrt()  # population, two-pass
     if not hist_bins:
-        return lo, hi, total, norm, std, nonzero, nan, inf
-    flo, fhi = lo, hi
-    bins = bin_of(vals, flo[seg], fhi[seg], hist_bins)
+        return _Segments(lo, hi, total, norm, std, nonzero, nan, inf, None)
+    bins = bin_of(vals, lo[seg], hi[seg], hist_bins)
     slot = torch.where(finite, seg * hist_bins + bins, k * hist_bins)
     counts = (
         torch.zeros(k * hist_bins + 1, dtype=torch.int64, device=dev)
         .index_add_(0, slot, torch.ones_like(slot))[:-1]
         .reshape(k, hist_bins)
     )
-    return lo, hi, total, norm, std, nonzero, nan, inf, flo, fhi, counts
+    return _Segments(lo, hi, total, norm, std, nonzero, nan, inf, counts)
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:

@@ -28,11 +28,11 @@ class ListSink:
         self.closed = True
 
 
-class OpLog(TorchDispatchMode):
+class OpLog(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """An independent log of aten ops: name, tensor inputs and outputs (strong references)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.ops: list[tuple[str, list[torch.Tensor], list[torch.Tensor]]] = []
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:

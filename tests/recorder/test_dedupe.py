@@ -14,8 +14,8 @@ import pytest
 
 import recorder
 import tracefmt
-from recorder import pipeline
-from recorder.capture import RawStep
+from recorder import assemble
+from recorder.captured import OpRow, RawStep, TensorRow
 from recorder.examples import gpt
 from tests.recorder._util import ListSink
 from tracefmt.dtypes import DType
@@ -54,14 +54,14 @@ def test_graph_cache_builds_the_graph_a_fresh_build_would(monkeypatch: pytest.Mo
     """The writer thread builds a repeating step's graph from the last one (``GraphCache``): it
     must equal the graph built from scratch, digest included, on every step of a real run."""
     built: list[tuple[Graph, Graph]] = []
-    original = pipeline.build_record
+    original = assemble.build_record
 
-    def checked(raw: RawStep, graphs: pipeline.GraphCache | None = None) -> StepRecord:
+    def checked(raw: RawStep, graphs: assemble.GraphCache | None = None) -> StepRecord:
         record = original(raw, graphs)
-        built.append((record.graph, pipeline._build_graph(raw)))
+        built.append((record.graph, assemble.build_graph(raw)))
         return record
 
-    monkeypatch.setattr(pipeline, "build_record", checked)
+    monkeypatch.setattr(assemble, "build_record", checked)
     variants = []
     variant = Graph.variant
 
@@ -89,10 +89,10 @@ def test_graph_cache_builds_the_graph_a_fresh_build_would(monkeypatch: pytest.Mo
 
 def _raw(step: int, attrs: dict[str, object], offset: int) -> RawStep:
     tensors = [
-        (DType.FLOAT32, (4,), (1,), "cpu", -1, 0, 0, offset),
-        (DType.FLOAT32, (4,), (1,), "cpu", 0, 0, 0, 0),
+        TensorRow(DType.FLOAT32, (4,), (1,), "cpu", -1, 0, 0, offset),
+        TensorRow(DType.FLOAT32, (4,), (1,), "cpu", 0, 0, 0, 0),
     ]
-    ops = [("aten::add.Tensor", Phase.FORWARD, "m", ((0, 0, -1),), (1,), attrs, None)]
+    ops = [OpRow("aten::add.Tensor", Phase.FORWARD, "m", ((0, 0, -1),), (1,), attrs, None)]
     return RawStep(
         step, ops, tensors, [Role.INPUT, Role.ACTIVATION], ["x", None], [10], None, {}, [], []
     )
@@ -100,7 +100,7 @@ def _raw(step: int, attrs: dict[str, object], offset: int) -> RawStep:
 
 def test_graph_cache_keeps_int_float_and_bool_arguments_apart() -> None:
     """``1 == 1.0 == True`` in Python; the recorded argument must still say which it was."""
-    cache = pipeline.GraphCache()
+    cache = assemble.GraphCache()
     steps = [
         _raw(0, {"alpha": 1}, 0),
         _raw(1, {"alpha": 1.0}, 4),
@@ -110,7 +110,7 @@ def test_graph_cache_keeps_int_float_and_bool_arguments_apart() -> None:
     ]
     for raw in steps:
         graph = cache.graph(raw)
-        fresh = pipeline._build_graph(raw)
+        fresh = assemble.build_graph(raw)
         assert graph.ops == fresh.ops
         assert graph.tensors == fresh.tensors
         assert graph.digest == fresh.digest

@@ -13,9 +13,9 @@ import torch
 from recorder.convert import to_numpy
 from recorder.stats import native as _native
 from recorder.stats.cpu import SMALL_NUMEL, StatsCollector, fingerprint
-from tracefmt.model import StatFlags
 from tracefmt.dtypes import DType
 from tracefmt.dtypes import fingerprint as tracefmt_fingerprint
+from tracefmt.model import StatFlags
 from tracefmt.stats import tensor_stats
 
 DTYPES = [

@@ -1,0 +1,96 @@
+"""What a capture hands to the writer thread: the named rows of one captured step.
+
+The rows are built on the training thread, once per op and once per value, so they are
+``NamedTuple``s (a tuple's size and unpacking, fields read by name); :mod:`recorder.assemble`
+turns them into a :class:`tracefmt.records.StepRecord` on the writer thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+from recorder.convert import DeviceEvent
+from recorder.stats.cpu import PendingStats
+from tracefmt.dtypes import DType
+from tracefmt.model import Event, Phase, Role
+
+__all__ = ["CudaTiming", "InputRef", "OpRow", "RawStep", "TensorRow"]
+
+#: An op's input: (graph tensor, argument position, item in a list argument or -1), the triple
+#: :meth:`tracefmt.records.GraphBuilder.add_op` takes.  A plain tuple: a step has thousands,
+#: passed through unread.
+InputRef = tuple[int, int, int]
+
+
+class TensorRow(NamedTuple):
+    """A graph tensor: one value one tensor object held (the arguments of
+    :meth:`tracefmt.records.GraphBuilder.add_tensor`, less the role and name, which a later
+    op may still change)."""
+
+    dtype: DType
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    device: str
+    producer: int  #: the op that made it, or -1: it entered the step from outside
+    producer_slot: int
+    version: int
+    storage_offset: int
+
+    def same_but_offset(self, other: TensorRow) -> bool:
+        """True when ``other`` differs from this row in its storage offset at most."""
+        return self._replace(storage_offset=other.storage_offset) == other
+
+
+class OpRow(NamedTuple):
+    """An op in execution order (the arguments of :meth:`tracefmt.records.GraphBuilder.add_op`)."""
+
+    name: str
+    phase: Phase
+    module: str
+    inputs: tuple[InputRef, ...]
+    outputs: tuple[int, ...]
+    attrs: dict[str, Any] | None  #: the non-tensor arguments as JSON data, None for none
+    source: str | None
+
+    def same_but_attrs(self, other: OpRow) -> bool:
+        """True when ``other`` differs from this row in its arguments at most."""
+        return self._replace(attrs=other.attrs) == other
+
+
+class CudaTiming(NamedTuple):
+    """The device time and memory of op ``op``, read once ``end`` has completed."""
+
+    op: int
+    start: DeviceEvent
+    end: DeviceEvent
+    mem_bytes: int  #: device memory allocated by the op (after minus before)
+
+
+@dataclass
+class RawStep:
+    """A captured step before it becomes a :class:`tracefmt.records.StepRecord`.
+
+    Built on the training thread; turned into a record on the writer thread, so graph building
+    stays off the training path.  It holds tensors only as value copies and 0-d results.
+    ``roles`` and ``names`` run along ``tensors`` (a tensor's name may come after its row), and
+    ``host_ns`` along ``ops``.
+    """
+
+    step: int
+    ops: list[OpRow]
+    tensors: list[TensorRow]
+    roles: list[Role]
+    names: list[str | None]
+    host_ns: list[int]
+    stats: PendingStats | None
+    values: dict[int, torch.Tensor]
+    cuda_times: list[CudaTiming]
+    events: list[Event]
+    scalars: dict[str, float | torch.Tensor] = field(default_factory=dict)
+    wall_time: float = 0.0
+    duration: float = float("nan")
+    dropped: int = 0
+    values_ready: DeviceEvent | None = None
