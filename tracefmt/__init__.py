@@ -14,6 +14,13 @@ from tracefmt.errors import (
     UnsupportedVersionError,
     WriterClosedError,
 )
+from tracefmt.manifest import (
+    ProcessGroupInfo,
+    RunManifest,
+    group_id,
+    read_manifest,
+    write_manifest,
+)
 from tracefmt.model import (
     Event,
     Histogram,
@@ -40,8 +47,10 @@ __all__ = [
     "MissingFilterError",
     "OpNode",
     "Phase",
+    "ProcessGroupInfo",
     "Provenance",
     "Role",
+    "RunManifest",
     "StatFlags",
     "Step",
     "StepRecord",
@@ -60,6 +69,9 @@ __all__ = [
     "__version__",
     "empty_op_stats",
     "empty_stats",
+    "group_id",
     "open",
     "rank_file_path",
+    "read_manifest",
+    "write_manifest",
 ]

@@ -15,10 +15,11 @@ from tracefmt.model import StatFlags
 
 FORMAT_MAGIC = "tracefmt"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1
+FORMAT_MINOR = 2
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 RANK_FILE_PATTERN = "rank-{rank:05d}.tft.h5"
 RANK_FILE_GLOB = "rank-*.tft.h5"
+RUN_MANIFEST = "run.json"  # a run directory's manifest (format 1.2), written by global rank 0
 
 # Root attributes.
 ATTR_MAGIC = "tracefmt_format"
@@ -305,6 +306,10 @@ MAX_STEP_ROWS = 50_000_000
 MAX_VALUE_BYTES = 1 << 36  # 64 GiB for one tensor's values
 MAX_HIST_BINS = 4096
 MAX_STEP_COUNT_SCAN = 100_000_000
+MAX_WORLD_SIZE = 1 << 24
+MAX_RUN_ID_CHARS = 4096
+MAX_PROCESS_GROUPS = 1 << 20
+MAX_MANIFEST_BYTES = 64 << 20
 
 #: A graph's ranges: table path -> (start field, count field) of its ``graphs`` row, and the
 #: largest count a reader accepts.

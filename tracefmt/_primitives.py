@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,6 +111,67 @@ def rank_files(path: Path) -> tuple[list[Path], bool]:
     if path.exists():
         return [path], False
     raise TraceNotFoundError(f"No trace file or run directory at {str(path)!r}.")
+
+
+_RANK_NAME = re.compile(r"rank-([0-9]{1,12})\.tft\.h5")
+
+
+def rank_of_name(path: Path) -> int | None:
+    """The rank a rank file's name gives (``rank-00003.tft.h5``: 3), or None."""
+    m = _RANK_NAME.fullmatch(path.name)
+    return int(m.group(1)) if m else None
+
+
+# -- the HDF5 file ---------------------------------------------------------------------------
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class Superblock(NamedTuple):
+    """What is read of an HDF5 superblock: its version and the end of the file it
+    records (None when it cannot be read)."""
+
+    version: int
+    eof: int | None
+
+
+def read_superblock(path: Path) -> Superblock | None:
+    """The file's HDF5 superblock, or None when there is none.
+
+    The superblock is at offset 0, 512, 1024, 2048, ... (after a user block).
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset = 0
+        while offset + 64 <= max(size, 64):
+            f.seek(offset)
+            head = f.read(96)
+            if head[:8] == _SIGNATURE and len(head) >= 12:
+                version, width = head[8], head[13] if head[8] < 2 else head[9]
+                if width not in (2, 4, 8):
+                    return Superblock(version, None)
+                # Fields before the base address: 16 bytes (v0), 20 (v1), 4 (v2 and v3).
+                first = {0: 24, 1: 28}.get(version, 12)
+                at = first + 2 * width  # base address, then one more address, then end of file
+                if len(head) < at + width:
+                    return Superblock(version, None)
+                base = int.from_bytes(head[first : first + width], "little")
+                eof = int.from_bytes(head[at : at + width], "little")
+                return Superblock(version, offset + base + eof if base + eof < 1 << 62 else None)
+            offset = 512 if offset == 0 else offset * 2
+    return None
+
+
+def truncation(path: Path) -> Problem | None:
+    """Why ``path`` is shorter than its superblock says (a copy cut short, a full disk), or None.
+    HDF5 may open such a file and fail only on the first read past the end."""
+    block = read_superblock(path)
+    size = path.stat().st_size
+    if block is not None and block.eof is not None and size < block.eof:
+        return Problem(
+            f"The file is truncated: it has {size} bytes, and its superblock says {block.eof}.",
+            TraceCorruptError,
+        )
+    return None
 
 
 # -- root attributes --------------------------------------------------------------------------

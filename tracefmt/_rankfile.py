@@ -26,6 +26,7 @@ from tracefmt.dtypes import DTYPE_INFO, fingerprint, heap_name, logical_view
 from tracefmt.errors import TraceCorruptError, TraceError, TraceFormatError, TraceNotFoundError
 from tracefmt.filters import ensure_readable
 from tracefmt.model import TensorMeta
+from tracefmt.rankinfo import parse_distributed
 
 __all__ = ["DatasetSize", "RankFile"]
 
@@ -58,6 +59,8 @@ class RankFile:
         self.version = require(P.read_version(f), where)
         P.refuse(P.unsupported(self.version), where)
         self.provenance = require(P.read_provenance(f), where)
+        #: Where the rank ran (provenance ``distributed``, format 1.2); None when not recorded.
+        self.distributed = require(parse_distributed(self.provenance.extra), where)
         self.run_id = require(P.read_run_id(f), where)
         self.rank, self.world_size = require(P.read_rank(f), where)
         self.values_filter = require(P.read_values_filter(f), where)
@@ -125,6 +128,11 @@ class RankFile:
 
     def _step_number(self, i: int) -> int:
         return int(self._rows(L.STEPS, i, 1)[0]["step"])
+
+    def step_range(self) -> tuple[int, int] | None:
+        """The first and the last committed step number (two reads), or None when there is none."""
+        n = self.num_steps()
+        return None if n == 0 else (self._step_number(0), self._step_number(n - 1))
 
     def find(self, step: int) -> int:
         """Row index of ``step`` in the step index.

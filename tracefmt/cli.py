@@ -1,4 +1,4 @@
-"""The ``tracefmt`` command: ``info``, ``ls``, ``show``, ``dump``, ``validate``.
+"""The ``tracefmt`` command: ``info``, ``ls``, ``show``, ``dump``, ``validate``, ``extract``.
 
 Thin by design: each command parses, calls a library function, prints.  A ``TraceError`` anywhere
 becomes one line on stderr and exit code 2 (``validate`` exits 1 for findings).
@@ -16,18 +16,13 @@ from rich.console import Console
 from rich.table import Table
 
 import tracefmt
+from tracefmt.cli_extract import extract_cmd
+from tracefmt.cli_info import info_cmd
 from tracefmt.errors import TraceError
 from tracefmt.jsonout import dumps
 from tracefmt.model import OpNode
 from tracefmt.reader import Step
-from tracefmt.summary import (
-    KindBytes,
-    dump_tensor,
-    find_tensor,
-    select_ops,
-    shapes_text,
-    trace_info,
-)
+from tracefmt.summary import dump_tensor, find_tensor, run_summaries, select_ops, shapes_text
 
 EXIT_FINDINGS = 1
 EXIT_ERROR = 2
@@ -58,22 +53,6 @@ def _json(data: Any) -> None:
     click.echo(dumps(data))
 
 
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
-
-
-def _bytes(n: float) -> str:
-    k = 0
-    while abs(n) >= 1024 and k < len(_UNITS) - 1:
-        n /= 1024
-        k += 1
-    return f"{n:.0f} B" if k == 0 else f"{n:.1f} {_UNITS[k]}"
-
-
-def _ratio(k: KindBytes) -> str:
-    """``2.31x`` (raw over stored), or ``-`` when nothing is stored."""
-    return "-" if k.ratio is None else f"{k.ratio:.2f}x"
-
-
 def _num(x: float | int | None) -> str:
     if x is None:
         return "-"
@@ -90,90 +69,30 @@ def main() -> None:
     """Inspect and check tracefmt trace files (a rank file or a run directory)."""
 
 
+main.add_command(extract_cmd)
+main.add_command(info_cmd)
+
 path_arg = click.argument("path", type=click.Path(exists=True, dir_okay=True))
 rank_opt = click.option("--rank", type=int, default=None, help="Rank to read (default: lowest).")
+ranks_opt = click.option("--rank", type=int, default=None, help="Only this rank (default: every rank).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-
-
-@main.command()
-@path_arg
-@json_opt
-def info(path: str, as_json: bool) -> None:
-    """Run, ranks, steps, ops per step, bytes by kind, compression and provenance."""
-    with tracefmt.open(path) as trace:
-        data = trace_info(trace)
-    if as_json:
-        out = dataclasses.asdict(data)
-        out["raw_bytes"], out["stored_bytes"] = data.raw_bytes, data.stored_bytes
-        _json(out)
-        return
-    con = _console()
-    con.print(
-        f"[bold]{data.path}[/]  run {data.run_id}  format {data.format_version}  "
-        f"world size {data.world_size}  ranks {', '.join(map(str, data.ranks))}"
-    )
-    prov = ", ".join(f"{k} {v}" for k, v in data.provenance.items() if k not in ("created", "host"))
-    con.print(
-        f"written {data.provenance.get('created', '?')} on {data.provenance.get('host', '?')} by {prov}"
-    )
-    ranks = Table(title="Ranks", title_justify="left")
-    for col in (
-        "rank",
-        "steps",
-        "first",
-        "last",
-        "graphs",
-        "ops/step",
-        "values",
-        "NaN steps",
-        "Inf steps",
-        "events",
-        "dropped",
-        "filter",
-        "file",
-    ):
-        ranks.add_column(col, justify="right" if col not in ("filter",) else "left")
-    for r in data.rank_info:
-        ops = (
-            f"{r.ops_per_step_min}"
-            if r.ops_per_step_min == r.ops_per_step_max
-            else f"{r.ops_per_step_min}-{r.ops_per_step_max} (median {r.ops_per_step_median:g})"
-        )
-        ranks.add_row(
-            str(r.rank),
-            str(r.steps),
-            _num(r.first_step),
-            _num(r.last_step),
-            str(r.graphs),
-            ops,
-            str(r.values_recorded),
-            str(r.steps_with_nan),
-            str(r.steps_with_inf),
-            str(r.events),
-            str(r.dropped),
-            r.values_filter,
-            _bytes(r.file_bytes),
-        )
-    con.print(ranks)
-    kinds = Table(title="Bytes by kind (all ranks)", title_justify="left")
-    for col in ("kind", "raw", "on disk", "ratio"):
-        kinds.add_column(col, justify="right" if col != "kind" else "left")
-    for k in data.bytes_by_kind():
-        kinds.add_row(k.kind, _bytes(k.raw_bytes), _bytes(k.stored_bytes), _ratio(k))
-    total = KindBytes("total", data.raw_bytes, data.stored_bytes)
-    kinds.add_row("[bold]total[/]", _bytes(total.raw_bytes), _bytes(total.stored_bytes), _ratio(total))
-    con.print(kinds)
 
 
 @main.command(name="ls")
 @path_arg
-@rank_opt
+@ranks_opt
 @json_opt
 @click.option("--all", "show_all", is_flag=True, help="List every step even in long runs.")
 def ls_cmd(path: str, rank: int | None, as_json: bool, show_all: bool) -> None:
-    """One line per step: ops, tensors, values, NaN/Inf flags, events, dropped records."""
+    """One line per step and rank: ops, tensors, values, NaN/Inf flags, events, dropped records.
+
+    Ranks whose file is damaged or missing are named on stderr."""
     with tracefmt.open(path) as trace:
-        summaries = trace.summaries(rank)
+        summaries = run_summaries(trace, rank)
+        for r, why in trace.damaged_ranks.items() if rank is None else ():
+            click.echo(f"warning: rank {r} is damaged: {why}", err=True)
+        for r in trace.missing_ranks if rank is None else ():
+            click.echo(f"warning: rank {r} has no file (the run expects it).", err=True)
     if as_json:
         _json([dataclasses.asdict(s) for s in summaries])
         return
@@ -343,8 +262,9 @@ def dump(path: str, step_no: int, tensor_key: str, rank: int | None, output: str
 @main.command()
 @path_arg
 @click.option("--deep", is_flag=True, help="Also read every chunk and check every fingerprint.")
+@ranks_opt
 @json_opt
-def validate(path: str, deep: bool, as_json: bool) -> None:
+def validate(path: str, deep: bool, rank: int | None, as_json: bool) -> None:
     """Check a trace against spec/: exit 0 clean, 1 findings, 2 unreadable."""
     from rich.progress import Progress
 
@@ -359,7 +279,8 @@ def validate(path: str, deep: bool, as_json: bool) -> None:
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        findings = run_validate(path, deep=deep, progress=progress)
+        ranks = None if rank is None else [rank]
+        findings = run_validate(path, deep=deep, progress=progress, ranks=ranks)
     if as_json:
         _json([dataclasses.asdict(f) for f in findings])
     elif findings:

@@ -186,7 +186,8 @@ class Provenance:
     created: str
     host: str = ""
     torch: str | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
+    #: Other keys, as JSON values: strings mostly; ``distributed`` is an object (format 1.2).
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data: dict[str, Any] = {
@@ -214,5 +215,5 @@ class Provenance:
             **{k: data[k] for k in required},
             host=str(data.get("host", "")),
             torch=str(torch_version) if torch_version is not None else None,
-            extra={k: str(v) for k, v in data.items() if k not in known},
+            extra={k: v for k, v in data.items() if k not in known},
         )

@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from tracefmt import _layout as L
 from tracefmt.dtypes import DType
 from tracefmt.errors import TraceError
 from tracefmt.model import OpNode, Phase, TensorRecord
-from tracefmt.reader import Step, Trace
+from tracefmt.reader import Step, StepSummary, Trace, rank_of_name
 
 #: How datasets group into the byte budget ``tracefmt info`` reports.
 KIND_OF_DATASET = {
@@ -56,24 +57,34 @@ class KindBytes:
         return self.raw_bytes / self.stored_bytes if self.stored_bytes else None
 
 
+#: A rank's status in ``tracefmt info``: its file read, is present but unusable, or is absent.
+RANK_OK, RANK_DAMAGED, RANK_MISSING = "ok", "damaged", "missing"
+
+
 @dataclass(frozen=True)
 class RankInfo:
+    """One row of ``tracefmt info``.  A damaged or missing rank has ``problem`` set and no
+    numbers (None); ``last_step`` is the rank's last committed step."""
+
     rank: int
-    path: str
-    file_bytes: int
-    steps: int
-    first_step: int | None
-    last_step: int | None
-    graphs: int
-    ops_per_step_min: int
-    ops_per_step_median: float
-    ops_per_step_max: int
-    values_recorded: int
-    steps_with_nan: int
-    steps_with_inf: int
-    events: int
-    dropped: int
-    values_filter: str
+    status: str = RANK_OK
+    problem: str | None = None
+    host: str | None = None
+    path: str | None = None
+    file_bytes: int | None = None
+    steps: int | None = None
+    first_step: int | None = None
+    last_step: int | None = None
+    graphs: int | None = None
+    ops_per_step_min: int | None = None
+    ops_per_step_median: float | None = None
+    ops_per_step_max: int | None = None
+    values_recorded: int | None = None
+    steps_with_nan: int | None = None
+    steps_with_inf: int | None = None
+    events: int | None = None
+    dropped: int | None = None
+    values_filter: str | None = None
     bytes_by_kind: list[KindBytes] = field(default_factory=list)
 
 
@@ -83,9 +94,19 @@ class TraceInfo:
     run_id: str
     world_size: int
     ranks: list[int]
+    expected_ranks: list[int]
+    missing_ranks: list[int]
+    damaged_ranks: dict[int, str]
+    manifest: bool
+    manifest_problem: str | None
     format_version: str
-    provenance: dict[str, str]
+    provenance: dict[str, Any]
     rank_info: list[RankInfo]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every rank shown read (no damaged or missing row)."""
+        return all(r.status == RANK_OK for r in self.rank_info)
 
     @property
     def raw_bytes(self) -> int:
@@ -105,11 +126,11 @@ class TraceInfo:
         return [KindBytes(kind, raw, stored) for kind, (raw, stored) in totals.items()]
 
 
-def trace_info(trace: Trace) -> TraceInfo:
-    """Everything ``tracefmt info`` shows: run, ranks, steps, ops per step, bytes by kind."""
-    ranks = []
-    for rank in trace.ranks:
-        f = trace.rank_file(rank)
+def _rank_info(trace: Trace, rank: int) -> RankInfo:
+    """The row of a readable rank; a TraceError while reading it makes it a damaged row."""
+    f = trace.rank_file(rank)
+    host = (f.distributed.hostname if f.distributed else None) or f.provenance.host or None
+    try:
         summaries = f.summaries()
         kinds: dict[str, list[int]] = {}
         for ds in f.dataset_sizes():
@@ -117,31 +138,53 @@ def trace_info(trace: Trace) -> TraceInfo:
             acc = kinds.setdefault(kind, [0, 0])
             acc[0] += ds.raw_bytes
             acc[1] += ds.stored_bytes
-        ops = [s.num_ops for s in summaries] or [0]
-        ranks.append(
-            RankInfo(
-                rank=rank,
-                path=str(f.path),
-                file_bytes=os.path.getsize(f.path),
-                steps=len(summaries),
-                first_step=summaries[0].step if summaries else None,
-                last_step=summaries[-1].step if summaries else None,
-                graphs=len({s.graph for s in summaries}),
-                ops_per_step_min=min(ops),
-                ops_per_step_median=float(statistics.median(ops)),
-                ops_per_step_max=max(ops),
-                values_recorded=sum(s.num_values for s in summaries),
-                steps_with_nan=sum(s.has_nan for s in summaries),
-                steps_with_inf=sum(s.has_inf for s in summaries),
-                events=sum(s.num_events for s in summaries),
-                dropped=sum(s.dropped for s in summaries),
-                values_filter=f.values_filter,
-                bytes_by_kind=[KindBytes(k, v[0], v[1]) for k, v in sorted(kinds.items())],
-            )
-        )
+    except TraceError as e:
+        return RankInfo(rank, RANK_DAMAGED, str(e), host, str(f.path), os.path.getsize(f.path))
+    ops = [s.num_ops for s in summaries] or [0]
+    return RankInfo(
+        rank=rank,
+        host=host,
+        path=str(f.path),
+        file_bytes=os.path.getsize(f.path),
+        steps=len(summaries),
+        first_step=summaries[0].step if summaries else None,
+        last_step=summaries[-1].step if summaries else None,
+        graphs=len({s.graph for s in summaries}),
+        ops_per_step_min=min(ops),
+        ops_per_step_median=float(statistics.median(ops)),
+        ops_per_step_max=max(ops),
+        values_recorded=sum(s.num_values for s in summaries),
+        steps_with_nan=sum(s.has_nan for s in summaries),
+        steps_with_inf=sum(s.has_inf for s in summaries),
+        events=sum(s.num_events for s in summaries),
+        dropped=sum(s.dropped for s in summaries),
+        values_filter=f.values_filter,
+        bytes_by_kind=[KindBytes(k, v[0], v[1]) for k, v in sorted(kinds.items())],
+    )
+
+
+def trace_info(trace: Trace, ranks: Sequence[int] | None = None) -> TraceInfo:
+    """Everything ``tracefmt info`` shows: run, ranks, steps, ops per step, bytes by kind.
+
+    One row per rank of ``ranks`` (default: every rank the run expects or has a file for), in
+    rank order; a damaged or missing rank is a row with its problem, never an exception.
+    """
+    damaged, missing = trace.damaged_ranks, set(trace.missing_ranks)
+    every = sorted({*trace.ranks, *damaged, *missing})
+    rows = []
+    for rank in every if ranks is None else sorted(set(ranks)):
+        if rank in damaged:
+            path = next(p for p in sorted(trace.damaged_files) if rank_of_name(p) == rank)
+            size = path.stat().st_size if path.exists() else None
+            rows.append(RankInfo(rank, RANK_DAMAGED, damaged[rank], None, str(path), size))
+        elif rank in trace.ranks:
+            rows.append(_rank_info(trace, rank))
+        else:
+            where = "the run expects it" if rank in missing else "it is not a rank of this run"
+            rows.append(RankInfo(rank, RANK_MISSING, f"Rank {rank} has no file ({where})."))
     first = trace.rank_file()
     p = trace.provenance
-    prov = {
+    prov: dict[str, Any] = {
         "tracefmt": p.tracefmt,
         "h5py": p.h5py,
         "hdf5": p.hdf5,
@@ -158,10 +201,23 @@ def trace_info(trace: Trace) -> TraceInfo:
         run_id=trace.run_id,
         world_size=trace.world_size,
         ranks=list(trace.ranks),
+        expected_ranks=list(trace.expected_ranks),
+        missing_ranks=list(trace.missing_ranks),
+        damaged_ranks=dict(damaged),
+        manifest=trace.manifest is not None,
+        manifest_problem=trace.manifest_problem,
         format_version=f"{first.version[0]}.{first.version[1]}",
         provenance=prov,
-        rank_info=ranks,
+        rank_info=rows,
     )
+
+
+def run_summaries(trace: Trace, rank: int | None = None) -> list[StepSummary]:
+    """Step summaries of ``rank``, or of every readable rank ordered by (step, rank)."""
+    if rank is not None:
+        return trace.summaries(rank)
+    rows = [s for r in trace.ranks for s in trace.summaries(r)]
+    return sorted(rows, key=lambda s: (s.step, s.rank))
 
 
 def select_ops(

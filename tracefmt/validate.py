@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
-from tracefmt._primitives import rank_files
+from tracefmt._primitives import rank_files, rank_of_name
+from tracefmt.errors import TraceNotFoundError
+from tracefmt.manifest import load_manifest
 from tracefmt.rules import RULES, Finding, Rule
 from tracefmt.rules._base import GATE_LAYOUT, GATE_TRACE
 from tracefmt.rules._context import FileContext, RunContext
@@ -42,13 +44,22 @@ def validate(
     *,
     deep: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    ranks: Collection[int] | None = None,
 ) -> list[Finding]:
     """Validate a rank file or a run directory; return every finding (empty: valid).
 
     ``progress(done, total)`` is called after each rule has run on each file; ``total`` is the
-    number of (file, rule) checks.  Rules marked deep run only with ``deep=True``.
+    number of (file, rule) checks.  Rules marked deep run only with ``deep=True``.  ``ranks``
+    restricts a run directory to the rank files named for those ranks (``rank-NNNNN.tft.h5``);
+    the run-level rules then check those files against the manifest.
     """
     files, is_dir = rank_files(Path(path))
+    if ranks is not None and is_dir:
+        files = [f for f in files if rank_of_name(f) in set(ranks)]
+        if not files:
+            raise TraceNotFoundError(
+                f"{str(path)!r} has no rank file of rank(s) {', '.join(map(str, sorted(ranks)))}."
+            )
     selected = [r for r in RULES.values() if deep or not r.deep]
     file_rules = [r for r in selected if r.scope == "file"]
     run_rules = [r for r in selected if r.scope == "run"]
@@ -65,7 +76,8 @@ def validate(
                     progress(done, total)
             findings.extend(ctx.failure_findings())
             identities.append((file, ctx.identity()))
-    run = RunContext(Path(path), is_dir, tuple(identities))
+    manifest = load_manifest(path) if is_dir else None
+    run = RunContext(Path(path), is_dir, tuple(identities), manifest)
     for rule in run_rules:
         findings.extend(rule(run))
         done += 1

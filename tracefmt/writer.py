@@ -108,6 +108,7 @@ class TraceWriter:
     ``values_filter`` names the filter of the value heaps (:data:`tracefmt.filters.FILTERS`;
     ``"fast"`` is Blosc2-LZ4 with bit shuffle).  ``hist_bins`` fixes the bins of every histogram in
     the file (0: none).  ``fsync`` makes :meth:`flush` wait for the disk, not only the page cache.
+    ``provenance``, given, is written instead of this process's (``provenance_extra`` ignored).
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class TraceWriter:
         provenance_extra: Mapping[str, str] | None = None,
         overwrite: bool = False,
         fsync: bool = True,
+        provenance: Provenance | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}.")
@@ -155,7 +157,8 @@ class TraceWriter:
         try:
             f.attrs[L.ATTR_MAGIC] = _fixed_utf8(L.FORMAT_MAGIC)
             f.attrs[L.ATTR_VERSION] = _fixed_utf8(L.FORMAT_VERSION)
-            f.attrs[L.ATTR_PROVENANCE] = _fixed_utf8(make_provenance(provenance_extra).to_json())
+            prov = provenance or make_provenance(provenance_extra)
+            f.attrs[L.ATTR_PROVENANCE] = _fixed_utf8(prov.to_json())
             f.attrs[L.ATTR_RUN_ID] = _fixed_utf8(self.run_id)
             f.attrs[L.ATTR_RANK] = np.int64(rank)
             f.attrs[L.ATTR_WORLD_SIZE] = np.int64(world_size)

@@ -181,11 +181,18 @@ def test_missing_paths_and_empty_directories(tmp_path: Path) -> None:
         tracefmt.open(tmp_path)
 
 
-def test_two_files_claiming_one_rank_are_refused(tmp_path: Path) -> None:
+def test_a_file_claiming_another_files_rank_is_reported_not_read(tmp_path: Path) -> None:
     write_synthetic(tmp_path / "rank-00000.tft.h5", steps=1, run_id="r", fsync=False)
     write_synthetic(tmp_path / "rank-00001.tft.h5", steps=1, run_id="r", fsync=False)
-    with pytest.raises(TraceFormatError, match="both claim rank 0"):
-        tracefmt.open(tmp_path)
+    write_synthetic(tmp_path / "rank-0.tft.h5", steps=1, run_id="r", fsync=False)
+    with tracefmt.open(tmp_path) as trace:
+        assert trace.ranks == (0,)
+        assert "named for rank 1 but holds rank 0" in trace.damaged_ranks[1]
+        assert "both claim rank 0" in trace.damaged_files[tmp_path / "rank-00000.tft.h5"]
+    (tmp_path / "rank-0.tft.h5").unlink()
+    (tmp_path / "rank-00000.tft.h5").unlink()
+    with pytest.raises(TraceFormatError, match="named for rank 1 but holds rank 0"):
+        tracefmt.open(tmp_path)  # no rank file is usable
 
 
 # -- structure -------------------------------------------------------------------------------

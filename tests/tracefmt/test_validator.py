@@ -3,17 +3,19 @@ rule fire, and the spec's ids, the registered rules and the tested rules are one
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
 import pytest
 
 from tests import badfiles as bad
+from tests.tracefmt import multirank as mr
 from tracefmt import DType, GraphBuilder, Phase, StepRecord, TraceNotFoundError, TraceWriter
 from tracefmt.validate import RULES, UNREADABLE, Finding, validate
 
@@ -68,6 +70,21 @@ def _base_attrs(p: Path, tmp: Path) -> Path:
     return bad.set_field(p, "op_attrs", 0, attrs=int(bad.get(p, "ops", 6, "attrs")))
 
 
+def _run(tmp: Path, **manifest_changes: object) -> Path:
+    """A clean 2-rank run directory with a manifest, then the manifest's fields changed."""
+    run = mr.write_run(tmp / "run", 2, steps=2)
+    if manifest_changes:
+        data = json.loads((run / "run.json").read_text())
+        data.update(manifest_changes)
+        (run / "run.json").write_text(json.dumps(data))
+    return run
+
+
+def _rank0(tmp: Path, **kw: Any) -> Path:
+    """Rank 0's file of a 2-rank run with collectives, written with ``kw`` (see multirank)."""
+    return mr.write_rank(tmp / "run", 0, 2, steps=2, **kw)
+
+
 CASES: list[Case] = [
     Case("TF-FILE-001", lambda p, t: bad.delete_attr(p, "tracefmt_format")),
     Case("TF-FILE-001", _garbage),
@@ -100,6 +117,23 @@ CASES: list[Case] = [
             },
         ),
     ),
+    Case("TF-RUN-003", lambda p, t: _run(t, world_size="2")),
+    Case("TF-RUN-003", lambda p, t: _run(t, process_groups=[{"id": "0:0", "name": "0", "ranks": [0]}])),
+    Case("TF-RUN-003", lambda p, t: _run(t, tracefmt_run="2.0")),
+    Case("TF-RUN-004", lambda p, t: _run(t, run_id="another-run")),
+    Case("TF-RUN-004", lambda p, t: _run(t, expected_ranks=[0])),
+    Case("TF-FILE-007", lambda p, t: _rank0(t, prov=mr.distributed(1, 2))),
+    Case("TF-FILE-007", lambda p, t: _rank0(t, prov={**mr.distributed(0, 2), "pid": -1})),
+    Case("TF-FILE-007", lambda p, t: _rank0(t, prov={**mr.distributed(0, 2), "hostname": 7})),
+    Case("TF-COLL-001", lambda p, t: _rank0(t, c10d={"reduce_op": "MEAN"})),
+    Case("TF-COLL-001", lambda p, t: _rank0(t, c10d={"rank": 1})),
+    Case("TF-COLL-001", lambda p, t: _rank0(t, c10d={"group": "0:00000000"})),
+    Case("TF-COLL-001", lambda p, t: _rank0(t, c10d={"seq": mr.DROP})),
+    Case("TF-COLL-001", lambda p, t: _rank0(t, c10d={"c10d": mr.DROP})),
+    Case("TF-COLL-001", lambda p, t: _rank0(t, c10d={"coalesced": [2, 2]})),
+    Case("TF-COLL-001", lambda p, t: _rank0(t, c10d={"root": 5})),
+    Case("TF-COLL-002", lambda p, t: _rank0(t, extra_allreduce=True, c10d={"seq": 0})),
+    Case("TF-COLL-002", lambda p, t: _rank0(t, c10d={"seq": 1})),
     Case("TF-LAYOUT-001", lambda p, t: bad.delete(p, "events")),
     Case("TF-LAYOUT-001", lambda p, t: bad.recreate(p, "events", chunks=None, maxshape=None)),
     Case("TF-FILT-001", lambda p, t: bad.recreate(p, "events", compression="gzip", shuffle=True)),

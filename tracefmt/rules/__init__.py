@@ -4,7 +4,14 @@ Importing this package registers every rule in :data:`RULES`.  Use :func:`tracef
 to run them.
 """
 
-from tracefmt.rules import file, graph, overrides, steps  # noqa: F401  (importing registers the rules)
+from tracefmt.rules import (  # noqa: F401  (importing registers the rules)
+    collops,
+    file,
+    graph,
+    overrides,
+    run,
+    steps,
+)
 from tracefmt.rules._base import RULES, Finding, Issue, Rule, Skip
 
 __all__ = ["RULES", "Finding", "Issue", "Rule", "Skip"]

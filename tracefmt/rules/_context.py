@@ -36,6 +36,7 @@ from tracefmt._primitives import (
     trace_mark,
 )
 from tracefmt.dtypes import fingerprint
+from tracefmt.manifest import RunManifest
 from tracefmt.rules._base import Finding, Severity, Skip
 from tracefmt.rules._views import GraphView, Span, StepRef
 
@@ -384,6 +385,8 @@ class RunContext:
     path: Path
     is_dir: bool
     files: tuple[tuple[Path, Identity | None], ...]
+    #: The run manifest (``run.json``): None without one, a Problem when it cannot be used.
+    manifest: RunManifest | Problem | None = None
 
 
 def _records(rows: np.ndarray) -> list[dict[str, Any]]:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-import os
 from collections.abc import Iterator
-from pathlib import Path
-from typing import NamedTuple
 
 import h5py
 
@@ -17,9 +14,11 @@ from tracefmt._primitives import (
     read_provenance,
     read_rank,
     read_run_id,
+    read_superblock,
     read_values_filter,
     read_version,
     trace_mark,
+    truncation,
     unsupported,
 )
 from tracefmt.errors import MissingFilterError
@@ -28,7 +27,6 @@ from tracefmt.rules._base import GATE_NONE, GATE_TRACE, Issue, Severity, Skip, r
 from tracefmt.rules._context import FileContext, RunContext
 from tracefmt.schema import H5Z_DEFLATE, H5Z_FLETCHER32, H5Z_SHUFFLE, values_filter_ids
 
-_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _TABLE_FILTER_IDS = {H5Z_DEFLATE, H5Z_SHUFFLE, H5Z_FLETCHER32}
 
 
@@ -43,41 +41,6 @@ def _pipeline(ds: h5py.Dataset) -> list[int]:
     return [int(plist.get_filter(i)[0]) for i in range(plist.get_nfilters())]
 
 
-class _Superblock(NamedTuple):
-    """What the validator reads of an HDF5 superblock: its version and the end of the file it
-    records (None when it cannot be read)."""
-
-    version: int
-    eof: int | None
-
-
-def _superblock(path: Path) -> _Superblock | None:
-    """The file's HDF5 superblock, or None when there is none.
-
-    The superblock is at offset 0, 512, 1024, 2048, ... (after a user block).
-    """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        offset = 0
-        while offset + 64 <= max(size, 64):
-            f.seek(offset)
-            head = f.read(96)
-            if head[:8] == _SIGNATURE and len(head) >= 12:
-                version, width = head[8], head[13] if head[8] < 2 else head[9]
-                if width not in (2, 4, 8):
-                    return _Superblock(version, None)
-                # Fields before the base address: 16 bytes (v0), 20 (v1), 4 (v2 and v3).
-                first = {0: 24, 1: 28}.get(version, 12)
-                at = first + 2 * width  # base address, then one more address, then end of file
-                if len(head) < at + width:
-                    return _Superblock(version, None)
-                base = int.from_bytes(head[first : first + width], "little")
-                eof = int.from_bytes(head[at : at + width], "little")
-                return _Superblock(version, offset + base + eof if base + eof < 1 << 62 else None)
-            offset = 512 if offset == 0 else offset * 2
-    return None
-
-
 @rule("TF-FILE-001", "A rank file is a complete HDF5 file marked as a trace", gate=GATE_NONE)
 def file_is_trace(ctx: FileContext) -> Iterator[Issue]:
     if ctx.file is None:
@@ -90,20 +53,16 @@ def file_is_trace(ctx: FileContext) -> Iterator[Issue]:
     problem = trace_mark(ctx.file)
     if problem is not None:
         yield _issue(ctx, problem)
-    block = _superblock(ctx.path)
-    size = ctx.path.stat().st_size
-    if block is not None and block.eof is not None and size < block.eof:
-        yield Issue(
-            ctx.loc(),
-            f"The file is truncated: it has {size} bytes, and its superblock says {block.eof}.",
-        )
+    truncated = truncation(ctx.path)
+    if truncated is not None:
+        yield Issue(ctx.loc(), truncated.message)
 
 
 @rule(
     "TF-FILE-002", "A rank file uses superblock version 3 or later (HDF5 1.10 format)", gate=GATE_TRACE
 )
 def file_superblock(ctx: FileContext) -> Iterator[Issue]:
-    block = _superblock(ctx.path)
+    block = read_superblock(ctx.path)
     if block is None:
         yield Issue(ctx.loc(), "No HDF5 superblock signature was found.")
     elif block.version < 3:

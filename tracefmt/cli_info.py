@@ -1,0 +1,138 @@
+"""``tracefmt info RUN [--rank R] [--json]``: thin click layer over :func:`tracefmt.summary.trace_info`.
+
+One row per rank: host, status, steps, first and last committed step, graphs, ops per step, values,
+NaN/Inf steps, events, dropped records, filter, file size; a damaged or missing rank is a row with
+its problem, not an error.  Exit codes: 0 every rank shown read, 1 some rank is damaged or missing
+(the rows say which), 2 the run cannot be read at all or a usage error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import tracefmt
+from tracefmt.jsonout import dumps
+from tracefmt.summary import RANK_OK, KindBytes, RankInfo, TraceInfo, trace_info
+
+__all__ = ["EXIT_INCOMPLETE", "human_bytes", "info_cmd"]
+
+#: ``tracefmt info``'s exit code when a rank shown is damaged or missing.
+EXIT_INCOMPLETE = 1
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def human_bytes(n: float | None) -> str:
+    """``1.5 MiB``: a byte count for people (``-`` for None)."""
+    if n is None:
+        return "-"
+    k = 0
+    while abs(n) >= 1024 and k < len(_UNITS) - 1:
+        n /= 1024
+        k += 1
+    return f"{n:.0f} B" if k == 0 else f"{n:.1f} {_UNITS[k]}"
+
+
+def _ratio(k: KindBytes) -> str:
+    """``2.31x`` (raw over stored), or ``-`` when nothing is stored."""
+    return "-" if k.ratio is None else f"{k.ratio:.2f}x"
+
+
+def _text(x: object) -> str:
+    return "-" if x is None else str(x)
+
+
+def _ops(r: RankInfo) -> str:
+    if r.ops_per_step_min is None:
+        return "-"
+    if r.ops_per_step_min == r.ops_per_step_max:
+        return f"{r.ops_per_step_min}"
+    return f"{r.ops_per_step_min}-{r.ops_per_step_max} (median {r.ops_per_step_median:g})"
+
+
+_COLUMNS = (
+    "rank", "host", "status", "steps", "first", "last", "graphs", "ops/step", "values",
+    "NaN steps", "Inf steps", "events", "dropped", "filter", "file",
+)  # fmt: skip
+
+
+def _row(r: RankInfo) -> list[str]:
+    status = r.status if r.status == RANK_OK else f"[red]{r.status}[/]"
+    numbers = (r.steps, r.first_step, r.last_step, r.graphs)
+    counts = (r.values_recorded, r.steps_with_nan, r.steps_with_inf, r.events, r.dropped)
+    return [
+        str(r.rank),
+        escape(_text(r.host)),
+        status,
+        *map(_text, numbers),
+        _ops(r),
+        *map(_text, counts),
+        _text(r.values_filter),
+        human_bytes(r.file_bytes),
+    ]
+
+
+def _print(data: TraceInfo) -> None:
+    con = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+    manifest = "run.json" if data.manifest else "no manifest"
+    con.print(
+        f"[bold]{escape(data.path)}[/]  run {escape(data.run_id)}  format {data.format_version}  "
+        f"world size {data.world_size}  ranks {len(data.ranks)} of {len(data.expected_ranks)} "
+        f"readable  ({manifest})",
+        soft_wrap=True,
+    )
+    p = data.provenance
+    prov = ", ".join(
+        f"{k} {v}" for k, v in p.items() if k not in ("created", "host") and isinstance(v, str)
+    )
+    con.print(escape(f"written {p.get('created', '?')} on {p.get('host', '?')} by {prov}"))
+    ranks = Table(title="Ranks", title_justify="left")
+    for col in _COLUMNS:
+        ranks.add_column(col, justify="left" if col in ("host", "status", "filter") else "right")
+    for r in data.rank_info:
+        ranks.add_row(*_row(r))
+    con.print(ranks)
+    for r in data.rank_info:
+        if r.problem:
+            con.print(f"rank {r.rank} {r.status}: {escape(r.problem)}", soft_wrap=True)
+    if data.manifest_problem:
+        con.print(f"[red]manifest unreadable[/]: {escape(data.manifest_problem)}", soft_wrap=True)
+    kinds = Table(title="Bytes by kind (ranks shown)", title_justify="left")
+    for col in ("kind", "raw", "on disk", "ratio"):
+        kinds.add_column(col, justify="right" if col != "kind" else "left")
+    for k in data.bytes_by_kind():
+        kinds.add_row(k.kind, human_bytes(k.raw_bytes), human_bytes(k.stored_bytes), _ratio(k))
+    total = KindBytes("total", data.raw_bytes, data.stored_bytes)
+    kinds.add_row(
+        "[bold]total[/]", human_bytes(total.raw_bytes), human_bytes(total.stored_bytes), _ratio(total)
+    )
+    con.print(kinds)
+
+
+@click.command(name="info")
+@click.argument("path", type=click.Path(exists=True, dir_okay=True))
+@click.option("--rank", type=int, default=None, help="Only this rank (default: every rank).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def info_cmd(path: str, rank: int | None, as_json: bool) -> None:
+    """Run, ranks, steps, ops per step, bytes by kind, compression and provenance.
+
+    Exit 0 when every rank shown read, 1 when a rank is damaged or missing, 2 when the run
+    cannot be read.
+    """
+    with tracefmt.open(path) as trace:
+        data = trace_info(trace, None if rank is None else [rank])
+    if as_json:
+        out: dict[str, Any] = dataclasses.asdict(data)
+        out["raw_bytes"], out["stored_bytes"] = data.raw_bytes, data.stored_bytes
+        click.echo(dumps(out))
+    else:
+        _print(data)
+    if not data.complete:
+        sys.exit(EXIT_INCOMPLETE)
