@@ -11,6 +11,8 @@ Two lines added to a training loop::
 Every aten op between two ``rec.step()`` calls is captured in execution order with its phase, module
 path, inputs and outputs (linked producer to consumer), shapes, dtypes, attributes, host time, and
 per-tensor statistics computed on the tensor's device.  Steps are written by a background thread.
+Under ``torchrun`` every rank records its own ``rank-NNNNN.tft.h5`` into the one run directory,
+with the same run id, and rank 0 writes the run's ``run.json`` (:mod:`recorder.distributed`).
 This is the only package of the project that imports torch; it does so lazily, so ``schedule`` and
 ``select`` work (and are tested) without it.
 """

@@ -13,32 +13,28 @@ tensor's device until :meth:`StepCapture.finish`.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 import traceback
 from contextlib import ExitStack
-from types import FrameType
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 from torch._ops import OpOverload
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
-from recorder.captured import CudaTiming, InputRef, OpRow, RawStep
-from recorder.convert import TORCH_TO_DTYPE, CudaEvent, DeviceEvent, json_value
+from recorder.captured import CudaStart, CudaTiming, OpCall, OpRow, RawStep
+from recorder.collectives import COMM_NAMESPACES, OTHER, CommTracker, storage_holders
+from recorder.convert import TORCH_TO_DTYPE, ArgTensor, CudaEvent, DeviceEvent, collect_arg
 from recorder.identity import TensorTable
 from recorder.opinfo import OpInfo
 from recorder.options import Options
 from recorder.stats.cpu import SMALL_NUMEL, StatsCollector
-from recorder.tracking import ACCUMULATE_GRAD_SEQ, Names, PhaseTracker
+from recorder.tracking import ACCUMULATE_GRAD_SEQ, Names, PhaseTracker, source_location
 from tracefmt.errors import TraceError
-from tracefmt.model import Event, Phase, Role
+from tracefmt.model import Event, Role
 
 __all__ = ["StepCapture"]
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 #: Roles of tensors the recorder has no name for yet.
 _UNNAMED = (Role.ACTIVATION, Role.INPUT)
 _ACTIVATION = Role.ACTIVATION
@@ -47,32 +43,9 @@ _ACTIVATION = Role.ACTIVATION
 #: does not check the fields' types, so each row is built in one place only.
 _new = tuple.__new__
 
-#: A tensor argument of an op: (tensor, argument position, item in a list argument or -1), the
-#: order of :data:`recorder.captured.InputRef`.  A plain tuple, always unpacked: an op has a few.
-_ArgTensor = tuple[torch.Tensor, int, int]
-
-
-class _CudaStart(NamedTuple):
-    """The events around a CUDA op, the first one recorded, and the memory allocated before it."""
-
-    start: DeviceEvent
-    end: DeviceEvent
-    mem_before: int
-
-
-class _OpCall(NamedTuple):
-    """What :meth:`StepCapture._before` found out about an op, for :meth:`StepCapture._after`."""
-
-    info: OpInfo
-    phase: Phase
-    module: str
-    inputs: list[InputRef]
-    written: list[torch.Tensor]  #: the tensor arguments the op writes
-    attrs: dict[str, Any]
-    tensors: list[_ArgTensor]
-    grad_of: str | None  #: for ``AccumulateGrad``: the parameter whose gradient it makes
-    source: str | None
-    cuda: _CudaStart | None
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+#: Namespaces recorded like aten: FSDP2's copy ops write its unsharded parameters.
+_RECORDED = frozenset({"aten", "fsdp"})
 
 
 class _Mode(TorchDispatchMode):  # type: ignore[no-untyped-call]
@@ -87,9 +60,12 @@ class _Mode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        if func.namespace != "aten":
-            return func(*args, **(kwargs or {}))
-        return self._capture.run_op(func, args, kwargs or {})
+        namespace = func.namespace
+        if namespace in _RECORDED:
+            return self._capture.run_op(func, args, kwargs or {})
+        if namespace in COMM_NAMESPACES:  # c10d, functional collectives
+            return self._capture.run_comm(func, args, kwargs or {})
+        return func(*args, **(kwargs or {}))
 
 
 class StepCapture:
@@ -104,6 +80,7 @@ class StepCapture:
         self.names = names
         self.tracker = PhaseTracker(names, on_tensor_named=self.name_tensor, on_compiled=self._compiled)
         self._table = TensorTable()
+        self._comms = CommTracker()
         self._ops: list[OpRow] = []
         self._host_ns: list[int] = []
         self._cuda_times: list[CudaTiming] = []
@@ -189,6 +166,7 @@ class StepCapture:
             wall_time=self._wall,
             duration=duration,
             values_ready=ready,
+            process_groups=self._comms.process_groups,
         )
         self._table = TensorTable()
         self._values = {}
@@ -202,8 +180,11 @@ class StepCapture:
         """Statistics and (if selected) a copy of value ``index``, whose contents are ``t`` now.
 
         ``same_bytes``: an earlier value already measured that holds exactly these bytes in the
-        same order; its statistics are reused.
+        same order; its statistics are reused.  A tensor subclass with no storage of its own (a
+        DTensor, an ``AsyncCollectiveTensor``) is left unmeasured.
         """
+        if type(t) not in _PLAIN and is_traceable_wrapper_subclass(t):
+            return
         if self._stats is not None:
             if same_bytes is not None and same_bytes in self._measured:
                 self._stats.alias(index, same_bytes)
@@ -261,6 +242,31 @@ class StepCapture:
             self._fail(e)
         return out
 
+    def run_comm(self, func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run one communication op and record it with its ``"c10d"`` attribute; its written
+        values are measured only once final (see :mod:`recorder.collectives`)."""
+        if self._failed:
+            return func(*args, **kwargs)
+        try:
+            call = self._before(func, args, kwargs)
+            spec = call.info.comm or OTHER
+            c10d = self._comms.describe(spec, call.info.arg_names, args, kwargs, call.attrs)
+            # a bucket all-reduce under AccumulateGrad writes the bucket, not a gradient
+            call = call._replace(grad_of=None, written=storage_holders(call.written))
+        except Exception as e:
+            self._fail(e)
+            return func(*args, **kwargs)
+        t0 = time.perf_counter_ns()
+        out = func(*args, **kwargs)
+        done = self._comms.complete(spec, c10d, args, out)  # waits on a collective: in its time
+        elapsed = time.perf_counter_ns() - t0
+        try:
+            self._events.extend(done.events(call.info.name, len(self._ops)))
+            self._after(call, out, elapsed, done.final)
+        except Exception as e:
+            self._fail(e)
+        return out
+
     def _fail(self, e: Exception) -> None:
         self._failed = True
         where = "".join(traceback.format_exception_only(type(e), e)).strip()
@@ -271,27 +277,30 @@ class StepCapture:
             )
         )
 
-    def _before(self, func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _OpCall:
+    def _before(self, func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OpCall:
         info = self._infos.get(func)
         if info is None:
             info = self._infos[func] = OpInfo.of(func)
         tracker = self.tracker
         node = torch._C._current_autograd_node()
-        tensors: list[_ArgTensor] = []
+        tensors: list[ArgTensor] = []
         attrs: dict[str, Any] = {}
         names = info.arg_names
         for pos, a in enumerate(args):
             if isinstance(a, torch.Tensor):  # the common case, without a call
                 tensors.append((a, pos, -1))
             else:
-                self._collect(a, pos, names[pos] if pos < len(names) else f"arg{pos}", tensors, attrs)
+                collect_arg(a, pos, names[pos] if pos < len(names) else f"arg{pos}", tensors, attrs)
         for key, a in kwargs.items():
-            self._collect(a, info.arg_index.get(key, -1), key, tensors, attrs)
+            collect_arg(a, info.arg_index.get(key, -1), key, tensors, attrs)
         phase, module = tracker.phase(node, lambda: any(t.requires_grad for t, _, _ in tensors))
         name = info.name
         inputs = []
         current = self._table.current
+        skip = info.write_only  # an all-gather's output buffers: written, never read
         for t, pos, item in tensors:
+            if skip and pos in skip:
+                continue
             v = current(t)
             if v is None:
                 v = self._read_input(t, module, name)
@@ -306,32 +315,21 @@ class StepCapture:
         grad_of = None
         if node is not None and node._sequence_nr() == ACCUMULATE_GRAD_SEQ:
             grad_of = tracker.accumulate_grad_param(node)
-        source = self._source() if self.options.source else None
+        source = source_location() if self.options.source else None
         cuda = None
         if tensors:
             first, _, _ = tensors[0]
             if first.is_cuda:
                 start, end = CudaEvent(enable_timing=True), CudaEvent(enable_timing=True)
                 start.record()
-                cuda = _CudaStart(start, end, torch.cuda.memory_allocated())
+                cuda = CudaStart(start, end, torch.cuda.memory_allocated())
         return _new(
-            _OpCall, (info, phase, module, inputs, written, attrs, tensors, grad_of, source, cuda)
+            OpCall, (info, phase, module, inputs, written, attrs, tensors, grad_of, source, cuda)
         )
 
-    @staticmethod
-    def _collect(
-        a: object, pos: int, name: str, tensors: list[_ArgTensor], attrs: dict[str, Any]
-    ) -> None:
-        if isinstance(a, torch.Tensor):
-            tensors.append((a, pos, -1))
-        elif isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a):
-            for item, x in enumerate(a):
-                if isinstance(x, torch.Tensor):
-                    tensors.append((x, pos, item))
-        else:
-            attrs[name] = json_value(a)
-
-    def _after(self, call: _OpCall, out: object, elapsed: int) -> None:
+    def _after(self, call: OpCall, out: object, elapsed: int, final: bool = True) -> None:
+        """Record the op ``call`` after it ran; ``final``: its written values are final (else
+        left unmeasured: a point-to-point op, a functional collective before its wait)."""
         # Unpacked at once (mypy checks each field's type): cheaper than ten attribute reads.
         info, phase, module, inputs, written, attrs, tensors, grad_of, source, cuda = call
         op_index = len(self._ops)
@@ -372,7 +370,7 @@ class StepCapture:
                 observe = (
                     not is_view or views or slot.role is not _ACTIVATION
                 ) and not info.uninitialized
-            if observe:
+            if observe and final:
                 same = None
                 if not is_written and slot.key is not None and o.numel() > SMALL_NUMEL:
                     same = table.same_bytes(o, [t for t, _, _ in tensors])
@@ -380,14 +378,3 @@ class StepCapture:
         row = (info.name, phase, module, tuple(inputs), tuple(outputs), attrs or None, source)
         self._ops.append(_new(OpRow, row))
         self._host_ns.append(elapsed)
-
-    @staticmethod
-    def _source() -> str | None:
-        """``file:line`` of the innermost caller outside torch and the recorder."""
-        frame: FrameType | None = sys._getframe(3)
-        while frame is not None:
-            path = frame.f_code.co_filename
-            if not (path.startswith(_TORCH_DIR) or path.startswith(_HERE) or path.startswith("<")):
-                return f"{path}:{frame.f_lineno}"
-            frame = frame.f_back
-        return None

@@ -2,7 +2,8 @@
 
 The rows are built on the training thread, once per op and once per value, so they are
 ``NamedTuple``s (a tuple's size and unpacking, fields read by name); :mod:`recorder.assemble`
-turns them into a :class:`tracefmt.records.StepRecord` on the writer thread.
+turns them into a :class:`tracefmt.records.StepRecord` on the writer thread.  :class:`OpCall`
+and :class:`CudaStart` carry what the capture learns about an op before it runs to after it ran.
 """
 
 from __future__ import annotations
@@ -12,12 +13,22 @@ from typing import Any, NamedTuple
 
 import torch
 
-from recorder.convert import DeviceEvent
+from recorder.convert import ArgTensor, DeviceEvent
+from recorder.opinfo import OpInfo
 from recorder.stats.cpu import PendingStats
 from tracefmt.dtypes import DType
+from tracefmt.manifest import ProcessGroupInfo
 from tracefmt.model import Event, Phase, Role
 
-__all__ = ["CudaTiming", "InputRef", "OpRow", "RawStep", "TensorRow"]
+__all__ = [
+    "CudaStart",
+    "CudaTiming",
+    "InputRef",
+    "OpCall",
+    "OpRow",
+    "RawStep",
+    "TensorRow",
+]
 
 #: An op's input: (graph tensor, argument position, item in a list argument or -1), the triple
 #: :meth:`tracefmt.records.GraphBuilder.add_op` takes.  A plain tuple: a step has thousands,
@@ -60,6 +71,29 @@ class OpRow(NamedTuple):
         return self._replace(attrs=other.attrs) == other
 
 
+class CudaStart(NamedTuple):
+    """The events around a CUDA op, the first one recorded, and the memory allocated before it."""
+
+    start: DeviceEvent
+    end: DeviceEvent
+    mem_before: int
+
+
+class OpCall(NamedTuple):
+    """What :meth:`recorder.capture.StepCapture._before` found out about an op, for ``_after``."""
+
+    info: OpInfo
+    phase: Phase
+    module: str
+    inputs: list[InputRef]
+    written: list[torch.Tensor]  #: the tensor arguments the op writes
+    attrs: dict[str, Any]
+    tensors: list[ArgTensor]
+    grad_of: str | None  #: for ``AccumulateGrad``: the parameter whose gradient it makes
+    source: str | None
+    cuda: CudaStart | None
+
+
 class CudaTiming(NamedTuple):
     """The device time and memory of op ``op``, read once ``end`` has completed."""
 
@@ -94,3 +128,5 @@ class RawStep:
     duration: float = float("nan")
     dropped: int = 0
     values_ready: DeviceEvent | None = None
+    #: every process group this step's communication ops used (see :mod:`recorder.collectives`)
+    process_groups: tuple[ProcessGroupInfo, ...] = ()

@@ -120,6 +120,33 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
+#: A tensor argument of an op: (tensor, argument position, item in a list argument or -1), the
+#: order of :data:`recorder.captured.InputRef`.  A plain tuple, always unpacked: an op has a few.
+ArgTensor = tuple[torch.Tensor, int, int]
+
+
+def collect_arg(a: object, pos: int, name: str, tensors: list[ArgTensor], attrs: dict[str, Any]) -> None:
+    """Sort op argument ``a`` (position ``pos``, schema name ``name``): tensors, also in a list
+    (``Tensor[]``) or a list of lists (c10d's ``Tensor[][]``, items numbered in flat order), go to
+    ``tensors``; anything else to ``attrs`` as JSON data, except script objects (a c10d
+    ProcessGroup, ReduceOp or Work: the op's ``"c10d"`` attribute says what they mean)."""
+    if isinstance(a, torch.Tensor):
+        tensors.append((a, pos, -1))
+    elif isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a):
+        for item, x in enumerate(a):
+            if isinstance(x, torch.Tensor):
+                tensors.append((x, pos, item))
+    elif isinstance(a, (list, tuple)) and a and all(isinstance(x, (list, tuple)) for x in a):
+        flat = [x for inner in a for x in inner]
+        if any(isinstance(x, torch.Tensor) for x in flat):
+            for item, x in enumerate(flat):
+                if isinstance(x, torch.Tensor):
+                    tensors.append((x, pos, item))
+        else:
+            attrs[name] = json_value(a)
+    elif not isinstance(a, torch.ScriptObject):
+        attrs[name] = json_value(a)
+
 
 def json_value(value: Any) -> Any:
     """A non-tensor op argument as JSON data (numbers, strings, lists, dicts, None).

@@ -1,10 +1,16 @@
-"""What the schema of an aten op overload tells the capture, read once per overload."""
+"""What the schema of an op overload tells the capture, read once per overload.
+
+Mostly aten ops; also the communication ops (their writes come from
+:data:`recorder.collectives.SPECS`, as their schemas mark none) and FSDP2's ``fsdp::`` copy ops.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from torch._ops import OpOverload
+
+from recorder.collectives import COMM_NAMESPACES, OTHER, SPECS, CommSpec
 
 __all__ = ["OpInfo"]
 
@@ -28,6 +34,10 @@ _UNDECLARED_WRITES = {
     "aten::miopen_batch_norm": (5, frozenset({3, 4})),
 }
 
+#: Ops that always write arguments their schema does not mark: FSDP2's all-gather copy-in writes
+#: the shard into its output buffer (argument 1) and returns views of it.
+_ALWAYS_WRITES = {"fsdp::all_gather_copy_in": frozenset({1})}
+
 
 @dataclass(frozen=True)
 class OpInfo:
@@ -41,6 +51,10 @@ class OpInfo:
     uninitialized: bool
     #: (flag argument, positions): these arguments are written too when the flag is ``True``
     written_if: tuple[int, frozenset[int]] | None = None
+    #: a communication op (``c10d``, ``_c10d_functional``): where its group, root, ... are
+    comm: CommSpec | None = None
+    #: written arguments the op does not read (not inputs: an all-gather's output buffers)
+    write_only: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, func: OpOverload) -> OpInfo:
@@ -51,6 +65,11 @@ class OpInfo:
         )
         views = tuple(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
         names = tuple(a.name for a in args)
+        comm = None
+        if func.namespace in COMM_NAMESPACES:
+            comm = SPECS.get(schema.name, OTHER)
+            written = written | comm.written
+        written = written | _ALWAYS_WRITES.get(schema.name, frozenset())
         return cls(
             f"{schema.name}.{func._overloadname}",
             names,
@@ -59,6 +78,8 @@ class OpInfo:
             views,
             schema.name in _UNINITIALIZED,
             _UNDECLARED_WRITES.get(schema.name),
+            comm,
+            comm.write_only if comm is not None else frozenset(),
         )
 
     def view_of_return(self, i: int) -> bool:

@@ -174,6 +174,11 @@ def parse_count(name: str, value: object, *, minimum: int, maximum: int | None =
     return value
 
 
+def parse_optional_count(name: str, value: object, *, minimum: int) -> int | None:
+    """An integer option of at least ``minimum``, or None (decided later)."""
+    return None if value is None else parse_count(name, value, minimum=minimum)
+
+
 def parse_seconds(name: str, value: object) -> float:
     """A positive number of seconds (``inf``: never; NaN is refused)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -221,9 +226,10 @@ class Options:
     #: Flush after this many unflushed steps or this long since the last flush, whichever first.
     flush_every_steps: int = 10
     flush_every_seconds: float = 1.0
-    #: This process's place in a distributed run (one file per rank).
-    rank: int = 0
-    world_size: int = 1
+    #: This process's place in a distributed run (one file per rank).  None: from the launcher's
+    #: ``RANK``/``WORLD_SIZE`` or the default process group (:mod:`recorder.distributed`), else 0 of 1.
+    rank: int | None = None
+    world_size: int | None = None
 
     def __post_init__(self) -> None:
         capture = parse_capture(self.capture)
@@ -243,12 +249,12 @@ class Options:
             "max_queue_bytes": parse_count("max_queue_bytes", self.max_queue_bytes, minimum=1),
             "flush_every_steps": parse_count("flush_every_steps", self.flush_every_steps, minimum=1),
             "flush_every_seconds": parse_seconds("flush_every_seconds", self.flush_every_seconds),
-            "rank": parse_count("rank", self.rank, minimum=0),
-            "world_size": parse_count("world_size", self.world_size, minimum=1),
+            "rank": parse_optional_count("rank", self.rank, minimum=0),
+            "world_size": parse_optional_count("world_size", self.world_size, minimum=1),
         }
         for name, value in parsed.items():
             object.__setattr__(self, name, value)
-        if self.rank >= self.world_size:
+        if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
             raise ValueError(f"record(rank={self.rank}) must be below world_size={self.world_size}.")
 
     @property
@@ -283,5 +289,5 @@ class RecordOptions(TypedDict, total=False):
     max_queue_bytes: int
     flush_every_steps: int
     flush_every_seconds: float
-    rank: int
-    world_size: int
+    rank: int | None
+    world_size: int | None

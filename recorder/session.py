@@ -32,6 +32,7 @@ import torch
 
 from recorder.capture import StepCapture
 from recorder.captured import RawStep
+from recorder.distributed import Located, ManifestKeeper, locate
 from recorder.options import Options, RecordOptions
 from recorder.pipeline import BackgroundWriter, Sink
 from recorder.schedule import Action, Schedule
@@ -50,13 +51,14 @@ ScheduleLike = Schedule | Callable[[int], "Action | bool"]
 
 def _open_trace_writer(
     path: str | os.PathLike[str],
+    located: Located,
     options: Options,
     *,
-    run_id: str | None,
     overwrite: bool,
     values_filter: str,
     provenance_extra: Mapping[str, str],
 ) -> tuple[Sink, str]:
+    """This rank's writer; it replaces (with ``overwrite``) only this rank's own file."""
     try:
         from tracefmt.writer import TraceWriter, rank_file_path
     except ImportError as e:
@@ -67,13 +69,17 @@ def _open_trace_writer(
         ) from e
     run_dir = Path(path)
     run_dir.mkdir(parents=True, exist_ok=True)
-    file = rank_file_path(run_dir, options.rank)
-    extra = {"torch": torch.__version__, "recorder": "recorder", **provenance_extra}
+    place = located.placement
+    file = rank_file_path(run_dir, place.rank)
+    extra: dict[str, Any] = {"torch": torch.__version__, "recorder": "recorder", **provenance_extra}
+    distributed = located.provenance()
+    if distributed is not None:
+        extra["distributed"] = distributed
     writer = TraceWriter(
         file,
-        run_id=run_id,
-        rank=options.rank,
-        world_size=options.world_size,
+        run_id=located.run_id.run_id,
+        rank=place.rank,
+        world_size=place.world_size,
         values_filter=values_filter,
         hist_bins=options.hist_bins,
         provenance_extra=extra,
@@ -117,7 +123,15 @@ class Recorder:
         self._writer: BackgroundWriter | None = None
         self._stopped = False
         self._warned_compile = False
+        self._manifest: ManifestKeeper | None = None
+        #: Where this process stands in the run and the run id (set when a run directory is opened).
+        self.located: Located | None = None
         self.recorded_steps: list[int] = []
+
+    @property
+    def run_id(self) -> str | None:
+        """The run id every rank's file carries (None until the ``with`` block opens a run dir)."""
+        return None if self.located is None else self.located.run_id.run_id
 
     @property
     def dropped(self) -> int:
@@ -139,10 +153,15 @@ class Recorder:
             if self._sink is None:
                 if self._path is None:
                     raise ValueError("record() needs a path or a sink= to write steps to.")
+                o = self.options
+                self.located = locate(run_id=self._run_id, rank=o.rank, world_size=o.world_size)
+                if self.located.placement.rank == 0:
+                    self._manifest = ManifestKeeper(self._path, self.located)
+                    self._manifest.check_free(overwrite=self._overwrite)
                 self._sink, target = _open_trace_writer(
                     self._path,
+                    self.located,
                     self.options,
-                    run_id=self._run_id,
                     overwrite=self._overwrite,
                     values_filter=self._values_filter,
                     provenance_extra=self._provenance_extra,
@@ -161,6 +180,8 @@ class Recorder:
             )
             stack.callback(self._release)
             stack.callback(self._writer.close)
+            if self._manifest is not None:
+                self._manifest.write()
             if self._model is not None:
                 self._names.add_root(self._model)
             if self.options.stats:
@@ -240,6 +261,8 @@ class Recorder:
         if self._step_stack is not None:
             self._step_stack.close()
         raw = capture.finish()
+        if self._manifest is not None:
+            self._manifest.note_groups(raw.process_groups)
         if not self._warned_compile and any(e.kind == "compile_bypassed" for e in raw.events):
             self._warned_compile = True
             warnings.warn(
@@ -289,7 +312,17 @@ def record(
       ``rec.flush()`` and the end of the block lose nothing.  A flush costs the writer thread a
       few ms (mostly waiting for the disk), never the training thread.  Pass
       ``flush_every_steps=1`` to keep every step the moment it is written.
-    * ``rank`` / ``world_size``: this process's place in a distributed run (one file per rank).
+    * ``rank`` / ``world_size``: this process's place in a distributed run (one file per rank);
+      unset, they come from the launcher (``RANK``, ``WORLD_SIZE``: torchrun sets them) or the
+      initialised default process group, else 0 and 1.
+
+    Under ``torchrun`` every rank writes ``path/rank-{rank:05d}.tft.h5`` with the same run id:
+    ``run_id``, else ``TORCHELASTIC_RUN_ID``, else one agreed through the default process
+    group's c10d store (so call ``init_process_group`` before ``record()``), else a new one.
+    Each file's provenance holds a ``"distributed"`` object (rank, world and local sizes, node
+    rank, host, pid, backend, where the run id came from); global rank 0 also writes
+    ``path/run.json`` (:class:`tracefmt.RunManifest`: the expected ranks and the process groups
+    seen).  ``overwrite`` lets each rank replace only its own file (rank 0 also the manifest).
     """
     if path is None and sink is None:
         raise ValueError(

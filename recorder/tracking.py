@@ -15,9 +15,12 @@ other for the rest (data movement, gradient clipping, GradScaler, LR schedulers,
 from __future__ import annotations
 
 import bisect
+import os
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from types import FrameType
 from typing import Any
 
 import torch
@@ -32,13 +35,37 @@ from tracefmt.model import Phase, Role
 
 ACCUMULATE_GRAD_SEQ = 2**64 - 1
 
-__all__ = ["Names", "PhaseTracker"]
+__all__ = ["Names", "PhaseTracker", "source_location"]
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+
+
+def source_location() -> str | None:
+    """``file:line`` of the innermost caller outside torch and the recorder (``<...>`` frames,
+    such as dynamo's, skipped too)."""
+    frame: FrameType | None = sys._getframe(4)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not (path.startswith(_TORCH_DIR) or path.startswith(_HERE) or path.startswith("<")):
+            return f"{path}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The module a ``torch.compile`` wrapper (``OptimizedModule``) stands for."""
-    inner = getattr(module, "_orig_mod", None)
-    return inner if isinstance(inner, torch.nn.Module) else module
+    """The module a wrapper stands for: a ``torch.compile`` wrapper (``OptimizedModule``) or
+    ``DistributedDataParallel``, in any nesting, so parameters are named as in the user's model
+    (``0.weight``, not ``module.0.weight``)."""
+    while True:
+        inner = getattr(module, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module) and isinstance(
+            module, torch.nn.parallel.DistributedDataParallel
+        ):
+            inner = module.module
+        if not isinstance(inner, torch.nn.Module):
+            return module
+        module = inner
 
 
 def is_compiled_module(module: torch.nn.Module) -> bool:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,20 +50,27 @@ def run(
     *,
     name: str,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    world: Distributed | None = None,
 ) -> dict[str, Any]:
     """Train ``args.steps`` steps, recording them unless ``--off``; returns a timing summary.
 
     ``scheduler`` is stepped after the optimizer, and its learning rate recorded as a scalar.
+    ``wrap`` (e.g. ``DistributedDataParallel``) is applied to ``model`` inside the recording, so
+    its construction (DDP's parameter broadcast) is part of step 0; the recorder names
+    parameters and modules from the unwrapped ``model``.  ``world``: this rank under torchrun
+    (only rank 0 prints).
     """
     console = Console(stderr=True, quiet=args.quiet)
     times: list[float] = []
     with _maybe_record(args, model) as rec, _progress(console) as progress:
+        trained = model if wrap is None else wrap(model)
         task = progress.add_task(name, total=args.steps, loss=float("nan"))
         for step in range(args.steps):
             t0 = time.perf_counter()
             batch = batches(step)
-            model.train()
-            loss = loss_fn(model, batch)
+            trained.train()
+            loss = loss_fn(trained, batch)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -82,6 +92,10 @@ def run(
         "mean_step_ms": round(1000 * sum(steady) / len(steady), 3),
         "final_loss": round(float(loss.detach()), 5),
     }
+    if world is not None:
+        summary["world_size"] = world.world_size
+        if world.rank != 0:
+            return summary
     if args.json:
         print(json.dumps(summary))
     else:
@@ -121,6 +135,48 @@ def _progress(console: Console) -> Progress:
         transient=False,
         disable=console.quiet,
     )
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's rank in a ``torchrun`` job and the device it trains on."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+def init_distributed(args: argparse.Namespace) -> Distributed:
+    """``init_process_group`` for ``--ddp`` (gloo on CPU, nccl on CUDA, one GPU per local rank).
+
+    Called before ``recorder.record()``, so the ranks agree on one run id through the process
+    group's store.  Ranks other than 0 run quietly: no progress bar, no warnings.
+    """
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise SystemExit(
+            "--ddp runs under torchrun, e.g. `torchrun --standalone --nproc_per_node=2 -m "
+            "recorder.examples.gpt --ddp`; RANK and WORLD_SIZE are not set."
+        )
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if rank != 0:
+        args.quiet = True
+        warnings.simplefilter("ignore")
+    return Distributed(rank, dist.get_world_size(), device)
+
+
+def finish_distributed() -> None:
+    """Leave the process group (after the recorder has closed its files)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def setup(args: argparse.Namespace) -> torch.device:

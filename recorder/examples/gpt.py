@@ -2,6 +2,10 @@
 
 ``python -m recorder.examples.gpt --steps 20 --out runs/demo``
 
+Data parallel, every rank recording into one run directory::
+
+    torchrun --standalone --nproc_per_node=2 -m recorder.examples.gpt --ddp --out runs/ddp
+
 The model follows nanoGPT (token and position embeddings, pre-norm blocks of causal self-attention
 and an MLP, a weight-tied head) at a size that runs a step in tens of milliseconds on 2 CPU cores.
 The text comes from a small seeded grammar, so the example needs no download and is the same
@@ -20,7 +24,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recorder.examples._common import Batch, parser, run, setup
+from recorder.examples._common import (
+    Batch,
+    finish_distributed,
+    init_distributed,
+    parser,
+    run,
+    setup,
+)
 
 _SUBJECTS = [
     "the recorder",
@@ -162,13 +173,25 @@ class CharData:
     """Random (input, target) windows of the encoded text."""
 
     def __init__(
-        self, text: str, block_size: int, batch_size: int, device: torch.device, seed: int = 0
+        self,
+        text: str,
+        block_size: int,
+        batch_size: int,
+        device: torch.device,
+        seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.chars = sorted(set(text))
         index = {c: i for i, c in enumerate(self.chars)}
-        self.data = torch.tensor([index[c] for c in text], dtype=torch.long)
+        data = torch.tensor([index[c] for c in text], dtype=torch.long)
+        # shard (i, n): the i-th of n contiguous pieces of the text (data parallel ranks)
+        i, n = shard
+        piece = len(data) // n
+        if not 0 <= i < n or piece <= block_size + 1:
+            raise ValueError(f"Shard {i} of {n} leaves too little text for windows of {block_size}.")
+        self.data = data[i * piece : (i + 1) * piece]
         self.block_size, self.batch_size, self.device = block_size, batch_size, device
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed + i)
 
     @property
     def vocab_size(self) -> int:
@@ -193,11 +216,16 @@ def build(
     device: str | torch.device = "cpu",
     seed: int = 0,
     foreach: bool | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[GPT, torch.optim.Optimizer, CharData]:
-    """Model, AdamW optimizer and data of the example (also used by tests and benchmarks)."""
+    """Model, AdamW optimizer and data of the example (also used by tests and benchmarks).
+
+    ``shard=(rank, world_size)``: this data-parallel rank's piece of the text; the model is the
+    same on every rank (same seed).
+    """
     torch.manual_seed(seed)
     dev = torch.device(device)
-    data = CharData(make_text(seed=seed), block, batch, dev, seed=seed)
+    data = CharData(make_text(seed=seed), block, batch, dev, seed=seed, shard=shard)
     model = GPT(GPTConfig(data.vocab_size, block, layers, heads, embd)).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1, foreach=foreach)
     return model, optimizer, data
@@ -210,19 +238,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--block", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument(
+        "--ddp",
+        action="store_true",
+        help="data parallel under torchrun (gloo on CPU, nccl on CUDA), one run dir for all ranks",
+    )
     args = p.parse_args(argv)
     device = setup(args)
-    model, optimizer, data = build(
-        layers=args.layers,
-        embd=args.embd,
-        heads=args.heads,
-        block=args.block,
-        batch=args.batch,
-        device=device,
-        seed=args.seed,
-    )
-    run(args, model, optimizer, data.batch, lambda m, b: m(b[0], b[1]), name="gpt")
+    world = init_distributed(args) if args.ddp else None
+    try:
+        model, optimizer, data = build(
+            layers=args.layers,
+            embd=args.embd,
+            heads=args.heads,
+            block=args.block,
+            batch=args.batch,
+            device=device if world is None else world.device,
+            seed=args.seed,
+            shard=(0, 1) if world is None else (world.rank, world.world_size),
+        )
+        run(
+            args,
+            model,
+            optimizer,
+            data.batch,
+            lambda m, b: m(b[0], b[1]),
+            name="gpt",
+            wrap=None if world is None else _ddp,
+            world=world,
+        )
+    finally:
+        if world is not None:
+            finish_distributed()
     return 0
+
+
+def _ddp(model: nn.Module) -> nn.Module:
+    """``DistributedDataParallel`` over ``model`` on its device (CPU: no device ids)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    ids = [device] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ def test_options_check_and_normalise_when_made_directly() -> None:
     assert Options(capture=("graph", "values")).values == ValuesSelection()  # type: ignore[arg-type]
     assert Options(flush_every_seconds=2).flush_every_seconds == 2.0
     with pytest.raises(ValueError, match="world_size"):
-        Options(rank=1)
+        Options(rank=1, world_size=1)
+    assert Options(rank=1).world_size is None  # decided when recording starts
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.rank = 3  # type: ignore[misc]
