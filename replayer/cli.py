@@ -1,7 +1,8 @@
 """The ``replayer`` command.  Thin: parse, call the library, print.
 
 A ``TraceError`` (``ReplayError`` included) becomes one line on stderr and exit code 2.
-``check`` exits 0 when every checked op matched, 1 when one did not.
+``check`` exits 0 when every checked op matched, 1 when one did not; ``ranks`` 0 when the ranks
+are consistent, 1 when it has findings.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ EXIT_MISMATCH = 1
 @click.group(cls=TraceErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(tracefmt.__version__, prog_name="replayer")
 def main() -> None:
-    """Rebuild, view, check and diff recorded training steps, without torch."""
+    """Rebuild, view, check and diff recorded training steps and compare ranks, without torch."""
 
 
 main.add_command(diff)
@@ -296,6 +297,39 @@ def view(
         served.message,
         f"serving step {step_no} at {served.url} (Ctrl-C stops)",
     )
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True))
+@click.option("--step", "step_no", type=int, default=None, help="Step number (default: every step).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--max-mismatches",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Findings kept per process group.",
+)
+def ranks(run: str, step_no: int | None, as_json: bool, max_mismatches: int) -> None:
+    """Check a run's ranks against each other: collectives matched per process group, the
+    numbers replicas should share, and per-rank step and collective time.
+
+    Exit status 0: consistent; 1: findings (a mismatch, a rank without data, replicas that differ).
+    """
+    from replayer.ranks import check_ranks
+
+    with tracefmt.open(run) as t, _progress("ranks", True) as progress:
+        report = check_ranks(t, step_no, max_mismatches=max_mismatches, progress=progress)
+    if as_json:
+        click.echo(dumps(report.to_json(), indent=1))
+    else:
+        from rich.console import Console
+
+        from replayer.ranks import render
+
+        render(report, Console())
+    if not report.consistent:
+        sys.exit(EXIT_MISMATCH)
 
 
 def _serve_until_stopped(host: str, port: int, message: str, line: str) -> None:
