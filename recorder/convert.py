@@ -151,7 +151,7 @@ def collect_arg(a: object, pos: int, name: str, tensors: list[ArgTensor], attrs:
 def json_value(value: Any) -> Any:
     """A non-tensor op argument as JSON data (numbers, strings, lists, dicts, None).
 
-    dtypes, devices, layouts and memory formats become their names; symbolic sizes their hint;
+    dtypes, devices, layouts and memory formats become their names; symbolic sizes their ``repr``;
     anything else its ``repr`` without memory addresses (``<... object at 0x7f...>`` would make
     every step's graph differ), so an attribute never needs code to read back.
     """
