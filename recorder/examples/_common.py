@@ -52,6 +52,7 @@ def run(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     world: Distributed | None = None,
+    faults: Faults | None = None,
 ) -> dict[str, Any]:
     """Train ``args.steps`` steps, recording them unless ``--off``; returns a timing summary.
 
@@ -59,7 +60,8 @@ def run(
     ``wrap`` (e.g. ``DistributedDataParallel``) is applied to ``model`` inside the recording, so
     its construction (DDP's parameter broadcast) is part of step 0; the recorder names
     parameters and modules from the unwrapped ``model``.  ``world``: this rank under torchrun
-    (only rank 0 prints).
+    (only rank 0 prints).  ``faults``: what this rank does wrong on purpose (``--extra-allreduce``,
+    ``--tamper-grad``), to see ``replayer ranks`` find it.
     """
     console = Console(stderr=True, quiet=args.quiet)
     times: list[float] = []
@@ -72,6 +74,8 @@ def run(
             trained.train()
             loss = loss_fn(trained, batch)
             loss.backward()  # type: ignore[no-untyped-call]
+            if faults is not None and world is not None:
+                faults.after_backward(step, world.rank, model)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scalars = {}
@@ -82,6 +86,8 @@ def run(
                 rec.step(loss=loss, **scalars)
             times.append(time.perf_counter() - t0)
             progress.update(task, advance=1, loss=float(loss.detach()))
+    if faults is not None and world is not None:
+        faults.after_recording(world.rank, world.device)
     steady = sorted(times[1:] or times)
     summary = {
         "example": name,
@@ -169,6 +175,95 @@ def init_distributed(args: argparse.Namespace) -> Distributed:
         args.quiet = True
         warnings.simplefilter("ignore")
     return Distributed(rank, dist.get_world_size(), device)
+
+
+def _rank_step(text: str) -> tuple[int, int]:
+    rank, sep, step = text.partition(":")
+    if not sep or not rank.isdigit() or not step.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not RANK:STEP (two integers, e.g. 1:2).")
+    return int(rank), int(step)
+
+
+def add_fault_args(p: argparse.ArgumentParser) -> None:
+    """Faults one rank injects on purpose: test and debug aids for ``replayer ranks`` (with --ddp)."""
+    g = p.add_argument_group(
+        "faults (test and debug aids, with --ddp: make the ranks disagree on purpose, to see "
+        "`replayer ranks` find it)"
+    )
+    g.add_argument(
+        "--extra-allreduce",
+        type=_rank_step,
+        metavar="RANK:STEP",
+        help="RANK issues one extra all_reduce (of 4 ones) after the backward of STEP, which must "
+        "be the last step; the other ranks issue its partner after the recording, so the job "
+        "does not hang",
+    )
+    g.add_argument(
+        "--tamper-grad",
+        type=_rank_step,
+        metavar="RANK:STEP",
+        help="RANK adds 1e-3 to the gradient of the model's last parameter after the backward of "
+        "STEP, before the optimizer step",
+    )
+    g.add_argument(
+        "--unsynced-init",
+        action="store_true",
+        help="each rank initialises its model with its own seed (seed + rank) and DDP does not "
+        "broadcast rank 0's parameters (init_sync=False)",
+    )
+
+
+@dataclass(frozen=True)
+class Faults:
+    """What one rank does wrong on purpose (see :func:`add_fault_args`)."""
+
+    extra_allreduce: tuple[int, int] | None = None
+    tamper_grad: tuple[int, int] | None = None
+    unsynced_init: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, world: Distributed) -> Faults | None:
+        """The faults asked for (``None``: none), checked against the run; ``SystemExit`` with
+        a sentence when one cannot apply."""
+        faults = cls(args.extra_allreduce, args.tamper_grad, args.unsynced_init)
+        if faults == cls():
+            return None
+        for flag, value in (
+            ("--extra-allreduce", faults.extra_allreduce),
+            ("--tamper-grad", faults.tamper_grad),
+        ):
+            if value is None:
+                continue
+            rank, step = value
+            if rank >= world.world_size or step >= args.steps:
+                raise SystemExit(
+                    f"{flag} {rank}:{step} is outside the run: ranks 0..{world.world_size - 1}, "
+                    f"steps 0..{args.steps - 1}."
+                )
+        if faults.extra_allreduce is not None and faults.extra_allreduce[1] != args.steps - 1:
+            raise SystemExit(
+                f"--extra-allreduce {faults.extra_allreduce[0]}:{faults.extra_allreduce[1]}: the "
+                f"step must be the last one ({args.steps - 1}); in an earlier step the extra "
+                "all_reduce would pair with another rank's next collective and break the job."
+            )
+        return faults
+
+    def after_backward(self, step: int, rank: int, model: torch.nn.Module) -> None:
+        """Between ``backward()`` and ``optimizer.step()`` of ``step`` on ``rank``."""
+        import torch.distributed as dist
+
+        if self.tamper_grad == (rank, step):
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            grads[-1].add_(1e-3)
+        if self.extra_allreduce == (rank, step):
+            dist.all_reduce(torch.ones(4, device=next(model.parameters()).device))
+
+    def after_recording(self, rank: int, device: torch.device) -> None:
+        """The partner of the extra all_reduce, on every other rank, outside the recording."""
+        import torch.distributed as dist
+
+        if self.extra_allreduce is not None and self.extra_allreduce[0] != rank:
+            dist.all_reduce(torch.ones(4, device=device))
 
 
 def finish_distributed() -> None:

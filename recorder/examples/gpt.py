@@ -14,6 +14,7 @@ everywhere.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import sys
@@ -26,6 +27,8 @@ from torch.nn import functional as F
 
 from recorder.examples._common import (
     Batch,
+    Faults,
+    add_fault_args,
     finish_distributed,
     init_distributed,
     parser,
@@ -217,15 +220,18 @@ def build(
     seed: int = 0,
     foreach: bool | None = None,
     shard: tuple[int, int] = (0, 1),
+    init_seed: int | None = None,
 ) -> tuple[GPT, torch.optim.Optimizer, CharData]:
     """Model, AdamW optimizer and data of the example (also used by tests and benchmarks).
 
     ``shard=(rank, world_size)``: this data-parallel rank's piece of the text; the model is the
-    same on every rank (same seed).
+    same on every rank (same seed) unless ``init_seed`` gives its initialisation a seed of its own.
     """
     torch.manual_seed(seed)
     dev = torch.device(device)
     data = CharData(make_text(seed=seed), block, batch, dev, seed=seed, shard=shard)
+    if init_seed is not None:
+        torch.manual_seed(init_seed)
     model = GPT(GPTConfig(data.vocab_size, block, layers, heads, embd)).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1, foreach=foreach)
     return model, optimizer, data
@@ -243,10 +249,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="data parallel under torchrun (gloo on CPU, nccl on CUDA), one run dir for all ranks",
     )
+    add_fault_args(p)
     args = p.parse_args(argv)
+    if not args.ddp and (args.extra_allreduce or args.tamper_grad or args.unsynced_init):
+        p.error("--extra-allreduce, --tamper-grad and --unsynced-init need --ddp.")
     device = setup(args)
     world = init_distributed(args) if args.ddp else None
     try:
+        faults = None if world is None else Faults.from_args(args, world)
+        unsynced = faults is not None and faults.unsynced_init
         model, optimizer, data = build(
             layers=args.layers,
             embd=args.embd,
@@ -256,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=device if world is None else world.device,
             seed=args.seed,
             shard=(0, 1) if world is None else (world.rank, world.world_size),
+            init_seed=args.seed + world.rank if world is not None and unsynced else None,
         )
         run(
             args,
@@ -264,8 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             data.batch,
             lambda m, b: m(b[0], b[1]),
             name="gpt",
-            wrap=None if world is None else _ddp,
+            wrap=None if world is None else functools.partial(_ddp, init_sync=not unsynced),
             world=world,
+            faults=faults,
         )
     finally:
         if world is not None:
@@ -273,13 +286,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _ddp(model: nn.Module) -> nn.Module:
-    """``DistributedDataParallel`` over ``model`` on its device (CPU: no device ids)."""
+def _ddp(model: nn.Module, *, init_sync: bool = True) -> nn.Module:
+    """``DistributedDataParallel`` over ``model`` on its device (CPU: no device ids);
+    ``init_sync=False``: no broadcast of rank 0's parameters (``--unsynced-init``; DDP has the
+    argument from torch 2.6 on)."""
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
     device = next(model.parameters()).device
     ids = [device] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    if init_sync:
+        return DistributedDataParallel(model, device_ids=ids)
+    if "init_sync" not in inspect.signature(DistributedDataParallel).parameters:
+        raise SystemExit(
+            f"--unsynced-init needs DistributedDataParallel(init_sync=False), which torch "
+            f"{torch.__version__} does not have (it came with torch 2.6)."
+        )
+    return DistributedDataParallel(model, device_ids=ids, init_sync=False)
 
 
 if __name__ == "__main__":

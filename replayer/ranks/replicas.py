@@ -139,6 +139,7 @@ def replica_values(
             parting, note = _parting(step, digests[same[0]], digests[odd[0]], load)
             notes.extend(note)
         first = names[0]
+        what = f"{kind}s differ" if len(names) > 1 else f"{kind} differs"
         findings.append(
             ValueFinding(
                 kind=kind,
@@ -152,8 +153,8 @@ def replica_values(
                 count=len(names),
                 names=tuple(names[:10]),
                 parting=parting,
-                message=f"step {step}: {len(names)} {kind}{'s' if len(names) > 1 else ''} differ "
-                f"across replicas; the first is {first!r}, on rank{'s' if len(odd) > 1 else ''} "
+                message=f"step {step}: {len(names)} {what} across replicas; the first is "
+                f"{first!r}, on rank{'s' if len(odd) > 1 else ''} "
                 f"{', '.join(map(str, odd[:8]))} against rank{'s' if len(same) > 1 else ''} "
                 f"{', '.join(map(str, same[:8]))}.",
             )

@@ -42,10 +42,12 @@ def render(report: RanksReport, console: Console) -> None:
         for rank, n in shown.items():
             if n > MAX_STEPS_PER_RANK:
                 console.print(f"  ... and {n - MAX_STEPS_PER_RANK} more steps of rank {rank}")
+    # with a rank lacking data, collectives are matched across the ranks that have it
+    every = "every rank with data" if report.no_data else "every rank"
     for g in report.groups:
         head = (
             f"\n[bold]group {escape(g.group)}[/] (ranks {_ranks(g.ranks)}): "
-            f"{g.matched} of {g.checked} collectives matched on every rank"
+            f"{g.matched} of {g.checked} collectives matched on {every}"
         )
         console.print(head)
         for m in g.mismatches:
