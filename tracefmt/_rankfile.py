@@ -6,6 +6,11 @@ It reads the root attributes and opens the datasets through the primitives the v
 chunk).  It owns the interned strings, finding a step in the step index, the graphs (decoded once
 by :mod:`tracefmt._graphdecode`) and a step's rows (decoded by :mod:`tracefmt._decode`).  What the
 ranks of a run have to do with each other is :mod:`tracefmt.reader`'s business.
+
+The files of a run share an :class:`~tracefmt._openfiles.OpenFiles` budget: past it, the least
+recently read file is closed (its header stays parsed, its caches are dropped) and opened again,
+its datasets checked as they are first read, when it is next read.  A file opened again shows the
+steps it showed before, until :meth:`RankFile.refresh`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from tracefmt import _layout as L
@@ -20,6 +26,7 @@ from tracefmt import _primitives as P
 from tracefmt._decode import Step, StepRows, StepSummary, decode_step, decode_summaries
 from tracefmt._graphdecode import GraphData, decode_graph
 from tracefmt._h5open import H5_ERRORS, open_swmr
+from tracefmt._openfiles import OpenFiles
 from tracefmt._primitives import require
 from tracefmt._tableread import DatasetSize, TableReader
 from tracefmt.dtypes import DTYPE_INFO, fingerprint, heap_name, logical_view
@@ -28,33 +35,96 @@ from tracefmt.filters import ensure_readable
 from tracefmt.model import TensorMeta
 from tracefmt.rankinfo import parse_distributed
 
-__all__ = ["DatasetSize", "RankFile"]
+__all__ = ["DatasetSize", "OpenFiles", "RankFile"]
+
+
+def _open_file(path: Path) -> h5py.File:
+    where = str(path)
+    try:
+        return open_swmr(path)
+    except FileNotFoundError as e:
+        raise TraceNotFoundError(f"No trace file at {where!r}.") from e
+    except H5_ERRORS as e:  # OSError mostly; RuntimeError for a damaged superblock
+        raise TraceFormatError(f"{where!r} is not a readable HDF5 file: {e}") from e
+
+
+def _damaged(where: str, e: BaseException) -> TraceError:
+    return TraceCorruptError(
+        f"{where}: HDF5 cannot read the file's structure ({e}); the file is damaged."
+    )
 
 
 class RankFile:
-    """One open rank file, used through :class:`~tracefmt.reader.Trace`; methods return plain data."""
+    """One rank file, used through :class:`~tracefmt.reader.Trace`; methods return plain data.
 
-    def __init__(self, path: Path) -> None:
+    With ``pool``, the file is one of a run's :class:`OpenFiles` and may be closed and opened
+    again between reads; without, it stays open until :meth:`close`.
+    """
+
+    _reader: TableReader | None
+    _graph_cache: dict[int, GraphData]
+    _string_cache: dict[int, str]
+    _strings_loaded: tuple[np.ndarray, np.ndarray] | None
+
+    def __init__(self, path: Path, *, pool: OpenFiles | None = None) -> None:
         self.path = path
+        self._pool = pool
+        self._closed = False
+        self._committed: int | None = None  # steps shown after opening again (None: all)
         where = str(path)
+        f = _open_file(path)
+        self._file: h5py.File | None = f
         try:
-            self._file = open_swmr(path)
-        except FileNotFoundError as e:
-            raise TraceNotFoundError(f"No trace file at {where!r}.") from e
-        except H5_ERRORS as e:  # OSError mostly; RuntimeError for a damaged superblock
-            raise TraceFormatError(f"{where!r} is not a readable HDF5 file: {e}") from e
-        try:
-            self._init(where)
+            self._init(f, where)
         except BaseException as e:
-            self._file.close()
+            f.close()
             if isinstance(e, H5_ERRORS) and not isinstance(e, TraceError):
-                raise TraceCorruptError(
-                    f"{where}: HDF5 cannot read the file's structure ({e}); the file is damaged."
-                ) from e
+                raise _damaged(where, e) from e
             raise
+        if pool is not None:
+            pool.opened(self)
 
-    def _init(self, where: str) -> None:
-        f = self._file
+    @property
+    def _tables(self) -> TableReader:
+        """The file's tables, opening the file again if its run's budget closed it."""
+        reader = self._reader
+        if reader is None:
+            reader = self._reopen()
+        elif self._pool is not None:
+            self._pool.touch(self)
+        return reader
+
+    def _reopen(self) -> TableReader:
+        if self._closed:
+            raise TraceError(f"{str(self.path)!r} was closed; open the trace again to read it.")
+        f = _open_file(self.path)
+        try:
+            reader = TableReader(f, self.path, self._expected, self.values_filter, lazy=True)
+        except BaseException as e:
+            f.close()
+            if isinstance(e, H5_ERRORS) and not isinstance(e, TraceError):
+                raise _damaged(str(self.path), e) from e
+            raise
+        if self._committed is not None:
+            reader.committed = min(reader.committed, self._committed)
+        self._file, self._reader = f, reader
+        if self._pool is not None:
+            self._pool.opened(self)
+        return reader
+
+    def _suspend(self) -> None:
+        """Close the HDF5 file and drop the caches; the next read opens it again."""
+        if self._reader is not None:
+            self._committed = self._reader.committed
+        self._reader = None
+        if self._file is not None:
+            f, self._file = self._file, None
+            f.close()
+        self._graph_cache.clear()
+        self._string_cache.clear()
+        self._strings_loaded = None
+
+    def _init(self, f: h5py.File, where: str) -> None:
         P.refuse(P.trace_mark(f), where)
         self.version = require(P.read_version(f), where)
         P.refuse(P.unsupported(self.version), where)
@@ -67,27 +137,33 @@ class RankFile:
         self.hist_bins = require(P.read_hist_bins(f), where)
         # Datasets a later minor version added are required from that version on; in an older
         # file they are absent, or ignored (1.0: no op_attrs, every op has its graph's attrs).
-        self._tables = TableReader(
-            f, self.path, L.expected_datasets(self.hist_bins, self.version.minor), self.values_filter
-        )
-        self._graph_cache: dict[int, GraphData] = {}
-        self._string_cache: dict[int, str] = {}
-        self._strings_loaded: tuple[np.ndarray, np.ndarray] | None = None
+        self._expected = L.expected_datasets(self.hist_bins, self.version.minor)
+        self._reader = TableReader(f, self.path, self._expected, self.values_filter)
+        self._graph_cache = {}
+        self._string_cache = {}
+        self._strings_loaded = None
 
     def close(self) -> None:
-        self._file.close()
+        """Close the file for good (idempotent)."""
+        self._suspend()
+        self._closed = True
+        if self._pool is not None:
+            self._pool.closed(self)
 
     def refresh(self) -> None:
         """See steps a live writer committed since the file was opened (or last refreshed)."""
-        self._tables.refresh()
         self._strings_loaded = None
+        self._committed = None
+        if self._reader is not None:
+            self._reader.refresh()
 
     def length(self, name: str) -> int:
         """Rows of dataset ``name`` (as of opening or the last refresh)."""
         return self._tables.length(name)
 
     def _where(self, step: int | None) -> str:
-        return self._tables.where(step)
+        """The file, and the step when there is one: what an error names."""
+        return f"{self.path}" + ("" if step is None else f", step {step}")
 
     def _rows(
         self, name: str, start: int, count: int, step: int | None = None, limit: int = L.MAX_STEP_ROWS
@@ -120,6 +196,8 @@ class RankFile:
     # -- steps -----------------------------------------------------------------------------------
     def num_steps(self) -> int:
         """Steps committed when the file was opened or last refreshed."""
+        if self._reader is None and self._committed is not None and not self._closed:
+            return self._committed
         return self._tables.committed
 
     def step_rows(self) -> np.ndarray:

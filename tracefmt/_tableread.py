@@ -43,25 +43,46 @@ class TableReader:
     :attr:`committed` counts the rows of the step index when it was opened or refreshed: it comes
     first in ``expected``, and a writer flushes a step's rows before its ``steps`` row, so every
     step counted has its rows in the datasets opened after it.
+
+    ``lazy`` opens (and checks) the step index at once and each other dataset when it is first
+    read: for a file opened again after it was checked whole (a run keeps few files open).
     """
 
     committed: int
 
     def __init__(
-        self, f: h5py.File, path: Path, expected: Mapping[str, np.dtype[Any]], values_filter: str
+        self,
+        f: h5py.File,
+        path: Path,
+        expected: Mapping[str, np.dtype[Any]],
+        values_filter: str,
+        *,
+        lazy: bool = False,
     ) -> None:
         self.path = path
+        self._file = f
+        self._expected = dict(expected)
         self._values_filter = values_filter
         self._mtypes: dict[str, Any] = {}  # HDF5 memory type per dataset, for _read
         self._ds: dict[str, h5py.Dataset] = {}
-        for name, dtype in expected.items():
-            self._ds[name] = require(open_dataset(f, name, dtype), str(path))
+        for name in [L.STEPS] if lazy else expected:
+            self._open(name)
             if name == L.STEPS:
                 self.committed = self.length(name)
         self._budgets: dict[str, int | None] = {}
 
+    def _open(self, name: str) -> h5py.Dataset:
+        ds = self._ds[name] = require(
+            open_dataset(self._file, name, self._expected[name]), str(self.path)
+        )
+        return ds
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        ds = self._ds.get(name)
+        return ds if ds is not None else self._open(name)
+
     def __contains__(self, name: str) -> bool:
-        return name in self._ds
+        return name in self._expected
 
     def where(self, step: int | None) -> str:
         """The file, and the step when there is one: what an error names."""
@@ -69,7 +90,7 @@ class TableReader:
 
     def length(self, name: str) -> int:
         """Rows of ``name`` when the file was opened or last refreshed."""
-        return int(self._ds[name].shape[0])
+        return int(self._dataset(name).shape[0])
 
     def refresh(self) -> None:
         """See rows a live writer appended since the file was opened (or last refreshed).
@@ -98,10 +119,10 @@ class TableReader:
         """
         if name in self._budgets:
             return self._budgets[name]
-        ds = self._ds[name]
+        ds = self._dataset(name)
         budget: int | None = None
         if not (name in L.VALUE_HEAPS and self._values_filter not in ("none", "fletcher32")):
-            chunk = (ds.chunks or (1,))[0] * ds.dtype.itemsize
+            chunk = (ds.chunks or (1,))[0] * self._expected[name].itemsize
             stored = self._stored(name)
             budget = stored + chunk if name in L.VALUE_HEAPS else 1100 * stored + chunk
         self._budgets[name] = budget
@@ -110,7 +131,7 @@ class TableReader:
     def _stored(self, name: str) -> int:
         """Bytes ``name`` takes on disk."""
         try:
-            return int(self._ds[name].id.get_storage_size())
+            return int(self._dataset(name).id.get_storage_size())
         except H5_ERRORS as e:
             raise TraceCorruptError(
                 f"{self.path}: the storage of /{name} cannot be read ({e}); the file is damaged."
@@ -128,9 +149,9 @@ class TableReader:
                 f"are out of range (it has {n} rows)."
             )
         if count == 0:
-            return np.zeros(0, dtype=self._ds[name].dtype)
+            return np.zeros(0, dtype=self._expected[name])
         budget = self._budget(name)
-        if budget is not None and (start + count) * self._ds[name].dtype.itemsize > budget:
+        if budget is not None and (start + count) * self._expected[name].itemsize > budget:
             raise TraceFormatError(
                 f"{self.where(step)}: rows {start}..{start + count} of /{name} "
                 f"lie beyond the {budget} bytes the file stores; the file is "
@@ -154,11 +175,12 @@ class TableReader:
         """Rows ``[start, start+count)`` through h5py's low-level API, with the memory type built
         once per dataset: ``Dataset[a:b]`` rebuilds the HDF5 type of a compound dtype on every call
         (about 130 us, most of the cost of reading one row)."""
-        ds = self._ds[name]
+        ds = self._dataset(name)
+        dtype = self._expected[name]  # what open_dataset checked ds has: h5py's ds.dtype costs ~50 us
         mtype = self._mtypes.get(name)
         if mtype is None:
-            mtype = self._mtypes[name] = h5t.py_create(ds.dtype)
-        out = np.empty(count, dtype=ds.dtype)
+            mtype = self._mtypes[name] = h5t.py_create(dtype)
+        out = np.empty(count, dtype=dtype)
         fspace = ds.id.get_space()
         fspace.select_hyperslab((start,), (count,))
         ds.id.read(h5s.create_simple((count,)), fspace, out, mtype=mtype)
@@ -167,7 +189,9 @@ class TableReader:
     def sizes(self) -> list[DatasetSize]:
         """Rows, logical bytes and bytes on disk of every dataset."""
         out = []
-        for name, ds in self._ds.items():
+        for name in self._expected:
+            ds = self._dataset(name)
             rows = int(ds.shape[0])
-            out.append(DatasetSize(name, rows, rows * ds.dtype.itemsize, self._stored(name)))
+            itemsize = self._expected[name].itemsize
+            out.append(DatasetSize(name, rows, rows * itemsize, self._stored(name)))
         return out

@@ -131,11 +131,19 @@ def check_ranks(
     if not ranks.readable:
         raise ReplayError(f"No rank of {trace.path} can be read.")
     steps_of: dict[int, set[int]] = {}
-    for r in ranks.readable:
+    # With one step asked for, each rank's step is read with its step index: one visit per rank
+    # file (a run keeps only a few files open; each visit to another opens it again).
+    early: dict[int, RankDigest | TraceError] = {}
+    for i, r in enumerate(ranks.readable):
         try:
             steps_of[r] = set(trace.steps(r))
         except TraceError as e:
             ranks.whole[r] = NoData(r, None, f"rank {r}'s step index cannot be read: {e}", None)
+        else:
+            if step is not None and step in steps_of[r]:
+                early[r] = _digest(trace, step, r)
+        if step is not None and progress is not None:
+            progress(i + 1, len(ranks.readable))
     last = {r: max(s) if s else None for r, s in steps_of.items()}
     everything = sorted(set().union(*steps_of.values()))
     if step is None:
@@ -154,12 +162,13 @@ def check_ranks(
             if s not in steps_of[r]:
                 state.no_data(r, s, f"rank {r} has no data for step {s}{_last_text(last[r], s)}.")
             else:
-                try:
-                    digests[r] = digest_step(trace.step(s, r))
-                except TraceError as e:
-                    state.no_data(r, s, f"rank {r}'s step {s} cannot be read: {e}")
+                read = early[r] if step is not None else _digest(trace, s, r)
+                if isinstance(read, TraceError):
+                    state.no_data(r, s, f"rank {r}'s step {s} cannot be read: {read}")
+                else:
+                    digests[r] = read
             done += 1
-            if progress is not None:
+            if progress is not None and step is None:
                 progress(done, total)
         state.check_step(s, digests, functools.partial(_load, trace, s))
     return state.finish(str(trace.path), tuple(steps))
@@ -167,6 +176,13 @@ def check_ranks(
 
 def _load(trace: Trace, step: int, rank: int) -> Step:
     return trace.step(step, rank)
+
+
+def _digest(trace: Trace, step: int, rank: int) -> RankDigest | TraceError:
+    try:
+        return digest_step(trace.step(step, rank))
+    except TraceError as e:
+        return e
 
 
 def _span(steps: list[int]) -> str:
