@@ -7,9 +7,8 @@ are consistent, 1 when it has findings.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from replayer.errors import ReplayError
 from replayer.export.mapping import PHASES
 from tracefmt.cli import TraceErrorGroup
 from tracefmt.jsonout import dumps
+from tracefmt.progress import progress_bar
 
 EXIT_MISMATCH = 1
 
@@ -33,31 +33,6 @@ def main() -> None:
 
 
 main.add_command(diff)
-
-
-@contextlib.contextmanager
-def _progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A rich progress bar on stderr, shown for long work when stderr is a terminal."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 _step = click.option("--step", "step_no", type=int, required=True, help="Step number.")
@@ -105,7 +80,7 @@ def export(
     from replayer.export.build import export_step, save_model
 
     data_path = Path(output).with_name(Path(output).name + ".data")
-    with tracefmt.open(trace) as t, _progress("export", True) as progress:
+    with tracefmt.open(trace) as t, progress_bar("export", "ops") as progress:
         model, stats = export_step(
             t,
             step_no,
@@ -184,7 +159,7 @@ def check(
     from replayer.check.checker import check_step
 
     arrays = _parse_feeds(feeds)
-    with tracefmt.open(trace) as t, _progress("check", not as_json) as progress:
+    with tracefmt.open(trace) as t, progress_bar("check", "ops", enabled=not as_json) as progress:
         report = check_step(
             t,
             step_no,
@@ -318,7 +293,7 @@ def ranks(run: str, step_no: int | None, as_json: bool, max_mismatches: int) -> 
     """
     from replayer.ranks import check_ranks
 
-    with tracefmt.open(run) as t, _progress("ranks", True) as progress:
+    with tracefmt.open(run) as t, progress_bar("ranks", "ranks") as progress:
         report = check_ranks(t, step_no, max_mismatches=max_mismatches, progress=progress)
     if as_json:
         click.echo(dumps(report.to_json(), indent=1))

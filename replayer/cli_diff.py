@@ -6,47 +6,19 @@ Exit status: 0 when the sides are equal within tolerance, 1 when they differ, 2 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from replayer.diff.jsondata import to_json
 from replayer.diff.page import write_html
 from replayer.diff.render import render
-from replayer.diff.runs import Progress as ProgressFn
 from replayer.diff.runs import diff_sides
 from tracefmt.jsonout import dumps
+from tracefmt.progress import progress_bar
 
 __all__ = ["diff"]
 
 EXIT_EQUAL, EXIT_DIFFERENT = 0, 1
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[ProgressFn | None]:
-    """A progress bar on stderr for run diffs, when stderr is a terminal."""
-    console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
-        yield None
-        return
-    with Progress(
-        TextColumn("[bold]diff"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("steps"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("diff", total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 @click.command("diff")
@@ -108,7 +80,7 @@ def diff(
     every step the two have in common is compared and the first that differs is reported.
     Exit status 0: equal within tolerance; 1: different; 2: usage error.
     """
-    with _progress(not as_json) as progress:
+    with progress_bar("diff", "steps", enabled=not as_json) as progress:
         result = diff_sides(
             side_a,
             side_b,

@@ -266,19 +266,11 @@ def dump(path: str, step_no: int, tensor_key: str, rank: int | None, output: str
 @json_opt
 def validate(path: str, deep: bool, rank: int | None, as_json: bool) -> None:
     """Check a trace against spec/: exit 0 clean, 1 findings, 2 unreadable."""
-    from rich.progress import Progress
-
+    from tracefmt.progress import progress_bar
     from tracefmt.validate import UNREADABLE
     from tracefmt.validate import validate as run_validate
 
-    with Progress(
-        transient=True, disable=as_json or not sys.stderr.isatty(), console=Console(stderr=True)
-    ) as bar:
-        task = bar.add_task("validating", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with progress_bar("validating", enabled=not as_json) as progress:
         ranks = None if rank is None else [rank]
         findings = run_validate(path, deep=deep, progress=progress, ranks=ranks)
     if as_json:

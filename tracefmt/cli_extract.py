@@ -7,42 +7,14 @@ code 2 at the ``tracefmt`` group; bad ``--steps`` or ``--ranks`` text is a usage
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tracefmt.cli_info import human_bytes
 from tracefmt.errors import TraceError
 from tracefmt.extract import ExtractSummary, extract, parse_step_range
+from tracefmt.progress import progress_bar
 
 __all__ = ["extract_cmd"]
-
-
-@contextmanager
-def _progress() -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar over the steps copied, on stderr when it is a terminal."""
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield None
-        return
-    with Progress(
-        TextColumn("[bold]extract"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("steps"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("extract", total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 def _steps(ctx: click.Context, param: click.Parameter, value: str | None) -> range | None:
@@ -110,7 +82,7 @@ def extract_cmd(
     'tracefmt extract runs/big --steps 41207 --ranks 3 -o small', then
     'replayer diff runs/big:41207@3 small:41207@3'.
     """
-    with _progress() as progress:
+    with progress_bar("extract", "steps") as progress:
         summary = extract(run, output, steps=steps, ranks=ranks, overwrite=overwrite, progress=progress)
     click.echo(_summary_line(summary))
     for rank, why in summary.skipped.items():
