@@ -135,7 +135,7 @@ def _from_trace(run: str, steps: list[int], distributed: bool) -> dict[str, Any]
             ops.append(max(len(step.ops) for step in loaded))
             if not distributed:
                 continue
-            digests = [digest_step(step) for step in loaded]
+            digests = [digest_step(step, world_size=trace.world_size) for step in loaded]
             slowest.append(max(d.comm_ns for d in digests) / 1e9)
             fastest.append(min(d.comm_ns for d in digests) / 1e9)
             comm_ops.append(max(d.comm_ops for d in digests))

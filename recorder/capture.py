@@ -251,8 +251,6 @@ class StepCapture:
             call = self._before(func, args, kwargs)
             spec = call.info.comm or OTHER
             c10d = self._comms.describe(spec, call.info.arg_names, args, kwargs, call.attrs)
-            # a bucket all-reduce under AccumulateGrad writes the bucket, not a gradient
-            call = call._replace(grad_of=None, written=storage_holders(call.written))
         except Exception as e:
             self._fail(e)
             return func(*args, **kwargs)
@@ -313,7 +311,10 @@ class StepCapture:
                 written_pos = written_pos | extra
         written = [t for t, pos, _ in tensors if pos in written_pos] if written_pos else []
         grad_of = None
-        if node is not None and node._sequence_nr() == ACCUMULATE_GRAD_SEQ:
+        if info.comm is not None:
+            # a bucket all-reduce under AccumulateGrad writes the bucket, not a gradient
+            written = storage_holders(written)
+        elif node is not None and node._sequence_nr() == ACCUMULATE_GRAD_SEQ:
             grad_of = tracker.accumulate_grad_param(node)
         source = source_location() if self.options.source else None
         cuda = None
@@ -359,7 +360,7 @@ class StepCapture:
             previous = table.slot(o)
             is_written = id(o) in written_ids
             # A new version (written) or the same object handed back (alias): keeps its name.
-            again = previous is not None and any(t is o for t, _, _ in tensors)
+            again = previous is not None and (is_written or any(t is o for t, _, _ in tensors))
             slot = table.write(o, previous, op_index, slot_no, is_written, again, grad_of)
             outputs.append(slot.value)
             if again:
@@ -373,7 +374,7 @@ class StepCapture:
             if observe and final:
                 same = None
                 if not is_written and slot.key is not None and o.numel() > SMALL_NUMEL:
-                    same = table.same_bytes(o, [t for t, _, _ in tensors])
+                    same = table.same_bytes(o, tensors)
                 self._observe(slot.value, o, module, info.name, same)
         row = (info.name, phase, module, tuple(inputs), tuple(outputs), attrs or None, source)
         self._ops.append(_new(OpRow, row))

@@ -32,6 +32,7 @@ from tracefmt.manifest import (
     RunManifest,
     group_id,
     manifest_path,
+    rank_of_file,
     write_manifest,
 )
 
@@ -54,8 +55,6 @@ __all__ = [
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "TORCHELASTIC_RUN_ID")
 #: The value torchrun gives ``TORCHELASTIC_RUN_ID`` when no rendezvous id was chosen.
 _UNSET_RUN_ID = "none"
-#: Rank files in a run directory (``tracefmt.rank_file_path`` names them).
-RANK_FILE_GLOB = "rank-*.tft.h5"
 #: Store keys live under this prefix (inside the default group's own ``default_pg/0/`` prefix).
 STORE_PREFIX = "tracefmt/"
 _recordings = itertools.count()  # the n-th record() of this process agrees on key .../n
@@ -326,8 +325,8 @@ class ManifestKeeper:
         world = self.manifest.world_size
         stale = sorted(
             f.name
-            for f in Path(self.run_dir).glob(RANK_FILE_GLOB)
-            if (r := _file_rank(f.name)) is not None and r >= world
+            for f in Path(self.run_dir).glob("rank-*")  # nothing when the directory is new
+            if (r := rank_of_file(f)) is not None and r >= world
         )
         if stale:
             shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
@@ -361,9 +360,3 @@ class ManifestKeeper:
                 self.write()
             except TraceError as e:  # training goes on; the rank files are what matters
                 warnings.warn(f"{e} Its process groups stay as they were.", stacklevel=4)
-
-
-def _file_rank(name: str) -> int | None:
-    """The rank in a ``rank-NNNNN.tft.h5`` file name, or None for another name."""
-    digits = name.removeprefix("rank-").removesuffix(".tft.h5")
-    return int(digits) if digits.isdigit() and name != digits else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from recorder.captured import TensorRow
-from recorder.convert import TORCH_TO_DTYPE, TensorMap
+from recorder.convert import TORCH_TO_DTYPE, ArgTensor, TensorMap
 from tracefmt.model import Role
 
 __all__ = ["Slot", "TensorTable", "storage_key"]
@@ -62,7 +62,6 @@ class TensorTable:
         #: The slot of a tensor object, if it has one (the map's own method: this is per input).
         self.slot = self._objects.get
         #: The role and name given to a tensor object, if any.
-        self.named = self._named.get
 
     def name(self, t: torch.Tensor, role: Role, name: str) -> None:
         """Give ``t`` (and every value it has held in this step) a role and a name."""
@@ -130,11 +129,11 @@ class TensorTable:
                 role, name = Role.ACTIVATION, None
         return self._add(o, op, op_slot, version, role, name, key, previous)
 
-    def same_bytes(self, o: torch.Tensor, inputs: list[torch.Tensor]) -> int | None:
+    def same_bytes(self, o: torch.Tensor, inputs: list[ArgTensor]) -> int | None:
         """The value of an input whose bytes ``o`` shares exactly (``detach``, ``_unsafe_view``,
         ``alias``, a reshape of a contiguous tensor), if any."""
         ptr = o.data_ptr()
-        for t in inputs:
+        for t, _, _ in inputs:
             if (
                 t.data_ptr() == ptr
                 and t.dtype == o.dtype

@@ -166,7 +166,6 @@ class PhaseTracker:
         self.stack: list[str] = []
         self.backward_depth = 0
         self.optimizer_depth = 0
-        self.backward_calls = 0
         #: True inside an optimizer step that creates state for some parameter (its first step).
         self.fresh_optimizer_state = False
         self._bound_seq: list[int] = []
@@ -268,7 +267,6 @@ class PhaseTracker:
     @contextmanager
     def _in_backward(self) -> Iterator[None]:
         self.backward_depth += 1
-        self.backward_calls += 1
         try:
             yield
         finally:

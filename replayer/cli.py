@@ -226,10 +226,6 @@ def view(
                 "--diff A B names the sides itself (TRACE[:STEP][@RANK]); "
                 "give no TRACE, --step or --rank with it."
             )
-        from replayer.diff.runs import parse_side
-
-        for side in diff_sides:
-            parse_side(side)
         dv, served = serve_diff(
             diff_sides[0],
             diff_sides[1],

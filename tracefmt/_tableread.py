@@ -157,19 +157,22 @@ class TableReader:
                 f"lie beyond the {budget} bytes the file stores; the file is "
                 "damaged or truncated."
             )
-        pauses = REREAD_PAUSES if swmr_writer_flag(self.path) else ()
-        for pause in (*pauses, None):
+        try:
+            return self._read(name, start, count)
+        except H5_ERRORS as e:
+            error = e
+        # A read torn by a writer that holds the file (its SWMR flag is set) heals when retried;
+        # the flag is looked at only then, not before every read.
+        for pause in REREAD_PAUSES if swmr_writer_flag(self.path) else ():
+            time.sleep(pause)
             try:
                 return self._read(name, start, count)
             except H5_ERRORS as e:
-                if pause is None:
-                    raise TraceCorruptError(
-                        f"{self.where(step)}: reading rows {start}.."
-                        f"{start + count} of /{name} failed ({e}); the file "
-                        "is damaged."
-                    ) from e
-                time.sleep(pause)
-        raise AssertionError("unreachable")  # pragma: no cover
+                error = e
+        raise TraceCorruptError(
+            f"{self.where(step)}: reading rows {start}..{start + count} of /{name} failed "
+            f"({error}); the file is damaged."
+        ) from error
 
     def _read(self, name: str, start: int, count: int) -> np.ndarray:
         """Rows ``[start, start+count)`` through h5py's low-level API, with the memory type built

@@ -26,7 +26,7 @@ import fnmatch
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from tracefmt import _layout as L
 from tracefmt.errors import TraceError
 from tracefmt.manifest import RunManifest, write_manifest
 from tracefmt.model import Provenance
+from tracefmt.progress import ProgressFn
 from tracefmt.reader import Trace
 from tracefmt.reader import open as open_trace
 from tracefmt.torecord import GraphCache, step_record
@@ -245,7 +246,7 @@ def extract(
     steps: range | None = None,
     ranks: Sequence[int] | None = None,
     overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> ExtractSummary:
     """Copy ``steps`` (a range of consecutive step numbers; None: all) of ``ranks`` (None: every
     rank with a readable file; the others are in ``skipped``) of the run ``src`` (a run

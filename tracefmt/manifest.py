@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tracefmt import _layout as L
-from tracefmt._primitives import Problem, require
+from tracefmt._primitives import Problem, rank_of_name, require
 from tracefmt.errors import TraceError, UnsupportedVersionError
 from tracefmt.rankinfo import is_int
 from tracefmt.writer import _fsync_dir  # the writer makes its renames durable the same way
@@ -52,7 +52,6 @@ MANIFEST_NAME = L.RUN_MANIFEST
 #: Where a run's id came from, in the order the recorder tries them.
 RUN_ID_SOURCES = ("argument", "TORCHELASTIC_RUN_ID", "c10d_store", "generated")
 _VERSION = re.compile(r"([0-9]{1,6})\.([0-9]{1,6})")
-_GROUP_ID = re.compile(r"(.*):([0-9a-f]{8})", re.DOTALL)
 T = TypeVar("T")
 
 
@@ -334,3 +333,9 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def rank_of_file(path: str | os.PathLike[str]) -> int | None:
+    """The rank a rank file's name gives (``rank-00003.tft.h5``: 3), or None for another file:
+    the inverse of :func:`tracefmt.rank_file_path`."""
+    return rank_of_name(Path(path))

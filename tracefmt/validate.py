@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from pathlib import Path
 
 from tracefmt._primitives import rank_files, rank_of_name
 from tracefmt.errors import TraceNotFoundError
 from tracefmt.manifest import load_manifest
+from tracefmt.progress import ProgressFn
 from tracefmt.rules import RULES, Finding, Rule
 from tracefmt.rules._base import GATE_LAYOUT, GATE_TRACE
 from tracefmt.rules._context import FileContext, RunContext
@@ -43,7 +44,7 @@ def validate(
     path: str | os.PathLike[str],
     *,
     deep: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
     ranks: Collection[int] | None = None,
 ) -> list[Finding]:
     """Validate a rank file or a run directory; return every finding (empty: valid).

@@ -19,7 +19,7 @@ name for a what-if replay (implies ``chain``); the report then lists how the out
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -34,9 +34,10 @@ from replayer.errors import ReplayError
 from replayer.export.mapping import OpUnit, load_selection, map_op, value_names
 from replayer.export.ops import RefArgs, plausibility_for
 from tracefmt.model import OpNode
+from tracefmt.progress import ProgressFn
 from tracefmt.reader import Step, Trace
 
-Progress = Callable[[int, int], None]
+Progress = ProgressFn
 #: How much an input's error may grow through one op, in chain mode (generous: errors measured
 #: against a tensor's scale grow without bound through division by near-zero elements).
 CHAIN_GROWTH = 32.0

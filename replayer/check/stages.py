@@ -21,6 +21,7 @@ from replayer.check.runtime import RunError, run_ort, run_reference
 from replayer.export.mapping import OpUnit
 from replayer.export.ops import reference_for
 from tracefmt.model import TensorMeta
+from tracefmt.progress import ProgressFn
 from tracefmt.reader import Step
 
 ORT, REF, NONE = "ort", "ref", "none"
@@ -57,7 +58,7 @@ class Replay:
         names: list[str],
         use_record: Callable[[int], bool],
         record: Callable[[int], np.ndarray],
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressFn | None = None,
     ) -> None:
         self.step = step
         self.units = units

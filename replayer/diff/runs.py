@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import tracefmt
 from replayer.diff.core import diff_steps
 from replayer.diff.results import RunDiff, StepDiff, StepVerdict
 from replayer.errors import ReplayError
+from tracefmt.progress import ProgressFn
 from tracefmt.reader import Trace
 
 __all__ = ["Progress", "Side", "diff_runs", "diff_sides", "parse_side"]
 
 #: ``progress(done, total)``: called after each step of a run diff.
-Progress = Callable[[int, int], None]
+Progress = ProgressFn
 
 _SIDE = re.compile(r"^(?P<path>.+?)(?::(?P<step>\d+))?(?:@(?P<rank>\d+))?$")
 

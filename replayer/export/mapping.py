@@ -10,7 +10,7 @@ a model; :mod:`replayer.check` runs them.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -19,6 +19,7 @@ from replayer.errors import ReplayError
 from replayer.export.custom import emit_custom
 from replayer.export.ops import OpContext, Unsupported, mapper_for
 from tracefmt.model import OpNode, Phase, TensorRecord
+from tracefmt.progress import ProgressFn
 from tracefmt.reader import Step, Trace
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
 
 PHASES = ("forward", "backward", "optimizer", "other", "all")
 #: Called with (ops done, ops in all) while a step is mapped.
-Progress = Callable[[int, int], None]
+Progress = ProgressFn
 
 
 @dataclass

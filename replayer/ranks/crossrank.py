@@ -23,6 +23,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from replayer.errors import ReplayError
 from replayer.ranks.digest import CollectiveRow, RankDigest, digest_step
@@ -42,6 +43,18 @@ from tracefmt import Step, Trace, TraceError
 #: At most this many notes (malformed attributes ...) are kept; the rest are counted.
 MAX_NOTES = 50
 
+_T = TypeVar("_T")
+
+
+@dataclass(slots=True)
+class _Times:
+    """One rank's times summed over the steps checked (NaN: none measured)."""
+
+    steps: int = 0
+    seconds: float = math.nan
+    comm_seconds: float = math.nan
+    comm_ops: int = 0
+
 
 @dataclass
 class _Group:
@@ -55,13 +68,15 @@ class _Group:
     omitted: int = 0
 
     def add_mismatches(self, items: Sequence[Mismatch]) -> None:
-        room = max(0, self.cap - len(self.mismatches))
-        self.mismatches.extend(items[:room])
-        self.omitted += max(0, len(items) - room)
+        self._add(self.mismatches, items)
 
     def add_values(self, items: Sequence[ValueFinding]) -> None:
-        room = max(0, self.cap - len(self.values))
-        self.values.extend(items[:room])
+        self._add(self.values, items)
+
+    def _add(self, kept: list[_T], items: Sequence[_T]) -> None:
+        """Keep ``items`` in ``kept`` up to the cap; count the rest as omitted."""
+        room = max(0, self.cap - len(kept))
+        kept.extend(items[:room])
         self.omitted += max(0, len(items) - room)
 
     def report(self, gid: str) -> GroupReport:
@@ -89,27 +104,20 @@ class _Ranks:
 
 def _ranks(trace: Trace) -> _Ranks:
     notes: list[str] = []
-    # Trace.expected_ranks / missing_ranks / damaged_ranks come with the run manifest (format
-    # 1.2); read through getattr so an older Trace (none of them) gives 0 .. world_size - 1.
-    expected = getattr(trace, "expected_ranks", None) or tuple(range(trace.world_size))
-    problem = getattr(trace, "manifest_problem", None)
-    if problem:
-        notes.append(f"The run manifest cannot be used: {problem}")
-    elif getattr(trace, "manifest", None) is None and len(expected) > 1:
+    expected = trace.expected_ranks
+    if trace.manifest_problem:
+        notes.append(f"The run manifest cannot be used: {trace.manifest_problem}")
+    elif trace.manifest is None and len(expected) > 1:
         notes.append(
             "The run has no manifest (run.json): the expected ranks come from the rank files' "
             "world size."
         )
-    damaged: Mapping[int, str] = getattr(trace, "damaged_ranks", None) or {}
-    missing = set(getattr(trace, "missing_ranks", None) or ())
-    present = set(trace.ranks) - set(damaged)
-    missing |= {r for r in expected if r not in present and r not in damaged}
     whole: dict[int, NoData] = {}
-    for r in sorted(missing):
+    for r in trace.missing_ranks:
         whole[r] = NoData(r, None, f"rank {r} has no file in {trace.path}.", None)
-    for r, reason in sorted(damaged.items()):
+    for r, reason in trace.damaged_ranks.items():
         whole[r] = NoData(r, None, f"rank {r}'s file cannot be read: {reason}", None)
-    return _Ranks(tuple(sorted(expected)), tuple(sorted(present)), whole, notes)
+    return _Ranks(tuple(sorted(expected)), trace.ranks, whole, notes)
 
 
 def check_ranks(
@@ -180,7 +188,7 @@ def _load(trace: Trace, step: int, rank: int) -> Step:
 
 def _digest(trace: Trace, step: int, rank: int) -> RankDigest | TraceError:
     try:
-        return digest_step(trace.step(step, rank))
+        return digest_step(trace.step(step, rank), world_size=trace.world_size)
     except TraceError as e:
         return e
 
@@ -213,7 +221,7 @@ class _State:
         self.replicas: list[ValueFinding] = []
         self.notes: list[str] = list(ranks.notes)
         self.dropped_notes = 0
-        self.times: dict[int, list[float]] = defaultdict(lambda: [0, math.nan, math.nan, 0])
+        self.times: dict[int, _Times] = defaultdict(_Times)
         self.step_times: list[StepTime] = []
 
     def no_data(self, rank: int, step: int, reason: str) -> None:
@@ -272,12 +280,13 @@ class _State:
 
     def _time(self, d: RankDigest) -> None:
         t = self.times[d.rank]
-        t[0] += 1
+        t.steps += 1
         if math.isfinite(d.duration):
-            t[1] = d.duration if math.isnan(t[1]) else t[1] + d.duration
+            t.seconds = d.duration if math.isnan(t.seconds) else t.seconds + d.duration
         if d.comm_timed:
-            t[2] = d.comm_ns / 1e9 if math.isnan(t[2]) else t[2] + d.comm_ns / 1e9
-        t[3] += d.comm_ops
+            comm = d.comm_ns / 1e9
+            t.comm_seconds = comm if math.isnan(t.comm_seconds) else t.comm_seconds + comm
+        t.comm_ops += d.comm_ops
 
     def finish(self, path: str, steps: tuple[int, ...]) -> RanksReport:
         if self.dropped_notes:
@@ -291,7 +300,8 @@ class _State:
             groups=tuple(g.report(gid) for gid, g in sorted(self.groups.items())),
             replicas=tuple(self.replicas),
             times=tuple(
-                RankTime(r, int(t[0]), t[1], t[2], int(t[3])) for r, t in sorted(self.times.items())
+                RankTime(r, t.steps, t.seconds, t.comm_seconds, t.comm_ops)
+                for r, t in sorted(self.times.items())
             ),
             step_times=tuple(self.step_times),
             notes=tuple(self.notes),

@@ -4,20 +4,18 @@ hundreds of ranks holds one full step at a time.
 
 A collective is an op whose attributes carry the ``"c10d"`` key (format 1.2, written by the
 recorder for the ``c10d`` and ``_c10d_functional`` ops).  The attributes come from a file, so they
-are parsed field by field; an op whose ``"c10d"`` value is malformed is left out with a note.
+are parsed field by field (:func:`tracefmt.collective.parse_collective`); an op whose ``"c10d"``
+value is malformed is left out with a note.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 from tracefmt import Role, Step, TensorRecord
-
-#: Namespaces whose ops count as time spent in communication.
-C10D_NAMESPACES = ("c10d", "_c10d_functional")
+from tracefmt.collective import C10D_KEY, CollectiveInfo, is_c10d_op, is_wait, parse_collective
 
 #: Base op name (namespace and overload stripped) -> what the collective does.  Ops of the
 #: same type match across ranks whichever API issued them.
@@ -87,10 +85,6 @@ def collective_type(name: str) -> str:
     return COLLECTIVE_TYPES.get(base, base.strip("_"))
 
 
-def is_wait(name: str) -> bool:
-    return split_name(name)[1] == "wait_tensor"
-
-
 @dataclass(frozen=True, slots=True)
 class CollectiveRow:
     """One collective or point-to-point op of one rank's step, as the check needs it.
@@ -135,8 +129,8 @@ class RankDigest:
     """One rank's step, cut down to what the cross-rank check reads.
 
     ``params`` / ``grads`` map a name to its last version in the step (after the optimizer),
-    ``params_entry`` to its first (as the step found it); ``param_order`` is the order in which
-    parameter names first appear.  ``comm_ns`` sums the host time of the step's c10d ops
+    ``params_entry`` to its first (as the step found it), in the order in which parameter names
+    first appear.  ``comm_ns`` sums the host time of the step's c10d ops
     (``comm_timed``: how many had one).  ``last_collective`` is the index of the step's last c10d
     op (-1: none).
     """
@@ -147,60 +141,12 @@ class RankDigest:
     collectives: tuple[CollectiveRow, ...]
     params: Mapping[str, TensorPrint]
     params_entry: Mapping[str, TensorPrint]
-    param_order: tuple[str, ...]
     grads: Mapping[str, TensorPrint]
     comm_ns: int
     comm_ops: int
     comm_timed: int
     last_collective: int
     notes: tuple[str, ...]
-
-
-class _Malformed(ValueError):
-    pass
-
-
-def _int(c: Mapping[str, Any], key: str, *, optional: bool) -> int | None:
-    v = c.get(key)
-    if v is None and optional:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _Malformed(f"{key!r} is {v!r}, not an integer")
-    return v
-
-
-def _str(c: Mapping[str, Any], key: str, *, optional: bool) -> str | None:
-    v = c.get(key)
-    if v is None and optional:
-        return None
-    if not isinstance(v, str):
-        raise _Malformed(f"{key!r} is {v!r}, not a string")
-    return v
-
-
-def parse_c10d(c: object) -> dict[str, Any]:
-    """The fields of an op's ``"c10d"`` attribute that the check reads; ``ValueError`` (with the
-    reason) when one is missing or of the wrong type."""
-    if not isinstance(c, Mapping):
-        raise _Malformed("it is not an object")
-    ranks = c.get("group_ranks")
-    if not isinstance(ranks, list) or not all(
-        isinstance(r, int) and not isinstance(r, bool) for r in ranks
-    ):
-        raise _Malformed(f"'group_ranks' is {ranks!r}, not a list of integers")
-    kind = _str(c, "kind", optional=False)
-    if kind not in ("collective", "p2p"):
-        raise _Malformed(f"'kind' is {kind!r}, not 'collective' or 'p2p'")
-    return {
-        "group": _str(c, "group", optional=False),
-        "group_name": _str(c, "group_name", optional=True) or "",
-        "group_ranks": tuple(sorted(set(ranks))),
-        "kind": kind,
-        "seq": _int(c, "seq", optional=False),
-        "reduce_op": _str(c, "reduce_op", optional=True),
-        "root": _int(c, "root", optional=True),
-        "peer": _int(c, "peer", optional=True),
-    }
 
 
 def _fingerprint(t: TensorRecord) -> int | None:
@@ -211,8 +157,9 @@ def _print(t: TensorRecord) -> TensorPrint:
     return TensorPrint(_fingerprint(t), tuple(t.shape), t.dtype.label)
 
 
-def digest_step(step: Step) -> RankDigest:
-    """Cut ``step`` down to a :class:`RankDigest` (reads only what is already loaded)."""
+def digest_step(step: Step, *, world_size: int) -> RankDigest:
+    """Cut ``step`` (of a run of ``world_size`` ranks) down to a :class:`RankDigest` (reads only
+    what is already loaded)."""
     tensors = step.tensors
     rows: list[CollectiveRow] = []
     waits: dict[tuple[str, str, int], tuple[int | None, ...]] = {}
@@ -221,25 +168,24 @@ def digest_step(step: Step) -> RankDigest:
     last = -1
     for op in step.ops:
         namespace, base = split_name(op.name)
-        if namespace in C10D_NAMESPACES:
+        if is_c10d_op(op.name):
             comm_ops += 1
             last = op.index
             if op.host_ns is not None and op.host_ns >= 0:
                 comm_ns += op.host_ns
                 comm_timed += 1
-        if "c10d" not in op.attrs:
+        if C10D_KEY not in op.attrs:
             continue
-        try:
-            c = parse_c10d(op.attrs["c10d"])
-        except _Malformed as e:
+        info = parse_collective(op.attrs[C10D_KEY], world_size=world_size, rank=step.rank)
+        if not isinstance(info, CollectiveInfo):
             notes.append(
                 f"rank {step.rank}, step {step.step}: op {op.index} ({op.name}) has a "
-                f"malformed 'c10d' attribute ({e}); it was left out of the check."
+                f"malformed {C10D_KEY!r} attribute ({info.message}); it was left out of the check."
             )
             continue
         prints = tuple(_fingerprint(tensors[t]) for t in op.outputs)
-        if base == "wait_tensor":
-            waits[(c["group"], c["kind"], c["seq"])] = prints
+        if is_wait(op.name):
+            waits[(info.group, info.kind, info.seq)] = prints
             continue
         source_arg = 1 if namespace == "c10d" and base in _OUTPUT_FIRST else 0
         if op.input_args and len(op.input_args) == len(op.inputs):
@@ -262,7 +208,14 @@ def digest_step(step: Step) -> RankDigest:
                 written=sum(tensors[t].meta.numel for t in written),
                 dtypes=tuple(dtypes),
                 fingerprints=prints,
-                **c,
+                group=info.group,
+                group_name=info.group_name,
+                group_ranks=tuple(sorted(info.group_ranks)),
+                kind=info.kind,
+                seq=info.seq,
+                reduce_op=info.reduce_op,
+                root=info.root,
+                peer=info.peer,
             )
         )
     if waits:
@@ -288,7 +241,6 @@ def digest_step(step: Step) -> RankDigest:
         collectives=tuple(sorted(rows, key=lambda r: (r.group, r.kind, r.seq, r.index))),
         params=params,
         params_entry=entry,
-        param_order=tuple(entry),
         grads=grads,
         comm_ns=comm_ns,
         comm_ops=comm_ops,
@@ -305,6 +257,4 @@ def _with_wait(
     prints = waits.get((row.group, row.kind, row.seq))
     if prints is None or all(p is None for p in prints) or any(p is not None for p in row.fingerprints):
         return row
-    from dataclasses import replace
-
     return replace(row, fingerprints=prints)

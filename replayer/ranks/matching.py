@@ -68,6 +68,29 @@ def _ranks_text(ranks: Sequence[int]) -> str:
     return "ranks " + ", ".join(map(str, ranks))
 
 
+def _mismatch(
+    kind: str,
+    step: int,
+    group: str,
+    ranks: tuple[int, ...],
+    x: CollectiveRow,
+    values: tuple[tuple[int, str], ...],
+    message: str,
+) -> Mismatch:
+    """A mismatch of ``kind`` about op ``x`` (its name, module and seq)."""
+    return Mismatch(
+        kind=kind,
+        step=step,
+        group=group,
+        ranks=ranks,
+        op=x.op,
+        module=x.module,
+        seq=x.seq,
+        values=values,
+        message=message,
+    )
+
+
 def _align(
     ref: Sequence[CollectiveRow],
     other: Sequence[CollectiveRow],
@@ -121,16 +144,14 @@ def match_group(
             columns[position[id(a)]][r] = b
         for x in only_other:
             mismatches.append(
-                Mismatch(
-                    kind="extra",
-                    step=step,
-                    group=group,
-                    ranks=(r,),
-                    op=x.op,
-                    module=x.module,
-                    seq=x.seq,
-                    values=((r, x.type),),
-                    message=f"step {step}: rank {r} issued {_label(x)}, which "
+                _mismatch(
+                    "extra",
+                    step,
+                    group,
+                    (r,),
+                    x,
+                    ((r, x.type),),
+                    f"step {step}: rank {r} issued {_label(x)}, which "
                     f"{_ranks_text(like_ref)} did not issue in group {group!r}.",
                 )
             )
@@ -141,16 +162,14 @@ def match_group(
         if skipped:
             issued = sorted(col)
             mismatches.append(
-                Mismatch(
-                    kind="missing",
-                    step=step,
-                    group=group,
-                    ranks=tuple(skipped),
-                    op=reference.op,
-                    module=reference.module,
-                    seq=reference.seq,
-                    values=tuple((r, "issued" if r in col else "skipped") for r in members),
-                    message=f"step {step}: {_ranks_text(skipped)} skipped {_label(reference)} "
+                _mismatch(
+                    "missing",
+                    step,
+                    group,
+                    tuple(skipped),
+                    reference,
+                    tuple((r, "issued" if r in col else "skipped") for r in members),
+                    f"step {step}: {_ranks_text(skipped)} skipped {_label(reference)} "
                     f"in group {group!r}, which {_ranks_text(issued)} issued.",
                 )
             )
@@ -184,16 +203,14 @@ def _compare(
         size = _size_relation(row)
         if size:
             out.append(
-                Mismatch(
-                    kind="size",
-                    step=step,
-                    group=group,
-                    ranks=(r,),
-                    op=row.op,
-                    module=row.module,
-                    seq=row.seq,
-                    values=((r, size),),
-                    message=f"step {step}: rank {r}'s {_label(row)} in group {group!r}: {size}.",
+                _mismatch(
+                    "size",
+                    step,
+                    group,
+                    (r,),
+                    row,
+                    ((r, size),),
+                    f"step {step}: rank {r}'s {_label(row)} in group {group!r}: {size}.",
                 )
             )
     if len(col) < 2:
@@ -218,16 +235,14 @@ def _compare(
         same = sorted(r for r, v in values.items() if v == ref_value)
         detail = "; ".join(f"rank {r}: {values[r]}" for r in odd[:4])
         out.append(
-            Mismatch(
-                kind=kind,
-                step=step,
-                group=group,
-                ranks=tuple(odd),
-                op=row.op,
-                module=row.module,
-                seq=row.seq,
-                values=tuple(sorted(values.items())),
-                message=f"step {step}: {kind.replace('_', ' ')} of {_label(row)} in group "
+            _mismatch(
+                kind,
+                step,
+                group,
+                tuple(odd),
+                row,
+                tuple(sorted(values.items())),
+                f"step {step}: {kind.replace('_', ' ')} of {_label(row)} in group "
                 f"{group!r} differs: {detail}, where {_ranks_text(same[:4])} "
                 f"{'has' if len(same) == 1 else 'have'} {ref_value}.",
             )
@@ -265,7 +280,7 @@ def match_p2p(step: int, group: str, by_rank: Mapping[int, Sequence[CollectiveRo
     out: list[Mismatch] = []
 
     def mismatch(kind: str, x: CollectiveRow, ranks: tuple[int, ...], text: str) -> None:
-        out.append(Mismatch(kind, step, group, ranks, x.op, x.module, x.seq, ((x.rank, x.type),), text))
+        out.append(_mismatch(kind, step, group, ranks, x, ((x.rank, x.type),), text))
 
     for key in sorted(set(sends) | set(recvs)):
         src, dst = key
@@ -280,22 +295,15 @@ def match_p2p(step: int, group: str, by_rank: Mapping[int, Sequence[CollectiveRo
                     f"({_label(a)}) where rank {dst} receives {b.written} of "
                     f"{'/'.join(b.dtypes)} ({_label(b)}).",
                 )
-        for a in s[len(v) :]:
-            if dst in by_rank:
+        # The unpaired sends wait on the receiver, the unpaired receives on the sender.
+        unpaired = [(x, dst, "posted no receive for", src) for x in s[len(v) :]]
+        unpaired += [(x, src, "sent nothing for", dst) for x in v[len(s) :]]
+        for x, peer, did, owner in unpaired:
+            if peer in by_rank:
                 mismatch(
                     "missing",
-                    a,
-                    (dst,),
-                    f"step {step}: rank {dst} posted no receive for rank {src}'s {_label(a)} "
-                    f"in group {group!r}.",
-                )
-        for b in v[len(s) :]:
-            if src in by_rank:
-                mismatch(
-                    "missing",
-                    b,
-                    (src,),
-                    f"step {step}: rank {src} sent nothing for rank {dst}'s {_label(b)} "
-                    f"in group {group!r}.",
+                    x,
+                    (peer,),
+                    f"step {step}: rank {peer} {did} rank {owner}'s {_label(x)} in group {group!r}.",
                 )
     return out

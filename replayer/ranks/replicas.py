@@ -22,7 +22,7 @@ from replayer.diff.results import OpRef, StepDiff
 from replayer.ranks.digest import RankDigest, TensorPrint
 from replayer.ranks.findings import Parting, ValueFinding
 from replayer.ranks.matching import Column
-from tracefmt import Step, TraceError
+from tracefmt import OpNode, Step, TraceError
 
 #: Collectives whose result is the same on every rank of the group.
 REPLICATED_RESULTS = frozenset({"all_reduce", "broadcast", "all_gather"})
@@ -126,7 +126,9 @@ def replica_values(
         ]
     prefer = ranked[0].rank
     findings: list[ValueFinding] = []
-    checks = [("parameter", _order(ranked, lambda d: d.param_order), {d.rank: d.params for d in ranked})]
+    checks = [
+        ("parameter", _order(ranked, lambda d: d.params_entry), {d.rank: d.params for d in ranked})
+    ]
     if "all_reduce" in types:
         checks.append(("gradient", _order(ranked, lambda d: d.grads), {d.rank: d.grads for d in ranked}))
     parting: Parting | None = None
@@ -162,7 +164,7 @@ def replica_values(
     return findings, notes
 
 
-def _ref(how: str, step: int, a: int, b: int, ref: OpRef | None, message: str) -> Parting:
+def _ref(how: str, step: int, a: int, b: int, ref: OpRef | OpNode | None, message: str) -> Parting:
     if ref is None:
         return Parting(step, a, b, how, "", "", "", None, message)
     return Parting(step, a, b, how, ref.name, ref.module, ref.phase.label, ref.index, message)
@@ -174,28 +176,24 @@ def _parting(
     a, b = da.rank, db.rank
     try:
         sa, sb = load(a), load(b)
-        d = diff_steps(sa, sb)
     except TraceError as e:
         return None, [f"step {step}: ranks {a} and {b} could not be diffed: {e}"]
-    for name in da.param_order:
-        pa, pb = da.params_entry.get(name), db.params_entry.get(name)
-        if pa and pb and None not in (pa.fingerprint, pb.fingerprint) and pa != pb:
+    for name, pa in da.params_entry.items():
+        pb = db.params_entry.get(name)
+        if pb and None not in (pa.fingerprint, pb.fingerprint) and pa != pb:
             reader = next(
                 (op for op in sb.ops if any(sb.tensors[t].name == name for t in op.inputs)), None
             )
             where = f"; {reader.name} in {reader.module or '<top>'!r} reads it first" if reader else ""
-            return Parting(
-                step,
-                a,
-                b,
-                "entry",
-                reader.name if reader else "",
-                reader.module if reader else "",
-                reader.phase.label if reader else "",
-                reader.index if reader else None,
+            text = (
                 f"parameter {name!r} already differs between ranks {a} and {b} when step {step} "
-                f"starts (a different initialisation, or an earlier step parted them){where}.",
-            ), []
+                f"starts (a different initialisation, or an earlier step parted them){where}."
+            )
+            return _ref("entry", step, a, b, reader, text), []
+    try:
+        d = diff_steps(sa, sb)
+    except TraceError as e:
+        return None, [f"step {step}: ranks {a} and {b} could not be diffed: {e}"]
     return _after_collectives(step, a, b, d, da.last_collective, db.last_collective), []
 
 

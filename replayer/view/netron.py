@@ -290,9 +290,8 @@ def prepare_diff(
     from replayer.diff.core import divergent_ops
     from replayer.diff.runs import diff_sides, parse_side
 
-    sb = parse_side(side_b)
-    parse_side(side_a)
-    result = diff_sides(side_a, side_b, rtol=rtol, atol=atol, values=values)
+    sa, sb = parse_side(side_a), parse_side(side_b)
+    result = diff_sides(sa, sb, rtol=rtol, atol=atol, values=values)
     d = result.diff if isinstance(result, RunDiff) else result
     if d is None:  # only a run diff with no common step has no step diff
         if not isinstance(result, RunDiff):

@@ -12,10 +12,7 @@ attributes) without launching anything.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +25,11 @@ import tracefmt
 from recorder.capture import StepCapture
 from recorder.options import Options
 from recorder.tracking import Names
+from tests.torchrun import torchrun
 from tracefmt import group_id
 from tracefmt.dtypes import fingerprint
 from tracefmt.model import OpNode, Phase
 
-REPO = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("_collectives_child.py")
 WORLD = group_id("0", [0, 1])
 
@@ -43,20 +40,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def _torchrun(scenario: str, out: Path) -> Path:
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    if torchrun is None:
-        pytest.skip("torchrun is not installed beside this Python")
     run = out / scenario
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "MASTER_ADDR": "127.0.0.1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
-    }
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(CHILD), scenario, str(run)]
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+        proc = torchrun([str(CHILD), scenario, str(run)])
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"torchrun {scenario} hung; stderr:\n{str(e.stderr)[-3000:]}")
     assert proc.returncode == 0, f"torchrun {scenario} failed:\n{proc.stderr[-4000:]}"

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,11 +37,11 @@ from recorder.distributed import (
 )
 from recorder.examples import gpt
 from tests.recorder._util import mlp
+from tests.torchrun import torchrun
 from tracefmt import ProcessGroupInfo, group_id
 from tracefmt.errors import TraceError
 from tracefmt.validate import validate
 
-REPO = Path(__file__).resolve().parents[2]
 TORCHRUN_ENV = {
     "GROUP_RANK": "0",
     "LOCAL_RANK": "1",
@@ -306,22 +304,6 @@ def test_the_ddp_example_outside_torchrun_says_how_to_launch_it(
 
 
 # -- under torchrun --------------------------------------------------------------------------
-def _torchrun(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "MASTER_ADDR": "127.0.0.1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
-    }
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    return subprocess.run(
-        [*cmd, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
 def _rank_provenance(run: Path, rank: int) -> dict[str, object]:
     with tracefmt.open(tracefmt.rank_file_path(run, rank)) as trace:
         distributed = trace.provenance.extra["distributed"]
@@ -334,7 +316,7 @@ def test_torchrun_ddp_example_records_every_rank_into_one_run(tmp_path: Path) ->
     run = tmp_path / "run"
     small = ["--layers", "1", "--embd", "16", "--heads", "2", "--block", "16", "--batch", "4"]
     args = ["-m", "recorder.examples.gpt", "--ddp", "--steps", "3", "--out", str(run), *small]
-    done = _torchrun([*args, "--quiet", "--json"], timeout=150)
+    done = torchrun([*args, "--quiet", "--json"], timeout=150)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])  # rank 0 alone prints it
     assert (summary["world_size"], summary["recorded"]) == (2, True)
@@ -369,7 +351,7 @@ def test_torchrun_ddp_example_records_every_rank_into_one_run(tmp_path: Path) ->
 @needs_gloo
 def test_a_rank_killed_mid_run_leaves_every_flushed_step_readable(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    done = _torchrun(["-m", "tests.recorder._ddp_child", str(run), "1", "3"], timeout=150)
+    done = torchrun(["-m", "tests.recorder._ddp_child", str(run), "1", "3"], timeout=150)
     assert done.returncode != 0  # torchrun reports the lost rank
     printed: dict[int, list[int]] = {0: [], 1: []}
     for rank, step in re.findall(r"rank (\d) step (\d+)", done.stdout):

@@ -34,7 +34,7 @@ def _decoded(ctx: FileContext, sid: int, cache: dict[int, Any]) -> Any:
         text = ctx.string(sid)
         try:
             cache[sid] = None if text is None else decode_attrs(text)
-        except (ValueError, RecursionError):
+        except ValueError:
             cache[sid] = None  # TF-OP-003, TF-OVERRIDE-003
     return cache[sid]
 

@@ -210,7 +210,7 @@ def op_attrs(ctx: FileContext) -> Iterator[Issue]:
                 continue  # none, or a broken string (TF-STR-001, TF-STR-002)
             try:
                 decode_attrs(text)
-            except (ValueError, RecursionError) as e:
+            except ValueError as e:
                 yield Issue(
                     ctx.loc(L.OPS, op0 + i),
                     f"Op {i}'s attributes are not a JSON object in the tracefmt encoding: {e}.",

@@ -129,7 +129,7 @@ def override_values(ctx: FileContext) -> Iterator[Issue]:
             continue  # none, or a broken string (TF-STR-001, TF-STR-002)
         try:
             decode_attrs(text)
-        except (ValueError, RecursionError) as e:
+        except ValueError as e:
             yield Issue(
                 ctx.loc(L.OP_ATTRS, row, step),
                 f"The step's attributes of op {op} are not a JSON object in the tracefmt encoding: {e}.",

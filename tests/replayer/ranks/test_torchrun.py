@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ import tracefmt
 from recorder.examples import gpt
 from recorder.examples._common import Distributed, Faults
 from replayer.cli import main
+from tests.torchrun import torchrun
 from tracefmt import Role, Step
 from tracefmt.validate import validate
 
@@ -46,27 +44,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "MASTER_ADDR": "127.0.0.1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
-    }
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    return subprocess.run(
-        [*cmd, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT
-    )
-
-
 def _gpt(tmp: pytest.TempPathFactory, *faults: str) -> Path:
     """3 recorded DDP steps of the GPT example, with ``faults`` (the example's flags)."""
     run = tmp.mktemp("torchrun") / "run"
     args = ["-m", "recorder.examples.gpt", "--ddp", "--steps", "3", "--out", str(run), *SMALL]
-    done = _torchrun([*args, "--quiet", *faults])
+    done = torchrun([*args, "--quiet", *faults], TIMEOUT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return run
 
@@ -275,7 +257,7 @@ KILL_STEP = 2
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, list[int]]]:
     run = tmp_path_factory.mktemp("torchrun") / "run"
-    done = _torchrun(["-m", "tests.replayer.ranks._killed_child", str(run), "1", str(KILL_STEP)])
+    done = torchrun(["-m", "tests.replayer.ranks._killed_child", str(run), "1", str(KILL_STEP)], TIMEOUT)
     assert done.returncode != 0  # torchrun reports the lost rank
     printed: dict[int, list[int]] = {0: [], 1: []}
     for rank, step in re.findall(r"rank (\d) step (\d+)", done.stdout):
@@ -322,7 +304,9 @@ def test_a_killed_rank_is_reported_with_its_last_committed_step(
 def fsdp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("torchrun") / "run"
     run.mkdir()
-    done = _torchrun([str(REPO / "tests" / "recorder" / "_collectives_child.py"), "fsdp", str(run)])
+    done = torchrun(
+        [str(REPO / "tests" / "recorder" / "_collectives_child.py"), "fsdp", str(run)], TIMEOUT
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return run
 
