@@ -144,4 +144,5 @@ def build_record(raw: RawStep, graphs: GraphCache | None = None) -> StepRecord:
         wall_time=raw.wall_time,
         duration=raw.duration,
         dropped=raw.dropped,
+        op_starts=raw.host_start_ns or None,
     )

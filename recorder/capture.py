@@ -83,6 +83,7 @@ class StepCapture:
         self._comms = CommTracker()
         self._ops: list[OpRow] = []
         self._host_ns: list[int] = []
+        self._host_start_ns: list[int] = []  # after _t0_ns, along _host_ns
         self._cuda_times: list[CudaTiming] = []
         self._events: list[Event] = []
         self._values: dict[int, torch.Tensor] = {}
@@ -91,7 +92,8 @@ class StepCapture:
         self._stats = StatsCollector(hist_bins=options.hist_bins) if options.stats else None
         self._failed = False
         self._compiled_seen = False
-        self._t0 = time.perf_counter()
+        # the step's start: ops' starts and the duration count from it, on one clock
+        self._t0_ns = time.perf_counter_ns()
         self._wall = time.time()
 
     # -- naming -----------------------------------------------------------------------------
@@ -140,7 +142,7 @@ class StepCapture:
     def finish(self) -> RawStep:
         """End the capture: launch batched statistics and return the step; drops every reference
         this capture held to the step's tensors (their copies travel in the result)."""
-        duration = time.perf_counter() - self._t0
+        duration = (time.perf_counter_ns() - self._t0_ns) / 1e9  # after every op's end
         table = self._table
         selection = self.options.values
         for index, module, op in self._tentative:
@@ -167,6 +169,7 @@ class StepCapture:
             duration=duration,
             values_ready=ready,
             process_groups=self._comms.process_groups,
+            host_start_ns=self._host_start_ns,
         )
         self._table = TensorTable()
         self._values = {}
@@ -237,7 +240,7 @@ class StepCapture:
         out = func(*args, **kwargs)
         elapsed = time.perf_counter_ns() - t0
         try:
-            self._after(call, out, elapsed)
+            self._after(call, out, t0, elapsed)
         except Exception as e:
             self._fail(e)
         return out
@@ -260,7 +263,7 @@ class StepCapture:
         elapsed = time.perf_counter_ns() - t0
         try:
             self._events.extend(done.events(call.info.name, len(self._ops)))
-            self._after(call, out, elapsed, done.final)
+            self._after(call, out, t0, elapsed, done.final)
         except Exception as e:
             self._fail(e)
         return out
@@ -328,9 +331,10 @@ class StepCapture:
             OpCall, (info, phase, module, inputs, written, attrs, tensors, grad_of, source, cuda)
         )
 
-    def _after(self, call: OpCall, out: object, elapsed: int, final: bool = True) -> None:
-        """Record the op ``call`` after it ran; ``final``: its written values are final (else
-        left unmeasured: a point-to-point op, a functional collective before its wait)."""
+    def _after(self, call: OpCall, out: object, t0: int, elapsed: int, final: bool = True) -> None:
+        """Record the op ``call`` after it ran from ``t0`` (``perf_counter_ns``) for ``elapsed``
+        ns; ``final``: its written values are final (else left unmeasured: a point-to-point op,
+        a functional collective before its wait)."""
         # Unpacked at once (mypy checks each field's type): cheaper than ten attribute reads.
         info, phase, module, inputs, written, attrs, tensors, grad_of, source, cuda = call
         op_index = len(self._ops)
@@ -379,3 +383,4 @@ class StepCapture:
         row = (info.name, phase, module, tuple(inputs), tuple(outputs), attrs or None, source)
         self._ops.append(_new(OpRow, row))
         self._host_ns.append(elapsed)
+        self._host_start_ns.append(t0 - self._t0_ns)

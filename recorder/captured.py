@@ -110,7 +110,7 @@ class RawStep:
     Built on the training thread; turned into a record on the writer thread, so graph building
     stays off the training path.  It holds tensors only as value copies and 0-d results.
     ``roles`` and ``names`` run along ``tensors`` (a tensor's name may come after its row), and
-    ``host_ns`` along ``ops``.
+    ``host_ns`` and ``host_start_ns`` along ``ops``.
     """
 
     step: int
@@ -130,3 +130,7 @@ class RawStep:
     values_ready: DeviceEvent | None = None
     #: every process group this step's communication ops used (see :mod:`recorder.collectives`)
     process_groups: tuple[ProcessGroupInfo, ...] = ()
+    #: when each op started on the host, in ns after the step's start (the instant ``wall_time``
+    #: records and ``duration`` is measured from, on the same monotonic clock), -1 where not
+    #: measured; empty: no op's start was measured (format 1.3, ``op_starts``)
+    host_start_ns: list[int] = field(default_factory=list)

@@ -281,16 +281,31 @@ def view(
     show_default=True,
     help="Findings kept per process group.",
 )
-def ranks(run: str, step_no: int | None, as_json: bool, max_mismatches: int) -> None:
+@click.option(
+    "--max-arrivals",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Collectives kept per process group with each rank's arrival time (--json).",
+)
+def ranks(run: str, step_no: int | None, as_json: bool, max_mismatches: int, max_arrivals: int) -> None:
     """Check a run's ranks against each other: collectives matched per process group, the
-    numbers replicas should share, and per-rank step and collective time.
+    numbers replicas should share, per-rank step and collective time, and (traces of format 1.3)
+    which rank arrived last at each step's collectives, the others waiting for it.  Arrival times
+    are host times after each rank's own step start: clocks of different hosts are not compared.
 
     Exit status 0: consistent; 1: findings (a mismatch, a rank without data, replicas that differ).
     """
     from replayer.ranks import check_ranks
 
     with tracefmt.open(run) as t, progress_bar("ranks", "ranks") as progress:
-        report = check_ranks(t, step_no, max_mismatches=max_mismatches, progress=progress)
+        report = check_ranks(
+            t,
+            step_no,
+            max_mismatches=max_mismatches,
+            max_arrivals=max_arrivals,
+            progress=progress,
+        )
     if as_json:
         click.echo(dumps(report.to_json(), indent=1))
     else:

@@ -137,6 +137,8 @@ def assert_step_matches(step: Step, record: StepRecord, *, load_values: bool = T
         for field in ("host_ns", "device_ns", "mem_bytes"):
             want = None if timing is None or int(timing[i][field]) < 0 else int(timing[i][field])
             assert getattr(op, field) == want, f"{w}: {field}"
+        start = None if record.op_starts is None else int(record.op_starts[i])
+        assert op.host_start_ns == (None if start is None or start < 0 else start), f"{w}: start"
     stats = record.stats if record.stats is not None and g.num_tensors else None
     for i, (t, tspec) in enumerate(zip(step.tensors, g.tensors, strict=True)):
         w = f"{where}, tensor {i}"

@@ -88,9 +88,10 @@ class Step:
 class StepRows:
     """The rows of one step: its row of the step index, and its rows of each per-step table.
 
-    ``tables`` maps each table of :data:`~tracefmt._layout.STEP_RANGES` and
-    :data:`~tracefmt._layout.OVERRIDE_RANGES` to the step's slice of it, read and bounds-checked
-    (the override tables are empty before format 1.1: every op and tensor has the graph's values).
+    ``tables`` maps each table of :data:`~tracefmt._layout.STEP_RANGES`,
+    :data:`~tracefmt._layout.OVERRIDE_RANGES` and :data:`~tracefmt._layout.PARALLEL_TABLES` to
+    the step's slice of it, read and bounds-checked (the override tables are empty before format
+    1.1: every op and tensor has the graph's values; ``op_starts`` is empty before 1.3).
     """
 
     step: np.void
@@ -224,9 +225,11 @@ def decode_step(
 def _step_ops(
     graph: GraphData, own: dict[int, dict[str, Any]], tables: Mapping[str, np.ndarray]
 ) -> tuple[OpNode, ...]:
-    """The graph's ops with a step's own attributes ``own`` and its ``op_stats`` rows."""
+    """The graph's ops with a step's own attributes ``own``, its ``op_stats`` rows and (format
+    1.3) its ``op_starts`` rows."""
     n_ops = len(graph.ops)
     host_ns, device_ns, mem_bytes = (_timing(tables[L.OP_STATS], f, n_ops) for f in _TIMING)
+    starts = _timing(tables[L.OP_STARTS], "host_start_ns", n_ops)
     return tuple(
         OpNode(
             index=op.index,
@@ -241,8 +244,11 @@ def _step_ops(
             host_ns=host,
             device_ns=device,
             mem_bytes=mem,
+            host_start_ns=start,
         )
-        for op, host, device, mem in zip(graph.ops, host_ns, device_ns, mem_bytes, strict=True)
+        for op, host, device, mem, start in zip(
+            graph.ops, host_ns, device_ns, mem_bytes, starts, strict=True
+        )
     )
 
 
@@ -308,8 +314,8 @@ _COUNTS = ("nan", "inf", "zero")
 
 
 def _timing(rows: np.ndarray, field: str, n_ops: int) -> list[int | None]:
-    """Column ``field`` of a step's ``op_stats`` rows, None where not measured (-1) or where the
-    step has no rows."""
+    """Column ``field`` of a step's ``op_stats`` (or ``op_starts``) rows, None where not measured
+    (-1) or where the step has no rows."""
     if not len(rows):
         return [None] * n_ops
     return [None if x < 0 else x for x in rows[field].tolist()]

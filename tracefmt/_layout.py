@@ -15,7 +15,7 @@ from tracefmt.model import StatFlags
 
 FORMAT_MAGIC = "tracefmt"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 2
+FORMAT_MINOR = 3
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 RANK_FILE_PATTERN = "rank-{rank:05d}.tft.h5"
 RANK_FILE_GLOB = "rank-*.tft.h5"
@@ -63,6 +63,7 @@ SCALARS = "scalars"
 OP_ATTRS = "op_attrs"
 TENSOR_OFFSETS = "tensor_offsets"
 STEP_OVERRIDES = "step_overrides"
+OP_STARTS = "op_starts"
 DATA_GROUP = "data"
 
 STRING_INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4")])
@@ -155,6 +156,11 @@ STAT_COUNTS = StatFlags.COUNTS
 STAT_FINGERPRINT = StatFlags.FINGERPRINT
 
 OP_STATS_DTYPE = np.dtype([("host_ns", "<i8"), ("device_ns", "<i8"), ("mem_bytes", "<i8")])
+# Since 1.3, when each op started on the host, in ns after its step's start (-1: not measured).
+# Row r belongs to row r of ``op_stats`` and is read with the step's op_stats range.  A table of
+# its own, not a field of OP_STATS_DTYPE: readers check row dtypes exactly (a 1.2 reader refuses
+# an ``op_stats`` with a fourth field), and they skip a dataset they do not know.
+OP_START_DTYPE = np.dtype([("host_start_ns", "<i8")])
 
 DATA_INDEX_DTYPE = np.dtype(
     [
@@ -214,10 +220,12 @@ TABLES: dict[str, tuple[np.dtype[Any], int]] = {
     OP_ATTRS: (OP_ATTRS_DTYPE, 1024),
     TENSOR_OFFSETS: (TENSOR_OFFSET_DTYPE, 1024),
     STEP_OVERRIDES: (STEP_OVERRIDE_DTYPE, 512),
+    # The rows per chunk of op_stats, so that chunk k of each holds the same rows (16 KiB).
+    OP_STARTS: (OP_START_DTYPE, 2048),
 }
 #: The minor version that added a dataset; datasets not listed here date from 1.0.  A file of an
 #: older minor version lacks them (and a reader gives them no meaning in such a file).
-SINCE_MINOR: dict[str, int] = {OP_ATTRS: 1, TENSOR_OFFSETS: 1, STEP_OVERRIDES: 1}
+SINCE_MINOR: dict[str, int] = {OP_ATTRS: 1, TENSOR_OFFSETS: 1, STEP_OVERRIDES: 1, OP_STARTS: 3}
 # 1-D heaps of plain numbers: path -> (dtype, items per chunk).
 HEAPS: dict[str, tuple[np.dtype[Any], int]] = {
     STRINGS_BYTES: (np.dtype("u1"), 65536),
@@ -240,6 +248,9 @@ OVERRIDE_RANGES: dict[str, tuple[str, str]] = {
     OP_ATTRS: ("op_attrs_start", "op_attrs_count"),
     TENSOR_OFFSETS: ("tensor_offset_start", "tensor_offset_count"),
 }
+#: Tables parallel to a table of STEP_RANGES (format 1.3): row r of the key belongs to row r of
+#: the value, so a step's rows of the key are its range of the value.
+PARALLEL_TABLES: dict[str, str] = {OP_STARTS: OP_STATS}
 VALUE_CHUNK_BYTES = 1 << 20  # one chunk of a value heap; a power of two, so it divides most tensors
 
 #: Paths of the value heaps, one per storage dtype.
@@ -270,6 +281,7 @@ STEP_TABLES = frozenset(
         OP_ATTRS,
         TENSOR_OFFSETS,
         STEP_OVERRIDES,
+        OP_STARTS,
     }
 )
 STEP_TABLE_FILTERS: dict[str, Any] = {}

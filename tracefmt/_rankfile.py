@@ -281,15 +281,16 @@ class RankFile:
         self._graph_cache[g] = data
         return data
 
+    @staticmethod
+    def _empty(table: str) -> np.ndarray:
+        """No rows of ``table``: what a step has of a table its file's version predates."""
+        return np.zeros(0, dtype=L.TABLES[table][0])
+
     def _overrides(self, index: int, step: int, n_ops: int, n_tensors: int) -> dict[str, np.ndarray]:
         """The ``op_attrs`` and ``tensor_offsets`` rows of the step in row ``index`` of the step
         index (none before format 1.1)."""
         if L.STEP_OVERRIDES not in self._tables:
-            return {
-                table: np.zeros(0, dtype=dtype)
-                for table, (dtype, _) in L.TABLES.items()
-                if table in L.OVERRIDE_RANGES
-            }
+            return {table: self._empty(table) for table in L.OVERRIDE_RANGES}
         r = self._rows(L.STEP_OVERRIDES, index, 1, step)[0]
         limits = {L.OP_ATTRS: n_ops, L.TENSOR_OFFSETS: n_tensors}
         return {
@@ -301,7 +302,8 @@ class RankFile:
         """Load the step in row ``index`` of the step index.
 
         Its ops and tensors carry the step's attributes and storage offsets: the graph's,
-        replaced by the step's rows of ``op_attrs`` and ``tensor_offsets`` (format 1.1).
+        replaced by the step's rows of ``op_attrs`` and ``tensor_offsets`` (format 1.1), and its
+        ops their start times from ``op_starts`` (format 1.3; none in an older file).
         """
         r = self._rows(L.STEPS, index, 1)[0]
         step = int(r["step"])
@@ -318,6 +320,10 @@ class RankFile:
             for table, (start, count) in L.STEP_RANGES.items()
         }
         tables.update(self._overrides(index, step, n_ops, n_tensors))
+        for table, of in L.PARALLEL_TABLES.items():  # format 1.3: op_starts, read along op_stats
+            start, count = (int(r[field]) for field in L.STEP_RANGES[of])
+            read = count and table in self._tables  # an empty range's start means nothing
+            tables[table] = self._rows(table, start, count, step) if read else self._empty(table)
         return decode_step(
             StepRows(r, tables),
             graph,

@@ -120,6 +120,13 @@ class OpStatsRow(NamedTuple):
     mem_bytes: int
 
 
+class OpStartRow(NamedTuple):
+    """A row of ``op_starts`` (format 1.3): when the op of the same row of ``op_stats`` started on
+    the host, in ns after its step's start; -1 where not measured."""
+
+    host_start_ns: int
+
+
 # The functional form: in the class form mypy refuses a field named ``count`` (it hides
 # ``tuple.count``); in this one it types it.
 DataRow = NamedTuple(  # noqa: UP014
@@ -195,6 +202,7 @@ ROWS: dict[str, type[NamedTuple]] = {
     L.OP_ATTRS: OpAttrsRow,
     L.TENSOR_OFFSETS: TensorOffsetRow,
     L.STEP_OVERRIDES: StepOverrideRow,
+    L.OP_STARTS: OpStartRow,
 }
 
 R = TypeVar("R", bound=NamedTuple)

@@ -129,6 +129,10 @@ def ls_cmd(path: str, rank: int | None, as_json: bool, show_all: bool) -> None:
         )
 
 
+def _us(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1000:.1f}"
+
+
 def _op_json(step: Step, node: OpNode) -> dict[str, Any]:
     out = dataclasses.asdict(node)
     out["phase"] = node.phase.label
@@ -189,6 +193,7 @@ def show(
             }
         )
         return
+    starts = any(n.host_start_ns is not None for n in ops)  # format 1.3: when each op started
     table = Table(
         title=f"step {step.step}, rank {step.rank}: {len(ops)} of {len(step.ops)} ops",
         title_justify="left",
@@ -206,10 +211,10 @@ def show(
         "norm",
         "NaN/Inf",
         "us",
+        *(["start us"] if starts else []),
     ):
         table.add_column(
-            col,
-            justify="right" if col in ("#", "min", "max", "mean", "norm", "NaN/Inf", "us") else "left",
+            col, justify="left" if col in ("phase", "module", "op", "inputs", "outputs") else "right"
         )
     for n in ops:
         out = step.tensors[n.outputs[0]] if n.outputs else None
@@ -231,7 +236,8 @@ def show(
             _num(st.mean if st else None),
             _num(st.norm if st else None),
             bad,
-            "-" if n.host_ns is None else f"{n.host_ns / 1000:.1f}",
+            _us(n.host_ns),
+            *([_us(n.host_start_ns)] if starts else []),
         )
     con = _console()
     con.print(table)

@@ -148,7 +148,13 @@ class TensorRecord:
 
 @dataclass(frozen=True)
 class OpNode:
-    """One op of a step's graph, in execution order."""
+    """One op of a step's graph, in execution order.
+
+    ``host_ns``, ``device_ns`` and ``mem_bytes`` are its host time, device time and allocated
+    bytes; ``host_start_ns`` when it started on the host, in ns after its step's start (the
+    instant of the step's ``wall_time``; format 1.3).  Each is ``None`` when not measured (or not
+    in the file: a file older than 1.3 has no start times).
+    """
 
     index: int
     name: str
@@ -162,6 +168,7 @@ class OpNode:
     host_ns: int | None = None
     device_ns: int | None = None
     mem_bytes: int | None = None
+    host_start_ns: int | None = None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tracefmt._layout import OP_STATS_DTYPE, STATS_DTYPE
+from tracefmt._layout import OP_START_DTYPE, OP_STATS_DTYPE, STATS_DTYPE
 from tracefmt.attrcodec import decode_attrs, decode_json, encode_attrs, encode_json
 from tracefmt.dtypes import DTYPE_INFO, DType
 from tracefmt.model import Event, Phase, Role
@@ -318,9 +318,11 @@ class StepRecord:
     """Everything captured for one step, ready to write.
 
     ``stats`` has one row per graph tensor (``STATS_DTYPE``), ``op_stats`` one row per op
-    (``OP_STATS_DTYPE``); either may be ``None`` (nothing measured).  ``values`` maps a tensor index
-    to its full values (any array whose bytes are the tensor's C-contiguous values: the logical
-    dtype, or its raw bits).  ``histograms`` maps a tensor index to ``(lo, hi, counts)``.
+    (``OP_STATS_DTYPE``), ``op_starts`` one integer per op: when it started on the host, in ns
+    after the step's start (-1: not measured); each may be ``None`` (nothing measured).  ``values``
+    maps a tensor index to its full values (any array whose bytes are the tensor's C-contiguous
+    values: the logical dtype, or its raw bits).  ``histograms`` maps a tensor index to
+    ``(lo, hi, counts)``.
     """
 
     step: int
@@ -334,6 +336,7 @@ class StepRecord:
     wall_time: float = 0.0
     duration: float = math.nan
     dropped: int = 0
+    op_starts: np.ndarray | Sequence[int] | None = None
 
     def check(self) -> None:
         """Raise ``ValueError`` when the record does not fit its graph: table lengths, tensor and
@@ -344,10 +347,11 @@ class StepRecord:
             raise ValueError(
                 f"Step {record.step}: {len(record.stats)} stats rows for {graph.num_tensors} tensors."
             )
-        if record.op_stats is not None and len(record.op_stats) != graph.num_ops:
-            raise ValueError(
-                f"Step {record.step}: {len(record.op_stats)} op timing rows for {graph.num_ops} ops."
-            )
+        for ops in (record.op_stats, record.op_starts):
+            if ops is not None and len(ops) != graph.num_ops:
+                raise ValueError(
+                    f"Step {record.step}: {len(ops)} op timing rows for {graph.num_ops} ops."
+                )
         for tensor in [*record.values, *record.histograms]:
             if not 0 <= tensor < graph.num_tensors:
                 raise ValueError(
@@ -375,10 +379,20 @@ class StepRecord:
             if e.tensor is not None and not 0 <= e.tensor < graph.num_tensors:
                 raise ValueError(f"Step {record.step}: event {e.kind!r} names tensor {e.tensor}.")
 
+    def op_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows the writer stores in ``op_stats`` and ``op_starts``: -1 where not given."""
+        n = self.graph.num_ops
+        stats = empty_op_stats(n) if self.op_stats is None else np.asarray(self.op_stats, OP_STATS_DTYPE)
+        starts = np.full(n, -1, dtype=OP_START_DTYPE)
+        if self.op_starts is not None:
+            starts["host_start_ns"] = np.asarray(self.op_starts, dtype=np.int64)
+        return stats, starts
+
     @property
     def nbytes(self) -> int:
         """Approximate in-memory size, for bounded queues and ring buffers."""
         total = sum(int(v.nbytes) for v in self.values.values())
         total += 0 if self.stats is None else int(self.stats.nbytes)
         total += 0 if self.op_stats is None else int(self.op_stats.nbytes)
+        total += 0 if self.op_starts is None else 8 * len(self.op_starts)
         return total + 200 * (self.graph.num_ops + self.graph.num_tensors)

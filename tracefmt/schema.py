@@ -10,7 +10,7 @@ Example::
 
     >>> from tracefmt.schema import schema
     >>> schema()["format_version"]
-    '1.2'
+    '1.3'
 """
 
 from __future__ import annotations

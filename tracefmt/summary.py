@@ -33,6 +33,7 @@ KIND_OF_DATASET = {
     L.STEP_OVERRIDES: "index",
     L.STATS: "stats",
     L.OP_STATS: "stats",
+    L.OP_STARTS: "stats",
     L.HISTS: "stats",
     L.STEPS: "index",
     L.DATA_INDEX: "index",

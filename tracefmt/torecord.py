@@ -138,9 +138,15 @@ def _op_stats(step: Step) -> np.ndarray | None:
     return rows
 
 
+def _op_starts(step: Step) -> list[int] | None:
+    """Each op's host start (-1: not measured); None when no op has one."""
+    starts = [-1 if op.host_start_ns is None else op.host_start_ns for op in step.ops]
+    return starts if any(s >= 0 for s in starts) else None
+
+
 def step_record(step: Step, graphs: GraphCache | None = None) -> StepRecord:
-    """``step`` as a :class:`StepRecord`: its graph, statistics, op timings, histograms, recorded
-    values (read now), events, scalars, wall time, duration and dropped count.
+    """``step`` as a :class:`StepRecord`: its graph, statistics, op timings and start times,
+    histograms, recorded values (read now), events, scalars, wall time, duration and dropped count.
 
     ``graphs`` (one per source file) lets steps that share a graph share it in the record too.
     """
@@ -150,6 +156,7 @@ def step_record(step: Step, graphs: GraphCache | None = None) -> StepRecord:
         graph=graph,
         stats=_stats([t.stats for t in step.tensors]) if step.tensors else None,
         op_stats=_op_stats(step),
+        op_starts=_op_starts(step),
         values={t.index: t.values() for t in step.tensors if t.has_values},
         histograms={
             t.index: (t.histogram.lo, t.histogram.hi, np.array(t.histogram.counts, dtype=np.uint64))

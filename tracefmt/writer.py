@@ -264,9 +264,10 @@ class TraceWriter:
                 flags |= L.STEP_HAS_INF
             stats_start, stats_count = tables.append(L.STATS, stats), len(stats)
         op_stats_start, op_stats_count = tables.length(L.OP_STATS), 0
-        if record.op_stats is not None:
-            op_stats = np.asarray(record.op_stats, L.OP_STATS_DTYPE)
+        if record.op_stats is not None or record.op_starts is not None:
+            op_stats, op_starts = record.op_tables()  # row r of op_starts is row r of op_stats's
             op_stats_start, op_stats_count = tables.append(L.OP_STATS, op_stats), len(op_stats)
+            tables.append(L.OP_STARTS, op_starts)
         data_rows = np.array(
             [self._write_values(graph, t, a) for t, a in sorted(record.values.items())],
             dtype=L.DATA_INDEX_DTYPE,

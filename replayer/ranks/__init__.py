@@ -2,7 +2,8 @@
 
 :func:`check_ranks` matches each step's collectives across the ranks of their process groups
 (:mod:`replayer.ranks.matching`), compares the numbers every replica should share
-(:mod:`replayer.ranks.replicas`) and sums where the time went, reading one rank's step at a time
+(:mod:`replayer.ranks.replicas`), sums where the time went and says which rank the others waited
+for at each collective (:mod:`replayer.ranks.arrival`), reading one rank's step at a time
 (:mod:`replayer.ranks.digest`).  The typed result is in :mod:`replayer.ranks.findings`, its
 terminal report in :mod:`replayer.ranks.textreport`.
 """
@@ -10,6 +11,7 @@ terminal report in :mod:`replayer.ranks.textreport`.
 from replayer.ranks.crossrank import check_ranks
 from replayer.ranks.digest import CollectiveRow, RankDigest, digest_step
 from replayer.ranks.findings import (
+    Arrival,
     GroupReport,
     Mismatch,
     NoData,
@@ -22,6 +24,7 @@ from replayer.ranks.findings import (
 from replayer.ranks.textreport import render
 
 __all__ = [
+    "Arrival",
     "CollectiveRow",
     "GroupReport",
     "Mismatch",

@@ -3,8 +3,9 @@
 For each step it reads each rank's step once, keeps its :class:`~replayer.ranks.digest.RankDigest`
 (collectives, parameter and gradient fingerprints, times) and lets the step go, so a run of
 hundreds of ranks needs the memory of one step plus a digest per rank.  Then it matches the
-collectives of each process group (:mod:`replayer.ranks.matching`) and compares the numbers that
-should agree (:mod:`replayer.ranks.replicas`).
+collectives of each process group (:mod:`replayer.ranks.matching`), compares the numbers that
+should agree (:mod:`replayer.ranks.replicas`) and, where the trace recorded op start times, says
+when each rank entered each matched collective (:mod:`replayer.ranks.arrival`).
 
 Example::
 
@@ -26,8 +27,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from replayer.errors import ReplayError
+from replayer.ranks.arrival import Widest, arrival
 from replayer.ranks.digest import CollectiveRow, RankDigest, digest_step
 from replayer.ranks.findings import (
+    Arrival,
     GroupReport,
     Mismatch,
     NoData,
@@ -61,6 +64,7 @@ class _Group:
     name: str
     ranks: tuple[int, ...]
     cap: int
+    arrivals: Widest
     matched: int = 0
     checked: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
@@ -89,6 +93,8 @@ class _Group:
             tuple(self.mismatches),
             tuple(self.values),
             self.omitted,
+            self.arrivals.widest(),
+            self.arrivals.seen,
         )
 
 
@@ -125,16 +131,21 @@ def check_ranks(
     step: int | None = None,
     *,
     max_mismatches: int = 10,
+    max_arrivals: int = 20,
     progress: Callable[[int, int], None] | None = None,
 ) -> RanksReport:
     """Check ``step`` (default: every step any rank recorded) across the ranks of ``trace``.
 
     ``max_mismatches`` bounds the mismatches and value findings kept per process group (the rest
-    are counted in :attr:`GroupReport.omitted`).  ``progress(done, total)`` is called after each
-    rank's step is read.
+    are counted in :attr:`GroupReport.omitted`), ``max_arrivals`` the collectives kept per group
+    with their ranks' arrival times (those whose ranks arrived furthest apart; the number timed
+    is :attr:`GroupReport.timed`).  ``progress(done, total)`` is called after each rank's step is
+    read.
     """
     if max_mismatches < 1:
         raise ReplayError(f"max_mismatches must be at least 1, not {max_mismatches}.")
+    if max_arrivals < 1:
+        raise ReplayError(f"max_arrivals must be at least 1, not {max_arrivals}.")
     ranks = _ranks(trace)
     if not ranks.readable:
         raise ReplayError(f"No rank of {trace.path} can be read.")
@@ -162,7 +173,7 @@ def check_ranks(
         raise ReplayError(
             f"No rank of {trace.path} recorded step {step}; the recorded steps are {_span(everything)}."
         )
-    state = _State(ranks, last, max_mismatches)
+    state = _State(ranks, last, max_mismatches, max_arrivals)
     total, done = len(steps) * len(steps_of), 0
     for s in steps:
         digests: dict[int, RankDigest] = {}
@@ -210,10 +221,11 @@ def _last_text(last: int | None, step: int) -> str:
 class _State:
     """What :func:`check_ranks` accumulates over the steps."""
 
-    def __init__(self, ranks: _Ranks, last: Mapping[int, int | None], cap: int) -> None:
+    def __init__(self, ranks: _Ranks, last: Mapping[int, int | None], cap: int, arrivals: int) -> None:
         self.ranks = ranks
         self.last = last
         self.cap = cap
+        self.arrivals = arrivals
         self.groups: dict[str, _Group] = {}
         self.nodata: list[NoData] = [
             NoData(d.rank, d.step, d.reason, last.get(d.rank)) for d in ranks.whole.values()
@@ -246,9 +258,12 @@ class _State:
                 info.setdefault(row.group, (row.group_name, row.group_ranks))
             self._time(d)
         reported = {x.rank for x in self.nodata if x.step in (None, step)}
+        widest: Arrival | None = None  # the step's collective whose ranks arrived furthest apart
         for gid in sorted(by_group):
             name, members = info[gid]
-            g = self.groups.setdefault(gid, _Group(name, members, self.cap))
+            g = self.groups.get(gid)
+            if g is None:
+                g = self.groups[gid] = _Group(name, members, self.cap, Widest(self.arrivals))
             for r in members:
                 if r not in digests and r not in reported:
                     self.no_data(
@@ -265,6 +280,11 @@ class _State:
                 g.checked += len(m.columns)
                 g.add_mismatches(m.mismatches)
                 g.add_values(collective_values(step, gid, m.columns))
+                for column in m.columns:
+                    a = arrival(step, gid, column)
+                    if a is not None:
+                        g.arrivals.add(a)
+                        widest = a if widest is None or a.spread_ns > widest.spread_ns else widest
             if any(p2p.values()):
                 g.add_mismatches(match_p2p(step, gid, p2p))
         findings, notes = replica_values(step, digests, load)
@@ -275,8 +295,17 @@ class _State:
         if timed:
             slow = max(timed, key=lambda r: (timed[r], -r))
             self.step_times.append(
-                StepTime(step, slow, timed[slow], min(timed.values()), statistics.median(timed.values()))
+                StepTime(
+                    step,
+                    slow,
+                    timed[slow],
+                    min(timed.values()),
+                    statistics.median(timed.values()),
+                    widest,
+                )
             )
+        elif widest is not None:
+            self.step_times.append(StepTime(step, None, math.nan, math.nan, math.nan, widest))
 
     def _time(self, d: RankDigest) -> None:
         t = self.times[d.rank]

@@ -92,7 +92,8 @@ class CollectiveRow:
     ``sent`` is the element count of what the rank contributes (the tensors it reads), ``written``
     of what it receives (the tensors it writes); ``fingerprints`` are the written tensors'
     fingerprints (``None`` where unmeasured; a functional collective's come from its
-    ``wait_tensor``).  ``host_ns`` is the op's host time, ``None`` when not measured.
+    ``wait_tensor``).  ``start_ns`` is when the rank entered the op, in ns after its own step's
+    start (format 1.3), ``None`` when not recorded.
     """
 
     rank: int
@@ -113,6 +114,7 @@ class CollectiveRow:
     written: int
     dtypes: tuple[str, ...]
     fingerprints: tuple[int | None, ...]
+    start_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,7 @@ def digest_step(step: Step, *, world_size: int) -> RankDigest:
                 reduce_op=info.reduce_op,
                 root=info.root,
                 peer=info.peer,
+                start_ns=op.host_start_ns,
             )
         )
     if waits:

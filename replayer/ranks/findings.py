@@ -4,7 +4,8 @@ A :class:`RanksReport` holds what the cross-rank check found over the steps it r
 have no data (:class:`NoData`), collectives that do not match across the ranks of their process
 group (:class:`Mismatch`, per :class:`GroupReport`), numbers that should be the same on every
 replica and are not (:class:`ValueFinding`, with the op where two replicas part:
-:class:`Parting`), and where the time went (:class:`RankTime`, :class:`StepTime`).
+:class:`Parting`), and where the time went (:class:`RankTime`, :class:`StepTime`, and when the
+ranks entered their collectives: :class:`Arrival`).
 """
 
 from __future__ import annotations
@@ -99,9 +100,40 @@ class ValueFinding:
 
 
 @dataclass(frozen=True, slots=True)
+class Arrival:
+    """When the ranks of a group entered one collective (format 1.3 traces record each op's host
+    start).
+
+    ``starts`` are (rank, ns) for each rank whose start was recorded: when it entered the
+    collective, in nanoseconds after *its own* step's start.  Ranks' clocks are not synchronised
+    across hosts, so only these times since each rank's step start are compared, never the clock
+    readings; a rank that began its step late looks that much early.  ``spread_ns`` is the latest
+    start minus the earliest: how long ``first_rank`` waited in the collective for ``last_rank``,
+    the rank that arrived last and that the others waited for (on a tie, the lowest rank is
+    both first and last).  ``op``, ``module`` and ``seq`` name the collective as the group's
+    reference rank issued it.
+    """
+
+    step: int
+    group: str
+    op: str
+    module: str
+    seq: int
+    starts: tuple[tuple[int, int], ...]
+    first_rank: int
+    last_rank: int
+    spread_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class GroupReport:
     """One process group: its ranks, how many collectives matched on all of them, and the first
-    ``max_mismatches`` mismatches and value findings (``omitted`` counts the rest)."""
+    ``max_mismatches`` mismatches and value findings (``omitted`` counts the rest).
+
+    ``arrivals`` are the group's collectives whose ranks arrived furthest apart, widest spread
+    first (at most ``max_arrivals``); ``timed`` counts its collectives with a start recorded on
+    two ranks or more (every one of them had an :class:`Arrival`).
+    """
 
     group: str
     name: str
@@ -111,6 +143,8 @@ class GroupReport:
     mismatches: tuple[Mismatch, ...]
     values: tuple[ValueFinding, ...]
     omitted: int
+    arrivals: tuple[Arrival, ...] = ()
+    timed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +161,16 @@ class RankTime:
 
 @dataclass(frozen=True, slots=True)
 class StepTime:
-    """One step: the slowest rank and the spread of the ranks' recorded step times (seconds)."""
+    """One step: the slowest rank and the spread of the ranks' recorded step times (seconds, NaN
+    when none was recorded), and the collective whose ranks arrived furthest apart (``None``: no
+    collective had starts on two ranks)."""
 
     step: int
     slowest_rank: int | None
     slowest: float
     fastest: float
     median: float
+    widest_arrival: Arrival | None = None
 
 
 @dataclass(frozen=True, slots=True)

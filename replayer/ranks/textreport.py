@@ -1,5 +1,6 @@
 """The terminal report of ``replayer ranks`` (rich): verdict, ranks without data, mismatches per
-process group, replica findings, and where the time went."""
+process group, replica findings, where the time went, and which rank the others waited for in
+each step's collectives."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from replayer.ranks.findings import RanksReport, RankTime
+from replayer.ranks.findings import Arrival, RanksReport, RankTime
 
 #: Ranks listed one per row in the time table up to this many; beyond, the slowest ones.
 MAX_TIME_ROWS = 16
@@ -63,6 +64,7 @@ def render(report: RanksReport, console: Console) -> None:
             if v.parting is not None:
                 console.print(f"    parts at: {escape(v.parting.message)}")
     _times(report, console)
+    _arrivals(report, console)
     for note in report.notes:
         console.print(f"[dim]note: {escape(note)}[/]")
 
@@ -94,6 +96,40 @@ def _times(report: RanksReport, console: Console) -> None:
             _seconds(t.step_time),
             _seconds(t.collective_time),
             str(t.collectives),
+        )
+    console.print()
+    console.print(table)
+
+
+def _arrivals(report: RanksReport, console: Console) -> None:
+    """Per step, the collective whose ranks arrived furthest apart, and the rank that came last."""
+    rows: list[tuple[int, Arrival]] = [
+        (s.step, s.widest_arrival) for s in report.step_times if s.widest_arrival is not None
+    ]
+    if not rows:
+        return
+    title = (
+        "Arrival at collectives: per step, the collective whose ranks entered it furthest apart "
+        "(host start after each rank's own step start; clocks of different hosts are not compared)"
+    )
+    if len(rows) > MAX_TIME_ROWS:
+        rows = sorted(sorted(rows, key=lambda r: -r[1].spread_ns)[:MAX_TIME_ROWS])
+        title += f", the {MAX_TIME_ROWS} widest"
+    table = Table(title=title, title_justify="left")
+    groups = len(report.groups) > 1  # one group: its name is in the group heading above
+    for col in ("step", "collective", *(["group"] if groups else []), "spread", "last", "first"):
+        table.add_column(col, justify="left" if col in ("collective", "group") else "right")
+    for step, a in rows:
+        start = dict(a.starts)
+        table.add_row(
+            str(step),
+            escape(f"{a.op.removesuffix('.default')} #{a.seq}"),
+            *([escape(a.group)] if groups else []),
+            _seconds(a.spread_ns / 1e9),
+            f"rank {a.last_rank} at {_seconds(start[a.last_rank] / 1e9)}"
+            if a.spread_ns
+            else f"all at {_seconds(start[a.last_rank] / 1e9)}",
+            f"rank {a.first_rank} at {_seconds(start[a.first_rank] / 1e9)}" if a.spread_ns else "",
         )
     console.print()
     console.print(table)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 import recorder
+import tracefmt
 from recorder.examples.gpt import build
 from tests.recorder._util import ListSink, OpLog, mlp
 from tracefmt.model import Phase, Role
 from tracefmt.records import StepRecord
+from tracefmt.validate import validate
 
 
 def _gpt_step(foreach: bool | None = None) -> tuple[StepRecord, dict[Phase, OpLog], Any, Any]:
@@ -278,3 +282,33 @@ def test_attrs_hold_no_memory_addresses() -> None:
     assert attrs[0] == attrs[1]
     assert all("0x" not in (a or "") for a in attrs), attrs
     assert "torch.Generator(device='cpu')" in (attrs[0] or "")
+
+
+def test_op_starts_lie_in_order_within_the_step(tmp_path: Path) -> None:
+    """Format 1.3: each op's host start, after the step's start, is measured on the clock the
+    step's duration is: ops start in order, one after another, and end within the step."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink = ListSink()
+    with recorder.record(tmp_path / "run", model=model) as rec:
+        for _ in range(2):
+            model(torch.randn(4, 8)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            rec.step()
+    with recorder.record(sink=sink, model=model) as rec:
+        model(torch.randn(4, 8)).sum().backward()
+        rec.step()
+    (record,) = sink.records
+    assert record.op_stats is not None
+    assert record.op_starts is not None
+    starts = np.asarray(record.op_starts)
+    host = record.op_stats["host_ns"]
+    assert len(starts) == record.graph.num_ops > 5
+    assert (starts >= 0).all()
+    assert (np.diff(starts) >= 0).all()
+    assert (starts[1:] >= starts[:-1] + host[:-1]).all()  # one op after another
+    assert (starts + host).max() <= record.duration * 1e9 + 1  # float64 seconds: ~1 ns rounding
+    assert validate(tmp_path / "run") == []  # TF-OPSTART-003 on recorded steps
+    with tracefmt.open(tmp_path / "run") as t:
+        assert all(op.host_start_ns is not None for s in t.steps() for op in t.step(s).ops)

@@ -92,6 +92,7 @@ TABLE_FIELDS: dict[str, list[str]] = {
     "op_attrs": ["op", "attrs"],
     "tensor_offsets": ["tensor", "storage_offset"],
     "step_overrides": ["op_attrs_start", "op_attrs_count", "tensor_offset_start", "tensor_offset_count"],
+    "op_starts": ["host_start_ns"],
 }
 HEAPS = ["strings/bytes", "dims"]
 VALUE_HEAPS = [
@@ -163,6 +164,9 @@ with h5py.File(sys.argv[1], "r") as f:
         tensors = f["tensors"][g["tensor_start"]:g["tensor_start"] + g["tensor_count"]]
         dims = f["dims"][g["dim_start"]:g["dim_start"] + g["dim_count"]]
         stats = f["stats"][row["stats_start"]:row["stats_start"] + row["stats_count"]]
+        o0, on = int(row["op_stats_start"]), int(row["op_stats_count"])
+        timing = f["op_stats"][o0:o0 + on]
+        starts = f["op_starts"][o0:o0 + on]  # format 1.3: row r belongs to op_stats row r
         step = {"step": int(row["step"]), "graph": int(row["graph"]), "ops": [], "tensors": [],
                 "values": {}}
         for i, op in enumerate(ops):
@@ -172,7 +176,9 @@ with h5py.File(sys.argv[1], "r") as f:
                                 "module": text(op["module"]),
                                 "attrs": json.loads(text(own_attrs.get(i, op["attrs"])) or "{}"),
                                 "inputs": [int(e["tensor"]) for e in ins],
-                                "outputs": [int(e["tensor"]) for e in outs]})
+                                "outputs": [int(e["tensor"]) for e in outs],
+                                "host_ns": int(timing[i]["host_ns"]),
+                                "host_start_ns": int(starts[i]["host_start_ns"])})
         for i, t in enumerate(tensors):
             d0, nd = int(t["dim_start"]), int(t["ndim"])
             step["tensors"].append({"dtype": int(t["dtype"]), "role": int(t["role"]),
@@ -220,6 +226,12 @@ def _graph(step: int) -> Graph:
     return g.finish()
 
 
+def _timing(step: int) -> np.ndarray:
+    rows = empty_op_stats(1)
+    rows["host_ns"] = step * 10
+    return rows
+
+
 def _write_trace(path: Path) -> dict[int, dict[int, np.ndarray]]:
     """Two steps sharing one graph (but not its op attribute and x's storage offset); values of w
     and y."""
@@ -241,7 +253,8 @@ def _write_trace(path: Path) -> dict[int, dict[int, np.ndarray]]:
                     step=step,
                     graph=graph,
                     stats=stats,
-                    op_stats=empty_op_stats(1),
+                    op_stats=_timing(step),
+                    op_starts=[step * 100],
                     values=values[step],
                     events=[Event("note", f"step {step}")],
                     scalars={"loss": step / 10},
@@ -311,6 +324,8 @@ def test_h5py_alone_reads_the_documented_layout(tmp_path: Path) -> None:
                 "attrs": {"alpha": 1.5 * s["step"] / 10},
                 "inputs": [0, 1],
                 "outputs": [2],
+                "host_ns": s["step"] * 10,
+                "host_start_ns": s["step"] * 100,
             }
         ]
         assert [t["storage_offset"] for t in s["tensors"]] == [6 * (s["step"] // 10 - 1), 0, 0]

@@ -421,6 +421,8 @@ def records(draw: st.DrawFn, graph: Graph, step: int, hist_bins: int) -> StepRec
             no,
             {"host_ns": st.integers(-1, 2**63 - 1) | I64, "device_ns": I64, "mem_bytes": I64},
         )
+    # format 1.3: host start times, with or without the other timings
+    op_starts = draw(st.none() | st.lists(st.integers(-1, 2**63 - 1) | I64, min_size=no, max_size=no))
     hists: dict[int, tuple[float, float, np.ndarray]] = {}
     if hist_bins and nt:
         for t in draw(st.sets(st.integers(0, nt - 1), max_size=3)):
@@ -442,6 +444,7 @@ def records(draw: st.DrawFn, graph: Graph, step: int, hist_bins: int) -> StepRec
         graph=graph,
         stats=stats,
         op_stats=op_stats,
+        op_starts=op_starts,
         values=values,
         histograms=hists,
         events=events,

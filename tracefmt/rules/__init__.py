@@ -8,6 +8,7 @@ from tracefmt.rules import (  # noqa: F401  (importing registers the rules)
     collops,
     file,
     graph,
+    opstarts,
     overrides,
     run,
     steps,

@@ -249,6 +249,7 @@ class FileContext:
                     r["flags"],
                     {t: Span(r[s], r[c]) for t, (s, c) in L.STEP_RANGES.items()},
                     overrides[i] if i < len(overrides) else None,
+                    r["duration"],
                 )
                 for i, r in enumerate(_records(rows))
             ]

@@ -30,7 +30,7 @@ class StepRef:
 
     ``overrides`` are the step's ranges of ``op_attrs`` and ``tensor_offsets`` (from its
     ``step_overrides`` row), by table; None in a file older than 1.1, or when the row is missing
-    (TF-OVERRIDE-001 reports that).
+    (TF-OVERRIDE-001 reports that).  ``duration`` is the step's, in seconds (NaN: unknown).
     """
 
     row: int
@@ -39,6 +39,7 @@ class StepRef:
     flags: int
     ranges: dict[str, Span]
     overrides: dict[str, Span] | None = None
+    duration: float = float("nan")
 
 
 class GraphView:

@@ -41,6 +41,10 @@ class Faults:
     grad_scale: dict[tuple[int, int], float] = field(default_factory=dict)
     init_seed: dict[int, int] = field(default_factory=dict)
     missing_steps: dict[int, set[int]] = field(default_factory=dict)
+    #: ns a rank spends before the bucket all-reduce: it arrives that much after the others
+    late: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: steps written without op start times (as before format 1.3)
+    no_starts: set[tuple[int, int]] = field(default_factory=set)
 
 
 class _Step:
@@ -51,6 +55,8 @@ class _Step:
         self.data: list[np.ndarray] = []
         self.dtypes: list[DType] = []
         self.unmeasured: set[int] = set()
+        self.delays: dict[int, int] = {}  # op index -> ns spent before it
+        self.starts = True
 
     def tensor(self, a: np.ndarray, dtype: DType = DType.FLOAT32, **kw: Any) -> int:
         self.data.append(a)
@@ -68,7 +74,19 @@ class _Step:
                 stats[i] = tensor_stats(a, dt)
         op_stats = empty_op_stats(graph.num_ops)
         op_stats["host_ns"] = 1_000
-        return StepRecord(step=step, graph=graph, stats=stats, op_stats=op_stats, duration=duration)
+        # ops one after another from 5 us into the step, 1 us each and 500 ns apart
+        starts = [
+            5_000 + 1_500 * i + sum(d for j, d in self.delays.items() if j <= i)
+            for i in range(graph.num_ops)
+        ]
+        return StepRecord(
+            step=step,
+            graph=graph,
+            stats=stats,
+            op_stats=op_stats,
+            duration=duration,
+            op_starts=starts if self.starts else None,
+        )
 
 
 def _c10d(
@@ -148,6 +166,8 @@ def _rank_step(
     if key in faults.output_noise:
         reduced[0] += np.float32(1e-3)
     bucket1 = s.out(reduced, dtype, name="bucket", version=1)
+    s.delays[s.g.num_ops] = faults.late.get(key, 0)
+    s.starts = key not in faults.no_starts
     s.g.add_op(
         "c10d::allreduce_.default",
         phase=Phase.BACKWARD,

@@ -149,6 +149,17 @@ def test_ddp_ranks_share_one_run_and_step_1_is_consistent(clean: Path) -> None:
     assert None not in params[0].values()
     assert params[0] == params[1]
 
+    # when each rank entered each collective (format 1.3: op start times), all of them timed
+    assert group["timed"] == group["checked"]
+    assert group["arrivals"]
+    for a in group["arrivals"]:
+        starts = dict(a["starts"])
+        assert sorted(starts) == [0, 1]
+        assert a["spread_ns"] == starts[a["last_rank"]] - starts[a["first_rank"]] >= 0
+        assert all(0 <= t < steps[r].duration * 1e9 for r, t in starts.items())
+    assert report["step_times"][0]["widest_arrival"] == group["arrivals"][0]
+    assert validate(clean) == []  # TF-OPSTART-003: every op ends within its step
+
     assert _ranks(clean)[0] == 0  # every step, the first with DDP's construction
 
     code, text = _text(clean, "--step", "1")
