@@ -5,21 +5,22 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup system-deps demo test lint typecheck pytest slow bench golden clean
+.PHONY: setup system-deps engine demo test lint typecheck pytest slow bench golden clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: an open-ended torch requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,torch]'
+	$(PY) -m pip install -q -e '.[dev,torch,bench]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 # Tools the tests use from Debian (h5dump for the layout test, chromium for the Netron browser
 # tests, which Playwright from the dev extra drives by executable path, a C compiler for the
-# recorder's one-pass statistics kernel).  Installed when missing and we are root.
+# recorder's one-pass statistics kernel, a C++ one for its native capture engine).  Installed
+# when missing and we are root.
 system-deps:
 	@if ! command -v h5dump >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -30,6 +31,11 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && apt-get install -y -qq gcc >/dev/null) || echo "warning: apt-get could not install gcc"; \
 	  else echo "warning: no C compiler and not root: the one-pass statistics kernel tests will skip"; fi; \
+	fi
+	@if ! command -v c++ >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq g++ >/dev/null) || echo "warning: apt-get could not install g++"; \
+	  else echo "warning: no C++ compiler and not root: the native capture engine tests will skip"; fi; \
 	fi
 	@if ! command -v chromium >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -55,7 +61,12 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy tracefmt replayer recorder
 
-pytest: setup system-deps
+# The native capture engine is compiled on first use (about a minute on 2 cores); build it
+# before the suite so no test pays for it inside its time limit.
+engine: setup system-deps
+	$(PY) -m recorder.engine || echo "warning: the native engine tests will skip"
+
+pytest: setup system-deps engine
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest

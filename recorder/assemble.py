@@ -120,6 +120,7 @@ def build_record(raw: RawStep, graphs: GraphCache | None = None) -> StepRecord:
     """Build the :class:`StepRecord` of a captured step (waits for its device results).
 
     ``graphs``: the cache of one recording's writer thread (see :class:`GraphCache`)."""
+    raw.materialize()
     graph = build_graph(raw) if graphs is None else graphs.graph(raw)
     op_stats = empty_op_stats(len(raw.ops))
     op_stats["host_ns"] = np.asarray(raw.host_ns, dtype=np.int64)

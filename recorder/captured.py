@@ -8,6 +8,7 @@ and :class:`CudaStart` carry what the capture learns about an op before it runs 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -134,3 +135,12 @@ class RawStep:
     #: records and ``duration`` is measured from, on the same monotonic clock), -1 where not
     #: measured; empty: no op's start was measured (format 1.3, ``op_starts``)
     host_start_ns: list[int] = field(default_factory=list)
+    #: the native engine's rows, built on the writer thread (:meth:`materialize`)
+    rows: Callable[[], tuple[list[OpRow], list[TensorRow], list[Role], list[str | None]]] | None = None
+
+    def materialize(self) -> None:
+        """Fill ``ops``, ``tensors``, ``roles`` and ``names`` from the native engine's rows,
+        if they are still there (a no-op for the Python engine's steps)."""
+        if self.rows is not None:
+            self.ops, self.tensors, self.roles, self.names = self.rows()
+            self.rows = None

@@ -18,6 +18,7 @@ __all__ = [
     "CAPTURE_KINDS",
     "ROLE_NAMES",
     "Backpressure",
+    "Engine",
     "Options",
     "RecordOptions",
     "ValuesSelection",
@@ -43,6 +44,9 @@ _ROLE_ALIASES = {
 }
 #: What the training thread does when the writer queue is full.
 Backpressure = Literal["block", "drop"]
+#: Which capture engine records the ops: the C++ one (:mod:`recorder.native`), the Python
+#: dispatch mode (:mod:`recorder.capture`), or the C++ one where it can run.
+Engine = Literal["auto", "native", "python"]
 
 
 def _strings(name: str, value: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -188,6 +192,16 @@ def parse_seconds(name: str, value: object) -> float:
     return float(value)
 
 
+def parse_engine(value: object) -> Engine:
+    """``engine=``: ``"auto"``, ``"native"`` or ``"python"``."""
+    if value == "auto" or value == "native" or value == "python":
+        return value
+    raise ValueError(
+        f"record(engine={value!r}) must be 'auto' (the C++ capture where it can run, else the "
+        "Python one), 'native' (the C++ capture or an error) or 'python' (the dispatch mode)."
+    )
+
+
 def parse_backpressure(value: object) -> Backpressure:
     """``backpressure=``: ``"block"`` or ``"drop"``."""
     if value == "block" or value == "drop":
@@ -230,6 +244,9 @@ class Options:
     #: ``RANK``/``WORLD_SIZE`` or the default process group (:mod:`recorder.distributed`), else 0 of 1.
     rank: int | None = None
     world_size: int | None = None
+    #: Which capture engine: ``"auto"`` (C++ where it builds and can record the step, else the
+    #: Python dispatch mode, with a warning), ``"native"`` (C++ or an error), ``"python"``.
+    engine: Engine = "auto"
 
     def __post_init__(self) -> None:
         capture = parse_capture(self.capture)
@@ -251,6 +268,7 @@ class Options:
             "flush_every_seconds": parse_seconds("flush_every_seconds", self.flush_every_seconds),
             "rank": parse_optional_count("rank", self.rank, minimum=0),
             "world_size": parse_optional_count("world_size", self.world_size, minimum=1),
+            "engine": parse_engine(self.engine),
         }
         for name, value in parsed.items():
             object.__setattr__(self, name, value)
@@ -291,3 +309,4 @@ class RecordOptions(TypedDict, total=False):
     flush_every_seconds: float
     rank: int | None
     world_size: int | None
+    engine: Engine

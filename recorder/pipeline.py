@@ -37,7 +37,7 @@ class Sink(Protocol):
 
 
 def _raw_nbytes(raw: RawStep) -> int:
-    return sum(t.numel() * t.element_size() for t in raw.values.values()) + 200 * len(raw.ops)
+    return sum(t.numel() * t.element_size() for t in raw.values.values()) + 200 * len(raw.host_ns)
 
 
 class _Signal(enum.Enum):

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,6 +33,8 @@ import torch
 from recorder.capture import StepCapture
 from recorder.captured import RawStep
 from recorder.distributed import Located, ManifestKeeper, locate
+from recorder.engine import NativeCapture
+from recorder.engine import choose as choose_engine
 from recorder.options import Options, RecordOptions
 from recorder.pipeline import BackgroundWriter, Sink
 from recorder.schedule import Action, Schedule
@@ -118,7 +120,9 @@ class Recorder:
         self._names = Names()
         self._stack: ExitStack | None = None
         self._step_stack: ExitStack | None = None
-        self._capture: StepCapture | None = None
+        self._capture: StepCapture | NativeCapture | None = None
+        self._engine_name = "python"
+        self._engine: ModuleType | None = None
         self._capture_action = Action.NONE
         self._writer: BackgroundWriter | None = None
         self._stopped = False
@@ -150,6 +154,11 @@ class Recorder:
             raise RuntimeError("This recorder is already running; make a new one with record().")
         stack = ExitStack()
         try:
+            distributed = (
+                torch.distributed.is_available() and torch.distributed.is_initialized()
+            ) or os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+            self._engine_name, self._engine = choose_engine(self.options, distributed=distributed)
+            self._provenance_extra["recorder_engine"] = self._engine_name
             if self._sink is None:
                 if self._path is None:
                     raise ValueError("record() needs a path or a sink= to write steps to.")
@@ -248,7 +257,11 @@ class Recorder:
         action = self._action(self._step)
         if action is Action.NONE:
             return
-        capture = StepCapture(self._step, self.options, self._names)
+        capture: StepCapture | NativeCapture
+        if self._engine is not None:
+            capture = NativeCapture(self._step, self.options, self._names, self._engine)
+        else:
+            capture = StepCapture(self._step, self.options, self._names)
         if self._step_stack is None:
             raise RuntimeError("rec.step() was called outside the record() block.")
         self._step_stack.enter_context(capture.install())
@@ -315,6 +328,13 @@ def record(
     * ``rank`` / ``world_size``: this process's place in a distributed run (one file per rank);
       unset, they come from the launcher (``RANK``, ``WORLD_SIZE``: torchrun sets them) or the
       initialised default process group, else 0 and 1.
+    * ``engine``: who records the ops.  ``"auto"`` (default): the native C++ engine (built on
+      first use, about a minute once per torch version, then cached), except for distributed
+      jobs, processes using CUDA and ``source=True``, which take the Python dispatch mode; it
+      also takes the dispatch mode, with one warning, when the engine cannot be built.
+      ``"native"``: the engine or an error; ``"python"``: the dispatch mode.  The trace's
+      provenance says which ran (``"recorder_engine"``); :mod:`recorder.engine` says how they
+      differ.
 
     Under ``torchrun`` every rank writes ``path/rank-{rank:05d}.tft.h5`` with the same run id:
     ``run_id``, else ``TORCHELASTIC_RUN_ID``, else one agreed through the default process

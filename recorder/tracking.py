@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.autograd.graph import Node
@@ -35,7 +35,7 @@ from tracefmt.model import Phase, Role
 
 ACCUMULATE_GRAD_SEQ = 2**64 - 1
 
-__all__ = ["Names", "PhaseTracker", "source_location"]
+__all__ = ["Names", "PhaseTracker", "TrackerListener", "source_location"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
@@ -148,6 +148,17 @@ class Names:
         self.buffers = weak_tensor_map()
 
 
+class TrackerListener(Protocol):
+    """Told of every module entry and exit and every change of the phase flags: the native
+    capture engine keeps its own copy of the module stack (:mod:`recorder.engine`)."""
+
+    def enter_module(self, path: str, /) -> None: ...
+
+    def exit_module(self) -> None: ...
+
+    def set_depths(self, backward: int, optimizer: int, fresh_state: bool, /) -> None: ...
+
+
 class PhaseTracker:
     """The module stack, phase flags and backward attribution of one captured step.
 
@@ -161,6 +172,7 @@ class PhaseTracker:
         *,
         on_tensor_named: Callable[[torch.Tensor, Role, str], None],
         on_compiled: Callable[[torch.nn.Module], None],
+        listener: TrackerListener | None = None,
     ) -> None:
         self.names = names
         self.stack: list[str] = []
@@ -172,6 +184,7 @@ class PhaseTracker:
         self._bound_path: list[str] = []
         self._on_tensor_named = on_tensor_named
         self._on_compiled = on_compiled
+        self._listener = listener
 
     @property
     def module(self) -> str:
@@ -228,11 +241,15 @@ class PhaseTracker:
             self._on_compiled(module)
         self.stack.append(path)
         self._boundary()
+        if self._listener is not None:
+            self._listener.enter_module(path)
 
     def _post_hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: object) -> None:
         if self.stack:
             self.stack.pop()
         self._boundary()
+        if self._listener is not None:
+            self._listener.exit_module()
 
     def _optimizer_pre(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -246,6 +263,7 @@ class PhaseTracker:
             for p in group["params"]
             if p.grad is not None
         )
+        self._depths_changed()
         for g, group in enumerate(optimizer.param_groups):
             for i, p in enumerate(group["params"]):
                 name = self.names.param_name(p, optimizer, g, i)
@@ -263,14 +281,23 @@ class PhaseTracker:
             self._on_tensor_named(t, role, name)
         if not self.optimizer_depth:
             self.fresh_optimizer_state = False
+        self._depths_changed()
+
+    def _depths_changed(self) -> None:
+        if self._listener is not None:
+            self._listener.set_depths(
+                self.backward_depth, self.optimizer_depth, self.fresh_optimizer_state
+            )
 
     @contextmanager
     def _in_backward(self) -> Iterator[None]:
         self.backward_depth += 1
+        self._depths_changed()
         try:
             yield
         finally:
             self.backward_depth -= 1
+            self._depths_changed()
 
     def install(self) -> ExitStack:
         """Install the global hooks; close the returned stack to remove all of them."""

@@ -131,8 +131,8 @@ def histogram(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor, t
 
 def fill_rows(
     rows: np.ndarray,
-    indices: Sequence[int],
-    numels: Sequence[int],
+    indices: Sequence[int] | np.ndarray,
+    numels: Sequence[int] | np.ndarray,
     flags: Sequence[int] | np.ndarray,
     floats: np.ndarray,
     ints: np.ndarray,

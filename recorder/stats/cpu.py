@@ -114,6 +114,9 @@ class PendingStats:
     events: list[DeviceEvent] = field(default_factory=list)
     aliases: list[tuple[int, int]] = field(default_factory=list)
     hist_bins: int = 0
+    #: rows the native engine computed: tensor indices, numels, flags, the ``FLOAT_COLUMNS``
+    #: and the ``INT_COLUMNS`` (see :mod:`recorder.engine`)
+    native_rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def resolve(self) -> tuple[np.ndarray, dict[int, tuple[float, float, np.ndarray]]]:
         """Return the ``STATS_DTYPE`` table (one row per tensor) and the histograms."""
@@ -129,6 +132,8 @@ class PendingStats:
         if self.cpu_small:
             small_hists = _small_rows(rows, self.cpu_small, self.hist_bins)
             hists.update(small_hists)
+        if self.native_rows is not None:
+            fill_rows(rows, *self.native_rows)
         for part in self.parts:
             floats, ints = part.floats.numpy(), part.ints.numpy()
             fill_rows(rows, part.indices, part.numels, part.flags, floats, ints)

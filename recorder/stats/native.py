@@ -24,7 +24,6 @@ and the caller then computes that row in float64.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import os
@@ -35,14 +34,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["FusedStats", "available", "fused_stats"]
+from recorder.buildcache import cache_dirs, locked, warn_local_rank0
+
+__all__ = ["FusedStats", "available", "fused_stats", "kernel_address"]
 
 _SOURCE = Path(__file__).with_name("fused_stats.c")
 _FLAGS = [
@@ -97,18 +96,6 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 
 
-def _cache_dirs() -> list[Path]:
-    """Where the library may live: ``$TRACEFMT_CACHE_DIR`` or ``~/.cache/tracefmt``, then a
-    private directory under the system's temporary directory (a read-only home, a container)."""
-    explicit = os.environ.get("TRACEFMT_CACHE_DIR")
-    if explicit:
-        first = Path(explicit)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        first = Path(base) / "tracefmt"
-    return [first, Path(tempfile.gettempdir()) / f"tracefmt-{os.getuid()}"]
-
-
 def _compiler() -> str | None:
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
@@ -150,27 +137,10 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold ``directory/.lock``: the ranks of a job starting together build the library once,
-    the others wait and load it."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: concurrent builds still end in one atomic rename
-        yield
-        return
-    with open(directory / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _load(cc: str, flags: list[str], target: Path) -> ctypes.CDLL:
     """The library at ``target``, compiled there first if it is not yet."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent):
+    with locked(target.parent):
         if not target.exists():
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".fused_stats-", suffix=".so")
             os.close(fd)
@@ -192,8 +162,7 @@ def _load(cc: str, flags: list[str], target: Path) -> ctypes.CDLL:
 
 
 def _warn(message: str) -> None:
-    if os.environ.get("LOCAL_RANK", "0") == "0":  # once per process, and per node under torchrun
-        warnings.warn(f"recorder: {message}", stacklevel=5)
+    warn_local_rank0(message, stacklevel=6)
 
 
 def _build() -> ctypes.CDLL | None:
@@ -220,7 +189,7 @@ def _build() -> ctypes.CDLL | None:
         key = hashlib.sha256(
             b"\0".join([source, version.encode(), " ".join(flags).encode(), platform.machine().encode()])
         ).hexdigest()[:20]
-        for cache in _cache_dirs() if source else ():
+        for cache in cache_dirs() if source else ():
             try:
                 lib = _load(cc, flags, cache / f"fused_stats-{key}.so")
             except OSError as e:
@@ -255,6 +224,15 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the kernel is loaded (building it now if this process has not tried yet)."""
     return _library() is not None
+
+
+def kernel_address() -> int:
+    """The address of the kernel's C entry point ``tf_stats_run`` (0 when it is unavailable),
+    for native code that calls it directly (:mod:`recorder.engine`)."""
+    lib = _library()
+    if lib is None:
+        return 0
+    return ctypes.cast(lib.tf_stats_run, ctypes.c_void_p).value or 0
 
 
 def fused_stats(x: torch.Tensor) -> FusedStats | None:

@@ -13,6 +13,7 @@ import torch
 
 import recorder
 import tracefmt
+from recorder.engine.extension import load as load_engine
 from recorder.examples.gpt import build
 from tests.recorder._util import ListSink, OpLog, mlp
 from tracefmt.model import Phase, Role
@@ -284,19 +285,23 @@ def test_attrs_hold_no_memory_addresses() -> None:
     assert "torch.Generator(device='cpu')" in (attrs[0] or "")
 
 
-def test_op_starts_lie_in_order_within_the_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_op_starts_lie_in_order_within_the_step(tmp_path: Path, engine: str) -> None:
     """Format 1.3: each op's host start, after the step's start, is measured on the clock the
-    step's duration is: ops start in order, one after another, and end within the step."""
+    step's duration is: ops start in order, one after another, and end within the step (both
+    engines: the native one reads the same monotonic clock from C++)."""
+    if engine == "native" and load_engine().module is None:
+        pytest.skip(f"the native engine cannot be built here: {load_engine().reason}")
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sink = ListSink()
-    with recorder.record(tmp_path / "run", model=model) as rec:
+    with recorder.record(tmp_path / "run", model=model, engine=engine) as rec:  # type: ignore[arg-type]
         for _ in range(2):
             model(torch.randn(4, 8)).sum().backward()
             opt.step()
             opt.zero_grad()
             rec.step()
-    with recorder.record(sink=sink, model=model) as rec:
+    with recorder.record(sink=sink, model=model, engine=engine) as rec:  # type: ignore[arg-type]
         model(torch.randn(4, 8)).sum().backward()
         rec.step()
     (record,) = sink.records

@@ -260,7 +260,7 @@ def test_native_kernel_falls_back_with_one_warning(
     with pytest.warns(UserWarning, match="no C compiler found"):
         assert _native._build() is None
     monkeypatch.setattr(_native, "_compiler", lambda: "false")  # a compiler that always fails
-    monkeypatch.setattr(_native, "_cache_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(_native, "cache_dirs", lambda: [tmp_path])
     with pytest.warns(UserWarning, match="could not build the one-pass statistics kernel"):
         assert _native._build() is None
     assert not list(tmp_path.glob("*.so*"))  # no half-written library left in the cache

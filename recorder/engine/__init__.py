@@ -1,0 +1,70 @@
+"""The native capture engine: the recorder's per-op work in C++ (see ``capture.cpp``).
+
+:func:`choose` decides, once per recording, which engine captures its steps:
+
+* ``engine="python"``: the dispatch mode of :mod:`recorder.capture`.
+* ``engine="native"``: this engine, or a :class:`tracefmt.errors.TraceError` saying why it cannot run.
+* ``engine="auto"`` (the default): this engine where it can record the job, else the dispatch
+  mode, with a warning (once per process, local rank 0) when the engine could not be built.  It
+  does not yet record collectives, CUDA timings or source lines, so ``auto`` takes the dispatch
+  mode for distributed jobs, for processes that use CUDA, and with ``source=True``.
+
+Which engine ran is in each trace's provenance (``"recorder_engine"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+from typing import cast
+
+import torch
+
+from recorder.buildcache import warn_local_rank0
+from recorder.engine.extension import load
+from recorder.engine.stepcapture import NativeCapture
+from recorder.options import Options
+from tracefmt.errors import TraceError
+
+__all__ = ["NativeCapture", "choose"]
+
+_warned = False
+#: ``torch.cuda.is_initialized``, typed (torch leaves it unannotated)
+_cuda_initialized = cast("Callable[[], bool]", torch.cuda.is_initialized)
+
+
+def _python_only(options: Options, distributed: bool) -> str | None:
+    """Why this job needs the dispatch mode, or None."""
+    if distributed:
+        return "it is a distributed job (collectives are recorded by the Python engine)"
+    if torch.cuda.is_available() and _cuda_initialized():
+        return "this process uses CUDA (device timings are recorded by the Python engine)"
+    if options.source:
+        return "source=True (source lines are recorded by the Python engine)"
+    return None
+
+
+def choose(options: Options, *, distributed: bool) -> tuple[str, ModuleType | None]:
+    """``("native", extension)`` or ``("python", None)`` for a recording with ``options``."""
+    global _warned
+    if options.engine == "python":
+        return "python", None
+    if options.engine == "auto" and _python_only(options, distributed) is not None:
+        return "python", None
+    build = load()
+    if build.module is not None:
+        return "native", build.module
+    if options.engine == "native":
+        raise TraceError(
+            f"record(engine='native'): the native capture engine is not available: {build.reason}. "
+            "Use engine='auto' to fall back to the Python engine."
+        )
+    if not _warned and not build.disabled:
+        _warned = True
+        warn_local_rank0(
+            f"the native capture engine is not available ({build.reason}); recording with the "
+            "slower Python engine. Pass engine='python' or set TRACEFMT_NATIVE_ENGINE=0 to "
+            "choose it without this warning.",
+            stacklevel=4,
+        )
+    return "python", None

@@ -1,0 +1,209 @@
+"""The capture of one step by the native engine: what :class:`recorder.capture.StepCapture`
+does, with the per-op work in C++ (``capture.cpp``, loaded by :mod:`recorder.engine.extension`).
+
+Python keeps what is per module, per named tensor or per step: the module and optimizer hooks
+(:class:`recorder.tracking.PhaseTracker`, which tells the engine of every module entry and
+exit), the names of parameters, gradients and optimizer state, and the writer-side conversion
+of the engine's rows into the named rows :mod:`recorder.assemble` reads.  The engine calls back
+into Python only for what it cannot finish alone (see ``capture.cpp``'s header), each call made
+with the engine's dispatch key excluded, so the callbacks' own torch ops are not recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from types import ModuleType
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from recorder.captured import OpRow, RawStep, TensorRow
+from recorder.collectives import COMM_NAMESPACES
+from recorder.convert import TORCH_TO_DTYPE, json_value
+from recorder.opinfo import OpInfo
+from recorder.options import Options
+from recorder.stats.common import ALL_FLAGS, FINGERPRINT, SMALL_NUMEL
+from recorder.stats.cpu import StatsCollector
+from recorder.stats.native import kernel_address
+from recorder.tracking import Names, PhaseTracker
+from tracefmt.errors import TraceError
+from tracefmt.model import Event, Phase, Role
+
+__all__ = ["NativeCapture"]
+
+#: Namespaces recorded like aten (as in recorder.capture): FSDP2's copy ops.
+_RECORDED = frozenset({"aten", "fsdp"})
+_PHASES = list(Phase)
+_ROLES = list(Role)
+
+
+def _describe(name: str, overload: str) -> tuple[Any, ...]:
+    """What the engine needs of an op overload's schema, once per overload (see OpMeta)."""
+    namespace, _, op = name.partition("::")
+    record = namespace in _RECORDED
+    comm = namespace in COMM_NAMESPACES
+    if not (record or comm):
+        return (False, False, [], [], None, [], False)
+    func = getattr(getattr(getattr(torch.ops, namespace), op), overload)
+    info = OpInfo.of(func)
+    written_if = None
+    if info.written_if is not None:
+        flag, extra = info.written_if
+        written_if = (flag, sorted(extra))
+    return (
+        record and not comm,
+        comm,
+        sorted(info.written),
+        sorted(info.write_only),
+        written_if,
+        list(info.view_returns),
+        info.uninitialized,
+    )
+
+
+class NativeCapture:
+    """Records the ops of one step with the native engine; the interface of ``StepCapture``."""
+
+    _current: ClassVar[NativeCapture | None] = None
+    _configured: ClassVar[bool] = False
+
+    def __init__(self, step: int, options: Options, names: Names, ext: ModuleType) -> None:
+        self.step = step
+        self.options = options
+        self.names = names
+        self._ext = ext
+        self.tracker = PhaseTracker(
+            names, on_tensor_named=self.name_tensor, on_compiled=self._compiled, listener=ext
+        )
+        self._events: list[Event] = []
+        self._stats = StatsCollector(hist_bins=options.hist_bins) if options.stats else None
+        self._compiled_seen = False
+        self._data: Any = None  # the engine's StepData, once stopped
+        self._t0_ns = time.perf_counter_ns()  # the step's start: op starts count from it
+        self._wall = time.time()
+
+    # -- callbacks from the engine ----------------------------------------------------------
+    @staticmethod
+    def _observe(index: int, t: torch.Tensor) -> None:
+        capture = NativeCapture._current
+        if capture is not None and capture._stats is not None:
+            capture._stats.add(index, t)
+
+    @staticmethod
+    def _select(role: int, module: str, op: str) -> bool:
+        capture = NativeCapture._current
+        selection = None if capture is None else capture.options.values
+        return selection is not None and selection.matches(_ROLES[role].label, module, op)
+
+    def _configure(self) -> None:
+        if not NativeCapture._configured:
+            self._ext.configure(_describe, self._observe, self._select, TORCH_TO_DTYPE, kernel_address())
+            NativeCapture._configured = True
+
+    # -- naming -----------------------------------------------------------------------------
+    def name_tensor(self, t: torch.Tensor, role: Role, name: str) -> None:
+        """Give ``t`` (and every value it has held in this step) a role and a name."""
+        self._ext.name(t, int(role), name)
+
+    def _compiled(self, module: torch.nn.Module) -> None:
+        if not self._compiled_seen:
+            self._compiled_seen = True
+            self._events.append(
+                Event(
+                    "compile_bypassed",
+                    f"{type(module).__name__} is torch.compile'd; under the recorder it ran eagerly, "
+                    "so this step's graph shows the eager aten ops, not the compiled kernels.",
+                )
+            )
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def install(self) -> ExitStack:
+        """Start the engine and enter the hooks; the returned ``ExitStack`` stops both."""
+        from recorder.capture import StepCapture  # the one-capture-per-process guard
+
+        active = StepCapture._active or NativeCapture._current
+        if active is not None:
+            raise TraceError(
+                f"Another recorder is capturing step {active.step} in this process; "
+                "two recorders cannot capture the same steps. Give them schedules "
+                "that do not overlap, or record with one recorder."
+            )
+        self._configure()
+        o = self.options
+        stack = ExitStack()
+        try:
+            self._ext.start(
+                o.stats, o.views, o.values is not None, o.hist_bins, SMALL_NUMEL, self._t0_ns
+            )
+            NativeCapture._current = self
+            stack.callback(self._stop)
+            stack.enter_context(self.tracker.install())
+            for t, role, name in self.names.named_tensors():
+                self.name_tensor(t, role, name)
+            self._ext.enable(True)
+            stack.callback(self._ext.enable, False)
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
+    def _stop(self) -> None:
+        """Leave the engine off (an exception in the step, or the normal end before finish)."""
+        self._ext.enable(False)
+        if NativeCapture._current is self and self._data is None:
+            self._data = self._ext.finish()
+        NativeCapture._current = None
+
+    def finish(self) -> RawStep:
+        """End the capture and return the step (its rows are built on the writer thread)."""
+        duration = (time.perf_counter_ns() - self._t0_ns) / 1e9
+        if self._data is None:
+            self._stop()
+        data, self._data = self._data, None
+        values = data.take_values()
+        selection = self.options.values
+        for index, module, op in data.tentative:
+            if selection is not None and not selection.matches(
+                _ROLES[data.role_of(index)].label, module, op
+            ):
+                values.pop(index, None)
+        stats = None
+        if self._stats is not None:
+            stats = self._stats.finish(data.n_tensors)
+            index, numel, floats, ints, fp_only = data.stats()
+            flags = np.where(fp_only.numpy() == 1, FINGERPRINT, ALL_FLAGS).astype(np.uint8)
+            stats.native_rows = (index.numpy(), numel.numpy(), flags, floats.numpy(), ints.numpy())
+            stats.aliases.extend(data.aliases)
+        events = self._events
+        if data.error:
+            events.append(
+                Event(
+                    "recorder_error",
+                    f"The recorder stopped capturing this step after op {data.error_op}: {data.error}",
+                )
+            )
+        self._stats = None
+        return RawStep(
+            self.step,
+            [],
+            [],
+            [],
+            [],
+            list(data.host_ns),
+            stats,
+            values,
+            [],
+            events,
+            wall_time=self._wall,
+            duration=duration,
+            host_start_ns=list(data.start_ns),
+            rows=lambda: _rows(data),
+        )
+
+
+def _rows(data: Any) -> tuple[list[OpRow], list[TensorRow], list[Role], list[str | None]]:
+    """The engine's rows as the named rows of :mod:`recorder.captured` (on the writer thread)."""
+    ops, tensors, roles, names = data.rows(OpRow, TensorRow, _PHASES, _ROLES, json_value, TORCH_TO_DTYPE)
+    return ops, tensors, roles, names
