@@ -40,6 +40,9 @@ import recorder
 from recorder.examples.gpt import build
 from recorder.stats.native import available as native_stats_available
 
+#: record(engine=...) for every recording of this process (--engine)
+ENGINE: Any = "auto"
+
 #: The capture levels measured by the ``bytes`` phase (``recorder.record`` keywords).
 LEVELS: dict[str, dict[str, Any]] = {
     "graph": {"capture": ("graph",)},
@@ -102,7 +105,7 @@ def interleaved(
     def scheduled(s: int) -> bool:
         return s % 2 == 1 and s // 2 < len(plan) and plan[s // 2] == "on"
 
-    with recorder.record(path, model=model, overwrite=True, schedule=scheduled) as rec:
+    with recorder.record(path, model=model, overwrite=True, schedule=scheduled, engine=ENGINE) as rec:
         barrier()
         for k in range(len(plan)):
             c0, t0 = time.process_time(), time.perf_counter()
@@ -142,7 +145,9 @@ def continuous(
 ) -> list[dict[str, Any]]:
     state = {"on": False}
     blocks: list[dict[str, Any]] = []
-    with recorder.record(path, model=model, overwrite=True, schedule=lambda s: state["on"]) as rec:
+    with recorder.record(
+        path, model=model, overwrite=True, schedule=lambda s: state["on"], engine=ENGINE
+    ) as rec:
         for mode in order:
             barrier()
             state["on"] = mode == "on"
@@ -170,7 +175,7 @@ def bytes_per_level(
     for level, kw in LEVELS.items():
         run = root / f"bytes-{level}"
         file = run / f"rank-{rank:05d}.tft.h5"
-        with recorder.record(run, model=model, overwrite=True, **kw) as rec:
+        with recorder.record(run, model=model, overwrite=True, engine=ENGINE, **kw) as rec:
             for k in range(first + steps):
                 if k == first:
                     rec.flush()
@@ -200,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-steps", type=int, required=True)
     p.add_argument("--bytes-steps", type=int, required=True, help="0: skip the bytes phase")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", choices=["auto", "native", "python"], default="auto")
     args = p.parse_args(argv)
+    global ENGINE
+    ENGINE = args.engine
     torch.set_num_threads(1)
     if args.mode == "ddp":
         dist.init_process_group("gloo")

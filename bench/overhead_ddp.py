@@ -247,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-steps", type=int, default=5, help="steps per block")
     p.add_argument("--bytes-steps", type=int, default=6, help="steps per capture level (0: skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--engine",
+        choices=["auto", "native", "python"],
+        default="auto",
+        help="record(engine=...) in every job (auto: native alone, Python under DDP)",
+    )
     p.add_argument("--timeout", type=float, default=240, help="seconds per job before it is killed")
     args = p.parse_args(argv)
     rounds = args.rounds or (8 if args.quick else 30)
@@ -274,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                     str(bytes_steps if i == 0 else 0),
                     "--seed",
                     str(args.seed + i),
+                    "--engine",
+                    args.engine,
                 ]
                 job = run_job(mode, Path(d) / f"{mode}-{i}", worker_args, args.timeout)
                 runs[mode].append(summarise(job))
@@ -285,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     out: dict[str, Any] = {
         "bench": "overhead_ddp",
+        "engine": args.engine,
         "model": MODEL,
         "params": single["params"],
         "threads_per_rank": ddp2["threads"],

@@ -46,6 +46,13 @@ with the profiler scopes ``tracefmt::capture_before`` and ``tracefmt::capture_af
 :data:`RECORDER_FRAMES`), so that work (statistics, bookkeeping) is a child of the op's event,
 left out of the op's self time, and the op's own kernel is what both sides time.
 
+Both the profiler and the recorder work inside the ops' spans when they run together: the
+profiler's start and end of every event (and of the native engine's two scopes) land in the op's
+self time, and the recorder's work inside the op's events changes what the profiler measures.  So
+``gpt2`` also runs the same steps of identically seeded models twice more, once recorded without
+the profiler and once profiled without the recorder, and compares those (``top10_alone``,
+``all_within_alone``): what each tool measures when the other is not inside the ops.
+
 ``demo``: the same for ``--demo-steps`` steps of the example ``make demo`` records
 (``recorder.examples.gpt`` at its default size, each batch drawn inside its step, the writer
 working alongside as in the demo), reporting the longest single recorded op (``max_op_ms``) and
@@ -56,6 +63,7 @@ of that name (inclusive, inner events as above) took less (``violations``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -183,14 +191,23 @@ def recorded_ops(path: Path) -> RecordedOps:
 
 
 def run_profiled(
-    name: str, path: Path, steps: int, warmup: int, *, engine: str, drain: bool, seed: int
-) -> tuple[RecordedOps, ProfiledOps]:
-    """``steps`` steps of model ``name`` recorded and profiled together, after ``warmup``."""
+    name: str,
+    path: Path,
+    steps: int,
+    warmup: int,
+    *,
+    engine: str,
+    drain: bool,
+    seed: int,
+    profile: bool = True,
+) -> tuple[RecordedOps, ProfiledOps | None]:
+    """``steps`` steps of model ``name`` recorded (and profiled, with ``profile``) after ``warmup``."""
     model, _, train = build(name, seed=seed)
     for i in range(warmup):
         train(i)
+    profiler = torch.profiler.profile() if profile else contextlib.nullcontext()
     with (
-        torch.profiler.profile() as prof,
+        profiler as prof,
         recorder.record(
             path,
             model=model,
@@ -206,7 +223,42 @@ def run_profiled(
             if drain:
                 rec.flush()
     rec = recorded_ops(path)
-    return rec, profiled_ops(prof.events(), rec.calls.keys())
+    return rec, None if prof is None else profiled_ops(prof.events(), rec.calls.keys())
+
+
+def run_alone(
+    name: str, steps: int, warmup: int, recorded: Collection[str], *, seed: int
+) -> ProfiledOps:
+    """The same ``steps`` steps of a freshly built, identically seeded model ``name``, profiled
+    without the recorder: what the profiler measures when nothing else runs inside the ops."""
+    model, _, train = build(name, seed=seed)
+    del model
+    for i in range(warmup):
+        train(i)
+    with torch.profiler.profile() as prof:
+        for i in range(steps):
+            train(warmup + i)
+    return profiled_ops(prof.events(), recorded)
+
+
+def compare_alone(rec: RecordedOps, alone: ProfiledOps) -> dict[str, Any]:
+    """The :data:`TOP` op names by self CPU time of the profiler alone, recorded against it."""
+    aten = {n: t for n, t in alone.self_us.items() if n.startswith("aten::")}
+    rows = []
+    for n in sorted(aten, key=aten.__getitem__, reverse=True)[:TOP]:
+        recorded, profiled = rec.total_us.get(n, 0.0), aten[n]
+        rows.append(
+            {
+                "op": n,
+                "recorded_us": round(recorded, 1),
+                "profiler_alone_us": round(profiled, 1),
+                "rel_diff": round((recorded - profiled) / profiled, 3) if profiled else None,
+                "within": _within(recorded, profiled),
+                "calls": rec.calls.get(n, 0),
+                "profiler_calls": alone.calls[n],
+            }
+        )
+    return {"top10_alone": rows, "all_within_alone": all(r["within"] for r in rows)}
 
 
 def _within(recorded: float, profiled: float) -> bool:
@@ -304,7 +356,22 @@ def main(argv: list[str] | None = None) -> int:
                 drain=args.drain,
                 seed=args.seed,
             )
+            assert prof is not None
             out[name] = (compare_gpt2 if name == "gpt2" else long_ops)(rec, prof)
+            if name == "gpt2":
+                _log(f"{name}: the same {n} steps recorded alone, then profiled alone")
+                rec_alone, _ = run_profiled(
+                    name,
+                    Path(d) / f"{name}-alone",
+                    n,
+                    args.warmup,
+                    engine=args.engine,
+                    drain=args.drain,
+                    seed=args.seed,
+                    profile=False,
+                )
+                alone = run_alone(name, n, args.warmup, rec_alone.calls.keys(), seed=args.seed)
+                out[name].update(compare_alone(rec_alone, alone))
             out[name]["steps"] = n
             engines.append(rec.engine)
     out["native"] = all(e == "native" for e in engines)

@@ -84,6 +84,10 @@ class Names:
         self.optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self.params = weak_tensor_map()
         self.buffers = weak_tensor_map()
+        #: per optimizer: the parameters it steps (strong: it holds them too) and their names
+        self._stepped: weakref.WeakKeyDictionary[
+            torch.optim.Optimizer, tuple[list[torch.Tensor], list[str]]
+        ] = weakref.WeakKeyDictionary()
 
     def add_root(self, module: torch.nn.Module) -> None:
         """Name ``module`` ``""`` and its submodules, parameters and buffers by their FQN."""
@@ -114,12 +118,32 @@ class Names:
             self.params[p] = name
         return name
 
+    def stepped(self, optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, str]]:
+        """``(parameter, name)`` of every parameter ``optimizer`` steps, in group order.
+
+        Looked up once per optimizer and kept while its groups hold the same tensors: the
+        recorder asks at every step, and a lookup in the weak tensor maps costs microseconds.
+        """
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        cached = self._stepped.get(optimizer)
+        if (
+            cached is not None
+            and len(cached[0]) == len(params)
+            and all(a is b for a, b in zip(cached[0], params, strict=True))
+        ):
+            return list(zip(params, cached[1], strict=True))
+        names = [
+            self.param_name(p, optimizer, g, i)
+            for g, group in enumerate(optimizer.param_groups)
+            for i, p in enumerate(group["params"])
+        ]
+        self._stepped[optimizer] = (params, names)
+        return list(zip(params, names, strict=True))
+
     def named_tensors(self) -> Iterator[tuple[torch.Tensor, Role, str]]:
         """Every tensor with a name now: parameters, buffers, gradients and optimizer state."""
         for optimizer in list(self.optimizers):
-            for g, group in enumerate(optimizer.param_groups):
-                for i, p in enumerate(group["params"]):
-                    self.param_name(p, optimizer, g, i)
+            self.stepped(optimizer)
         for p, name in list(self.params.items()):
             yield p, Role.PARAMETER, name
             if p.grad is not None:
@@ -132,10 +156,11 @@ class Names:
     def optimizer_state(
         self, optimizer: torch.optim.Optimizer
     ) -> Iterator[tuple[torch.Tensor, Role, str]]:
+        known = {id(p): name for p, name in self.stepped(optimizer)}
         for p, state in list(optimizer.state.items()):
             if not isinstance(p, torch.Tensor) or not isinstance(state, dict):
                 continue
-            base = self.param_name(p, optimizer)
+            base = known.get(id(p)) or self.param_name(p, optimizer)
             for key, value in state.items():
                 if isinstance(value, torch.Tensor):
                     yield value, Role.OPTIMIZER_STATE, f"{base}.{key}"
@@ -146,6 +171,7 @@ class Names:
         self.optimizers = weakref.WeakSet()
         self.params = weak_tensor_map()
         self.buffers = weak_tensor_map()
+        self._stepped = weakref.WeakKeyDictionary()
 
 
 class TrackerListener(Protocol):
@@ -264,12 +290,10 @@ class PhaseTracker:
             if p.grad is not None
         )
         self._depths_changed()
-        for g, group in enumerate(optimizer.param_groups):
-            for i, p in enumerate(group["params"]):
-                name = self.names.param_name(p, optimizer, g, i)
-                self._on_tensor_named(p, Role.PARAMETER, name)
-                if p.grad is not None:
-                    self._on_tensor_named(p.grad, Role.GRADIENT, f"{name}.grad")
+        for p, name in self.names.stepped(optimizer):
+            self._on_tensor_named(p, Role.PARAMETER, name)
+            if p.grad is not None:
+                self._on_tensor_named(p.grad, Role.GRADIENT, f"{name}.grad")
         for t, role, name in self.names.optimizer_state(optimizer):
             self._on_tensor_named(t, role, name)
 

@@ -6,8 +6,11 @@
 * ``engine="native"``: this engine, or a :class:`tracefmt.errors.TraceError` saying why it cannot run.
 * ``engine="auto"`` (the default): this engine where it can record the job, else the dispatch
   mode, with a warning (once per process, local rank 0) when the engine could not be built.  It
-  does not yet record collectives, CUDA timings or source lines, so ``auto`` takes the dispatch
-  mode for distributed jobs, for processes that use CUDA, and with ``source=True``.
+  does not yet record CUDA timings or source lines, and below the Python key it sees what tensor
+  subclasses run (FSDP2's DTensor shards, the waits inside ``AsyncCollectiveTensor``) rather
+  than the calls made on them, so ``auto`` takes the dispatch mode for processes that use CUDA,
+  for distributed jobs and with ``source=True``.  ``engine="native"`` records a DDP job's c10d
+  collectives as the dispatch mode does.
 
 Which engine ran is in each trace's provenance (``"recorder_engine"``).
 """
@@ -36,7 +39,10 @@ _cuda_initialized = cast("Callable[[], bool]", torch.cuda.is_initialized)
 def _python_only(options: Options, distributed: bool) -> str | None:
     """Why this job needs the dispatch mode, or None."""
     if distributed:
-        return "it is a distributed job (collectives are recorded by the Python engine)"
+        # The engine records c10d collectives (engine="native" on a DDP job), but below the
+        # Python key it sees what tensor subclasses run (FSDP2's DTensor shards, the functional
+        # collectives' waits inside AsyncCollectiveTensor) rather than the calls the user made.
+        return "it is a distributed job"
     if torch.cuda.is_available() and _cuda_initialized():
         return "this process uses CUDA (device timings are recorded by the Python engine)"
     if options.source:

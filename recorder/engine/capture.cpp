@@ -36,6 +36,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <string>
 #include <thread>
@@ -144,7 +145,7 @@ struct StepData {
 class Engine {
  public:
   // -- configuration (Python, once) -------------------------------------------------------
-  py::object describe_cb, observe_cb, select_cb;
+  py::object describe_cb, observe_cb, select_cb, comm_before_cb, comm_after_cb;
   std::unordered_map<int, py::object> dtypes;  // ScalarType code -> tracefmt DType
   FusedFn fused = nullptr;
   bool stats = false, views = false, values = false;
@@ -279,12 +280,6 @@ class Engine {
       fail(e.what());
     }
     if (meta == nullptr || !meta->record) {
-      if (meta != nullptr && meta->comm) {
-        fail(
-            "a communication op (" + op.schema().operator_name().name +
-            ") ran: the native engine does not record collectives; record distributed jobs with "
-            "engine='python' (engine='auto' does)");
-      }
       op.redispatchBoxed(below, stack_);
       return;
     }
@@ -292,19 +287,39 @@ class Engine {
     try {
       // Profiler scopes around the engine's own work: under torch.profiler the op's self time
       // is then the op's, and the engine's shows as its own rows.
-      RECORD_FUNCTION("tracefmt::capture_before", c10::ArrayRef<const c10::IValue>{});
+      RECORD_USER_SCOPE("tracefmt::capture_before");
       before(*meta, op, *stack_, p);
     } catch (const std::exception& e) {
       fail(e.what());
       op.redispatchBoxed(below, stack_);
       return;
     }
+    int64_t token = -1;
+    if (meta->comm) {
+      try {
+        token = comm_before(op, *stack_);
+      } catch (const std::exception& e) {
+        fail(e.what());
+        op.redispatchBoxed(below, stack_);
+        return;
+      }
+    }
     int64_t start = now_ns();
     op.redispatchBoxed(below, stack_);
+    bool final = true;
+    if (meta->comm) {
+      // waits on a collective (recorder.collectives): in its time, as in the Python engine
+      try {
+        final = comm_after(op, *stack_, token);
+      } catch (const std::exception& e) {
+        fail(e.what());
+        return;
+      }
+    }
     int64_t end = now_ns();
     try {
-      RECORD_FUNCTION("tracefmt::capture_after", c10::ArrayRef<const c10::IValue>{});
-      after(*meta, op, *stack_, p, end - start, start - t0);
+      RECORD_USER_SCOPE("tracefmt::capture_after");
+      after(*meta, op, *stack_, p, end - start, start - t0, final);
     } catch (const std::exception& e) {
       fail(e.what());
     }
@@ -331,6 +346,43 @@ class Engine {
   std::vector<uint8_t> measured_;
   std::unordered_map<int32_t, int32_t> devices_;
   std::unordered_map<int64_t, bool> selected_;
+
+  // A communication op: Python's recorder.collectives describes it (its "c10d" attribute) and,
+  // after it ran, makes its values final; both see the arguments as the dispatch mode would.
+  int64_t comm_before(const c10::OperatorHandle& op, torch::jit::Stack& st) {
+    size_t n = op.schema().arguments().size();
+    auto args = torch::jit::last(st, n);
+    try {
+      py::gil_scoped_acquire gil;
+      py::tuple py_args(n);
+      for (size_t i = 0; i < n; ++i) py_args[i] = torch::jit::toPyObject(args[i]);
+      const auto& schema = op.schema();
+      std::string overload = schema.overload_name().empty() ? "default" : schema.overload_name();
+      return comm_before_cb(schema.operator_name().name, overload, py_args).cast<int64_t>();
+    } catch (py::error_already_set& e) {
+      throw_python(e);
+    }
+  }
+
+  bool comm_after(const c10::OperatorHandle& op, torch::jit::Stack& st, int64_t token) {
+    size_t n = op.schema().returns().size();
+    auto rets = torch::jit::last(st, n);
+    try {
+      py::gil_scoped_acquire gil;
+      py::object out;
+      if (n == 1) {
+        out = torch::jit::toPyObject(rets[0]);
+      } else {
+        py::tuple t(n);
+        for (size_t i = 0; i < n; ++i) t[i] = torch::jit::toPyObject(rets[i]);
+        out = t;
+      }
+      auto index = static_cast<int64_t>(d.op_name.size());
+      return comm_after_cb(token, index, out).cast<bool>();
+    } catch (py::error_already_set& e) {
+      throw_python(e);
+    }
+  }
 
   // CLOCK_MONOTONIC, as time.perf_counter_ns on Linux (libstdc++'s steady_clock reads it)
   static int64_t now_ns() {
@@ -649,8 +701,10 @@ class Engine {
     if (r.negzero && (r.min == 0 || r.max == 0)) return false;
     double std_ = -1.0;
     if (m > 1 && r.sumsq > 0 && r.sumsq - r.sum * r.sum / m <= CANCEL * r.sumsq) {
+      // The mean dominates the spread, so sumsq - sum^2/m would cancel: a second pass over the
+      // values, centred in float64 (every element is finite here: m == n).
       if (m < n) return false;
-      std_ = centred_norm(x.reshape(-1), r.sum / m) / std::sqrt(static_cast<double>(m));
+      std_ = std::sqrt(centred_squares(x, r.sum / m) / static_cast<double>(m));
     }
     push_row(index, n, {r.min, r.max, r.sum, std::sqrt(r.sumsq), std_},
              {r.nonzero, r.nan, r.inf, static_cast<int64_t>(r.fingerprint)}, false);
@@ -666,27 +720,27 @@ class Engine {
     d.stat_fingerprint_only.push_back(fingerprint_only ? 1 : 0);
   }
 
-  // stats.cpu._sum_and_norm and _centred_norm, with the same ATen ops (so the same numbers).
-  static std::pair<double, double> sum_and_norm(const at::Tensor& x) {
-    if (x.scalar_type() == at::kDouble)
-      return {x.sum().item<double>(), at::linalg_vector_norm(x).item<double>()};
-    double total = x.sum(at::kFloat).item<double>();
-    int64_t n = x.numel(), whole = n - n % 1024;
-    double squares = at::linalg_vector_norm(x.slice(0, 0, whole).view({-1, 1024}), 2, {1},
-                                            false, at::kFloat)
-                         .to(at::kDouble)
-                         .square()
-                         .sum()
-                         .item<double>();
-    if (whole != n) squares += x.slice(0, whole).to(at::kDouble).square().sum().item<double>();
-    if (!std::isfinite(total) || !std::isfinite(squares)) return sum_and_norm(x.to(at::kDouble));
-    return {total, std::sqrt(squares)};
-  }
-
-  static double centred_norm(const at::Tensor& x, double mean) {
-    auto st = x.scalar_type();
-    at::Tensor wide = st == at::kFloat || st == at::kDouble ? x : x.to(at::kFloat);
-    return sum_and_norm(wide - mean).second;
+  // Sum of (x - mean)^2 over a contiguous float32 or bfloat16 tensor, accumulated in float64.
+  static double centred_squares(const at::Tensor& x, double mean) {
+    int64_t n = x.numel();
+    double acc = 0;
+    if (x.scalar_type() == at::kFloat) {
+      const float* p = x.const_data_ptr<float>();
+      for (int64_t i = 0; i < n; ++i) {
+        double v = static_cast<double>(p[i]) - mean;
+        acc += v * v;
+      }
+    } else {
+      const uint16_t* p = static_cast<const uint16_t*>(x.const_data_ptr());
+      for (int64_t i = 0; i < n; ++i) {
+        uint32_t bits = static_cast<uint32_t>(p[i]) << 16;
+        float f;
+        std::memcpy(&f, &bits, sizeof f);
+        double v = static_cast<double>(f) - mean;
+        acc += v * v;
+      }
+    }
+    return acc;
   }
 
   int32_t backward_module(const torch::autograd::Node& node) {
@@ -723,6 +777,24 @@ class Engine {
         p.attrs.push_back(Attr{arg_string(m, pos), Kind::Plain, c10::IValue()});
       }
       return;
+    }
+    if (v.isList() && !v.toListRef().empty()) {
+      // c10d's Tensor[][]: the tensors numbered in flat order (recorder.convert.collect_arg)
+      auto outer = v.toListRef();
+      bool nested = true, any = false;
+      for (const auto& x : outer) nested = nested && x.isList();
+      if (nested) {
+        int32_t item = 0;
+        for (const auto& inner : outer)
+          for (const auto& x : inner.toListRef()) {
+            if (x.isTensor() && x.toTensor().defined()) {
+              any = true;
+              p.tensors.push_back({x.toTensor(), static_cast<int32_t>(pos), item});
+            }
+            ++item;
+          }
+        if (any) return;
+      }
     }
     if (v.isList()) {
       auto list = v.toListRef();
@@ -794,14 +866,16 @@ class Engine {
     for (const auto& a : p.tensors) {
       if (m.written[a.pos] || (flag && m.written_if_extra[a.pos])) p.written.push_back(a.t);
     }
-    if (node && node->sequence_nr() == ACCUMULATE_GRAD_SEQ) {
+    if (!m.comm && node && node->sequence_nr() == ACCUMULATE_GRAD_SEQ) {
       int32_t param = accumulate_grad_param(*node);
       if (param >= 0) p.grad_of = intern(strings_[param] + ".grad");
     }
   }
 
+  // `final`: the written values are final (else left unmeasured: a point-to-point op, a
+  // functional collective before its wait_tensor).
   void after(const OpMeta& m, const c10::OperatorHandle& op, torch::jit::Stack& st, Pending& p,
-             int64_t elapsed, int64_t start) {
+             int64_t elapsed, int64_t start, bool final) {
     auto op_index = static_cast<int64_t>(d.op_name.size());
     size_t n_ret = op.schema().returns().size();
     auto rets = torch::jit::last(st, n_ret);
@@ -851,7 +925,7 @@ class Engine {
       d.outputs.push_back(value);
       bool obs = again ? (is_written || views)
                        : ((!is_view || views || role != ACTIVATION) && !m.uninitialized);
-      if (obs) {
+      if (obs && final) {
         int64_t same = -1;
         if (!is_written && key != 0 && o.numel() > small_numel) same = same_bytes(o, p.tensors);
         observe(value, o, p.module, name, same);
@@ -997,11 +1071,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       });
 
   m.def("configure", [](py::object describe, py::object observe, py::object select,
-                        py::dict dtypes, uintptr_t fused) {
+                        py::object comm_before, py::object comm_after, py::dict dtypes,
+                        uintptr_t fused) {
     auto& e = engine();
     e.describe_cb = std::move(describe);
     e.observe_cb = std::move(observe);
     e.select_cb = std::move(select);
+    e.comm_before_cb = std::move(comm_before);
+    e.comm_after_cb = std::move(comm_after);
     std::fill(e.supported.begin(), e.supported.end(), 0);
     for (auto item : dtypes) e.supported.at(code_of(item.first)) = 1;
     e.fused = reinterpret_cast<FusedFn>(fused);
@@ -1038,5 +1115,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     e.describe_cb = py::object();
     e.observe_cb = py::object();
     e.select_cb = py::object();
+    e.comm_before_cb = py::object();
+    e.comm_after_cb = py::object();
   });
 }

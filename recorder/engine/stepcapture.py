@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from recorder.captured import OpRow, RawStep, TensorRow
-from recorder.collectives import COMM_NAMESPACES
+from recorder.collectives import COMM_NAMESPACES, OTHER, CommSpec, CommTracker
 from recorder.convert import TORCH_TO_DTYPE, json_value
 from recorder.opinfo import OpInfo
 from recorder.options import Options
@@ -39,6 +39,16 @@ _PHASES = list(Phase)
 _ROLES = list(Role)
 
 
+_INFOS: dict[Any, OpInfo] = {}
+
+
+def _info(func: Any) -> OpInfo:
+    info = _INFOS.get(func)
+    if info is None:
+        info = _INFOS[func] = OpInfo.of(func)
+    return info
+
+
 def _describe(name: str, overload: str) -> tuple[Any, ...]:
     """What the engine needs of an op overload's schema, once per overload (see OpMeta)."""
     namespace, _, op = name.partition("::")
@@ -46,14 +56,13 @@ def _describe(name: str, overload: str) -> tuple[Any, ...]:
     comm = namespace in COMM_NAMESPACES
     if not (record or comm):
         return (False, False, [], [], None, [], False)
-    func = getattr(getattr(getattr(torch.ops, namespace), op), overload)
-    info = OpInfo.of(func)
+    info = _info(getattr(getattr(getattr(torch.ops, namespace), op), overload))
     written_if = None
     if info.written_if is not None:
         flag, extra = info.written_if
         written_if = (flag, sorted(extra))
     return (
-        record and not comm,
+        True,
         comm,
         sorted(info.written),
         sorted(info.write_only),
@@ -78,6 +87,10 @@ class NativeCapture:
             names, on_tensor_named=self.name_tensor, on_compiled=self._compiled, listener=ext
         )
         self._events: list[Event] = []
+        self._comms = CommTracker()
+        #: communication ops between their two callbacks: token -> (spec, "c10d", arguments)
+        self._comm_calls: dict[int, tuple[CommSpec, dict[str, Any] | None, tuple[Any, ...], str]] = {}
+        self._c10d: dict[int, dict[str, Any]] = {}  #: op index -> its "c10d" attribute
         self._stats = StatsCollector(hist_bins=options.hist_bins) if options.stats else None
         self._compiled_seen = False
         self._data: Any = None  # the engine's StepData, once stopped
@@ -97,9 +110,43 @@ class NativeCapture:
         selection = None if capture is None else capture.options.values
         return selection is not None and selection.matches(_ROLES[role].label, module, op)
 
+    @staticmethod
+    def _comm_before(name: str, overload: str, args: tuple[Any, ...]) -> int:
+        """A communication op about to run: its "c10d" attribute (recorder.collectives)."""
+        capture = NativeCapture._current
+        if capture is None:
+            return -1
+        namespace, _, op = name.partition("::")
+        info = _info(getattr(getattr(getattr(torch.ops, namespace), op), overload))
+        c10d = capture._comms.describe(info.comm or OTHER, info.arg_names, args, {}, {})
+        token = len(capture._comm_calls)
+        capture._comm_calls[token] = (info.comm or OTHER, c10d, args, info.name)
+        return token
+
+    @staticmethod
+    def _comm_after(token: int, index: int, out: object) -> bool:
+        """The op ran: make its values final; whether they are (its written values measured)."""
+        capture = NativeCapture._current
+        if capture is None or token not in capture._comm_calls:
+            return False
+        spec, c10d, args, name = capture._comm_calls.pop(token)
+        done = capture._comms.complete(spec, c10d, args, out)
+        capture._events.extend(done.events(name, index))
+        if c10d is not None:
+            capture._c10d[index] = c10d
+        return done.final
+
     def _configure(self) -> None:
         if not NativeCapture._configured:
-            self._ext.configure(_describe, self._observe, self._select, TORCH_TO_DTYPE, kernel_address())
+            self._ext.configure(
+                _describe,
+                self._observe,
+                self._select,
+                self._comm_before,
+                self._comm_after,
+                TORCH_TO_DTYPE,
+                kernel_address(),
+            )
             NativeCapture._configured = True
 
     # -- naming -----------------------------------------------------------------------------
@@ -185,6 +232,7 @@ class NativeCapture:
                 )
             )
         self._stats = None
+        c10d, self._c10d = self._c10d, {}
         return RawStep(
             self.step,
             [],
@@ -199,11 +247,18 @@ class NativeCapture:
             wall_time=self._wall,
             duration=duration,
             host_start_ns=list(data.start_ns),
-            rows=lambda: _rows(data),
+            process_groups=self._comms.process_groups,
+            rows=lambda: _rows(data, c10d),
         )
 
 
-def _rows(data: Any) -> tuple[list[OpRow], list[TensorRow], list[Role], list[str | None]]:
-    """The engine's rows as the named rows of :mod:`recorder.captured` (on the writer thread)."""
+def _rows(
+    data: Any, c10d: dict[int, dict[str, Any]]
+) -> tuple[list[OpRow], list[TensorRow], list[Role], list[str | None]]:
+    """The engine's rows as the named rows of :mod:`recorder.captured` (on the writer thread),
+    with each communication op's ``"c10d"`` attribute last among its arguments."""
     ops, tensors, roles, names = data.rows(OpRow, TensorRow, _PHASES, _ROLES, json_value, TORCH_TO_DTYPE)
+    for index, attr in c10d.items():
+        op = ops[index]
+        ops[index] = op._replace(attrs={**(op.attrs or {}), "c10d": attr})
     return ops, tensors, roles, names

@@ -19,12 +19,18 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 import recorder
+from recorder.options import Engine
+
+#: The capture engine (the third argument; default "auto", which takes the Python one here).
+ENGINE: Engine = "auto"
 
 
 def _explicit(run: Path, rank: int, world: int) -> dict[str, Any]:
     sub = dist.new_group([1])  # every rank creates it; only rank 1 is a member
     seen: dict[str, Any] = {}
-    with recorder.record(run, rank=rank, world_size=world, capture=("graph", "stats")) as rec:
+    with recorder.record(
+        run, rank=rank, world_size=world, capture=("graph", "stats"), engine=ENGINE
+    ) as rec:
         summed = torch.full((4,), float(rank + 1))
         dist.all_reduce(summed)
         averaged = torch.full((4,), float(rank + 1))
@@ -67,7 +73,9 @@ def _ddp(run: Path, rank: int, world: int) -> dict[str, Any]:
     ddp = DistributedDataParallel(model, bucket_cap_mb=0.0001)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
     grads: list[dict[str, list[float]]] = []
-    with recorder.record(run, rank=rank, world_size=world, model=ddp, capture=("graph", "stats")) as rec:
+    with recorder.record(
+        run, rank=rank, world_size=world, model=ddp, capture=("graph", "stats"), engine=ENGINE
+    ) as rec:
         for step in range(2):  # step 1 rebuilds the buckets
             torch.manual_seed(100 + 10 * step + rank)  # each rank its own batch
             x = torch.randn(3, 4)
@@ -98,7 +106,7 @@ def _fsdp(run: Path, rank: int, world: int) -> dict[str, Any]:
     fully_shard(model, mesh=mesh)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with recorder.record(
-        run, rank=rank, world_size=world, model=model, capture=("graph", "stats")
+        run, rank=rank, world_size=world, model=model, capture=("graph", "stats"), engine=ENGINE
     ) as rec:
         for step in range(2):
             torch.manual_seed(100 + 10 * step + rank)
@@ -112,7 +120,10 @@ def _fsdp(run: Path, rank: int, world: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    global ENGINE
     scenario, run = sys.argv[1], Path(sys.argv[2])
+    if len(sys.argv) > 3:
+        ENGINE = {"auto": "auto", "native": "native", "python": "python"}[sys.argv[3]]
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     try:

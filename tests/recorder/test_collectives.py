@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 import tracefmt
 from recorder.capture import StepCapture
+from recorder.engine.extension import load as load_engine
 from recorder.options import Options
 from recorder.tracking import Names
 from tests.torchrun import torchrun
@@ -39,10 +40,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _torchrun(scenario: str, out: Path) -> Path:
+def _torchrun(scenario: str, out: Path, engine: str = "auto") -> Path:
     run = out / scenario
     try:
-        proc = torchrun([str(CHILD), scenario, str(run)])
+        proc = torchrun([str(CHILD), scenario, str(run), engine])
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"torchrun {scenario} hung; stderr:\n{str(e.stderr)[-3000:]}")
     assert proc.returncode == 0, f"torchrun {scenario} failed:\n{proc.stderr[-4000:]}"
@@ -175,10 +176,16 @@ def test_point_to_point_writes_are_left_unmeasured(explicit: list[_Rank]) -> Non
     assert explicit[1].seen["box"] == [7.0] * 5
 
 
-@pytest.fixture(scope="module")
-def ddp(tmp_path_factory: pytest.TempPathFactory) -> list[_Rank]:
-    run = _torchrun("ddp", tmp_path_factory.mktemp("collectives"))
-    return [_Rank(run, 0), _Rank(run, 1)]
+@pytest.fixture(scope="module", params=["python", "native"])
+def ddp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[_Rank]:
+    """A DDP job recorded by each engine (engine="native" records its c10d collectives too)."""
+    if request.param == "native" and load_engine().module is None:
+        pytest.skip(f"the native engine cannot be built here: {load_engine().reason}")
+    run = _torchrun("ddp", tmp_path_factory.mktemp("collectives"), request.param)
+    ranks = [_Rank(run, 0), _Rank(run, 1)]
+    engines = {tracefmt.open(run).provenance.extra["recorder_engine"]}
+    assert engines == {request.param}
+    return ranks
 
 
 def test_ddp_bucket_all_reduce_is_recorded_in_backward(ddp: list[_Rank]) -> None:

@@ -172,19 +172,25 @@ def _op(step: Any, op: Any) -> str:
     return f"{op.name} {op.phase.label} {op.module!r} {inputs} -> {outputs} {attrs}"
 
 
-def _stats_equal(a: TensorStats | None, b: TensorStats | None) -> bool:
+def _stats_equal(a: TensorStats | None, b: TensorStats | None, numel: int) -> bool:
+    """Equal within spec 5.7: counts, fingerprint, min and max exact; mean and norm within 1e-6
+    and std within 1e-5 of the float64 reference, so within twice that of each other, taken
+    relative to the values' scale (their rms: the std of a tensor whose mean dominates is
+    computed differently by the two engines, each within the spec)."""
     if a is None or b is None:
         return a is b
-    for field in ("nan", "inf", "zero", "fingerprint"):
-        if getattr(a, field) != getattr(b, field):
-            return False
-    for field in ("min", "max", "mean", "std", "norm"):
-        x, y = getattr(a, field), getattr(b, field)
-        if (x is None) != (y is None):
-            return False
-        if x is not None and not math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12):
-            return False
-    return True
+    exact = ("nan", "inf", "zero", "fingerprint", "min", "max")
+    if any(getattr(a, f) != getattr(b, f) for f in exact):
+        return False
+    moments = ("mean", "std", "norm")
+    if any(getattr(a, f) is None for f in moments) or any(getattr(b, f) is None for f in moments):
+        return all((getattr(a, f) is None) == (getattr(b, f) is None) for f in moments)
+    rms = a.norm / math.sqrt(max(numel, 1))
+    return (
+        math.isclose(a.norm, b.norm, rel_tol=2e-6, abs_tol=1e-12)
+        and abs(a.mean - b.mean) <= 2e-6 * rms + 1e-12
+        and abs(a.std - b.std) <= 2e-5 * rms + 1e-12
+    )
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
@@ -202,7 +208,7 @@ def test_native_engine_records_what_the_dispatch_mode_records(model: str, tmp_pa
         differ = [
             t.index
             for t, u in zip(a.tensors, b.tensors, strict=True)
-            if not _stats_equal(t.stats, u.stats)
+            if not _stats_equal(t.stats, u.stats, t.meta.numel)
         ]
         assert not differ, f"step {a.step}: statistics differ for tensors {differ[:10]}"
 
