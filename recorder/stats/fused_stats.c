@@ -1,23 +1,62 @@
 /* One pass over a contiguous float32 or bfloat16 array: everything a statistics row needs.
  *
- * Built on first use by recorder/_native.py (any C99 compiler) and called through ctypes; see
- * that module for why it exists.  Per element: the bits decide zero, -0.0, NaN and infinity
- * (integer tests, exact under the float flags the build uses); the value feeds min, max, sum and
- * sum of squares over the finite elements.  Sums run in float over blocks of BLOCK elements
- * (vector lanes in parallel: at most 16 terms per lane) and the blocks are added in double: a
- * relative error of a few 1e-8 of the sum of magnitudes (measured), inside the 1e-6 that spec
- * section 5.7 allows.  A block sum that overflows float (|x| above about 1e19 for the squares)
- * comes back as an infinity; the caller then computes the row in float64 instead.  The
- * fingerprint is tracefmt's: the wrapping sum of the bytes read as little-endian 64-bit words,
- * the last word zero-padded.  Min and max do not tell -0.0 from 0.0: `negzero` counts the -0.0s,
- * and the caller asks torch only when one of them could be the min or the max.
+ * Built on first use by recorder/stats/native.py (any C99 compiler) and called through ctypes;
+ * see that module for why it exists.  The bits decide zero, -0.0, NaN and infinity (integer
+ * tests, exact under the float flags the build uses); the values feed min, max, sum and sum of
+ * squares over the finite elements.
+ *
+ * Sums: a block of BLOCK elements is summed in float in LANES lanes (8 terms per lane, in
+ * whatever order the compiler picks), and each lane's block sum is added in double.  Summing 8
+ * terms (or squares) in float errs by at most 8 * 2^-24 (4.8e-7) of their magnitudes, so the
+ * result is within that of the sum of magnitudes (measured: a few 1e-8), inside the 1e-6 that
+ * spec section 5.7 allows.  A lane's block sum that overflows float (|x| above about 1e19 for the
+ * squares) comes back as an infinity (or the sum as a NaN); the caller then computes the row in
+ * float64 instead.
+ *
+ * Speed: most blocks hold neither a zero nor a non-finite element and need only the sums, min
+ * and max, with no per-element counts or selects.  The fast path sums a float32 block that way
+ * while it tests for both (one integer test per element: with m the magnitude's bits, m - 1,
+ * wrapping, is below 0x7f7fffff for all other elements), and keeps the result if neither turned
+ * up; a bfloat16 run of RUN blocks is tested first, in 16-bit lanes, then summed.  Otherwise
+ * block by block: a block with no non-finite element (its sum of squares comes out finite) has
+ * its zeros and -0.0s counted too (zeros change nothing else); a block with one takes the general
+ * code, where each element is counted on its bits and a non-finite one stands in as 0 for the
+ * sums and +-FLT_MAX for min and max (what the other paths computed from a NaN or an infinity is
+ * thrown away).  The next block probably resembles the last: it starts on that one's path.
+ *
+ * The fingerprint is tracefmt's: the wrapping sum of the bytes read as little-endian 64-bit
+ * words, the last word zero-padded.  Min and max do not tell -0.0 from 0.0: `negzero` counts the
+ * -0.0s, and the caller asks torch only when one of them could be the min or the max.
  */
 #include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#define BLOCK 128            /* a multiple of 4: every part starts on a 64-bit word */
+#define BLOCK 128            /* a multiple of 4 * LANES: every part starts on a 64-bit word */
+#define LANES 16             /* float lanes of a block's sums: BLOCK / LANES = 8 terms each */
+#define RUN 4                /* bfloat16 blocks tested at once for zeros and non-finite */
 #define MIN_PER_THREAD 65536 /* below this, a thread costs more than it saves */
+
+/* Lanes the general code reads at a time: then its eight accumulators fit in the vector
+ * registers (below AVX-512, 16 of 32 bytes). */
+#ifdef __AVX512F__
+#define GROUP 16
+#else
+#define GROUP 8
+#endif
+
+#ifdef __GNUC__ /* the general code is the rare path: keep it out of the fast path's loop */
+#define RARE __attribute__((noinline))
+#else
+#define RARE
+#endif
+
+#ifdef FP_FAST_FMAF /* a fused multiply-add instruction: one rounding fewer, and faster */
+#define SQUARE_ADD(v, q) fmaf((v), (v), (q))
+#else
+#define SQUARE_ADD(v, q) ((v) * (v) + (q))
+#endif
 
 typedef struct {
     double sum, sumsq, min, max; /* over the finite elements */
@@ -25,12 +64,24 @@ typedef struct {
     uint64_t fingerprint;
 } tf_stats;
 
+/* A part's running state, lane by lane (vector registers, once compiled). */
+typedef struct {
+    double sum[LANES], sumsq[LANES];
+    float min[LANES], max[LANES];
+    uint64_t words[LANES / 2];
+    int64_t nonzero, negzero, nan, inf;
+} tf_acc;
+
 typedef struct {
     const void *data;
     int64_t start, stop; /* elements; start is a multiple of BLOCK */
     int bf16;
     tf_stats out;
 } tf_part;
+
+/* What a block held, so how the next one is probably best read; UNCOUNTED: the fast path found
+ * a zero or a non-finite element and added nothing. */
+enum { CLEAN, ZEROS, NONFINITE, UNCOUNTED };
 
 static void init(tf_stats *s) {
     s->sum = s->sumsq = 0.0;
@@ -52,91 +103,288 @@ static void merge(tf_stats *into, const tf_stats *s) {
     into->fingerprint += s->fingerprint;
 }
 
-/* One element, given as float32 bits: counts, and its value in the running min, max and sums
- * (a non-finite element is counted, then stands in as 0 for the sums and +-FLT_MAX for min and
- * max, chosen on the bits: the float code never sees a NaN or an infinity). */
-#define TF_ELEMENT(b, sum, sumsq, mn, mx, nonzero, negzero, nan, inf)                          \
-    do {                                                                                       \
-        uint32_t mag_ = (b) & 0x7fffffffu;                                                     \
-        int finite_ = mag_ < 0x7f800000u;                                                      \
-        uint32_t bv_ = finite_ ? (b) : 0u, blo_ = finite_ ? (b) : 0x7f7fffffu,                 \
-                 bhi_ = finite_ ? (b) : 0xff7fffffu;                                           \
-        float v_, lo_, hi_;                                                                    \
-        memcpy(&v_, &bv_, sizeof v_);                                                          \
-        memcpy(&lo_, &blo_, sizeof lo_);                                                       \
-        memcpy(&hi_, &bhi_, sizeof hi_);                                                       \
-        (nonzero) += mag_ != 0;                                                                \
-        (negzero) += (b) == 0x80000000u;                                                       \
-        (nan) += mag_ > 0x7f800000u;                                                           \
-        (inf) += mag_ == 0x7f800000u;                                                          \
-        (sum) += v_;                                                                           \
-        (sumsq) += v_ * v_;                                                                    \
-        (mn) = lo_ < (mn) ? lo_ : (mn);                                                        \
-        (mx) = hi_ > (mx) ? hi_ : (mx);                                                        \
-    } while (0)
+static void acc_init(tf_acc *a) {
+    for (int k = 0; k < LANES; ++k) {
+        a->sum[k] = a->sumsq[k] = 0.0;
+        a->min[k] = FLT_MAX;
+        a->max[k] = -FLT_MAX;
+    }
+    for (int k = 0; k < LANES / 2; ++k)
+        a->words[k] = 0;
+    a->nonzero = a->negzero = a->nan = a->inf = 0;
+}
 
-static void run_f32(const uint32_t *bits, int64_t start, int64_t stop, tf_stats *s) {
-    int64_t i = start;
+static void acc_finish(const tf_acc *a, tf_stats *s) {
     float mn = FLT_MAX, mx = -FLT_MAX;
-    for (; i + BLOCK <= stop; i += BLOCK) {
-        const uint32_t *p = bits + i;
-        float sum = 0.0f, sumsq = 0.0f;
-        uint32_t nonzero = 0, negzero = 0, nan = 0, inf = 0;
-        uint64_t words = 0;
-        for (int j = 0; j < BLOCK; ++j)
-            TF_ELEMENT(p[j], sum, sumsq, mn, mx, nonzero, negzero, nan, inf);
-        for (int j = 0; j < BLOCK; j += 2)
-            words += (uint64_t)p[j] | ((uint64_t)p[j + 1] << 32);
-        s->sum += sum;
-        s->sumsq += sumsq;
-        s->nonzero += nonzero;
-        s->negzero += negzero;
-        s->nan += nan;
-        s->inf += inf;
-        s->fingerprint += words;
+    for (int k = 0; k < LANES; ++k) {
+        s->sum += a->sum[k];
+        s->sumsq += a->sumsq[k];
+        mn = a->min[k] < mn ? a->min[k] : mn;
+        mx = a->max[k] > mx ? a->max[k] : mx;
     }
-    float sum = 0.0f, sumsq = 0.0f; /* the tail (last part only): fewer than BLOCK */
-    for (; i < stop; ++i) {
-        TF_ELEMENT(bits[i], sum, sumsq, mn, mx, s->nonzero, s->negzero, s->nan, s->inf);
-        s->fingerprint += (uint64_t)bits[i] << (32 * (i & 1));
-    }
-    s->sum += sum;
-    s->sumsq += sumsq;
+    for (int k = 0; k < LANES / 2; ++k)
+        s->fingerprint += a->words[k];
     s->min = mn;
     s->max = mx;
+    s->nonzero += a->nonzero;
+    s->negzero += a->negzero;
+    s->nan += a->nan;
+    s->inf += a->inf;
+}
+
+/* The fingerprint's words in `bytes` bytes (a multiple of 4 * LANES). */
+static inline void add_words(const void *data, int bytes, tf_acc *a) {
+    const unsigned char *p = (const unsigned char *)data;
+    for (int j = 0; j < bytes; j += 4 * LANES)
+        for (int k = 0; k < LANES / 2; ++k) {
+            uint64_t w;
+            memcpy(&w, p + j + 8 * k, sizeof w);
+            a->words[k] += w;
+        }
+}
+
+/* Whether a lane of a block's sum of squares is an infinity or a NaN (on the bits: the float
+ * flags let the compiler assume there is none). */
+static inline int any_nonfinite(const float *q) {
+    uint32_t most = 0;
+    for (int k = 0; k < LANES; ++k) {
+        uint32_t b;
+        memcpy(&b, &q[k], sizeof b);
+        b &= 0x7fffffffu;
+        most = b > most ? b : most;
+    }
+    return most >= 0x7f800000u;
+}
+
+/* A block's lanes. */
+typedef struct {
+    float s[LANES], q[LANES], lo[LANES], hi[LANES];
+    uint32_t zero[LANES], negzero[LANES], nan[LANES], inf[LANES];
+} tf_block;
+
+static inline void block_init(tf_block *t) {
+    for (int k = 0; k < LANES; ++k) {
+        t->s[k] = t->q[k] = 0.0f;
+        t->lo[k] = FLT_MAX;
+        t->hi[k] = -FLT_MAX;
+        t->zero[k] = t->negzero[k] = t->nan[k] = t->inf[k] = 0;
+    }
+}
+
+/* A finite element (float32 bits b) into lane k, and its counts if `count`. */
+static inline void finite_element(tf_block *t, int k, uint32_t b, int count) {
+    float v;
+    memcpy(&v, &b, sizeof v);
+    t->s[k] += v;
+    t->q[k] = SQUARE_ADD(v, t->q[k]);
+    t->lo[k] = v < t->lo[k] ? v : t->lo[k];
+    t->hi[k] = v > t->hi[k] ? v : t->hi[k];
+    if (count) {
+        t->zero[k] += (b & 0x7fffffffu) == 0;
+        t->negzero[k] += b == 0x80000000u;
+    }
+}
+
+/* Any element (float32 bits b) into lane k: counts, and its value in the lane's min, max and
+ * sums, a non-finite one as 0 and +-FLT_MAX. */
+static inline void element(tf_block *t, int k, uint32_t b) {
+    uint32_t mag = b & 0x7fffffffu;
+    int finite = mag < 0x7f800000u;
+    uint32_t bv = finite ? b : 0u, blo = finite ? b : 0x7f7fffffu, bhi = finite ? b : 0xff7fffffu;
+    float v, lo, hi;
+    memcpy(&v, &bv, sizeof v);
+    memcpy(&lo, &blo, sizeof lo);
+    memcpy(&hi, &bhi, sizeof hi);
+    t->zero[k] += mag == 0;
+    t->negzero[k] += b == 0x80000000u;
+    t->nan[k] += mag > 0x7f800000u;
+    t->inf[k] += mag == 0x7f800000u;
+    t->s[k] += v;
+    t->q[k] = SQUARE_ADD(v, t->q[k]);
+    t->lo[k] = lo < t->lo[k] ? lo : t->lo[k];
+    t->hi[k] = hi > t->hi[k] ? hi : t->hi[k];
+}
+
+/* The lanes and counts of n elements into the part's: what they held (NONFINITE, ZEROS or
+ * CLEAN). */
+static inline int block_add(tf_acc *a, const tf_block *t, int n) {
+    uint32_t z = 0, nz = 0, na = 0, in = 0;
+    for (int k = 0; k < LANES; ++k) {
+        z += t->zero[k];
+        nz += t->negzero[k];
+        na += t->nan[k];
+        in += t->inf[k];
+    }
+    for (int k = 0; k < LANES; ++k) {
+        a->sum[k] += t->s[k]; /* float into double */
+        a->sumsq[k] += t->q[k];
+        a->min[k] = t->lo[k] < a->min[k] ? t->lo[k] : a->min[k];
+        a->max[k] = t->hi[k] > a->max[k] ? t->hi[k] : a->max[k];
+    }
+    a->nonzero += n - z;
+    a->negzero += nz;
+    a->nan += na;
+    a->inf += in;
+    return na + in ? NONFINITE : z ? ZEROS : CLEAN;
+}
+
+/* float32 ---------------------------------------------------------------------------------- */
+
+/* A block as if all its elements were finite.  With `count`, its zeros are counted, and a block
+ * with a non-finite element adds nothing and says NONFINITE; without, a block with either adds
+ * nothing and says UNCOUNTED. */
+static inline int finite_f32(const uint32_t *p, tf_acc *a, int count) {
+    tf_block t;
+    block_init(&t);
+    uint32_t most[LANES];
+    for (int k = 0; k < LANES; ++k)
+        most[k] = 0;
+    for (int j = 0; j < BLOCK; j += LANES)
+        for (int k = 0; k < LANES; ++k) {
+            uint32_t b = p[j + k];
+            finite_element(&t, k, b, count);
+            if (!count) {
+                uint32_t m = (b & 0x7fffffffu) - 1u;
+                most[k] = m > most[k] ? m : most[k];
+            }
+        }
+    if (count && any_nonfinite(t.q))
+        return NONFINITE;
+    if (!count) {
+        uint32_t m = 0;
+        for (int k = 0; k < LANES; ++k)
+            m = most[k] > m ? most[k] : m;
+        if (m >= 0x7f7fffffu)
+            return UNCOUNTED;
+    }
+    return block_add(a, &t, BLOCK);
+}
+
+/* n elements (at most BLOCK, a multiple of LANES), any at all. */
+RARE static int general_f32(const uint32_t *p, int n, tf_acc *a) {
+    tf_block t;
+    block_init(&t);
+    for (int g = 0; g < LANES; g += GROUP)
+        for (int j = 0; j < n; j += LANES)
+            for (int k = g; k < g + GROUP; ++k)
+                element(&t, k, p[j + k]);
+    return block_add(a, &t, n);
+}
+
+static void run_f32(const uint32_t *bits, int64_t start, int64_t stop, tf_stats *s) {
+    tf_acc a;
+    acc_init(&a);
+    int64_t i = start;
+    int state = CLEAN; /* the last block's */
+    while (i + BLOCK <= stop) {
+        const uint32_t *p = bits + i;
+        add_words(p, 4 * BLOCK, &a);
+        if (state == CLEAN)
+            state = finite_f32(p, &a, 0);
+        if (state == UNCOUNTED || state == ZEROS)
+            state = finite_f32(p, &a, 1);
+        if (state == NONFINITE)
+            state = general_f32(p, BLOCK, &a);
+        i += BLOCK;
+    }
+    if (i < stop) { /* the tail (last part only), padded with NaNs that are not counted */
+        uint32_t tail[BLOCK];
+        int n = (int)(stop - i), padded = (n + LANES - 1) / LANES * LANES;
+        memcpy(tail, bits + i, (size_t)n * sizeof *tail);
+        for (int j = n; j < padded; ++j)
+            tail[j] = 0x7fc00000u;
+        general_f32(tail, padded, &a);
+        a.nan -= padded - n;
+        a.nonzero -= padded - n;
+    }
+    for (; i < stop; ++i)
+        s->fingerprint += (uint64_t)bits[i] << (32 * (i & 1));
+    acc_finish(&a, s);
+}
+
+/* bfloat16: the same, but a 32-bit word w holds two elements, whose float32 bits are w << 16
+ * (the first) and w & 0xffff0000 (the second); both go to the word's lane. ----------------- */
+
+/* Whether n elements (a multiple of 2 * LANES) hold neither a zero nor a non-finite element. */
+static inline int plain_bf16(const uint16_t *p, int n) {
+    uint16_t most[2 * LANES];
+    for (int k = 0; k < 2 * LANES; ++k)
+        most[k] = 0;
+    for (int j = 0; j < n; j += 2 * LANES)
+        for (int k = 0; k < 2 * LANES; ++k) {
+            uint16_t m = (uint16_t)((p[j + k] & 0x7fffu) - 1u);
+            most[k] = m > most[k] ? m : most[k];
+        }
+    uint16_t m = 0;
+    for (int k = 0; k < 2 * LANES; ++k)
+        m = most[k] > m ? most[k] : m;
+    return m < 0x7f7fu;
+}
+
+/* A block as if all its elements were finite; with `count` as finite_f32, without it the caller
+ * knows that they are, and nonzero. */
+static inline int finite_bf16(const uint16_t *p, tf_acc *a, int count) {
+    tf_block t;
+    block_init(&t);
+    for (int j = 0; j < BLOCK; j += 2 * LANES)
+        for (int k = 0; k < LANES; ++k) {
+            uint32_t w;
+            memcpy(&w, p + j + 2 * k, sizeof w);
+            finite_element(&t, k, w << 16, count);
+            finite_element(&t, k, w & 0xffff0000u, count);
+        }
+    if (count && any_nonfinite(t.q))
+        return NONFINITE;
+    return block_add(a, &t, BLOCK);
+}
+
+/* n elements (at most BLOCK, a multiple of 2 * LANES), any at all. */
+RARE static int general_bf16(const uint16_t *p, int n, tf_acc *a) {
+    tf_block t;
+    block_init(&t);
+    for (int g = 0; g < LANES; g += GROUP)
+        for (int j = 0; j < n; j += 2 * LANES)
+            for (int k = g; k < g + GROUP; ++k) {
+                uint32_t w;
+                memcpy(&w, p + j + 2 * k, sizeof w);
+                element(&t, k, w << 16);
+                element(&t, k, w & 0xffff0000u);
+            }
+    return block_add(a, &t, n);
 }
 
 static void run_bf16(const uint16_t *bits, int64_t start, int64_t stop, tf_stats *s) {
+    tf_acc a;
+    acc_init(&a);
     int64_t i = start;
-    float mn = FLT_MAX, mx = -FLT_MAX;
-    for (; i + BLOCK <= stop; i += BLOCK) {
+    int state = CLEAN;
+    while (i + BLOCK <= stop) {
         const uint16_t *p = bits + i;
-        float sum = 0.0f, sumsq = 0.0f;
-        uint32_t nonzero = 0, negzero = 0, nan = 0, inf = 0;
-        uint64_t words = 0;
-        for (int j = 0; j < BLOCK; ++j)
-            TF_ELEMENT((uint32_t)p[j] << 16, sum, sumsq, mn, mx, nonzero, negzero, nan, inf);
-        for (int j = 0; j < BLOCK; j += 4)
-            words += (uint64_t)p[j] | ((uint64_t)p[j + 1] << 16) | ((uint64_t)p[j + 2] << 32)
-                     | ((uint64_t)p[j + 3] << 48);
-        s->sum += sum;
-        s->sumsq += sumsq;
-        s->nonzero += nonzero;
-        s->negzero += negzero;
-        s->nan += nan;
-        s->inf += inf;
-        s->fingerprint += words;
+        if (state == CLEAN && i + RUN * BLOCK <= stop && plain_bf16(p, RUN * BLOCK)) {
+            add_words(p, 2 * RUN * BLOCK, &a);
+            for (int b = 0; b < RUN; ++b)
+                finite_bf16(p + b * BLOCK, &a, 0);
+            i += RUN * BLOCK;
+            continue;
+        }
+        add_words(p, 2 * BLOCK, &a);
+        if (state == NONFINITE || (state = finite_bf16(p, &a, 1)) == NONFINITE)
+            state = general_bf16(p, BLOCK, &a);
+        i += BLOCK;
     }
-    float sum = 0.0f, sumsq = 0.0f;
-    for (; i < stop; ++i) {
-        TF_ELEMENT((uint32_t)bits[i] << 16, sum, sumsq, mn, mx, s->nonzero, s->negzero, s->nan,
-                   s->inf);
+    if (i < stop) {
+        uint16_t tail[BLOCK];
+        int n = (int)(stop - i), padded = (n + 2 * LANES - 1) / (2 * LANES) * (2 * LANES);
+        memcpy(tail, bits + i, (size_t)n * sizeof *tail);
+        for (int j = n; j < padded; ++j)
+            tail[j] = 0x7fc0u;
+        general_bf16(tail, padded, &a);
+        a.nan -= padded - n;
+        a.nonzero -= padded - n;
+    }
+    for (; i < stop; ++i)
         s->fingerprint += (uint64_t)bits[i] << (16 * (i & 3));
-    }
-    s->sum += sum;
-    s->sumsq += sumsq;
-    s->min = mn;
-    s->max = mx;
+    acc_finish(&a, s);
 }
 
 static void run_part(tf_part *part) {
@@ -165,9 +413,13 @@ int tf_stats_run(const void *data, int64_t n, int bf16, int threads, tf_stats *o
         parts[t].start = t * per * BLOCK;
         parts[t].stop = t == threads - 1 ? n : (t + 1) * per * BLOCK;
     }
-#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
-    for (int t = 0; t < threads; ++t)
-        run_part(&parts[t]);
+    if (threads == 1) {
+        run_part(&parts[0]); /* no parallel region: entering one costs more than a small tensor */
+    } else {
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+        for (int t = 0; t < threads; ++t)
+            run_part(&parts[t]);
+    }
     init(out);
     for (int t = 0; t < threads; ++t)
         merge(out, &parts[t].out);

@@ -243,6 +243,90 @@ def test_native_kernel_equals_the_reference(dtype: torch.dtype, n: int) -> None:
     assert r.fingerprint == tracefmt_fingerprint(to_numpy(x))
 
 
+def _check_kernel(r: _native.FusedStats | None, x: torch.Tensor) -> None:
+    """Exact counts, min, max and fingerprint; sums within spec 5.7's 1e-6 of the magnitudes,
+    unless the kernel says they overflowed float (then the caller computes them in float64)."""
+    assert r is not None
+    bits = to_numpy(x).view(np.uint32 if x.dtype == torch.float32 else np.uint16)
+    sign = 0x80000000 if x.dtype == torch.float32 else 0x8000
+    xd = x.double().numpy()
+    finite = xd[np.isfinite(xd)]
+    assert (r.nan, r.inf) == (np.isnan(xd).sum(), np.isinf(xd).sum())
+    assert (r.nonzero, r.negzero) == (np.count_nonzero(xd), (bits == sign).sum())
+    assert r.fingerprint == tracefmt_fingerprint(to_numpy(x))
+    if finite.size:  # min and max do not tell -0.0 from 0.0
+        assert (r.min, r.max) == (finite.min(), finite.max())
+    else:
+        assert (r.min, r.max) == (np.finfo(np.float32).max, -np.finfo(np.float32).max)
+    if math.isfinite(r.sum) and math.isfinite(r.sumsq):
+        assert abs(r.sum - finite.sum()) <= 1e-6 * np.abs(finite).sum()
+        assert abs(r.sumsq - np.square(finite).sum()) <= 1e-6 * np.square(finite).sum()
+    else:  # only when a block's squares overflow float
+        assert np.abs(finite).max() > 1e18
+
+
+_BLOCK_KINDS = ["plain", "zero", "negzero", "nan", "inf", "half zeros", "huge"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("huge", [False, True], ids=["", "huge"])
+def test_native_kernel_reads_every_kind_of_block(dtype: torch.dtype, huge: bool) -> None:
+    """The kernel takes a fast path through blocks of 128 elements with no zero and no
+    non-finite element, and starts each block on the path the last one needed: blocks of every
+    kind, after every kind, in runs of several, with partial blocks at either end, are read
+    exactly as the reference says."""
+    _native_param(True)
+    kinds = [k for k in _BLOCK_KINDS if huge or k != "huge"]
+    order = [a for a in kinds for b in kinds for a in (a, b)] + ["plain"] * 9 + kinds[::-1] * 2
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(128 * len(order) + 3 + 77, generator=g) * 3).to(dtype)
+    body = x[3 : 3 + 128 * len(order)].view(len(order), 128)
+    for block, kind in zip(body, order, strict=True):
+        j = int(torch.randint(128, (1,), generator=g))
+        value = {"zero": 0.0, "negzero": -0.0, "nan": math.nan, "inf": -math.inf, "huge": 3e37}
+        if kind in value:
+            block[j] = value[kind]
+        elif kind == "half zeros":  # a ReLU's output
+            block.clamp_(min=0)
+    for start, stop in [(3, len(x)), (0, len(x)), (3 + 128, 3 + 128 * 5), (5, 5 + 128 * 3 + 1)]:
+        _check_kernel(_native.fused_stats(x[start:stop]), x[start:stop])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_native_kernel_reads_uniform_tensors(dtype: torch.dtype) -> None:
+    """Every block alike (constants, all zeros, all -0.0, all NaN, an attention mask, huge and
+    subnormal-free tiny values), in sizes around the block and lane widths."""
+    _native_param(True)
+    for n in [1, 15, 16, 17, 127, 128, 129, 511, 512, 513, 4096 + 300]:
+        idx = torch.arange(n)
+        for x in [
+            torch.ones(n),
+            torch.full((n,), -2.75),
+            torch.zeros(n),
+            torch.full((n,), -0.0),
+            torch.full((n,), math.nan),
+            torch.full((n,), math.inf),
+            torch.randn(n).masked_fill(idx % 3 == 0, -math.inf),
+            torch.full((n,), 1e4) + torch.randn(n) * 1e-3,
+            torch.randn(n) * 1e30,
+            torch.randn(n) * 1e-18,
+        ]:
+            x = x.to(dtype)
+            _check_kernel(_native.fused_stats(x), x)
+
+
+def test_native_vector_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel is built for the vector level torch runs at."""
+    monkeypatch.setattr(_native.platform, "machine", lambda: "x86_64")
+    for level, flags in [("AVX512", {"-mavx512f", "-mavx512bw", "-mavx2"}), ("AVX2", {"-mavx2"})]:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda level=level: level)
+        assert flags <= set(_native._vector_flags())
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert _native._vector_flags() == []
+    monkeypatch.setattr(_native.platform, "machine", lambda: "aarch64")
+    assert _native._vector_flags() == []
+
+
 def test_native_kernel_refuses_what_it_cannot_read() -> None:
     _native_param(True)
     assert _native.fused_stats(torch.randn(4, 4).t()) is None  # not contiguous
