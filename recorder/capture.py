@@ -22,7 +22,15 @@ import torch
 from torch._ops import OpOverload
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
-from recorder.captured import CudaStart, CudaTiming, OpCall, OpRow, RawStep
+from recorder.captured import (
+    CudaStart,
+    CudaTiming,
+    OpCall,
+    OpRow,
+    RawStep,
+    compile_bypassed,
+    recorder_error,
+)
 from recorder.collectives import COMM_NAMESPACES, OTHER, CommTracker, storage_holders
 from recorder.convert import TORCH_TO_DTYPE, ArgTensor, CudaEvent, DeviceEvent, collect_arg
 from recorder.identity import TensorTable
@@ -104,13 +112,7 @@ class StepCapture:
     def _compiled(self, module: torch.nn.Module) -> None:
         if not self._compiled_seen:
             self._compiled_seen = True
-            self._events.append(
-                Event(
-                    "compile_bypassed",
-                    f"{type(module).__name__} is torch.compile'd; under the recorder it ran eagerly, "
-                    "so this step's graph shows the eager aten ops, not the compiled kernels.",
-                )
-            )
+            self._events.append(compile_bypassed(module))
 
     # -- lifecycle --------------------------------------------------------------------------
     def install(self) -> ExitStack:
@@ -271,12 +273,7 @@ class StepCapture:
     def _fail(self, e: Exception) -> None:
         self._failed = True
         where = "".join(traceback.format_exception_only(type(e), e)).strip()
-        self._events.append(
-            Event(
-                "recorder_error",
-                f"The recorder stopped capturing this step after op {len(self._ops)}: {where}",
-            )
-        )
+        self._events.append(recorder_error(len(self._ops), where))
 
     def _before(self, func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OpCall:
         info = self._infos.get(func)

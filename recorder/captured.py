@@ -29,6 +29,8 @@ __all__ = [
     "OpRow",
     "RawStep",
     "TensorRow",
+    "compile_bypassed",
+    "recorder_error",
 ]
 
 #: An op's input: (graph tensor, argument position, item in a list argument or -1), the triple
@@ -144,3 +146,18 @@ class RawStep:
         if self.rows is not None:
             self.ops, self.tensors, self.roles, self.names = self.rows()
             self.rows = None
+
+
+def compile_bypassed(module: torch.nn.Module) -> Event:
+    """The step event saying a ``torch.compile``'d module ran eagerly under the recorder."""
+    return Event(
+        "compile_bypassed",
+        f"{type(module).__name__} is torch.compile'd; under the recorder it ran eagerly, "
+        "so this step's graph shows the eager aten ops, not the compiled kernels.",
+    )
+
+
+def recorder_error(op: int, what: str) -> Event:
+    """The step event saying the capture failed after ``op`` ops (the rest of the step ran
+    unrecorded): ``what`` went wrong."""
+    return Event("recorder_error", f"The recorder stopped capturing this step after op {op}: {what}")

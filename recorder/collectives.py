@@ -159,13 +159,14 @@ OTHER = CommSpec(None)
 
 
 class Completion:
-    """What :meth:`CommTracker.complete` found: whether the written values are final, and the
-    error a failed collective raised when the recorder waited on it."""
+    """What :meth:`CommTracker.complete` found: whether the written values are final, the error
+    a failed collective raised when the recorder waited on it, and (``wait=False``) the ``Work``
+    to wait on before its written values are."""
 
-    __slots__ = ("error", "final")
+    __slots__ = ("error", "final", "work")
 
-    def __init__(self, final: bool, error: str | None = None) -> None:
-        self.final, self.error = final, error
+    def __init__(self, final: bool, error: str | None = None, work: Any = None) -> None:
+        self.final, self.error, self.work = final, error, work
 
     def events(self, op_name: str, op: int) -> list[Event]:
         """The step events this completion adds to op ``op`` (``op_name``): a failed collective."""
@@ -329,11 +330,21 @@ class CommTracker:
                 self._pending[o] = c10d
 
     def complete(
-        self, spec: CommSpec, c10d: dict[str, Any] | None, args: tuple[Any, ...], out: object
+        self,
+        spec: CommSpec,
+        c10d: dict[str, Any] | None,
+        args: tuple[Any, ...],
+        out: object,
+        *,
+        wait: bool = True,
     ) -> Completion:
         """After the call: make a collective's values final (wait on its ``Work``), note the
         backend's sequence number, remember a functional collective's outputs.  Never raises: a
-        collective that failed is reported in the result, and raises again when the user waits."""
+        collective that failed is reported in the result, and raises again when the user waits.
+
+        ``wait=False``: leave a c10d collective running (a DDP bucket's all-reduce overlaps the
+        rest of backward); the result carries its ``Work``, for whoever measures its values
+        once the program has waited for them."""
         if spec.wraps:  # the wrapper holds a value not final yet (and no storage of its own)
             found = self._pending_of(args[0]) if args else None
             if found is not None:
@@ -355,6 +366,8 @@ class CommTracker:
         if spec.kind != COLLECTIVE:
             return Completion(False)  # p2p: never wait (a second wait on gloo hangs)
         work = _work(out)
+        if not wait:
+            return Completion(False, work=work)
         if work is not None:
             try:
                 work.wait()

@@ -111,6 +111,19 @@ struct Attr {
   c10::IValue value;
 };
 
+// Whether the values an op wrote are final when it returns: yes; never while the step is
+// recorded (a point-to-point op's, a functional collective's before its wait_tensor); or later,
+// once the program waits for them (a c10d collective left running: measured when an op next
+// touches their storage, or at the end of the step after waiting on it).
+enum class Written : int { Unmeasured = 0, Final = 1, Later = 2 };
+
+// A value of a collective left running, to measure once final.
+struct Later {
+  int64_t index;
+  at::Tensor tensor;
+  int32_t module, op;
+};
+
 struct ArgTensor {
   at::Tensor t;
   int32_t pos, item;
@@ -180,6 +193,7 @@ class Engine {
     failed = false;
     step_ops_.clear();
     step_args_.clear();
+    later_.clear();
     intern("");  // id 0: the empty module path
     active = true;
   }
@@ -213,6 +227,7 @@ class Engine {
     selected_.clear();
     step_ops_.clear();
     step_args_.clear();
+    later_.clear();
     return out;
   }
 
@@ -257,6 +272,20 @@ class Engine {
   }
 
   int8_t role_of(int64_t index) const { return d.role.at(index); }
+
+  // The values of collectives left running (the caller has waited on them), measured now.
+  void measure_all_later() {
+    c10::impl::ExcludeDispatchKeyGuard guard(kKey);
+    while (!later_.empty()) measure_later(later_.begin()->first);
+  }
+
+  void measure_later(intptr_t key) {
+    auto it = later_.find(key);
+    if (it == later_.end()) return;
+    std::vector<Later> values = std::move(it->second);
+    later_.erase(it);
+    for (const auto& v : values) observe(v.index, v.tensor, v.module, v.op, -1);
+  }
 
   // -- the op -----------------------------------------------------------------------------
   void run(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack_) {
@@ -306,11 +335,10 @@ class Engine {
     }
     int64_t start = now_ns();
     op.redispatchBoxed(below, stack_);
-    bool final = true;
+    Written written = Written::Final;
     if (meta->comm) {
-      // waits on a collective (recorder.collectives): in its time, as in the Python engine
       try {
-        final = comm_after(op, *stack_, token);
+        written = comm_after(op, *stack_, token);
       } catch (const std::exception& e) {
         fail(e.what());
         return;
@@ -319,7 +347,7 @@ class Engine {
     int64_t end = now_ns();
     try {
       RECORD_USER_SCOPE("tracefmt::capture_after");
-      after(*meta, op, *stack_, p, end - start, start - t0, final);
+      after(*meta, op, *stack_, p, end - start, start - t0, written);
     } catch (const std::exception& e) {
       fail(e.what());
     }
@@ -346,6 +374,7 @@ class Engine {
   std::vector<uint8_t> measured_;
   std::unordered_map<int32_t, int32_t> devices_;
   std::unordered_map<int64_t, bool> selected_;
+  std::unordered_map<intptr_t, std::vector<Later>> later_;  // by storage
 
   // A communication op: Python's recorder.collectives describes it (its "c10d" attribute) and,
   // after it ran, makes its values final; both see the arguments as the dispatch mode would.
@@ -364,7 +393,7 @@ class Engine {
     }
   }
 
-  bool comm_after(const c10::OperatorHandle& op, torch::jit::Stack& st, int64_t token) {
+  Written comm_after(const c10::OperatorHandle& op, torch::jit::Stack& st, int64_t token) {
     size_t n = op.schema().returns().size();
     auto rets = torch::jit::last(st, n);
     try {
@@ -378,7 +407,7 @@ class Engine {
         out = t;
       }
       auto index = static_cast<int64_t>(d.op_name.size());
-      return comm_after_cb(token, index, out).cast<bool>();
+      return static_cast<Written>(comm_after_cb(token, index, out).cast<int>());
     } catch (py::error_already_set& e) {
       throw_python(e);
     }
@@ -852,6 +881,10 @@ class Engine {
     p.phase = phase;
     p.module = module;
     int32_t name = op_string(m);
+    if (!later_.empty()) {
+      // the program touches the storage of a running collective's values: it waited for them
+      for (const auto& a : p.tensors) measure_later(storage_key(a.t));
+    }
     for (const auto& a : p.tensors) {
       if (m.write_only[a.pos]) continue;
       int64_t v = current(a.t);
@@ -872,10 +905,9 @@ class Engine {
     }
   }
 
-  // `final`: the written values are final (else left unmeasured: a point-to-point op, a
-  // functional collective before its wait_tensor).
+  // `written`: whether the values the op wrote are final now (see Written).
   void after(const OpMeta& m, const c10::OperatorHandle& op, torch::jit::Stack& st, Pending& p,
-             int64_t elapsed, int64_t start, bool final) {
+             int64_t elapsed, int64_t start, Written written) {
     auto op_index = static_cast<int64_t>(d.op_name.size());
     size_t n_ret = op.schema().returns().size();
     auto rets = torch::jit::last(st, n_ret);
@@ -925,7 +957,9 @@ class Engine {
       d.outputs.push_back(value);
       bool obs = again ? (is_written || views)
                        : ((!is_view || views || role != ACTIVATION) && !m.uninitialized);
-      if (obs && final) {
+      if (obs && written == Written::Later) {
+        if (key != 0) later_[key].push_back(Later{value, o, p.module, name});
+      } else if (obs && written == Written::Final) {
         int64_t same = -1;
         if (!is_written && key != 0 && o.numel() > small_numel) same = same_bytes(o, p.tensors);
         observe(value, o, p.module, name, same);
@@ -1110,6 +1144,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     e.fresh_state = fresh_state;
   });
   m.def("role_of", [](int64_t i) { return engine().role_of(i); });
+  m.def("measure_later", []() { engine().measure_all_later(); });
   m.def("clear_callbacks", []() {
     auto& e = engine();
     e.describe_cb = py::object();

@@ -11,7 +11,9 @@ with the engine's dispatch key excluded, so the callbacks' own torch ops are not
 
 from __future__ import annotations
 
+import itertools
 import time
+import traceback
 from contextlib import ExitStack
 from types import ModuleType
 from typing import Any, ClassVar
@@ -19,8 +21,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from recorder.captured import OpRow, RawStep, TensorRow
-from recorder.collectives import COMM_NAMESPACES, OTHER, CommSpec, CommTracker
+from recorder.captured import OpRow, RawStep, TensorRow, compile_bypassed, recorder_error
+from recorder.collectives import COMM_NAMESPACES, OTHER, CommSpec, CommTracker, Completion
 from recorder.convert import TORCH_TO_DTYPE, json_value
 from recorder.opinfo import OpInfo
 from recorder.options import Options
@@ -91,6 +93,9 @@ class NativeCapture:
         #: communication ops between their two callbacks: token -> (spec, "c10d", arguments)
         self._comm_calls: dict[int, tuple[CommSpec, dict[str, Any] | None, tuple[Any, ...], str]] = {}
         self._c10d: dict[int, dict[str, Any]] = {}  #: op index -> its "c10d" attribute
+        self._tokens = itertools.count()
+        #: collectives left running: (op index, op name, Work), waited on at the end of the step
+        self._running: list[tuple[int, str, Any]] = []
         self._stats = StatsCollector(hist_bins=options.hist_bins) if options.stats else None
         self._compiled_seen = False
         self._data: Any = None  # the engine's StepData, once stopped
@@ -119,22 +124,27 @@ class NativeCapture:
         namespace, _, op = name.partition("::")
         info = _info(getattr(getattr(getattr(torch.ops, namespace), op), overload))
         c10d = capture._comms.describe(info.comm or OTHER, info.arg_names, args, {}, {})
-        token = len(capture._comm_calls)
+        token = next(capture._tokens)
         capture._comm_calls[token] = (info.comm or OTHER, c10d, args, info.name)
         return token
 
     @staticmethod
-    def _comm_after(token: int, index: int, out: object) -> bool:
-        """The op ran: make its values final; whether they are (its written values measured)."""
+    def _comm_after(token: int, index: int, out: object) -> int:
+        """The op ran: whether its written values are final (1), never measured (0), or final
+        once the program waits for them (2: a c10d collective is left running, so DDP's bucket
+        all-reduces still overlap backward; capture.cpp's ``Written``)."""
         capture = NativeCapture._current
         if capture is None or token not in capture._comm_calls:
-            return False
+            return 0
         spec, c10d, args, name = capture._comm_calls.pop(token)
-        done = capture._comms.complete(spec, c10d, args, out)
+        done = capture._comms.complete(spec, c10d, args, out, wait=False)
         capture._events.extend(done.events(name, index))
         if c10d is not None:
             capture._c10d[index] = c10d
-        return done.final
+        if done.work is not None:
+            capture._running.append((index, name, done.work))
+            return 2
+        return 1 if done.final else 0
 
     def _configure(self) -> None:
         if not NativeCapture._configured:
@@ -157,13 +167,7 @@ class NativeCapture:
     def _compiled(self, module: torch.nn.Module) -> None:
         if not self._compiled_seen:
             self._compiled_seen = True
-            self._events.append(
-                Event(
-                    "compile_bypassed",
-                    f"{type(module).__name__} is torch.compile'd; under the recorder it ran eagerly, "
-                    "so this step's graph shows the eager aten ops, not the compiled kernels.",
-                )
-            )
+            self._events.append(compile_bypassed(module))
 
     # -- lifecycle --------------------------------------------------------------------------
     def install(self) -> ExitStack:
@@ -200,8 +204,21 @@ class NativeCapture:
         """Leave the engine off (an exception in the step, or the normal end before finish)."""
         self._ext.enable(False)
         if NativeCapture._current is self and self._data is None:
+            self._wait_running()
             self._data = self._ext.finish()
         NativeCapture._current = None
+
+    def _wait_running(self) -> None:
+        """Wait on the collectives left running whose values no op touched since, and measure
+        their values (the program waited on the others before touching them)."""
+        running, self._running = self._running, []
+        for index, name, work in running:
+            try:
+                work.wait()
+            except Exception as e:
+                what = "".join(traceback.format_exception_only(type(e), e)).strip()
+                self._events.extend(Completion(False, what).events(name, index))
+        self._ext.measure_later()
 
     def finish(self) -> RawStep:
         """End the capture and return the step (its rows are built on the writer thread)."""
@@ -225,12 +242,7 @@ class NativeCapture:
             stats.aliases.extend(data.aliases)
         events = self._events
         if data.error:
-            events.append(
-                Event(
-                    "recorder_error",
-                    f"The recorder stopped capturing this step after op {data.error_op}: {data.error}",
-                )
-            )
+            events.append(recorder_error(data.error_op, data.error))
         self._stats = None
         c10d, self._c10d = self._c10d, {}
         return RawStep(
