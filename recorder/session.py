@@ -157,7 +157,9 @@ class Recorder:
             distributed = (
                 torch.distributed.is_available() and torch.distributed.is_initialized()
             ) or os.environ.get("WORLD_SIZE", "1") not in ("", "1")
-            self._engine_name, self._engine = choose_engine(self.options, distributed=distributed)
+            self._engine_name, self._engine = choose_engine(
+                self.options, distributed=distributed, model=self._model
+            )
             self._provenance_extra["recorder_engine"] = self._engine_name
             if self._sink is None:
                 if self._path is None:
@@ -329,8 +331,9 @@ def record(
       unset, they come from the launcher (``RANK``, ``WORLD_SIZE``: torchrun sets them) or the
       initialised default process group, else 0 and 1.
     * ``engine``: who records the ops.  ``"auto"`` (default): the native C++ engine (built on
-      first use, about a minute once per torch version, then cached), except for distributed
-      jobs, processes using CUDA and ``source=True``, which take the Python dispatch mode; it
+      first use, about a minute once per torch version, then cached), except for processes
+      using CUDA, ``source=True``, and distributed jobs unless ``model`` holds plain tensors
+      only (DDP does, FSDP2 does not), which take the Python dispatch mode; it
       also takes the dispatch mode, with one warning, when the engine cannot be built.
       ``"native"``: the engine or an error; ``"python"``: the dispatch mode.  The trace's
       provenance says which ran (``"recorder_engine"``); :mod:`recorder.engine` says how they

@@ -9,8 +9,8 @@
   does not yet record CUDA timings or source lines, and below the Python key it sees what tensor
   subclasses run (FSDP2's DTensor shards, the waits inside ``AsyncCollectiveTensor``) rather
   than the calls made on them, so ``auto`` takes the dispatch mode for processes that use CUDA,
-  for distributed jobs and with ``source=True``.  ``engine="native"`` records a DDP job's c10d
-  collectives as the dispatch mode does.
+  with ``source=True``, and for distributed jobs unless ``record(model=...)`` shows plain tensors
+  only (a DDP job: its c10d collectives are recorded as the dispatch mode records them).
 
 Which engine ran is in each trace's provenance (``"recorder_engine"``).
 """
@@ -36,13 +36,21 @@ _warned = False
 _cuda_initialized = cast("Callable[[], bool]", torch.cuda.is_initialized)
 
 
-def _python_only(options: Options, distributed: bool) -> str | None:
+def _plain(model: torch.nn.Module | None) -> bool:
+    """Whether ``model`` is known and holds plain tensors only (DDP's do; FSDP2's are DTensors)."""
+    if model is None:
+        return False
+    tensors = [*model.parameters(), *model.buffers()]
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+
+
+def _python_only(options: Options, distributed: bool, model: torch.nn.Module | None) -> str | None:
     """Why this job needs the dispatch mode, or None."""
-    if distributed:
-        # The engine records c10d collectives (engine="native" on a DDP job), but below the
-        # Python key it sees what tensor subclasses run (FSDP2's DTensor shards, the functional
-        # collectives' waits inside AsyncCollectiveTensor) rather than the calls the user made.
-        return "it is a distributed job"
+    if distributed and not _plain(model):
+        # The engine records c10d collectives (a DDP job), but below the Python key it sees what
+        # tensor subclasses run (FSDP2's DTensor shards, the functional collectives' waits
+        # inside AsyncCollectiveTensor) rather than the calls the user made on them.
+        return "a distributed job whose model is not given or holds tensor subclasses"
     if torch.cuda.is_available() and _cuda_initialized():
         return "this process uses CUDA (device timings are recorded by the Python engine)"
     if options.source:
@@ -50,12 +58,20 @@ def _python_only(options: Options, distributed: bool) -> str | None:
     return None
 
 
-def choose(options: Options, *, distributed: bool) -> tuple[str, ModuleType | None]:
-    """``("native", extension)`` or ``("python", None)`` for a recording with ``options``."""
+def choose(
+    options: Options, *, distributed: bool, model: torch.nn.Module | None = None
+) -> tuple[str, ModuleType | None]:
+    """``("native", extension)`` or ``("python", None)`` for a recording with ``options`` (of
+    ``model``, when ``record()`` was given it)."""
     global _warned
     if options.engine == "python":
         return "python", None
-    if options.engine == "auto" and _python_only(options, distributed) is not None:
+    if options.engine == "native" and options.source:
+        raise TraceError(
+            "record(engine='native', source=True): the native engine does not record source "
+            "lines; use engine='auto' or 'python' to record them."
+        )
+    if options.engine == "auto" and _python_only(options, distributed, model) is not None:
         return "python", None
     build = load()
     if build.module is not None:

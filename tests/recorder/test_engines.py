@@ -275,3 +275,23 @@ def test_switched_off_the_python_engine_records_without_a_warning(
     monkeypatch.delenv("TRACEFMT_NATIVE_ENGINE")
     assert _record_small(tmp_path / "b") == "native"  # the cached build, loaded again
     assert _record_small(tmp_path / "c", engine="python") == "python"
+
+
+class _Sub(torch.Tensor):
+    """A tensor subclass standing in for FSDP2's DTensor parameters."""
+
+
+def test_auto_records_a_distributed_job_natively_only_when_its_model_holds_plain_tensors() -> None:
+    from recorder.engine import choose
+    from recorder.options import Options
+
+    plain = torch.nn.Linear(2, 2)
+    assert choose(Options(), distributed=False)[0] == "native"
+    assert choose(Options(), distributed=True, model=plain)[0] == "native"  # DDP
+    assert choose(Options(), distributed=True)[0] == "python"  # model unknown
+    sharded = torch.nn.Linear(2, 2)
+    sharded.register_buffer("shard", torch.zeros(2).as_subclass(_Sub))
+    assert choose(Options(), distributed=True, model=sharded)[0] == "python"
+    assert choose(Options(source=True), distributed=False)[0] == "python"
+    with pytest.raises(tracefmt.TraceError, match="does not record source lines"):
+        choose(Options(engine="native", source=True), distributed=False)
