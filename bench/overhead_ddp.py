@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "--engine",
         choices=["auto", "native", "python"],
         default="auto",
-        help="record(engine=...) in every job (auto: native alone, Python under DDP)",
+        help="record(engine=...) in every job (auto: native here, DDP's model holds plain tensors)",
     )
     p.add_argument("--timeout", type=float, default=240, help="seconds per job before it is killed")
     args = p.parse_args(argv)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import traceback
 from contextlib import ExitStack
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch._ops import OpOverload
@@ -28,17 +28,18 @@ from recorder.captured import (
     OpCall,
     OpRow,
     RawStep,
+    claim_capture,
     compile_bypassed,
     recorder_error,
+    release_capture,
 )
 from recorder.collectives import COMM_NAMESPACES, OTHER, CommTracker, storage_holders
 from recorder.convert import TORCH_TO_DTYPE, ArgTensor, CudaEvent, DeviceEvent, collect_arg
 from recorder.identity import TensorTable
-from recorder.opinfo import OpInfo
+from recorder.opinfo import RECORDED_NAMESPACES, OpInfo
 from recorder.options import Options
 from recorder.stats.cpu import SMALL_NUMEL, StatsCollector
 from recorder.tracking import ACCUMULATE_GRAD_SEQ, Names, PhaseTracker, source_location
-from tracefmt.errors import TraceError
 from tracefmt.model import Event, Role
 
 __all__ = ["StepCapture"]
@@ -52,8 +53,6 @@ _ACTIVATION = Role.ACTIVATION
 _new = tuple.__new__
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
-#: Namespaces recorded like aten: FSDP2's copy ops write its unsharded parameters.
-_RECORDED = frozenset({"aten", "fsdp"})
 
 
 class _Mode(TorchDispatchMode):  # type: ignore[no-untyped-call]
@@ -69,7 +68,7 @@ class _Mode(TorchDispatchMode):  # type: ignore[no-untyped-call]
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         namespace = func.namespace
-        if namespace in _RECORDED:
+        if namespace in RECORDED_NAMESPACES:
             return self._capture.run_op(func, args, kwargs or {})
         if namespace in COMM_NAMESPACES:  # c10d, functional collectives
             return self._capture.run_comm(func, args, kwargs or {})
@@ -78,9 +77,6 @@ class _Mode(TorchDispatchMode):  # type: ignore[no-untyped-call]
 
 class StepCapture:
     """Records the ops of one step; :meth:`install` starts it, :meth:`finish` ends it."""
-
-    _infos: ClassVar[dict[OpOverload, OpInfo]] = {}
-    _active: ClassVar[StepCapture | None] = None
 
     def __init__(self, step: int, options: Options, names: Names) -> None:
         self.step = step
@@ -121,16 +117,9 @@ class StepCapture:
         One capture at a time per process: the module and optimizer hooks are global, and two
         nested dispatch modes would each record the other's bookkeeping ops.
         """
-        active = StepCapture._active
-        if active is not None:
-            raise TraceError(
-                f"Another recorder is capturing step {active.step} in this process; "
-                "two recorders cannot capture the same steps. Give them schedules "
-                "that do not overlap, or record with one recorder."
-            )
-        StepCapture._active = self
+        claim_capture(self)
         stack = ExitStack()
-        stack.callback(setattr, StepCapture, "_active", None)
+        stack.callback(release_capture, self)
         try:
             stack.enter_context(self.tracker.install())
             for t, role, name in self.names.named_tensors():
@@ -276,9 +265,7 @@ class StepCapture:
         self._events.append(recorder_error(len(self._ops), where))
 
     def _before(self, func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> OpCall:
-        info = self._infos.get(func)
-        if info is None:
-            info = self._infos[func] = OpInfo.of(func)
+        info = OpInfo.cached(func)
         tracker = self.tracker
         node = torch._C._current_autograd_node()
         tensors: list[ArgTensor] = []
@@ -354,30 +341,32 @@ class StepCapture:
             written_ids = set()
         table = self._table
         views = self.options.views
-        outputs = []
-        for slot_no, (o, is_view) in enumerate(returned):
-            if o.dtype not in TORCH_TO_DTYPE:
-                continue
-            previous = table.slot(o)
-            is_written = id(o) in written_ids
-            # A new version (written) or the same object handed back (alias): keeps its name.
-            again = previous is not None and (is_written or any(t is o for t, _, _ in tensors))
-            slot = table.write(o, previous, op_index, slot_no, is_written, again, grad_of)
-            outputs.append(slot.value)
-            if again:
-                observe = is_written or views
-            else:
-                # A pure view repeats its base's numbers; a named one (a gradient handed over by
-                # AccumulateGrad's detach) is what the user asks about, so it gets its own.
-                observe = (
-                    not is_view or views or slot.role is not _ACTIVATION
-                ) and not info.uninitialized
-            if observe and final:
-                same = None
-                if not is_written and slot.key is not None and o.numel() > SMALL_NUMEL:
-                    same = table.same_bytes(o, tensors)
-                self._observe(slot.value, o, module, info.name, same)
-        row = (info.name, phase, module, tuple(inputs), tuple(outputs), attrs or None, source)
-        self._ops.append(_new(OpRow, row))
-        self._host_ns.append(elapsed)
-        self._host_start_ns.append(t0 - self._t0_ns)
+        outputs: list[int] = []
+        try:
+            for slot_no, (o, is_view) in enumerate(returned):
+                if o.dtype not in TORCH_TO_DTYPE:
+                    continue
+                previous = table.slot(o)
+                is_written = id(o) in written_ids
+                # A new version (written) or the same object handed back (alias): keeps its name.
+                again = previous is not None and (is_written or any(t is o for t, _, _ in tensors))
+                slot = table.write(o, previous, op_index, slot_no, is_written, again, grad_of)
+                outputs.append(slot.value)
+                if again:
+                    observe = is_written or views
+                else:
+                    # A pure view repeats its base's numbers; a named one (a gradient handed over by
+                    # AccumulateGrad's detach) is what the user asks about, so it gets its own.
+                    observe = (
+                        not is_view or views or slot.role is not _ACTIVATION
+                    ) and not info.uninitialized
+                if observe and final:
+                    same = None
+                    if not is_written and slot.key is not None and o.numel() > SMALL_NUMEL:
+                        same = table.same_bytes(o, tensors)
+                    self._observe(slot.value, o, module, info.name, same)
+        finally:  # outputs already in the table name this op as their producer: it goes in
+            row = (info.name, phase, module, tuple(inputs), tuple(outputs), attrs or None, source)
+            self._ops.append(_new(OpRow, row))
+            self._host_ns.append(elapsed)
+            self._host_start_ns.append(t0 - self._t0_ns)

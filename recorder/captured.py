@@ -18,6 +18,7 @@ from recorder.convert import ArgTensor, DeviceEvent
 from recorder.opinfo import OpInfo
 from recorder.stats.cpu import PendingStats
 from tracefmt.dtypes import DType
+from tracefmt.errors import TraceError
 from tracefmt.manifest import ProcessGroupInfo
 from tracefmt.model import Event, Phase, Role
 
@@ -29,8 +30,10 @@ __all__ = [
     "OpRow",
     "RawStep",
     "TensorRow",
+    "claim_capture",
     "compile_bypassed",
     "recorder_error",
+    "release_capture",
 ]
 
 #: An op's input: (graph tensor, argument position, item in a list argument or -1), the triple
@@ -161,3 +164,25 @@ def recorder_error(op: int, what: str) -> Event:
     """The step event saying the capture failed after ``op`` ops (the rest of the step ran
     unrecorded): ``what`` went wrong."""
     return Event("recorder_error", f"The recorder stopped capturing this step after op {op}: {what}")
+
+
+#: The capture running in this process, if any (either engine's): one at a time, since the
+#: module and optimizer hooks are global and a second capture would record the first's work.
+_running: list[Any] = []
+
+
+def claim_capture(capture: Any) -> None:
+    """Make ``capture`` (which has a ``step``) the process's one running capture, or raise."""
+    if _running:
+        raise TraceError(
+            f"Another recorder is capturing step {_running[0].step} in this process; two "
+            "recorders cannot capture the same steps. Give them schedules that do not overlap, "
+            "or record with one recorder."
+        )
+    _running.append(capture)
+
+
+def release_capture(capture: Any) -> None:
+    """``capture`` no longer runs."""
+    if _running and _running[0] is capture:
+        _running.clear()

@@ -12,7 +12,10 @@ from torch._ops import OpOverload
 
 from recorder.collectives import COMM_NAMESPACES, OTHER, SPECS, CommSpec
 
-__all__ = ["OpInfo"]
+__all__ = ["RECORDED_NAMESPACES", "OpInfo"]
+
+#: Namespaces recorded like aten: FSDP2's copy ops write its unsharded parameters.
+RECORDED_NAMESPACES = frozenset({"aten", "fsdp"})
 
 #: Ops whose output is uninitialized memory: statistics of it would be noise (and often NaN).
 _UNINITIALIZED = frozenset(
@@ -57,6 +60,14 @@ class OpInfo:
     write_only: frozenset[int] = frozenset()
 
     @classmethod
+    def cached(cls, func: OpOverload) -> OpInfo:
+        """:meth:`of`, computed once per overload per process."""
+        info = _CACHE.get(func)
+        if info is None:
+            info = _CACHE[func] = cls.of(func)
+        return info
+
+    @classmethod
     def of(cls, func: OpOverload) -> OpInfo:
         schema = func._schema
         args = schema.arguments
@@ -86,3 +97,6 @@ class OpInfo:
         """Whether return ``i`` is a view (a single ``Tensor(a)`` return covers a list of them)."""
         views = self.view_returns
         return views[i] if i < len(views) and len(views) > 1 else bool(views and views[0])
+
+
+_CACHE: dict[OpOverload, OpInfo] = {}

@@ -44,7 +44,7 @@ _ROLE_ALIASES = {
 }
 #: What the training thread does when the writer queue is full.
 Backpressure = Literal["block", "drop"]
-#: Which capture engine records the ops: the C++ one (:mod:`recorder.native`), the Python
+#: Which capture engine records the ops: the C++ one (:mod:`recorder.engine`), the Python
 #: dispatch mode (:mod:`recorder.capture`), or the C++ one where it can run.
 Engine = Literal["auto", "native", "python"]
 
@@ -244,8 +244,9 @@ class Options:
     #: ``RANK``/``WORLD_SIZE`` or the default process group (:mod:`recorder.distributed`), else 0 of 1.
     rank: int | None = None
     world_size: int | None = None
-    #: Which capture engine: ``"auto"`` (C++ where it builds and can record the step, else the
-    #: Python dispatch mode, with a warning), ``"native"`` (C++ or an error), ``"python"``.
+    #: Which capture engine: ``"auto"`` (C++ where it builds and can record the job, else the
+    #: Python dispatch mode; a warning only when it could not be built), ``"native"`` (C++ or
+    #: an error), ``"python"``.
     engine: Engine = "auto"
 
     def __post_init__(self) -> None:

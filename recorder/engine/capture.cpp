@@ -9,7 +9,7 @@
 //
 // What each op records, and when a tensor gets statistics, follows recorder/capture.py and
 // recorder/identity.py line by line (their docstrings say why); the equivalence tests in
-// tests/recorder/test_engine_equivalence.py compare the two engines op by op.  What C++ cannot
+// tests/recorder/test_engines.py compare the two engines op by op.  What C++ cannot
 // finish alone goes back to Python through a callback: the statistics of anything the one-pass
 // kernel does not cover (other dtypes and devices, histograms, the rare tensor
 // StatsCollector._add_fused refuses), the first look at each op overload's schema, and whether a
@@ -54,8 +54,7 @@ constexpr c10::DispatchKey kKey = c10::DispatchKey::Fake;
 constexpr int8_t ACTIVATION = 0, INPUT = 1, PARAMETER = 2, GRADIENT = 4, OPTIMIZER_STATE = 5;
 constexpr int8_t OTHER = 0, FORWARD = 1, BACKWARD = 2, OPTIMIZER = 3;
 constexpr uint64_t ACCUMULATE_GRAD_SEQ = UINT64_MAX;
-// recorder.stats.common: every flag, and _CANCEL of recorder.stats.cpu.
-constexpr uint8_t ALL_FLAGS_DEFAULT = 7;
+// _CANCEL of recorder.stats.cpu (tests/recorder/test_engines.py checks that they agree).
 constexpr double CANCEL = 0.1;
 
 // recorder/stats/fused_stats.c's result row and entry point (passed in from Python).
@@ -122,6 +121,7 @@ struct Later {
   int64_t index;
   at::Tensor tensor;
   int32_t module, op;
+  int64_t token;  // the collective's, for asking Python whether it has completed
 };
 
 struct ArgTensor {
@@ -158,15 +158,21 @@ struct StepData {
 class Engine {
  public:
   // -- configuration (Python, once) -------------------------------------------------------
-  py::object describe_cb, observe_cb, select_cb, comm_before_cb, comm_after_cb;
+  py::object describe_cb, observe_cb, select_cb, comm_before_cb, comm_after_cb, later_done_cb;
   std::unordered_map<int, py::object> dtypes;  // ScalarType code -> tracefmt DType
   FusedFn fused = nullptr;
   bool stats = false, views = false, values = false;
   int64_t hist_bins = 0, small_numel = 1 << 14;
-  std::vector<uint8_t> supported = std::vector<uint8_t>(64, 0);
+  std::vector<uint8_t> supported =
+      std::vector<uint8_t>(static_cast<size_t>(c10::ScalarType::NumOptions), 0);
+  bool is_supported(const at::Tensor& t) const {
+    auto i = static_cast<size_t>(t.scalar_type());
+    return i < supported.size() && supported[i];
+  }
 
   // -- per step ---------------------------------------------------------------------------
-  bool active = false, failed = false;
+  // Read by any thread the TLS reached (autograd's device threads): atomic.
+  std::atomic<bool> active{false}, failed{false};
   int backward_depth = 0, optimizer_depth = 0;
   bool fresh_state = false;
   std::vector<int32_t> stack;
@@ -195,8 +201,13 @@ class Engine {
     step_args_.clear();
     later_.clear();
     intern("");  // id 0: the empty module path
+    owner = std::this_thread::get_id();
     active = true;
   }
+
+  // Module hooks, optimizer hooks and names may come from any thread; only the training
+  // thread's (the one that started the step) are this step's.
+  bool on_owner() const { return std::this_thread::get_id() == owner; }
 
   // Ops reach the fallback only while this thread's TLS includes the key.
   void enable(bool on) {
@@ -242,10 +253,12 @@ class Engine {
 
   // -- module and phase tracking (recorder.tracking.PhaseTracker calls these) ------------
   void enter_module(const std::string& path) {
+    if (!active || !on_owner()) return;
     stack.push_back(intern(path));
     boundary();
   }
   void exit_module() {
+    if (!active || !on_owner()) return;
     if (!stack.empty()) stack.pop_back();
     boundary();
   }
@@ -255,8 +268,15 @@ class Engine {
   }
 
   // -- naming (identity.TensorTable.name) -------------------------------------------------
+  void set_depths(int backward, int optimizer, bool fresh) {
+    if (!active || !on_owner()) return;
+    backward_depth = backward;
+    optimizer_depth = optimizer;
+    fresh_state = fresh;
+  }
+
   void name(const at::Tensor& t, int8_t role, const std::string& name) {
-    if (!active) return;
+    if (!active || !on_owner()) return;
     auto* impl = t.unsafeGetTensorImpl();
     int32_t id = intern(name);
     named_[impl] = Named{WeakImpl(t.getIntrusivePtr()), role, id};
@@ -273,18 +293,46 @@ class Engine {
 
   int8_t role_of(int64_t index) const { return d.role.at(index); }
 
-  // The values of collectives left running (the caller has waited on them), measured now.
+  // The values of collectives left running, measured now (the caller has waited on them).
   void measure_all_later() {
     c10::impl::ExcludeDispatchKeyGuard guard(kKey);
-    while (!later_.empty()) measure_later(later_.begin()->first);
+    try {
+      while (!later_.empty()) measure_later(later_.begin()->first, false);
+    } catch (py::error_already_set&) {
+      later_.clear();
+      throw;  // KeyboardInterrupt and its kind
+    } catch (const std::exception& e) {
+      later_.clear();
+      fail(e.what());
+    }
   }
 
-  void measure_later(intptr_t key) {
+  // The values of collectives left running in the storage at `key`; with `check`, only those
+  // whose collective has completed (an op touched them: the program waited for them, or reads
+  // them too early, and then they are measured at the end of the step).
+  void measure_later(intptr_t key, bool check) {
     auto it = later_.find(key);
     if (it == later_.end()) return;
     std::vector<Later> values = std::move(it->second);
     later_.erase(it);
-    for (const auto& v : values) observe(v.index, v.tensor, v.module, v.op, -1);
+    std::vector<Later> keep;
+    for (auto& v : values) {
+      if (check && !later_done(v.token)) {
+        keep.push_back(std::move(v));
+      } else {
+        observe(v.index, v.tensor, v.module, v.op, -1);
+      }
+    }
+    if (!keep.empty()) later_[key] = std::move(keep);
+  }
+
+  bool later_done(int64_t token) {
+    try {
+      py::gil_scoped_acquire gil;
+      return later_done_cb(token).cast<bool>();
+    } catch (py::error_already_set& e) {
+      throw_python(e);
+    }
   }
 
   // -- the op -----------------------------------------------------------------------------
@@ -305,6 +353,8 @@ class Engine {
     const OpMeta* meta = nullptr;
     try {
       meta = &this->meta(op);
+    } catch (py::error_already_set&) {
+      throw;  // KeyboardInterrupt and its kind: the step ends as without the recorder
     } catch (const std::exception& e) {
       fail(e.what());
     }
@@ -318,6 +368,8 @@ class Engine {
       // is then the op's, and the engine's shows as its own rows.
       RECORD_USER_SCOPE("tracefmt::capture_before");
       before(*meta, op, *stack_, p);
+    } catch (py::error_already_set&) {
+      throw;
     } catch (const std::exception& e) {
       fail(e.what());
       op.redispatchBoxed(below, stack_);
@@ -327,6 +379,8 @@ class Engine {
     if (meta->comm) {
       try {
         token = comm_before(op, *stack_);
+      } catch (py::error_already_set&) {
+        throw;
       } catch (const std::exception& e) {
         fail(e.what());
         op.redispatchBoxed(below, stack_);
@@ -335,19 +389,23 @@ class Engine {
     }
     int64_t start = now_ns();
     op.redispatchBoxed(below, stack_);
+    int64_t end = now_ns();  // the op's own time: the recorder's callbacks below are not in it
     Written written = Written::Final;
     if (meta->comm) {
       try {
         written = comm_after(op, *stack_, token);
+      } catch (py::error_already_set&) {
+        throw;
       } catch (const std::exception& e) {
         fail(e.what());
         return;
       }
     }
-    int64_t end = now_ns();
     try {
       RECORD_USER_SCOPE("tracefmt::capture_after");
-      after(*meta, op, *stack_, p, end - start, start - t0, written);
+      after(*meta, op, *stack_, p, end - start, start - t0, written, token);
+    } catch (py::error_already_set&) {
+      throw;
     } catch (const std::exception& e) {
       fail(e.what());
     }
@@ -698,7 +756,10 @@ class Engine {
         (st == at::kFloat || st == at::kBFloat16)) {
       at::Tensor x = t.is_contiguous() ? t : t.contiguous();
       FusedRow r{};
-      if (fused(x.data_ptr(), n, st == at::kBFloat16 ? 1 : 0, at::get_num_threads(), &r) == 0 &&
+      // One thread: the kernel runs at memory speed on one core, and an OpenMP region of its
+      // own, entered between torch's, left the next ops waiting up to 30 ms for their workers
+      // (measured on the demo with 2 torch threads).
+      if (fused(x.data_ptr(), n, st == at::kBFloat16 ? 1 : 0, 1, &r) == 0 &&
           accept(index, x, n, r))
         return;
     }
@@ -711,13 +772,15 @@ class Engine {
   }
 
   // A Python error as a plain C++ one (its message read while the GIL is held).
+  // A Python error as a plain C++ one (its message read while the GIL is held), so it becomes
+  // a recorder_error event; but KeyboardInterrupt, SystemExit and other BaseExceptions that
+  // are not Exceptions go on up to the training loop, as they would without the recorder.
   [[noreturn]] static void throw_python(py::error_already_set& e) {
     std::string what;
     {
       py::gil_scoped_acquire gil;
+      if (!e.matches(PyExc_Exception)) throw;
       what = e.what();
-      e.restore();
-      PyErr_Clear();
     }
     throw std::runtime_error(what);
   }
@@ -883,13 +946,13 @@ class Engine {
     int32_t name = op_string(m);
     if (!later_.empty()) {
       // the program touches the storage of a running collective's values: it waited for them
-      for (const auto& a : p.tensors) measure_later(storage_key(a.t));
+      for (const auto& a : p.tensors) measure_later(storage_key(a.t), true);
     }
     for (const auto& a : p.tensors) {
       if (m.write_only[a.pos]) continue;
       int64_t v = current(a.t);
       if (v < 0) {
-        if (!supported[static_cast<int>(a.t.scalar_type())]) continue;
+        if (!is_supported(a.t)) continue;
         v = read(a.t, module, name);
       }
       p.inputs.insert(p.inputs.end(), {v, a.pos, a.item});
@@ -907,7 +970,7 @@ class Engine {
 
   // `written`: whether the values the op wrote are final now (see Written).
   void after(const OpMeta& m, const c10::OperatorHandle& op, torch::jit::Stack& st, Pending& p,
-             int64_t elapsed, int64_t start, Written written) {
+             int64_t elapsed, int64_t start, Written written, int64_t token) {
     auto op_index = static_cast<int64_t>(d.op_name.size());
     size_t n_ret = op.schema().returns().size();
     auto rets = torch::jit::last(st, n_ret);
@@ -938,10 +1001,35 @@ class Engine {
       if (!seen) returned.emplace_back(w, false);
     }
     int32_t name = op_string(m);
+    // The op's row goes in whatever happens below: outputs already given to the table name
+    // it as their producer.
+    auto push_row = [&]() {
+      d.op_name.push_back(name);
+      d.op_phase.push_back(p.phase);
+      d.op_module.push_back(p.module);
+      d.inputs.insert(d.inputs.end(), p.inputs.begin(), p.inputs.end());
+      d.input_end.push_back(static_cast<int64_t>(d.inputs.size()));
+      d.output_end.push_back(static_cast<int64_t>(d.outputs.size()));
+      d.attrs.push_back(std::move(p.attrs));
+      d.host_ns.push_back(elapsed);
+      d.start_ns.push_back(start);
+    };
+    try {
+      outputs(m, p, returned, op_index, name, written, token);
+    } catch (...) {
+      push_row();
+      throw;
+    }
+    push_row();
+  }
+
+  void outputs(const OpMeta& m, Pending& p,
+               const std::vector<std::pair<at::Tensor, bool>>& returned, int64_t op_index,
+               int32_t name, Written written, int64_t token) {
     for (size_t slot_no = 0; slot_no < returned.size(); ++slot_no) {
       const at::Tensor& o = returned[slot_no].first;
       bool is_view = returned[slot_no].second;
-      if (!supported[static_cast<int>(o.scalar_type())]) continue;
+      if (!is_supported(o)) continue;
       auto* impl = o.unsafeGetTensorImpl();
       Slot* previous = find(impl);
       bool is_written = false;
@@ -958,22 +1046,13 @@ class Engine {
       bool obs = again ? (is_written || views)
                        : ((!is_view || views || role != ACTIVATION) && !m.uninitialized);
       if (obs && written == Written::Later) {
-        if (key != 0) later_[key].push_back(Later{value, o, p.module, name});
+        if (key != 0) later_[key].push_back(Later{value, o, p.module, name, token});
       } else if (obs && written == Written::Final) {
         int64_t same = -1;
         if (!is_written && key != 0 && o.numel() > small_numel) same = same_bytes(o, p.tensors);
         observe(value, o, p.module, name, same);
       }
     }
-    d.op_name.push_back(name);
-    d.op_phase.push_back(p.phase);
-    d.op_module.push_back(p.module);
-    d.inputs.insert(d.inputs.end(), p.inputs.begin(), p.inputs.end());
-    d.input_end.push_back(static_cast<int64_t>(d.inputs.size()));
-    d.output_end.push_back(static_cast<int64_t>(d.outputs.size()));
-    d.attrs.push_back(std::move(p.attrs));
-    d.host_ns.push_back(elapsed);
-    d.start_ns.push_back(start);
   }
 };
 
@@ -1105,16 +1184,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       });
 
   m.def("configure", [](py::object describe, py::object observe, py::object select,
-                        py::object comm_before, py::object comm_after, py::dict dtypes,
-                        uintptr_t fused) {
+                        py::object comm_before, py::object comm_after, py::object later_done,
+                        py::dict dtypes, uintptr_t fused) {
     auto& e = engine();
     e.describe_cb = std::move(describe);
     e.observe_cb = std::move(observe);
     e.select_cb = std::move(select);
     e.comm_before_cb = std::move(comm_before);
     e.comm_after_cb = std::move(comm_after);
+    e.later_done_cb = std::move(later_done);
     std::fill(e.supported.begin(), e.supported.end(), 0);
-    for (auto item : dtypes) e.supported.at(code_of(item.first)) = 1;
+    for (auto item : dtypes) {
+      auto code = static_cast<size_t>(code_of(item.first));
+      if (code < e.supported.size()) e.supported[code] = 1;
+    }
     e.fused = reinterpret_cast<FusedFn>(fused);
   });
   m.def("start", [](bool stats, bool views, bool values, int64_t hist_bins, int64_t small_numel,
@@ -1130,18 +1213,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     e.t0 = t0_ns;
   });
   m.def("enable", [](bool on) { engine().enable(on); });
+  m.attr("CANCEL") = CANCEL;
   m.def("finish", []() { return engine().finish(); });
-  m.def("active", []() { return engine().active; });
+  m.def("active", []() { return engine().active.load(); });
+  m.def("included", []() { return c10::impl::tls_is_dispatch_key_included(kKey); });
   m.def("name", [](const at::Tensor& t, int role, const std::string& name) {
     engine().name(t, static_cast<int8_t>(role), name);
   });
   m.def("enter_module", [](const std::string& path) { engine().enter_module(path); });
   m.def("exit_module", []() { engine().exit_module(); });
   m.def("set_depths", [](int backward, int optimizer, bool fresh_state) {
-    auto& e = engine();
-    e.backward_depth = backward;
-    e.optimizer_depth = optimizer;
-    e.fresh_state = fresh_state;
+    engine().set_depths(backward, optimizer, fresh_state);
   });
   m.def("role_of", [](int64_t i) { return engine().role_of(i); });
   m.def("measure_later", []() { engine().measure_all_later(); });
@@ -1152,5 +1234,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     e.select_cb = py::object();
     e.comm_before_cb = py::object();
     e.comm_after_cb = py::object();
+    e.later_done_cb = py::object();
   });
 }

@@ -11,20 +11,31 @@ with the engine's dispatch key excluded, so the callbacks' own torch ops are not
 
 from __future__ import annotations
 
+import enum
 import itertools
+import sys
 import time
 import traceback
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
 
-from recorder.captured import OpRow, RawStep, TensorRow, compile_bypassed, recorder_error
+from recorder.captured import (
+    OpRow,
+    RawStep,
+    TensorRow,
+    claim_capture,
+    compile_bypassed,
+    recorder_error,
+    release_capture,
+)
 from recorder.collectives import COMM_NAMESPACES, OTHER, CommSpec, CommTracker, Completion
 from recorder.convert import TORCH_TO_DTYPE, json_value
-from recorder.opinfo import OpInfo
+from recorder.opinfo import RECORDED_NAMESPACES, OpInfo
 from recorder.options import Options
 from recorder.stats.common import ALL_FLAGS, FINGERPRINT, SMALL_NUMEL
 from recorder.stats.cpu import StatsCollector
@@ -33,32 +44,20 @@ from recorder.tracking import Names, PhaseTracker
 from tracefmt.errors import TraceError
 from tracefmt.model import Event, Phase, Role
 
-__all__ = ["NativeCapture"]
+__all__ = ["NativeCapture", "Written"]
 
-#: Namespaces recorded like aten (as in recorder.capture): FSDP2's copy ops.
-_RECORDED = frozenset({"aten", "fsdp"})
 _PHASES = list(Phase)
 _ROLES = list(Role)
-
-
-_INFOS: dict[Any, OpInfo] = {}
-
-
-def _info(func: Any) -> OpInfo:
-    info = _INFOS.get(func)
-    if info is None:
-        info = _INFOS[func] = OpInfo.of(func)
-    return info
 
 
 def _describe(name: str, overload: str) -> tuple[Any, ...]:
     """What the engine needs of an op overload's schema, once per overload (see OpMeta)."""
     namespace, _, op = name.partition("::")
-    record = namespace in _RECORDED
+    record = namespace in RECORDED_NAMESPACES
     comm = namespace in COMM_NAMESPACES
     if not (record or comm):
         return (False, False, [], [], None, [], False)
-    info = _info(getattr(getattr(getattr(torch.ops, namespace), op), overload))
+    info = OpInfo.cached(getattr(getattr(getattr(torch.ops, namespace), op), overload))
     written_if = None
     if info.written_if is not None:
         flag, extra = info.written_if
@@ -72,6 +71,43 @@ def _describe(name: str, overload: str) -> tuple[Any, ...]:
         list(info.view_returns),
         info.uninitialized,
     )
+
+
+class Written(enum.IntEnum):
+    """Whether the values an op wrote are final when it returns (capture.cpp's ``Written``)."""
+
+    UNMEASURED = 0  #: never while the step is recorded (p2p, a functional collective)
+    FINAL = 1
+    LATER = 2  #: once the program waits for them (a c10d collective left running)
+
+
+#: ``torch.cuda.is_initialized``, typed (torch leaves it unannotated)
+_cuda_initialized = cast("Callable[[], bool]", torch.cuda.is_initialized)
+
+
+@contextmanager
+def _off_while_compiling(ext: ModuleType) -> Iterator[None]:
+    """Leave the engine off while Dynamo compiles: its tracing runs fake-tensor ops, which the
+    engine (below the Python key) would record as the step's (the dispatch mode is not asked)."""
+    callbacks = sys.modules.get("torch._dynamo.callback")
+    handler = getattr(callbacks, "callback_handler", None)
+    if handler is None:  # Dynamo not imported: nothing is compiled in this step
+        yield
+        return
+
+    def start(_: Any) -> None:
+        ext.enable(False)
+
+    def end(_: Any) -> None:
+        ext.enable(True)
+
+    handler.register_start_callback(start)
+    handler.register_end_callback(end)
+    try:
+        yield
+    finally:
+        handler.remove_start_callback(start)
+        handler.remove_end_callback(end)
 
 
 class NativeCapture:
@@ -90,12 +126,13 @@ class NativeCapture:
         )
         self._events: list[Event] = []
         self._comms = CommTracker()
-        #: communication ops between their two callbacks: token -> (spec, "c10d", arguments)
+        #: communication ops between their two callbacks: token -> (spec, "c10d", arguments,
+        #: op name)
         self._comm_calls: dict[int, tuple[CommSpec, dict[str, Any] | None, tuple[Any, ...], str]] = {}
         self._c10d: dict[int, dict[str, Any]] = {}  #: op index -> its "c10d" attribute
         self._tokens = itertools.count()
-        #: collectives left running: (op index, op name, Work), waited on at the end of the step
-        self._running: list[tuple[int, str, Any]] = []
+        #: collectives left running, by token: (op index, op name, Work)
+        self._running: dict[int, tuple[int, str, Any]] = {}
         self._stats = StatsCollector(hist_bins=options.hist_bins) if options.stats else None
         self._compiled_seen = False
         self._data: Any = None  # the engine's StepData, once stopped
@@ -122,7 +159,7 @@ class NativeCapture:
         if capture is None:
             return -1
         namespace, _, op = name.partition("::")
-        info = _info(getattr(getattr(getattr(torch.ops, namespace), op), overload))
+        info = OpInfo.cached(getattr(getattr(getattr(torch.ops, namespace), op), overload))
         c10d = capture._comms.describe(info.comm or OTHER, info.arg_names, args, {}, {})
         token = next(capture._tokens)
         capture._comm_calls[token] = (info.comm or OTHER, c10d, args, info.name)
@@ -130,9 +167,9 @@ class NativeCapture:
 
     @staticmethod
     def _comm_after(token: int, index: int, out: object) -> int:
-        """The op ran: whether its written values are final (1), never measured (0), or final
-        once the program waits for them (2: a c10d collective is left running, so DDP's bucket
-        all-reduces still overlap backward; capture.cpp's ``Written``)."""
+        """The op ran: whether its written values are final, never measured, or final once the
+        program waits for them (a c10d collective is left running, so DDP's bucket all-reduces
+        still overlap backward)."""
         capture = NativeCapture._current
         if capture is None or token not in capture._comm_calls:
             return 0
@@ -142,9 +179,16 @@ class NativeCapture:
         if c10d is not None:
             capture._c10d[index] = c10d
         if done.work is not None:
-            capture._running.append((index, name, done.work))
-            return 2
-        return 1 if done.final else 0
+            capture._running[token] = (index, name, done.work)
+            return Written.LATER
+        return Written.FINAL if done.final else Written.UNMEASURED
+
+    @staticmethod
+    def _later_done(token: int) -> bool:
+        """Whether the collective left running under ``token`` has completed."""
+        capture = NativeCapture._current
+        running = None if capture is None else capture._running.get(token)
+        return running is None or bool(running[2].is_completed())
 
     def _configure(self) -> None:
         if not NativeCapture._configured:
@@ -154,6 +198,7 @@ class NativeCapture:
                 self._select,
                 self._comm_before,
                 self._comm_after,
+                self._later_done,
                 TORCH_TO_DTYPE,
                 kernel_address(),
             )
@@ -172,18 +217,17 @@ class NativeCapture:
     # -- lifecycle --------------------------------------------------------------------------
     def install(self) -> ExitStack:
         """Start the engine and enter the hooks; the returned ``ExitStack`` stops both."""
-        from recorder.capture import StepCapture  # the one-capture-per-process guard
-
-        active = StepCapture._active or NativeCapture._current
-        if active is not None:
+        if torch.cuda.is_available() and _cuda_initialized():
             raise TraceError(
-                f"Another recorder is capturing step {active.step} in this process; "
-                "two recorders cannot capture the same steps. Give them schedules "
-                "that do not overlap, or record with one recorder."
+                "This process started using CUDA after record() chose the native capture "
+                "engine, which records CPU steps only; move the model to the device before "
+                "record(), or pass record(engine='python')."
             )
+        claim_capture(self)
         self._configure()
         o = self.options
         stack = ExitStack()
+        stack.callback(release_capture, self)
         try:
             self._ext.start(
                 o.stats, o.views, o.values is not None, o.hist_bins, SMALL_NUMEL, self._t0_ns
@@ -191,6 +235,7 @@ class NativeCapture:
             NativeCapture._current = self
             stack.callback(self._stop)
             stack.enter_context(self.tracker.install())
+            stack.enter_context(_off_while_compiling(self._ext))
             for t, role, name in self.names.named_tensors():
                 self.name_tensor(t, role, name)
             self._ext.enable(True)
@@ -203,16 +248,19 @@ class NativeCapture:
     def _stop(self) -> None:
         """Leave the engine off (an exception in the step, or the normal end before finish)."""
         self._ext.enable(False)
-        if NativeCapture._current is self and self._data is None:
-            self._wait_running()
-            self._data = self._ext.finish()
-        NativeCapture._current = None
+        try:
+            if NativeCapture._current is self and self._data is None:
+                self._wait_running()
+        finally:
+            if NativeCapture._current is self and self._data is None:
+                self._data = self._ext.finish()
+            NativeCapture._current = None
 
     def _wait_running(self) -> None:
         """Wait on the collectives left running whose values no op touched since, and measure
         their values (the program waited on the others before touching them)."""
-        running, self._running = self._running, []
-        for index, name, work in running:
+        running, self._running = self._running, {}
+        for index, name, work in running.values():
             try:
                 work.wait()
             except Exception as e:

@@ -64,7 +64,11 @@ def test_compiled_function_is_recorded_not_empty() -> None:
     def loss_fn(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return m(x).square().mean()
 
-    expected = len(_eager_ops(model, x)) - 1  # .sum() in the helper vs .square().mean() here
+    # .sum() in the helper vs .square().mean() here; OpLog is a dispatch mode, under which
+    # AccumulateGrad detaches each gradient (tests/recorder/test_engines.py): the native engine
+    # records the program without those detaches
+    eager = _eager_ops(model, x)
+    expected = len(eager) - 1 - eager.count("aten::detach.default")
     compiled = torch.compile(loss_fn, backend="eager")
     sink = ListSink()
     with recorder.record(sink=sink, model=model) as rec:
@@ -75,3 +79,5 @@ def test_compiled_function_is_recorded_not_empty() -> None:
     assert len(forward) >= 4
     assert {op.module for op in forward} >= {"0", "1", "2"}
     assert len(record.graph.ops) >= expected
+    # Dynamo's tracing (fake tensors, on the meta device) is not part of the step
+    assert not [t for t in record.graph.tensors if t.device == "meta"]

@@ -295,3 +295,52 @@ def test_auto_records_a_distributed_job_natively_only_when_its_model_holds_plain
     assert choose(Options(source=True), distributed=False)[0] == "python"
     with pytest.raises(tracefmt.TraceError, match="does not record source lines"):
         choose(Options(engine="native", source=True), distributed=False)
+
+
+def test_the_engine_and_the_python_collector_share_the_cancellation_threshold() -> None:
+    from recorder.stats.cpu import _CANCEL
+
+    assert extension.load().module.CANCEL == _CANCEL  # type: ignore[union-attr]
+
+
+def test_a_nested_recorder_is_refused_whatever_the_engines(tmp_path: Path) -> None:
+    model, step = _example(mlp, batch=4, hidden=8)
+    for outer, inner in (("native", "python"), ("python", "native")):
+        refused = pytest.raises(tracefmt.TraceError, match="Another recorder is capturing")
+        with (
+            recorder.record(tmp_path / outer, model=model, engine=outer),  # type: ignore[arg-type]
+            refused,
+            recorder.record(tmp_path / f"{outer}-{inner}", model=model, engine=inner),  # type: ignore[arg-type]
+        ):
+            step()
+
+
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_a_failure_inside_an_ops_outputs_leaves_a_consistent_step(
+    engine: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The op whose outputs were half recorded still goes in (its outputs name it as their
+    producer), the step says where capture stopped, and the trace stays valid."""
+    from recorder.options import ValuesSelection
+    from tracefmt.validate import validate
+
+    def matches(self: ValuesSelection, role: str, module: str, op: str) -> bool:
+        if role == "activation":  # an op's output, after the table has it
+            raise RuntimeError("selection broke")
+        return False
+
+    monkeypatch.setattr(ValuesSelection, "matches", matches)
+    model, step = _example(mlp, batch=4, hidden=8)
+    with recorder.record(
+        tmp_path / "run",
+        model=model,
+        engine=engine,
+        values=recorder.select(roles="activation"),  # type: ignore[arg-type]
+    ) as rec:
+        step()
+        rec.step()
+    trace = tracefmt.open(tmp_path / "run")
+    (recorded,) = [trace.step(s) for s in trace.steps()]
+    assert [e.kind for e in recorded.events] == ["recorder_error"]
+    assert "selection broke" in recorded.events[0].message
+    assert validate(tmp_path / "run") == []

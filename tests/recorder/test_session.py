@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 import recorder
 import tracefmt
+from recorder.engine.extension import load as load_engine
 from recorder.examples.gpt import build
 from tests.recorder._util import ListSink, mlp
 from tracefmt.dtypes import fingerprint
@@ -26,6 +27,7 @@ from tracefmt.records import StepRecord
 
 
 def _global_state() -> tuple[Any, ...]:
+    engine = load_engine().module
     m = torch.nn.modules.module
     o = optim_module
     return (
@@ -36,6 +38,9 @@ def _global_state() -> tuple[Any, ...]:
         len(_get_current_dispatch_mode_stack()),
         torch.autograd.backward,
         torch.autograd.grad,
+        # the native engine: its dispatch key in this thread's TLS, and a step under way
+        engine is not None and engine.included(),
+        engine is not None and engine.active(),
     )
 
 
