@@ -495,23 +495,25 @@ class Engine {
     OpMeta m;
     try {
       py::gil_scoped_acquire gil;
-      // (record, comm, written, write_only, written_if, view_returns, uninitialized)
-      py::tuple info = describe_cb(schema.operator_name().name, overload);
-      m.record = info[0].cast<bool>();
-      m.comm = info[1].cast<bool>();
+      // recorder.engine.stepcapture.OpFacts, read by field name
+      py::object info = describe_cb(schema.operator_name().name, overload);
+      m.record = info.attr("record").cast<bool>();
+      m.comm = info.attr("comm").cast<bool>();
       size_t n = schema.arguments().size();
       m.written.assign(n, 0);
       m.write_only.assign(n, 0);
       m.written_if_extra.assign(n, 0);
-      for (auto i : info[2].cast<std::vector<int>>()) m.written.at(i) = 1;
-      for (auto i : info[3].cast<std::vector<int>>()) m.write_only.at(i) = 1;
-      if (!info[4].is_none()) {
-        auto wi = info[4].cast<std::pair<int, std::vector<int>>>();
+      for (auto i : info.attr("written").cast<std::vector<int>>()) m.written.at(i) = 1;
+      for (auto i : info.attr("write_only").cast<std::vector<int>>()) m.write_only.at(i) = 1;
+      py::object written_if = info.attr("written_if");
+      if (!written_if.is_none()) {
+        auto wi = written_if.cast<std::pair<int, std::vector<int>>>();
         m.written_if_flag = wi.first;
         for (auto i : wi.second) m.written_if_extra.at(i) = 1;
       }
-      for (auto v : info[5].cast<std::vector<bool>>()) m.view_returns.push_back(v ? 1 : 0);
-      m.uninitialized = info[6].cast<bool>();
+      for (auto v : info.attr("view_returns").cast<std::vector<bool>>())
+        m.view_returns.push_back(v ? 1 : 0);
+      m.uninitialized = info.attr("uninitialized").cast<bool>();
     } catch (py::error_already_set& e) {
       throw_python(e);
     }
@@ -1161,13 +1163,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              auto k = static_cast<int64_t>(d.stat_index.size());
              auto i64 = at::TensorOptions().dtype(at::kLong);
              auto f64 = at::TensorOptions().dtype(at::kDouble);
-             return py::make_tuple(
-                 at::tensor(d.stat_index, i64), at::tensor(d.stat_numel, i64),
-                 at::tensor(d.stat_floats, f64).reshape({k, 5}),
-                 at::tensor(d.stat_ints, i64).reshape({k, 4}),
-                 at::tensor(std::vector<int64_t>(d.stat_fingerprint_only.begin(),
-                                                 d.stat_fingerprint_only.end()),
-                            i64));
+             py::dict out;
+             out["index"] = at::tensor(d.stat_index, i64);
+             out["numel"] = at::tensor(d.stat_numel, i64);
+             out["floats"] = at::tensor(d.stat_floats, f64).reshape({k, 5});
+             out["ints"] = at::tensor(d.stat_ints, i64).reshape({k, 4});
+             out["fingerprint_only"] = at::tensor(
+                 std::vector<int64_t>(d.stat_fingerprint_only.begin(),
+                                      d.stat_fingerprint_only.end()),
+                 i64);
+             return out;
            })
       .def("take_values",
            [](StepData& d) {

@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from types import ModuleType
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -38,31 +38,46 @@ from recorder.convert import TORCH_TO_DTYPE, json_value
 from recorder.opinfo import RECORDED_NAMESPACES, OpInfo
 from recorder.options import Options
 from recorder.stats.common import ALL_FLAGS, FINGERPRINT, SMALL_NUMEL
-from recorder.stats.cpu import StatsCollector
+from recorder.stats.cpu import NativeRows, StatsCollector
 from recorder.stats.native import kernel_address
 from recorder.tracking import Names, PhaseTracker
 from tracefmt.errors import TraceError
 from tracefmt.model import Event, Phase, Role
 
-__all__ = ["NativeCapture", "Written"]
+__all__ = ["NativeCapture", "OpFacts", "Written"]
 
 _PHASES = list(Phase)
 _ROLES = list(Role)
 
 
-def _describe(name: str, overload: str) -> tuple[Any, ...]:
-    """What the engine needs of an op overload's schema, once per overload (see OpMeta)."""
+class OpFacts(NamedTuple):
+    """What the engine needs of an op overload's schema, once per overload (capture.cpp's
+    ``OpMeta``, which reads these fields by name)."""
+
+    record: bool  #: recorded (aten::, fsdp::, and communication ops), else run through
+    comm: bool  #: a communication op (recorder.collectives)
+    written: list[int]  #: argument positions it writes
+    write_only: list[int]  #: written arguments it does not read
+    written_if: tuple[int, list[int]] | None  #: (flag argument, positions written when True)
+    view_returns: list[bool]  #: per return: a view of an argument
+    uninitialized: bool  #: its output is uninitialized memory
+
+
+_PASS_THROUGH = OpFacts(False, False, [], [], None, [], False)
+
+
+def _describe(name: str, overload: str) -> OpFacts:
+    """The :class:`OpFacts` of op overload ``name.overload`` (``aten::mm``, ``default``)."""
     namespace, _, op = name.partition("::")
-    record = namespace in RECORDED_NAMESPACES
     comm = namespace in COMM_NAMESPACES
-    if not (record or comm):
-        return (False, False, [], [], None, [], False)
+    if not (namespace in RECORDED_NAMESPACES or comm):
+        return _PASS_THROUGH
     info = OpInfo.cached(getattr(getattr(getattr(torch.ops, namespace), op), overload))
     written_if = None
     if info.written_if is not None:
         flag, extra = info.written_if
         written_if = (flag, sorted(extra))
-    return (
+    return OpFacts(
         True,
         comm,
         sorted(info.written),
@@ -284,9 +299,15 @@ class NativeCapture:
         stats = None
         if self._stats is not None:
             stats = self._stats.finish(data.n_tensors)
-            index, numel, floats, ints, fp_only = data.stats()
-            flags = np.where(fp_only.numpy() == 1, FINGERPRINT, ALL_FLAGS).astype(np.uint8)
-            stats.native_rows = (index.numpy(), numel.numpy(), flags, floats.numpy(), ints.numpy())
+            rows = data.stats()
+            flags = np.where(rows["fingerprint_only"].numpy() == 1, FINGERPRINT, ALL_FLAGS)
+            stats.native_rows = NativeRows(
+                rows["index"].numpy(),
+                rows["numel"].numpy(),
+                flags.astype(np.uint8),
+                rows["floats"].numpy(),
+                rows["ints"].numpy(),
+            )
             stats.aliases.extend(data.aliases)
         events = self._events
         if data.error:

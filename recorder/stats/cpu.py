@@ -57,7 +57,7 @@ from recorder.stats.native import FusedStats, fused_stats
 from tracefmt.dtypes import fingerprint as bytes_fingerprint
 from tracefmt.records import empty_stats
 
-__all__ = ["SMALL_NUMEL", "PendingStats", "StatsCollector", "fingerprint"]
+__all__ = ["SMALL_NUMEL", "NativeRows", "PendingStats", "StatsCollector", "fingerprint"]
 
 #: Integer dtype of the same width, to count zeros on the bits.
 _INT_VIEW = {
@@ -98,6 +98,16 @@ def _signed(fp: int) -> int:
     return fp - (1 << 64) if fp >= 1 << 63 else fp
 
 
+class NativeRows(NamedTuple):
+    """Rows the native engine computed (:mod:`recorder.engine`), in :func:`fill_rows`'s order."""
+
+    tensors: np.ndarray  #: graph tensor indices
+    numel: np.ndarray
+    flags: np.ndarray
+    floats: np.ndarray  #: ``FLOAT_COLUMNS``
+    ints: np.ndarray  #: ``INT_COLUMNS``
+
+
 @dataclass
 class PendingStats:
     """A step's statistics on their way to the trace; :meth:`resolve` (on the writer thread)
@@ -114,9 +124,7 @@ class PendingStats:
     events: list[DeviceEvent] = field(default_factory=list)
     aliases: list[tuple[int, int]] = field(default_factory=list)
     hist_bins: int = 0
-    #: rows the native engine computed: tensor indices, numels, flags, the ``FLOAT_COLUMNS``
-    #: and the ``INT_COLUMNS`` (see :mod:`recorder.engine`)
-    native_rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+    native_rows: NativeRows | None = None
 
     def resolve(self) -> tuple[np.ndarray, dict[int, tuple[float, float, np.ndarray]]]:
         """Return the ``STATS_DTYPE`` table (one row per tensor) and the histograms."""
