@@ -37,8 +37,8 @@ from recorder.collectives import COMM_NAMESPACES, OTHER, CommSpec, CommTracker, 
 from recorder.convert import TORCH_TO_DTYPE, json_value
 from recorder.opinfo import RECORDED_NAMESPACES, OpInfo
 from recorder.options import Options
-from recorder.stats.common import ALL_FLAGS, FINGERPRINT, SMALL_NUMEL
-from recorder.stats.cpu import NativeRows, StatsCollector
+from recorder.stats.common import ALL_FLAGS, FINGERPRINT, SMALL_NUMEL, NativeRows
+from recorder.stats.cpu import StatsCollector
 from recorder.stats.native import kernel_address
 from recorder.tracking import Names, PhaseTracker
 from tracefmt.errors import TraceError

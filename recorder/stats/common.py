@@ -30,6 +30,7 @@ __all__ = [
     "MOMENTS",
     "SMALL_NUMEL",
     "Hist",
+    "NativeRows",
     "bin_of",
     "fill_rows",
     "fingerprint",
@@ -127,6 +128,16 @@ def histogram(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor, t
         0, slot, torch.ones_like(slot)
     )[:-1]
     return lo, hi, counts
+
+
+class NativeRows(NamedTuple):
+    """Rows the native engine computed (:mod:`recorder.engine`), in :func:`fill_rows`'s order."""
+
+    tensors: np.ndarray  #: graph tensor indices
+    numel: np.ndarray
+    flags: np.ndarray
+    floats: np.ndarray  #: ``FLOAT_COLUMNS``
+    ints: np.ndarray  #: ``INT_COLUMNS``
 
 
 def fill_rows(

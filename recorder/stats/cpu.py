@@ -48,6 +48,7 @@ from recorder.stats.common import (
     INT_COLUMNS,
     SMALL_NUMEL,
     Hist,
+    NativeRows,
     fill_rows,
     fingerprint,
     histogram,
@@ -57,7 +58,7 @@ from recorder.stats.native import FusedStats, fused_stats
 from tracefmt.dtypes import fingerprint as bytes_fingerprint
 from tracefmt.records import empty_stats
 
-__all__ = ["SMALL_NUMEL", "NativeRows", "PendingStats", "StatsCollector", "fingerprint"]
+__all__ = ["SMALL_NUMEL", "PendingStats", "StatsCollector", "fingerprint"]
 
 #: Integer dtype of the same width, to count zeros on the bits.
 _INT_VIEW = {
@@ -96,16 +97,6 @@ class CpuRow(NamedTuple):
 
 def _signed(fp: int) -> int:
     return fp - (1 << 64) if fp >= 1 << 63 else fp
-
-
-class NativeRows(NamedTuple):
-    """Rows the native engine computed (:mod:`recorder.engine`), in :func:`fill_rows`'s order."""
-
-    tensors: np.ndarray  #: graph tensor indices
-    numel: np.ndarray
-    flags: np.ndarray
-    floats: np.ndarray  #: ``FLOAT_COLUMNS``
-    ints: np.ndarray  #: ``INT_COLUMNS``
 
 
 @dataclass
