@@ -182,24 +182,14 @@ class Engine {
   StepData d;
 
   void start() {
-    d = StepData();
-    strings_.clear();
-    string_ids_.clear();
-    objects_.clear();
-    named_.clear();
-    gens_.clear();
-    measured_.clear();
+    clear_step();
     devices_.clear();
-    selected_.clear();
     stack.clear();
     bound_seq.clear();
     bound_path.clear();
     backward_depth = optimizer_depth = 0;
     fresh_state = false;
     failed = false;
-    step_ops_.clear();
-    step_args_.clear();
-    later_.clear();
     intern("");  // id 0: the empty module path
     owner = std::this_thread::get_id();
     active = true;
@@ -228,6 +218,12 @@ class Engine {
     }
     d.strings = std::move(strings_);
     StepData out = std::move(d);
+    clear_step();
+    return out;
+  }
+
+  // Drop everything one step holds: its rows, strings, tensor table and pending values.
+  void clear_step() {
     d = StepData();
     strings_.clear();
     string_ids_.clear();
@@ -239,7 +235,6 @@ class Engine {
     step_ops_.clear();
     step_args_.clear();
     later_.clear();
-    return out;
   }
 
   int32_t intern(const std::string& s) {
