@@ -15,8 +15,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from tests.synth import mlp_graph, synthetic_step
+from tests.synth import attention_step, mlp_graph, synthetic_step
 from tracefmt import TraceWriter
+from tracefmt.events import NONFINITE_CREATED, NONFINITE_STATE, trigger_event
+from tracefmt.light import LightFlags, LightKind, LightStepRecord, empty_light_rows
 
 
 def write_base(path: Path, *, steps: int = 3, hist_bins: int = 4, **writer_kwargs: Any) -> Path:
@@ -49,6 +51,51 @@ def write_overrides(path: Path) -> Path:
             w.write_step(
                 synthetic_step(s, mlp_graph(lr=lr, input_offset=offset), rng, with_values=False)
             )
+            w.flush()
+    return path
+
+
+def light_record(step: int, *, created: bool = False, state: bool = False) -> LightStepRecord:
+    """A light step of the attention model: its module's output, its weight's gradient, update
+    and value; ``created`` puts NaN in the output (its inputs finite), ``state`` Inf in the
+    gradient.  Steps with neither have equal rows."""
+    rows = empty_light_rows(4)
+    rows["name"] = [0, 1, 1, 1]
+    rows["kind"] = [LightKind.OUTPUT, LightKind.GRADIENT, LightKind.UPDATE, LightKind.PARAMETER]
+    rows["flags"] = LightFlags.MOMENTS | LightFlags.COUNTS
+    rows["min"], rows["max"], rows["mean"], rows["std"] = -1.0, 1.0, 0.0, 0.5
+    rows["norm"], rows["numel"] = [4.0, 2.0, 0.01, 3.0], [16, 12, 12, 12]
+    rows["nan"][0], rows["inf"][1] = int(created), int(state)
+    events = []
+    if created or state:
+        kind = NONFINITE_CREATED if created else NONFINITE_STATE
+        events.append(trigger_event(kind, f"light step {step} is non-finite", rank=0, module="attn"))
+    return LightStepRecord(
+        step,
+        ["attn", "attn.weight"],
+        rows,
+        scalars={"loss": 0.5, "lr": 0.01},
+        events=events,
+        wall_time=1.7e9 + step,
+        duration=0.01,
+    )
+
+
+def write_flight(path: Path) -> Path:
+    """A small valid 1.4 trace of a flight recorder: light steps 0 to 3 (1: an output created
+    NaN, 2: a gradient holds Inf, each with its trigger event) and full steps 1 and 2 of the
+    attention model (1: a fully masked row, the softmax creates NaN, with its trigger event; 2:
+    the mask's -inf only, by design)."""
+    rng = np.random.default_rng(2)
+    with TraceWriter(path, fsync=False) as w:
+        for s in range(4):
+            w.write_light_step(light_record(s, created=s == 1, state=s == 2))
+            if s in (1, 2):
+                record = attention_step(s, rng, masked_row=s == 1)
+                if s == 1:
+                    why = "the softmax created NaN from finite inputs"
+                    record.events = [trigger_event(NONFINITE_CREATED, why, rank=0, op=4, tensor=7)]
+                w.write_step(record)
             w.flush()
     return path
 

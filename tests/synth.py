@@ -122,6 +122,102 @@ def synthetic_step(
     )
 
 
+def attention_graph(view: bool = False) -> Graph:
+    """A causal mask added to attention scores, as models build it: ``zeros``, then
+    ``masked_fill.Scalar(z, cond, -inf)`` (the ``-inf`` is a constant argument: by design), then
+    ``add`` (propagated), ``_softmax`` (finite again) and ``mean`` (the loss).  With ``view``
+    the mask goes through an unmeasured ``aten::view`` first (section 5.7: pure views are not
+    measured; the classification looks through them)."""
+    g = GraphBuilder()
+    x = g.add_tensor(DType.FLOAT32, (4, 3), role=Role.INPUT, name="x")
+    w = g.add_tensor(DType.FLOAT32, (3, 4), role=Role.PARAMETER, name="attn.weight")
+    cond = g.add_tensor(DType.BOOL, (4, 4), role=Role.INPUT, name="causal")
+    z = g.add_tensor(DType.FLOAT32, (4, 4), producer=g.num_ops)
+    g.add_op(
+        "aten::zeros.default", phase=Phase.FORWARD, module="attn", outputs=[z], attrs={"size": [4, 4]}
+    )
+    mask = g.add_tensor(DType.FLOAT32, (4, 4), producer=g.num_ops)
+    g.add_op(
+        "aten::masked_fill.Scalar",
+        phase=Phase.FORWARD,
+        module="attn",
+        inputs=[z, cond],
+        outputs=[mask],
+        attrs={"value": float("-inf")},
+    )
+    if view:
+        viewed = g.add_tensor(DType.FLOAT32, (4, 4), producer=g.num_ops)
+        g.add_op(
+            "aten::view.default",
+            phase=Phase.FORWARD,
+            module="attn",
+            inputs=[mask],
+            outputs=[viewed],
+            attrs={"size": [4, 4]},
+        )
+        mask = viewed
+    y = g.add_tensor(DType.FLOAT32, (4, 4), producer=g.num_ops)
+    g.add_op("aten::mm.default", phase=Phase.FORWARD, module="attn", inputs=[x, w], outputs=[y])
+    scores = g.add_tensor(DType.FLOAT32, (4, 4), producer=g.num_ops)
+    g.add_op("aten::add.Tensor", phase=Phase.FORWARD, module="attn", inputs=[y, mask], outputs=[scores])
+    p = g.add_tensor(DType.FLOAT32, (4, 4), producer=g.num_ops)
+    g.add_op(
+        "aten::_softmax.default",
+        phase=Phase.FORWARD,
+        module="attn",
+        inputs=[scores],
+        outputs=[p],
+        attrs={"dim": -1, "half_to_float": False},
+    )
+    loss = g.add_tensor(DType.FLOAT32, (), producer=g.num_ops)
+    g.add_op("aten::mean.default", phase=Phase.FORWARD, module="", inputs=[p], outputs=[loss])
+    return g.finish()
+
+
+def attention_step(
+    step: int,
+    rng: np.random.Generator,
+    *,
+    masked_row: bool = False,
+    nan_weight: bool = False,
+    view: bool = False,
+) -> StepRecord:
+    """A step of :func:`attention_graph` with real values and their statistics.
+
+    ``masked_row`` masks a whole row, so the softmax creates NaN from ``-inf`` (a created
+    non-finite value); ``nan_weight`` puts a NaN in the parameter (non-finite state, propagated
+    by every op downstream).  The view's output, with ``view``, is left unmeasured.
+    """
+    graph = attention_graph(view)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 4)).astype(np.float32)
+    if nan_weight:
+        w[0, 0] = np.nan
+    cond = np.triu(np.ones((4, 4), dtype=bool), k=1)
+    if masked_row:
+        cond[0, :] = True
+    z = np.zeros((4, 4), dtype=np.float32)
+    mask = np.where(cond, np.float32(-np.inf), z)
+    y = x @ w
+    with np.errstate(invalid="ignore", over="ignore"):
+        scores = y + mask
+        e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        p = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    loss = np.array(p.mean(), dtype=np.float32)
+    values = [x, w, cond, z, mask, *([mask] if view else []), y, scores, p, loss]
+    stats = np.stack([tensor_stats(v, t.dtype) for v, t in zip(values, graph.tensors, strict=True)])
+    if view:
+        stats[5] = empty_stats(1)[0]  # a pure view is not measured
+    return StepRecord(
+        step=step,
+        graph=graph,
+        stats=stats,
+        scalars={"loss": float(loss)},
+        wall_time=1.7e9 + step,
+        duration=0.01,
+    )
+
+
 def write_synthetic(
     path: str | os.PathLike[str],
     *,

@@ -14,6 +14,13 @@ from tracefmt.errors import (
     UnsupportedVersionError,
     WriterClosedError,
 )
+from tracefmt.light import (
+    LightKind,
+    LightRow,
+    LightStep,
+    LightStepRecord,
+    LightStepSummary,
+)
 from tracefmt.manifest import (
     ProcessGroupInfo,
     RunManifest,
@@ -29,6 +36,7 @@ from tracefmt.model import (
     Provenance,
     Role,
     StatFlags,
+    StepFlags,
     TensorMeta,
     TensorRecord,
     TensorStats,
@@ -44,6 +52,11 @@ __all__ = [
     "Graph",
     "GraphBuilder",
     "Histogram",
+    "LightKind",
+    "LightRow",
+    "LightStep",
+    "LightStepRecord",
+    "LightStepSummary",
     "MissingFilterError",
     "OpNode",
     "Phase",
@@ -53,6 +66,7 @@ __all__ = [
     "RunManifest",
     "StatFlags",
     "Step",
+    "StepFlags",
     "StepRecord",
     "StepSummary",
     "TensorMeta",

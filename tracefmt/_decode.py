@@ -58,6 +58,12 @@ class StepSummary:
     dropped: int
     wall_time: float
     duration: float
+    #: format 1.4 (section 6.5): an op created NaN/Inf; the loss or the state holds NaN/Inf
+    nonfinite_created: bool = False
+    nonfinite_state: bool = False
+    #: the kinds of the step's events (filled in by :func:`tracefmt.summary.run_summaries`)
+    event_kinds: tuple[str, ...] = ()
+    kind: str = "full"
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,10 @@ class Step:
     dropped: int
     has_nan: bool
     has_inf: bool
+    #: format 1.4 (section 6.5; :func:`tracefmt.nonfinite.classify_step` says which ops and
+    #: tensors): an op created NaN/Inf; the loss, a parameter, gradient or optimizer state holds it
+    nonfinite_created: bool = False
+    nonfinite_state: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,8 @@ def decode_summaries(
         rows["event_count"].tolist(),
         ((flags & L.STEP_HAS_NAN) != 0).tolist(),
         ((flags & L.STEP_HAS_INF) != 0).tolist(),
+        ((flags & L.STEP_NONFINITE_CREATED) != 0).tolist(),
+        ((flags & L.STEP_NONFINITE_STATE) != 0).tolist(),
         rows["dropped"].tolist(),
         rows["wall_time"].tolist(),
         rows["duration"].tolist(),
@@ -140,8 +152,24 @@ def decode_summaries(
             dropped=dropped,
             wall_time=wall,
             duration=dur,
+            nonfinite_created=created,
+            nonfinite_state=state,
         )
-        for s, gi, n_ops, n_tensors, n_values, n_events, nan, inf, dropped, wall, dur in columns
+        for (
+            s,
+            gi,
+            n_ops,
+            n_tensors,
+            n_values,
+            n_events,
+            nan,
+            inf,
+            created,
+            state,
+            dropped,
+            wall,
+            dur,
+        ) in columns
     ]
 
 
@@ -219,6 +247,8 @@ def decode_step(
         dropped=int(r["dropped"]),
         has_nan=bool(r["flags"] & L.STEP_HAS_NAN),
         has_inf=bool(r["flags"] & L.STEP_HAS_INF),
+        nonfinite_created=bool(r["flags"] & L.STEP_NONFINITE_CREATED),
+        nonfinite_state=bool(r["flags"] & L.STEP_NONFINITE_STATE),
     )
 
 

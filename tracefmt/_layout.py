@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from tracefmt.dtypes import STORAGE_HEAPS
-from tracefmt.model import StatFlags
+from tracefmt.model import StatFlags, StepFlags
 
 FORMAT_MAGIC = "tracefmt"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 3
+FORMAT_MINOR = 4
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 RANK_FILE_PATTERN = "rank-{rank:05d}.tft.h5"
 RANK_FILE_GLOB = "rank-*.tft.h5"
@@ -64,6 +64,10 @@ OP_ATTRS = "op_attrs"
 TENSOR_OFFSETS = "tensor_offsets"
 STEP_OVERRIDES = "step_overrides"
 OP_STARTS = "op_starts"
+LIGHT_STEPS = "light_steps"
+LIGHT_STATS = "light_stats"
+LIGHT_EVENTS = "light_events"
+LIGHT_SCALARS = "light_scalars"
 DATA_GROUP = "data"
 
 STRING_INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4")])
@@ -193,14 +197,63 @@ STEP_OVERRIDE_DTYPE = np.dtype(
 )
 
 
+# Since 1.4, light steps: per-module and per-parameter statistics of a step without its graph.
+# One ``light_steps`` row per light step (its commit marker, like ``steps``), with ranges into
+# its own tables: a light step's events and scalars are not in ``events`` and ``scalars``, so that
+# each index table's ranges follow its own rows (TF-STEP-004, TF-LIGHT-002).
+LIGHT_STEP_DTYPE = np.dtype(
+    [
+        ("step", "<i8"),
+        ("stats_start", "<u8"),
+        ("stats_count", "<u4"),
+        ("event_start", "<u8"),
+        ("event_count", "<u4"),
+        ("scalar_start", "<u8"),
+        ("scalar_count", "<u4"),
+        ("wall_time", "<f8"),
+        ("duration", "<f8"),
+        ("flags", "<u4"),
+    ]
+)
+# A light row: ``name`` is the string id of a module path or parameter FQN, ``kind`` a LightKind
+# code, ``flags`` LightFlags bits; ``tracefmt.light.LIGHT_ROW_DTYPE`` is this dtype (in memory
+# ``name`` indexes the record's names instead).
+LIGHT_STATS_DTYPE = np.dtype(
+    [
+        ("name", "<i4"),
+        ("kind", "u1"),
+        ("flags", "u1"),
+        ("min", "<f8"),
+        ("max", "<f8"),
+        ("mean", "<f8"),
+        ("std", "<f8"),
+        ("norm", "<f8"),
+        ("nan", "<u8"),
+        ("inf", "<u8"),
+        ("numel", "<u8"),
+    ]
+)
+LIGHT_MOMENTS, LIGHT_COUNTS, LIGHT_INPUTS_NONFINITE = 1, 2, 8  # light_stats.flags
+
+
 def hist_dtype(bins: int) -> np.dtype[np.void]:
     """Row dtype of the histogram table for a file with ``bins`` bins per histogram."""
     return np.dtype([("tensor", "<u4"), ("lo", "<f8"), ("hi", "<f8"), ("counts", "<u8", (bins,))])
 
 
-# Step flags (STEP_DTYPE.flags).
-STEP_HAS_NAN = 1
-STEP_HAS_INF = 2
+# Step flags (STEP_DTYPE.flags and, from 1.4, LIGHT_STEP_DTYPE.flags).
+STEP_HAS_NAN = int(StepFlags.HAS_NAN)
+STEP_HAS_INF = int(StepFlags.HAS_INF)
+STEP_NONFINITE_CREATED = int(StepFlags.NONFINITE_CREATED)  # 1.4
+STEP_NONFINITE_STATE = int(StepFlags.NONFINITE_STATE)  # 1.4
+
+
+def step_flag_bits(minor: int) -> int:
+    """The step flag bits defined in format version ``1.minor`` (plain ints: ``~`` of a flag
+    enum drops the undefined bits instead of keeping them)."""
+    since_1_4 = STEP_NONFINITE_CREATED | STEP_NONFINITE_STATE if minor >= 4 else 0
+    return STEP_HAS_NAN | STEP_HAS_INF | since_1_4
+
 
 # Tables: path -> (row dtype, rows per chunk).  Chunks hold about 32-64 KiB of rows.
 TABLES: dict[str, tuple[np.dtype[Any], int]] = {
@@ -222,10 +275,17 @@ TABLES: dict[str, tuple[np.dtype[Any], int]] = {
     STEP_OVERRIDES: (STEP_OVERRIDE_DTYPE, 512),
     # The rows per chunk of op_stats, so that chunk k of each holds the same rows (16 KiB).
     OP_STARTS: (OP_START_DTYPE, 2048),
+    LIGHT_STEPS: (LIGHT_STEP_DTYPE, 1024),  # 64 KiB
+    LIGHT_STATS: (LIGHT_STATS_DTYPE, 1024),  # 56 KiB: a few light steps of a mid-size model
+    LIGHT_EVENTS: (EVENT_DTYPE, 256),  # light steps have events only when a trigger fires
+    LIGHT_SCALARS: (SCALAR_DTYPE, 2048),
 }
 #: The minor version that added a dataset; datasets not listed here date from 1.0.  A file of an
 #: older minor version lacks them (and a reader gives them no meaning in such a file).
-SINCE_MINOR: dict[str, int] = {OP_ATTRS: 1, TENSOR_OFFSETS: 1, STEP_OVERRIDES: 1, OP_STARTS: 3}
+SINCE_MINOR: dict[str, int] = {
+    OP_ATTRS: 1, TENSOR_OFFSETS: 1, STEP_OVERRIDES: 1, OP_STARTS: 3,
+    LIGHT_STEPS: 4, LIGHT_STATS: 4, LIGHT_EVENTS: 4, LIGHT_SCALARS: 4,
+}  # fmt: skip
 # 1-D heaps of plain numbers: path -> (dtype, items per chunk).
 HEAPS: dict[str, tuple[np.dtype[Any], int]] = {
     STRINGS_BYTES: (np.dtype("u1"), 65536),
@@ -251,6 +311,13 @@ OVERRIDE_RANGES: dict[str, tuple[str, str]] = {
 #: Tables parallel to a table of STEP_RANGES (format 1.3): row r of the key belongs to row r of
 #: the value, so a step's rows of the key are its range of the value.
 PARALLEL_TABLES: dict[str, str] = {OP_STARTS: OP_STATS}
+#: A light step's ranges (format 1.4): table path -> (start field, count field) of its
+#: ``light_steps`` row.
+LIGHT_RANGES: dict[str, tuple[str, str]] = {
+    LIGHT_STATS: ("stats_start", "stats_count"),
+    LIGHT_EVENTS: ("event_start", "event_count"),
+    LIGHT_SCALARS: ("scalar_start", "scalar_count"),
+}
 VALUE_CHUNK_BYTES = 1 << 20  # one chunk of a value heap; a power of two, so it divides most tensors
 
 #: Paths of the value heaps, one per storage dtype.
@@ -271,19 +338,10 @@ TABLE_FILTERS: dict[str, Any] = {
 # Unfiltered, the rewrite puts the same bytes over the flushed rows: a torn write cannot hurt them.
 STEP_TABLES = frozenset(
     {
-        STEPS,
-        STATS,
-        OP_STATS,
-        DATA_INDEX,
-        HISTS,
-        EVENTS,
-        SCALARS,
-        OP_ATTRS,
-        TENSOR_OFFSETS,
-        STEP_OVERRIDES,
-        OP_STARTS,
+        STEPS, STATS, OP_STATS, DATA_INDEX, HISTS, EVENTS, SCALARS, OP_ATTRS, TENSOR_OFFSETS,
+        STEP_OVERRIDES, OP_STARTS, LIGHT_STEPS, LIGHT_STATS, LIGHT_EVENTS, LIGHT_SCALARS,
     }
-)
+)  # fmt: skip
 STEP_TABLE_FILTERS: dict[str, Any] = {}
 
 
@@ -295,9 +353,12 @@ def has_dataset(name: str, minor: int) -> bool:
 def expected_datasets(hist_bins: int, minor: int = FORMAT_MINOR) -> dict[str, np.dtype[Any]]:
     """Every dataset path of a file of format version ``1.minor`` with ``hist_bins`` bins per
     histogram, with its row dtype.  (A file of an older minor version lacks the datasets added
-    since; one of a newer minor version has at least these.)  The step index comes first: a reader
-    opens it before the tables its rows point into (see ``RankFile.refresh``)."""
+    since; one of a newer minor version has at least these.)  The step indices come first (from
+    1.4 the light step index second): a reader opens them before the tables their rows point into
+    (see ``RankFile.refresh``)."""
     out: dict[str, np.dtype[Any]] = {STEPS: STEP_DTYPE}
+    if has_dataset(LIGHT_STEPS, minor):  # the light step index, before the tables it points into
+        out[LIGHT_STEPS] = LIGHT_STEP_DTYPE
     out.update({name: dt for name, (dt, _) in TABLES.items() if has_dataset(name, minor)})
     out.update({name: dt for name, (dt, _) in HEAPS.items()})
     out[HISTS] = hist_dtype(max(hist_bins, 1))

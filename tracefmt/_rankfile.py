@@ -4,8 +4,8 @@ It reads the root attributes and opens the datasets through the primitives the v
 (:mod:`tracefmt._primitives`), raising at the first problem; its rows come through a
 :class:`~tracefmt._tableread.TableReader` (bounded, checked, read again when a live writer tore a
 chunk).  It owns the interned strings, finding a step in the step index, the graphs (decoded once
-by :mod:`tracefmt._graphdecode`) and a step's rows (decoded by :mod:`tracefmt._decode`).  What the
-ranks of a run have to do with each other is :mod:`tracefmt.reader`'s business.
+by :mod:`tracefmt._graphdecode`), a step's rows (decoded by :mod:`tracefmt._decode`) and a light
+step's (:mod:`tracefmt._lightread`).  A run's ranks are :mod:`tracefmt.reader`'s business.
 
 The files of a run share an :class:`~tracefmt._openfiles.OpenFiles` budget: past it, the least
 recently read file is closed (its header stays parsed, its caches are dropped) and opened again,
@@ -26,12 +26,14 @@ from tracefmt import _primitives as P
 from tracefmt._decode import Step, StepRows, StepSummary, decode_step, decode_summaries
 from tracefmt._graphdecode import GraphData, decode_graph
 from tracefmt._h5open import H5_ERRORS, open_swmr
+from tracefmt._lightread import decode_light_step, decode_light_summaries
 from tracefmt._openfiles import OpenFiles
 from tracefmt._primitives import require
-from tracefmt._tableread import DatasetSize, TableReader
+from tracefmt._tableread import DatasetSize, TableReader, ranges_rows, search_index
 from tracefmt.dtypes import DTYPE_INFO, fingerprint, heap_name, logical_view
 from tracefmt.errors import TraceCorruptError, TraceError, TraceFormatError, TraceNotFoundError
 from tracefmt.filters import ensure_readable
+from tracefmt.light import LightStep, LightStepSummary
 from tracefmt.model import TensorMeta
 from tracefmt.rankinfo import parse_distributed
 
@@ -71,6 +73,7 @@ class RankFile:
         self._pool = pool
         self._closed = False
         self._committed: int | None = None  # steps shown after opening again (None: all)
+        self._light_committed: int | None = None  # light steps likewise (format 1.4)
         where = str(path)
         f = _open_file(path)
         self._file: h5py.File | None = f
@@ -107,6 +110,8 @@ class RankFile:
             raise
         if self._committed is not None:
             reader.committed = min(reader.committed, self._committed)
+        if self._light_committed is not None:
+            reader.light_committed = min(reader.light_committed, self._light_committed)
         self._file, self._reader = f, reader
         if self._pool is not None:
             self._pool.opened(self)
@@ -116,6 +121,7 @@ class RankFile:
         """Close the HDF5 file and drop the caches; the next read opens it again."""
         if self._reader is not None:
             self._committed = self._reader.committed
+            self._light_committed = self._reader.light_committed
         self._reader = None
         if self._file is not None:
             f, self._file = self._file, None
@@ -153,7 +159,7 @@ class RankFile:
     def refresh(self) -> None:
         """See steps a live writer committed since the file was opened (or last refreshed)."""
         self._strings_loaded = None
-        self._committed = None
+        self._committed = self._light_committed = None
         if self._reader is not None:
             self._reader.refresh()
 
@@ -204,55 +210,74 @@ class RankFile:
         """The whole step index (one row per committed step)."""
         return self._rows(L.STEPS, 0, self.num_steps(), limit=L.MAX_STEP_COUNT_SCAN)
 
-    def _step_number(self, i: int) -> int:
-        return int(self._rows(L.STEPS, i, 1)[0]["step"])
+    def _step_number(self, i: int, index: str = L.STEPS) -> int:
+        return int(self._rows(index, i, 1)[0]["step"])
 
     def step_range(self) -> tuple[int, int] | None:
         """The first and the last committed step number (two reads), or None when there is none."""
         n = self.num_steps()
         return None if n == 0 else (self._step_number(0), self._step_number(n - 1))
 
-    def find(self, step: int) -> int:
-        """Row index of ``step`` in the step index.
-
-        Interpolation search (one or two reads for a regular schedule) alternating with bisection,
-        so an irregular or hostile index still costs O(log n) reads.  Terminates on unsorted rows.
-        """
-        lo, hi = 0, self.num_steps() - 1
-        if hi < 0:
-            raise TraceError(f"{self.path} has no committed steps yet.")
-        s_lo, s_hi = self._step_number(lo), self._step_number(hi)
-        bisect = False
-        while lo <= hi and s_lo <= step <= s_hi:
-            if step == s_lo:
-                return lo
-            if step == s_hi:
-                return hi
-            if hi - lo < 2:
-                break
-            if bisect or s_hi == s_lo:
-                guess = (lo + hi) // 2
-            else:
-                guess = lo + (step - s_lo) * (hi - lo) // (s_hi - s_lo)
-            guess = min(max(guess, lo + 1), hi - 1)
-            bisect = not bisect
-            s = self._step_number(guess)
-            if s == step:
-                return guess
-            if s < step:
-                lo, s_lo = guess, s
-            else:
-                hi, s_hi = guess, s
-        raise TraceError(
-            f"Step {step} is not in {self.path} (rank {self.rank}); "
-            "'tracefmt ls' lists the recorded steps."
-        )
+    def find(self, step: int, *, light: bool = False) -> int:
+        """Row index of ``step`` in the step index (``light``: in the light step index), found
+        in O(log n) reads however irregular or hostile the index (:func:`search_index`)."""
+        index, what = (L.LIGHT_STEPS, "light steps") if light else (L.STEPS, "steps")
+        n = self.num_light_steps() if light else self.num_steps()
+        if n == 0:
+            raise TraceError(f"{self.path} has no committed {what} yet.")
+        found = search_index(lambda i: self._step_number(i, index), n, step)
+        if found is None:
+            raise TraceError(
+                f"{'Light step' if light else 'Step'} {step} is not in {self.path} (rank "
+                f"{self.rank}); 'tracefmt ls' lists the recorded {what}."
+            )
+        return found
 
     def summaries(self) -> list[StepSummary]:
         """One summary per committed step, from the step index and graphs table alone."""
         return decode_summaries(
             self.step_rows(), self._rows(L.GRAPHS, 0, self.length(L.GRAPHS)), self.rank, self._where
         )
+
+    # -- light steps (format 1.4) ----------------------------------------------------------------
+    def num_light_steps(self) -> int:
+        """Light steps committed when the file was opened or last refreshed (0 before 1.4)."""
+        if self._reader is None and self._light_committed is not None and not self._closed:
+            return self._light_committed
+        return self._tables.light_committed
+
+    def light_rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` of the light step index (default: all committed)."""
+        n = self.num_light_steps()
+        stop = n if stop is None else min(stop, n)
+        if stop <= start:
+            return np.zeros(0, dtype=L.LIGHT_STEP_DTYPE)
+        return self._rows(L.LIGHT_STEPS, start, stop - start, limit=L.MAX_STEP_COUNT_SCAN)
+
+    def light_summaries(self) -> list[LightStepSummary]:
+        """One summary per committed light step, from the light step index alone."""
+        return decode_light_summaries(self.light_rows(), self.rank)
+
+    def load_lights(self, start: int, stop: int) -> list[LightStep]:
+        """The light steps in rows ``[start, stop)`` of the light step index; each table's rows
+        of them are read at once where they are few enough (:func:`ranges_rows`)."""
+        rows = self.light_rows(start, stop)
+        return [
+            decode_light_step(
+                r, tables, rank=self.rank, where=self._where(int(r["step"])), text=self.string
+            )
+            for r, tables in zip(rows, ranges_rows(rows, L.LIGHT_RANGES, self._rows), strict=True)
+        ]
+
+    def event_kinds(self, *, light: bool = False) -> list[tuple[str, ...]]:
+        """The kinds of each committed step's events (``light``: each light step's), in the
+        order of the step index; the events of many steps are read at once."""
+        rows = self.light_rows() if light else self.step_rows()
+        table, ranges = (L.LIGHT_EVENTS, L.LIGHT_RANGES) if light else (L.EVENTS, L.STEP_RANGES)
+        read = ranges_rows(rows, {table: ranges[table]}, self._rows)
+        kinds = [t[table]["kind"].tolist() for t in read]
+        steps = rows["step"].tolist()
+        return [tuple(self._text(k, s) for k in ks) for s, ks in zip(steps, kinds, strict=True)]
 
     def _graph(self, g: int, step: int) -> GraphData:
         """Graph row ``g``, decoded once and shared by the steps that use it.  Its ops and

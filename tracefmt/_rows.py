@@ -8,11 +8,13 @@ record assigns straight into a row: ``rows[i] = OpRow(name=..., ...)``.  Reading
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from tracefmt import _layout as L
+from tracefmt.model import Event
 
 
 class StringRow(NamedTuple):
@@ -185,6 +187,38 @@ class StepOverrideRow(NamedTuple):
     tensor_offset_count: int
 
 
+class LightStepRow(NamedTuple):
+    """A row of ``light_steps`` (format 1.4): a light step's ranges of ``light_stats``,
+    ``light_events`` and ``light_scalars``, its times and its step flags."""
+
+    step: int
+    stats_start: int
+    stats_count: int
+    event_start: int
+    event_count: int
+    scalar_start: int
+    scalar_count: int
+    wall_time: float
+    duration: float
+    flags: int
+
+
+class LightStatRow(NamedTuple):
+    """A row of ``light_stats`` (format 1.4): what one module output or parameter measured."""
+
+    name: int
+    kind: int
+    flags: int
+    min: float
+    max: float
+    mean: float
+    std: float
+    norm: float
+    nan: int
+    inf: int
+    numel: int
+
+
 #: The named row of each table (``hists`` by its field names: its dtype depends on the file).
 ROWS: dict[str, type[NamedTuple]] = {
     L.STRINGS_INDEX: StringRow,
@@ -203,6 +237,10 @@ ROWS: dict[str, type[NamedTuple]] = {
     L.TENSOR_OFFSETS: TensorOffsetRow,
     L.STEP_OVERRIDES: StepOverrideRow,
     L.OP_STARTS: OpStartRow,
+    L.LIGHT_STEPS: LightStepRow,
+    L.LIGHT_STATS: LightStatRow,
+    L.LIGHT_EVENTS: EventRow,
+    L.LIGHT_SCALARS: ScalarRow,
 }
 
 R = TypeVar("R", bound=NamedTuple)
@@ -211,3 +249,26 @@ R = TypeVar("R", bound=NamedTuple)
 def named(rows: np.ndarray, row: type[R]) -> list[R]:
     """The rows of a table slice as ``row`` records."""
     return list(map(row._make, rows.tolist()))
+
+
+def event_rows(events: Iterable[Event], intern: Callable[[str | None], int]) -> np.ndarray:
+    """``events`` as rows of ``events`` (or ``light_events``), their texts interned."""
+    return np.array(
+        [
+            EventRow(
+                kind=intern(e.kind),
+                op=L.NO_INDEX if e.op is None else e.op,
+                tensor=L.NO_INDEX if e.tensor is None else e.tensor,
+                message=intern(e.message),
+            )
+            for e in events
+        ],
+        dtype=L.EVENT_DTYPE,
+    )
+
+
+def scalar_rows(scalars: Mapping[str, float], intern: Callable[[str | None], int]) -> np.ndarray:
+    """``scalars`` as rows of ``scalars`` (or ``light_scalars``), their names interned."""
+    return np.array(
+        [ScalarRow(name=intern(k), value=float(v)) for k, v in scalars.items()], dtype=L.SCALAR_DTYPE
+    )

@@ -11,7 +11,7 @@ dataset and step.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,8 @@ class TableReader:
     """
 
     committed: int
+    #: Rows of the light step index (format 1.4; 0 in an older file), counted like ``committed``.
+    light_committed: int = 0
 
     def __init__(
         self,
@@ -65,11 +67,17 @@ class TableReader:
         self._values_filter = values_filter
         self._mtypes: dict[str, Any] = {}  # HDF5 memory type per dataset, for _read
         self._ds: dict[str, h5py.Dataset] = {}
-        for name in [L.STEPS] if lazy else expected:
+        indices = [n for n in (L.STEPS, L.LIGHT_STEPS) if n in expected]
+        for name in indices if lazy else expected:  # the indices come first in ``expected``
             self._open(name)
-            if name == L.STEPS:
-                self.committed = self.length(name)
+            if name in indices:  # counted as opened, before the tables their rows point into
+                self._count_committed()
         self._budgets: dict[str, int | None] = {}
+
+    def _count_committed(self) -> None:
+        """Count the rows of the step indices opened so far (0 for one not opened yet)."""
+        self.committed = self.length(L.STEPS)
+        self.light_committed = self.length(L.LIGHT_STEPS) if L.LIGHT_STEPS in self._ds else 0
 
     def _open(self, name: str) -> h5py.Dataset:
         ds = self._ds[name] = require(
@@ -95,14 +103,16 @@ class TableReader:
     def refresh(self) -> None:
         """See rows a live writer appended since the file was opened (or last refreshed).
 
-        The step index is refreshed first: refreshed after the tables, it could show a step whose
-        rows those tables do not show yet.
+        The step indices are refreshed first: refreshed after the tables, they could show a step
+        whose rows those tables do not show yet.
         """
+        indices = [n for n in (L.STEPS, L.LIGHT_STEPS) if n in self._ds]
         try:
-            self._ds[L.STEPS].refresh()
-            self.committed = self.length(L.STEPS)
+            for name in indices:
+                self._ds[name].refresh()
+            self._count_committed()
             for name, ds in self._ds.items():
-                if name != L.STEPS:
+                if name not in indices:
                     ds.refresh()
         except H5_ERRORS as e:
             if isinstance(e, TraceError):
@@ -198,3 +208,75 @@ class TableReader:
             itemsize = self._expected[name].itemsize
             out.append(DatasetSize(name, rows, rows * itemsize, self._stored(name)))
         return out
+
+
+def search_index(step_number: Callable[[int], int], n: int, step: int) -> int | None:
+    """The row of ``step`` in a step index of ``n`` rows whose row ``i`` has step number
+    ``step_number(i)`` (one read each), or None.
+
+    Interpolation search (one or two reads for a regular schedule) alternating with bisection,
+    so an irregular or hostile index still costs O(log n) reads.  Terminates on unsorted rows.
+    """
+    lo, hi = 0, n - 1
+    if hi < 0:
+        return None
+    s_lo, s_hi = step_number(lo), step_number(hi)
+    bisect = False
+    while lo <= hi and s_lo <= step <= s_hi:
+        if step == s_lo:
+            return lo
+        if step == s_hi:
+            return hi
+        if hi - lo < 2:
+            break
+        if bisect or s_hi == s_lo:
+            guess = (lo + hi) // 2
+        else:
+            guess = lo + (step - s_lo) * (hi - lo) // (s_hi - s_lo)
+        guess = min(max(guess, lo + 1), hi - 1)
+        bisect = not bisect
+        s = step_number(guess)
+        if s == step:
+            return guess
+        if s < step:
+            lo, s_lo = guess, s
+        else:
+            hi, s_hi = guess, s
+    return None
+
+
+#: ``read(table, start, count, step)``: rows of a table, checked (the step is named in errors).
+Read = Callable[[str, int, int, "int | None"], np.ndarray]
+#: The most bytes :func:`ranges_rows` reads at once.
+SPAN_BYTES = 64 << 20
+
+
+def ranges_rows(
+    rows: np.ndarray, ranges: Mapping[str, tuple[str, str]], read: Read
+) -> list[dict[str, np.ndarray]]:
+    """For each row of an index table (``steps``, ``light_steps``), its rows of each table of
+    ``ranges`` (table -> start field, count field of ``rows``).
+
+    A table is read once over the span of every range when that span is at most
+    :data:`SPAN_BYTES` (append-only tables put a run of steps' rows next to each other), and range
+    by range otherwise.  An empty range reads nothing: its start means nothing.
+    """
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(len(rows))]
+    steps = rows["step"].tolist()
+    for table, (start_field, count_field) in ranges.items():
+        dtype = L.TABLES[table][0]
+        spans = list(zip(rows[start_field].tolist(), rows[count_field].tolist(), strict=True))
+        used = [(s, c) for s, c in spans if c]
+        lo = min((s for s, _ in used), default=0)
+        hi = max((s + c for s, c in used), default=0)
+        block = None
+        if used and (hi - lo) * dtype.itemsize <= SPAN_BYTES:
+            block = read(table, lo, hi - lo, None)
+        for k, (start, count) in enumerate(spans):
+            if not count:
+                out[k][table] = np.zeros(0, dtype=dtype)
+            elif block is not None:
+                out[k][table] = block[start - lo : start - lo + count]
+            else:
+                out[k][table] = read(table, start, count, steps[k])
+    return out

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import tracefmt
@@ -21,7 +22,7 @@ from tracefmt.cli_info import info_cmd
 from tracefmt.errors import TraceError
 from tracefmt.jsonout import dumps
 from tracefmt.model import OpNode
-from tracefmt.reader import Step
+from tracefmt.reader import Step, StepSummary
 from tracefmt.summary import dump_tensor, find_tensor, run_summaries, select_ops, shapes_text
 
 EXIT_FINDINGS = 1
@@ -84,9 +85,11 @@ json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON inst
 @json_opt
 @click.option("--all", "show_all", is_flag=True, help="List every step even in long runs.")
 def ls_cmd(path: str, rank: int | None, as_json: bool, show_all: bool) -> None:
-    """One line per step and rank: ops, tensors, values, NaN/Inf flags, events, dropped records.
+    """One line per step and rank, full or light: ops, tensors, values, non-finite values an op
+    created or the state holds, events, dropped records.
 
-    Ranks whose file is damaged or missing are named on stderr."""
+    Ranks whose file is damaged or missing are named on stderr.  ``--json`` also has each step's
+    raw ``has_nan`` and ``has_inf`` (an attention mask's -inf sets them every step)."""
     with tracefmt.open(path) as trace:
         summaries = run_summaries(trace, rank)
         for r, why in trace.damaged_ranks.items() if rank is None else ():
@@ -103,21 +106,23 @@ def ls_cmd(path: str, rank: int | None, as_json: bool, show_all: bool) -> None:
         else (summaries[: limit // 2] + summaries[-limit // 2 :])
     )
     table = Table()
-    for col in ("step", "rank", "ops", "tensors", "values", "flags", "events", "dropped", "seconds"):
-        table.add_column(col, justify="right" if col != "flags" else "left")
+    columns = ("step", "rank", "kind", "ops", "tensors", "values", "non-finite", "events")
+    for col in (*columns, "dropped", "seconds"):
+        table.add_column(col, justify="left" if col in ("kind", "non-finite", "events") else "right")
     for i, s in enumerate(shown):
         if len(shown) < len(summaries) and i == limit // 2:
-            table.add_row("...", "", "", "", "", f"{len(summaries) - limit} more", "", "", "")
-        flags = " ".join(f for f, on in (("NaN", s.has_nan), ("Inf", s.has_inf)) if on)
+            more = f"{len(summaries) - limit} more"
+            table.add_row("...", "", "", "", "", "", more, "", "", "")
+        full = s if isinstance(s, StepSummary) else None
+        sizes = ("-",) * 3 if full is None else (full.num_ops, full.num_tensors, full.num_values)
         table.add_row(
             str(s.step),
             str(s.rank),
-            str(s.num_ops),
-            str(s.num_tensors),
-            str(s.num_values),
-            flags,
-            str(s.num_events),
-            str(s.dropped),
+            s.kind,
+            *map(str, sizes),
+            _nonfinite(s.nonfinite_created, s.nonfinite_state),
+            _events(s.num_events, s.event_kinds),
+            "-" if full is None else str(full.dropped),
             _num(s.duration),
         )
     con = _console()
@@ -127,6 +132,16 @@ def ls_cmd(path: str, rank: int | None, as_json: bool, show_all: bool) -> None:
             f"{len(summaries)} steps; showing the first and last {limit // 2} "
             "(--all lists every one, --json prints them all)."
         )
+
+
+def _nonfinite(created: bool, state: bool) -> str:
+    """``created state``: the step flags of spec section 6.5 that matter (format 1.4)."""
+    return " ".join(word for word, on in (("[red]created[/]", created), ("[red]state[/]", state)) if on)
+
+
+def _events(n: int, kinds: tuple[str, ...]) -> str:
+    """``2: loss_spike, note``: the number of events and their kinds."""
+    return str(n) if not kinds else f"{n}: {escape(', '.join(dict.fromkeys(kinds)))}"
 
 
 def _us(ns: int | None) -> str:

@@ -1,7 +1,9 @@
 """``tracefmt info RUN [--rank R] [--json]``: thin click layer over :func:`tracefmt.summary.trace_info`.
 
-One row per rank: host, status, steps, first and last committed step, graphs, ops per step, values,
-NaN/Inf steps, events, dropped records, filter, file size; a damaged or missing rank is a row with
+One row per rank: host, status, steps, light steps (format 1.4), first and last committed step,
+graphs, ops per step, values, steps where an op created NaN/Inf and where the state (loss,
+parameters, gradients, optimizer state) held some (``--json`` also counts the steps with any NaN
+and any Inf), events, dropped records, filter, file size; a damaged or missing rank is a row with
 its problem, not an error.  Exit codes: 0 every rank shown read, 1 some rank is damaged or missing
 (the rows say which), 2 the run cannot be read at all or a usage error.
 """
@@ -58,15 +60,21 @@ def _ops(r: RankInfo) -> str:
 
 
 _COLUMNS = (
-    "rank", "host", "status", "steps", "first", "last", "graphs", "ops/step", "values",
-    "NaN steps", "Inf steps", "events", "dropped", "filter", "file",
+    "rank", "host", "status", "steps", "light", "first", "last", "graphs", "ops/step", "values",
+    "created", "state", "events", "dropped", "filter", "file",
 )  # fmt: skip
 
 
 def _row(r: RankInfo) -> list[str]:
     status = r.status if r.status == RANK_OK else f"[red]{r.status}[/]"
-    numbers = (r.steps, r.first_step, r.last_step, r.graphs)
-    counts = (r.values_recorded, r.steps_with_nan, r.steps_with_inf, r.events, r.dropped)
+    numbers = (r.steps, r.light_steps, r.first_step, r.last_step, r.graphs)
+    counts = (
+        r.values_recorded,
+        r.steps_nonfinite_created,
+        r.steps_nonfinite_state,
+        r.events,
+        r.dropped,
+    )
     return [
         str(r.rank),
         escape(_text(r.host)),

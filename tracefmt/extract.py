@@ -2,11 +2,11 @@
 
 :func:`extract` copies the chosen steps of the chosen ranks into a new run directory: one rank file
 per rank with everything each step has (its graph, op timings, statistics, histograms, recorded
-values, events, scalars, and its own op attributes and storage offsets), the source's run id, rank,
-world size, values filter and histogram bins, and the source's provenance plus
-``"extracted_from"``.  A source ``run.json`` is copied restricted to the extracted ranks.  Steps
-that share a graph in the source share it in the copy (the writer stores each graph structure
-once), so one step of a long run costs one step.
+values, events, scalars, and its own op attributes and storage offsets) and the light steps (format
+1.4) in the same range, the source's run id, rank, world size, values filter and histogram bins,
+and the source's provenance plus ``"extracted_from"``.  A source ``run.json`` is copied
+restricted to the extracted ranks.  Steps that share a graph in the source share it in the copy
+(the writer stores each graph structure once), so one step of a long run costs one step.
 
 Steps are read one at a time (:func:`tracefmt.torecord.step_record`), so memory holds one step's
 recorded values at most, as when it was recorded.  The copy is built in a hidden directory next to
@@ -36,9 +36,9 @@ from tracefmt.errors import TraceError
 from tracefmt.manifest import RunManifest, write_manifest
 from tracefmt.model import Provenance
 from tracefmt.progress import ProgressFn
-from tracefmt.reader import Trace
+from tracefmt.reader import LIGHT_BLOCK, Trace
 from tracefmt.reader import open as open_trace
-from tracefmt.torecord import GraphCache, step_record
+from tracefmt.torecord import GraphCache, light_record, step_record
 from tracefmt.writer import TraceWriter, rank_file_path
 
 __all__ = ["EXTRACT_TOOL", "ExtractSummary", "RankExtract", "extract", "parse_step_range"]
@@ -61,6 +61,8 @@ class RankExtract:
     last_step: int | None
     path: Path
     bytes: int
+    #: light steps copied (format 1.4), in the same step range
+    light_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -191,20 +193,38 @@ def _select_ranks(trace: Trace, ranks: Sequence[int] | None) -> tuple[int, ...]:
     return chosen
 
 
-def _select_steps(trace: Trace, ranks: tuple[int, ...], steps: range | None) -> dict[int, list[int]]:
+def _select_steps(
+    trace: Trace, ranks: tuple[int, ...], steps: range | None
+) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+    """The chosen full steps and (format 1.4) light steps of each rank."""
     if steps is not None and steps.step != 1:
         raise TraceError(f"The step selection {steps!r} must be a range of consecutive steps.")
     if steps is not None and not steps:
         raise TraceError(f"The step selection {steps!r} is empty; it must name at least one step.")
     chosen = {r: [s for s in trace.steps(r) if steps is None or s in steps] for r in ranks}
-    if not any(chosen.values()):
+    light = {
+        r: [s.step for s in trace.light_summaries(r) if steps is None or s.step in steps] for r in ranks
+    }
+    if not any(chosen.values()) and not any(light.values()):
         verb = "has" if len(ranks) == 1 else "have"
         what = f"{verb} no committed step" + ("" if steps is None else f" in {_range_text(steps)}")
         raise TraceError(
             f"{_ranks_text(ranks)} of {str(trace.path)!r} {what}; "
             "'tracefmt ls' lists the recorded steps."
         )
-    return chosen
+    return chosen, light
+
+
+def _copy_light(trace: Trace, rank: int, numbers: list[int], writer: TraceWriter) -> None:
+    """Copy light steps ``numbers`` (consecutive rows of the rank's light step index) in blocks."""
+    if not numbers:
+        return
+    f = trace.rank_file(rank)
+    first = f.find(numbers[0], light=True)
+    for start in range(first, first + len(numbers), LIGHT_BLOCK):
+        for light in f.load_lights(start, min(start + LIGHT_BLOCK, first + len(numbers))):
+            writer.write_light_step(light_record(light))
+        writer.flush()
 
 
 def _skipped(trace: Trace) -> dict[int, str]:
@@ -264,8 +284,8 @@ def extract(
         manifest = trace.manifest  # None for a rank file given alone, or an unreadable run.json
         chosen_ranks = _select_ranks(trace, ranks)
         skipped = {} if ranks is not None else _skipped(trace)
-        chosen = _select_steps(trace, chosen_ranks, steps)
-        found = [s for ss in chosen.values() for s in ss]
+        chosen, light = _select_steps(trace, chosen_ranks, steps)
+        found = [s for ss in (*chosen.values(), *light.values()) for s in ss]
         step_range = (
             steps.start if steps is not None else min(found),
             steps.stop - 1 if steps is not None and steps.stop <= _LAST_STEP else max(found),
@@ -279,7 +299,7 @@ def extract(
         tmp = output.parent / f".{output.name}.extract-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
         try:
-            done, total = 0, len(found)
+            done, total = 0, sum(map(len, chosen.values()))
             written: list[tuple[int, int]] = []
             for rank in chosen_ranks:
                 rf = trace.rank_file(rank)
@@ -300,6 +320,7 @@ def extract(
                         done += 1
                         if progress is not None:
                             progress(done, total)
+                    _copy_light(trace, rank, light[rank], writer)
                 written.append((rank, len(chosen[rank])))
             if manifest is not None:
                 write_manifest(tmp, _restricted(manifest, chosen_ranks))
@@ -315,6 +336,7 @@ def extract(
             last_step=chosen[r][-1] if n else None,
             path=rank_file_path(output, r),
             bytes=_size([rank_file_path(output, r)]),
+            light_steps=len(light[r]),
         )
         for r, n in written
     )

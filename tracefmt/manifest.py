@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tracefmt import _layout as L
+from tracefmt._h5create import fsync_dir  # the writer makes its renames durable the same way
 from tracefmt._primitives import Problem, rank_of_name, require
 from tracefmt.errors import TraceError, UnsupportedVersionError
 from tracefmt.rankinfo import is_int
-from tracefmt.writer import _fsync_dir  # the writer makes its renames durable the same way
 
 __all__ = [
     "MANIFEST_NAME",
@@ -325,7 +325,7 @@ def write_manifest(run_dir: str | os.PathLike[str], manifest: RunManifest) -> No
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _umask() -> int:

@@ -54,6 +54,19 @@ class StatFlags(enum.IntFlag):
     FINGERPRINT = 4  #: fingerprint
 
 
+class StepFlags(enum.IntFlag):
+    """What a step's NaN/Inf counts mean (the ``flags`` column of ``steps`` and, from format 1.4,
+    of ``light_steps``; spec section 6.5)."""
+
+    HAS_NAN = 1  #: a counted tensor (or light row) has NaN values
+    HAS_INF = 2  #: a counted tensor (or light row) has infinite values
+    #: format 1.4: an op (a module in a light step) created NaN/Inf from finite inputs, not from a
+    #: constant argument (:mod:`tracefmt.nonfinite`)
+    NONFINITE_CREATED = 4
+    #: format 1.4: NaN/Inf in the loss, a parameter, a gradient or optimizer state
+    NONFINITE_STATE = 8
+
+
 @dataclass(frozen=True)
 class TensorStats:
     """Statistics of one tensor in one step.  Fields that were not computed are ``None``."""

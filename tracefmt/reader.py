@@ -21,6 +21,8 @@ Example::
         step = trace.step(41207, rank=3)
         for op in step.ops:
             print(op.index, op.phase.label, op.module, op.name)
+        for light in trace.light_steps(rank=3):     # format 1.4: module and parameter statistics
+            print(light.step, [(r.name, r.kind.label, r.norm) for r in light.rows])
 """
 
 from __future__ import annotations
@@ -35,16 +37,29 @@ from tracefmt._openfiles import OpenFiles
 from tracefmt._primitives import Problem, rank_files, rank_of_name
 from tracefmt._rankfile import DatasetSize, RankFile
 from tracefmt.errors import TraceError, TraceFormatError
+from tracefmt.light import LightStep, LightStepSummary
 from tracefmt.manifest import RunManifest, load_manifest, manifest_path
 from tracefmt.model import Provenance
 
-__all__ = ["DatasetSize", "RankFile", "Step", "StepSummary", "Trace", "open", "rank_of_name"]
+__all__ = [
+    "DatasetSize",
+    "LightStep",
+    "LightStepSummary",
+    "RankFile",
+    "Step",
+    "StepSummary",
+    "Trace",
+    "open",
+    "rank_of_name",
+]
 
 #: At most this many rank files of a run are open at once (:class:`~tracefmt._openfiles.OpenFiles`):
 #: a file descriptor and ~3 MB of HDF5 caches each, and HDF5 closes a file the slower the more are
 #: open (``tracefmt info`` of 256 ranks: 7.3 s with 16 open, 11.5 s with 32 or all).  The others are
 #: opened again when read, each dataset checked again as it is first read (~0.4 ms each).
 MAX_OPEN_FILES = 16
+#: Light steps :meth:`Trace.light_steps` reads at once.
+LIGHT_BLOCK = 4096
 
 
 class Trace:
@@ -152,6 +167,25 @@ class Trace:
         f = self.rank_file(rank)
         for i in range(f.num_steps()):
             yield f.load(i)
+
+    # -- light steps (format 1.4) ----------------------------------------------------------------
+    def light_summaries(self, rank: int | None = None) -> list[LightStepSummary]:
+        """One summary per light step of ``rank``, from the light step index alone (none in a
+        file older than 1.4)."""
+        return self.rank_file(rank).light_summaries()
+
+    def light_step(self, step: int, rank: int | None = None) -> LightStep:
+        """Load one light step of ``rank``: its index row and its own rows, nothing else."""
+        f = self.rank_file(rank)
+        i = f.find(step, light=True)
+        return f.load_lights(i, i + 1)[0]
+
+    def light_steps(self, rank: int | None = None) -> list[LightStep]:
+        """Every light step of ``rank``, in step order (none in a file older than 1.4): the
+        index and each table read in blocks of :data:`LIGHT_BLOCK` steps, not step by step."""
+        f = self.rank_file(rank)
+        n = f.num_light_steps()
+        return [s for i in range(0, n, LIGHT_BLOCK) for s in f.load_lights(i, i + LIGHT_BLOCK)]
 
     def refresh(self) -> None:
         """Pick up steps a live writer committed since opening."""

@@ -10,7 +10,7 @@ Example::
 
     >>> from tracefmt.schema import schema
     >>> schema()["format_version"]
-    '1.3'
+    '1.4'
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tracefmt import _layout as L
 from tracefmt._layout import expected_datasets
 from tracefmt.dtypes import DTYPE_INFO, DType
 from tracefmt.filters import ALIASES, FILTERS
+from tracefmt.light import LightKind
 from tracefmt.model import Phase, Role
 
 __all__ = [
@@ -178,6 +179,7 @@ def schema() -> dict[str, Any]:
             },
             "Phase": {str(int(p)): p.label for p in Phase},
             "Role": {str(int(r)): r.label for r in Role},
+            "LightKind": {str(int(k)): k.label for k in LightKind},
         },
         "flags": {
             "stats": {
@@ -185,7 +187,17 @@ def schema() -> dict[str, Any]:
                 "STAT_COUNTS": L.STAT_COUNTS,
                 "STAT_FINGERPRINT": L.STAT_FINGERPRINT,
             },
-            "step": {"STEP_HAS_NAN": L.STEP_HAS_NAN, "STEP_HAS_INF": L.STEP_HAS_INF},
+            "step": {
+                "STEP_HAS_NAN": L.STEP_HAS_NAN,
+                "STEP_HAS_INF": L.STEP_HAS_INF,
+                "STEP_NONFINITE_CREATED": L.STEP_NONFINITE_CREATED,
+                "STEP_NONFINITE_STATE": L.STEP_NONFINITE_STATE,
+            },
+            "light_stats": {
+                "LIGHT_MOMENTS": L.LIGHT_MOMENTS,
+                "LIGHT_COUNTS": L.LIGHT_COUNTS,
+                "LIGHT_INPUTS_NONFINITE": L.LIGHT_INPUTS_NONFINITE,
+            },
         },
         "sentinels": {"NO_STRING": L.NO_STRING, "NO_INDEX": L.NO_INDEX},
         "limits": {

@@ -5,6 +5,7 @@ The click layer in :mod:`tracefmt.cli` only parses, calls these functions and pr
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import statistics
@@ -18,6 +19,7 @@ import numpy as np
 from tracefmt import _layout as L
 from tracefmt.dtypes import DType
 from tracefmt.errors import TraceError
+from tracefmt.light import LightStepSummary
 from tracefmt.model import OpNode, Phase, TensorRecord
 from tracefmt.reader import Step, StepSummary, Trace, rank_of_name
 
@@ -41,6 +43,10 @@ KIND_OF_DATASET = {
     L.STRINGS_INDEX: "strings",
     L.EVENTS: "events",
     L.SCALARS: "events",
+    L.LIGHT_STEPS: "light",
+    L.LIGHT_STATS: "light",
+    L.LIGHT_EVENTS: "events",
+    L.LIGHT_SCALARS: "events",
 }
 
 
@@ -83,6 +89,11 @@ class RankInfo:
     values_recorded: int | None = None
     steps_with_nan: int | None = None
     steps_with_inf: int | None = None
+    #: format 1.4: light steps, and step numbers whose full or light step has an op (a module)
+    #: that created NaN/Inf, or whose loss or state holds NaN/Inf
+    light_steps: int | None = None
+    steps_nonfinite_created: int | None = None
+    steps_nonfinite_state: int | None = None
     events: int | None = None
     dropped: int | None = None
     values_filter: str | None = None
@@ -132,7 +143,7 @@ def _rank_info(trace: Trace, rank: int) -> RankInfo:
     f = trace.rank_file(rank)
     host = (f.distributed.hostname if f.distributed else None) or f.provenance.host or None
     try:
-        summaries = f.summaries()
+        summaries, light = f.summaries(), f.light_summaries()
         kinds: dict[str, list[int]] = {}
         for ds in f.dataset_sizes():
             kind = KIND_OF_DATASET.get(ds.path, "values")
@@ -142,6 +153,7 @@ def _rank_info(trace: Trace, rank: int) -> RankInfo:
     except TraceError as e:
         return RankInfo(rank, RANK_DAMAGED, str(e), host, str(f.path), os.path.getsize(f.path))
     ops = [s.num_ops for s in summaries] or [0]
+    both: list[StepSummary | LightStepSummary] = [*summaries, *light]
     return RankInfo(
         rank=rank,
         host=host,
@@ -157,6 +169,9 @@ def _rank_info(trace: Trace, rank: int) -> RankInfo:
         values_recorded=sum(s.num_values for s in summaries),
         steps_with_nan=sum(s.has_nan for s in summaries),
         steps_with_inf=sum(s.has_inf for s in summaries),
+        light_steps=len(light),
+        steps_nonfinite_created=len({s.step for s in both if s.nonfinite_created}),
+        steps_nonfinite_state=len({s.step for s in both if s.nonfinite_state}),
         events=sum(s.num_events for s in summaries),
         dropped=sum(s.dropped for s in summaries),
         values_filter=f.values_filter,
@@ -213,12 +228,18 @@ def trace_info(trace: Trace, ranks: Sequence[int] | None = None) -> TraceInfo:
     )
 
 
-def run_summaries(trace: Trace, rank: int | None = None) -> list[StepSummary]:
-    """Step summaries of ``rank``, or of every readable rank ordered by (step, rank)."""
-    if rank is not None:
-        return trace.summaries(rank)
-    rows = [s for r in trace.ranks for s in trace.summaries(r)]
-    return sorted(rows, key=lambda s: (s.step, s.rank))
+def run_summaries(trace: Trace, rank: int | None = None) -> list[StepSummary | LightStepSummary]:
+    """Summaries of the full and light steps (format 1.4) of ``rank``, or of every readable rank,
+    ordered by (step, rank, full before light), with the kinds of their events."""
+    rows: list[StepSummary | LightStepSummary] = []
+    for r in trace.ranks if rank is None else (rank,):
+        f = trace.rank_file(r)
+        full, light = f.summaries(), f.light_summaries()
+        kinds = f.event_kinds() if any(s.num_events for s in full) else [()] * len(full)
+        rows += [dataclasses.replace(s, event_kinds=k) for s, k in zip(full, kinds, strict=True)]
+        kinds = f.event_kinds(light=True) if any(s.num_events for s in light) else [()] * len(light)
+        rows += [dataclasses.replace(s, event_kinds=k) for s, k in zip(light, kinds, strict=True)]
+    return sorted(rows, key=lambda s: (s.step, s.rank, s.kind != "full"))
 
 
 def select_ops(

@@ -24,10 +24,11 @@ import numpy as np
 from tracefmt import _layout as L
 from tracefmt._decode import Step
 from tracefmt.attrcodec import encode_attrs
+from tracefmt.light import LightFlags, LightStep, LightStepRecord, empty_light_rows
 from tracefmt.model import TensorStats
 from tracefmt.records import Graph, GraphBuilder, StepRecord, empty_op_stats, empty_stats
 
-__all__ = ["GraphCache", "step_graph", "step_record"]
+__all__ = ["GraphCache", "light_record", "step_graph", "step_record"]
 
 _MOMENTS = ("min", "max", "mean", "std", "norm")
 _COUNTS = ("nan", "inf", "zero")
@@ -168,4 +169,38 @@ def step_record(step: Step, graphs: GraphCache | None = None) -> StepRecord:
         wall_time=step.wall_time,
         duration=step.duration,
         dropped=step.dropped,
+    )
+
+
+def light_record(light: LightStep) -> LightStepRecord:
+    """The record of a light step read from a trace (format 1.4): written again and read back,
+    it gives the same :class:`~tracefmt.light.LightStep`."""
+    names = list(dict.fromkeys(r.name for r in light.rows))
+    index = {name: i for i, name in enumerate(names)}
+    rows = empty_light_rows(len(light.rows))
+    for i, r in enumerate(light.rows):
+        flags = LightFlags.INPUTS_NONFINITE if r.inputs_nonfinite else LightFlags(0)
+        row = rows[i]
+        row["name"], row["kind"], row["numel"] = index[r.name], int(r.kind), r.numel
+        if r.min is not None:
+            flags |= LightFlags.MOMENTS
+            row["min"], row["max"], row["mean"], row["std"], row["norm"] = (
+                r.min,
+                r.max,
+                r.mean,
+                r.std,
+                r.norm,
+            )
+        if r.nan is not None:
+            flags |= LightFlags.COUNTS
+            row["nan"], row["inf"] = r.nan, r.inf
+        row["flags"] = int(flags)
+    return LightStepRecord(
+        step=light.step,
+        names=names,
+        rows=rows,
+        scalars=dict(light.scalars),
+        events=light.events,
+        wall_time=light.wall_time,
+        duration=light.duration,
     )

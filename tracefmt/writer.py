@@ -8,12 +8,9 @@ tools (h5dump 1.10, 1.14) cannot decode.  Commit protocol (spec: "Commit protoco
 rows go to every table first; :meth:`TraceWriter.flush` flushes them, *then* appends the step's row
 to ``steps`` and flushes again.  A step exists for readers only once its ``steps`` row does.
 
-Graphs are deduplicated by structure (:attr:`~tracefmt.records.Graph.digest` leaves out the ops'
-attributes and the tensors' storage offsets): the first step with a structure stores the graph with
-its attributes and offsets (the base values), and a later step with the same structure stores only
-the ops and tensors whose values differ from the base, as rows of ``op_attrs`` and
-``tensor_offsets`` (:class:`~tracefmt._graphstore.GraphStore` does this; every row goes through an
-:class:`~tracefmt._appender.Appender`).
+Graphs are deduplicated by structure, each step storing its own op attributes and storage
+offsets apart (:class:`~tracefmt._graphstore.GraphStore`); light steps (format 1.4) go through
+:mod:`tracefmt._lightstore`; every row goes through an :class:`~tracefmt._appender.Appender`.
 
 Example::
 
@@ -42,41 +39,29 @@ import numpy as np
 from tracefmt import _layout as L
 from tracefmt._appender import Appender
 from tracefmt._graphstore import GraphStore
-from tracefmt._rows import DataRow, EventRow, HistRow, ScalarRow, StepOverrideRow, StepRow
+from tracefmt._h5create import fixed_utf8, fsync_dir
+from tracefmt._lightstore import append_light_step
+from tracefmt._rows import (
+    DataRow,
+    HistRow,
+    LightStepRow,
+    StepOverrideRow,
+    StepRow,
+    event_rows,
+    scalar_rows,
+)
 from tracefmt.dtypes import DTYPE_INFO, fingerprint, heap_name
 from tracefmt.errors import TraceError, WriterClosedError
 from tracefmt.filters import get_filter
+from tracefmt.light import LightStepRecord
 from tracefmt.model import Provenance
+from tracefmt.nonfinite import Counts, GraphFlow, classify_record, count_flags
 from tracefmt.records import Graph, StepRecord
 from tracefmt.version import __version__
 
 # Oldest object formats that support SWMR; "latest" as the upper bound.  A lower bound of "latest"
 # makes HDF5 2.0 write datatype message version 5, which HDF5 1.10-1.14 readers refuse.
 _LIBVER = ("v110", "latest")
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fixed_utf8(text: str) -> np.ndarray:
-    """``text`` as a fixed-length UTF-8 string attribute value.
-
-    Not h5py's default variable-length string: that lives in a global heap, and HDF5 2.0 hangs
-    decoding a damaged one, so readers refuse variable-length attributes.
-    """
-    data = text.encode("utf-8")
-    return np.array(data, dtype=h5py.string_dtype("utf-8", max(len(data), 1)))
 
 
 def rank_file_path(run_dir: str | os.PathLike[str], rank: int) -> Path:
@@ -155,27 +140,28 @@ class TraceWriter:
         tables = dict(L.TABLES)
         tables[L.HISTS] = (L.hist_dtype(max(hist_bins, 1)), L.HIST_ROWS_PER_CHUNK)
         try:
-            f.attrs[L.ATTR_MAGIC] = _fixed_utf8(L.FORMAT_MAGIC)
-            f.attrs[L.ATTR_VERSION] = _fixed_utf8(L.FORMAT_VERSION)
+            f.attrs[L.ATTR_MAGIC] = fixed_utf8(L.FORMAT_MAGIC)
+            f.attrs[L.ATTR_VERSION] = fixed_utf8(L.FORMAT_VERSION)
             prov = provenance or make_provenance(provenance_extra)
-            f.attrs[L.ATTR_PROVENANCE] = _fixed_utf8(prov.to_json())
-            f.attrs[L.ATTR_RUN_ID] = _fixed_utf8(self.run_id)
+            f.attrs[L.ATTR_PROVENANCE] = fixed_utf8(prov.to_json())
+            f.attrs[L.ATTR_RUN_ID] = fixed_utf8(self.run_id)
             f.attrs[L.ATTR_RANK] = np.int64(rank)
             f.attrs[L.ATTR_WORLD_SIZE] = np.int64(world_size)
-            f.attrs[L.ATTR_VALUES_FILTER] = _fixed_utf8(self._filter.name)
+            f.attrs[L.ATTR_VALUES_FILTER] = fixed_utf8(self._filter.name)
             f.attrs[L.ATTR_HIST_BINS] = np.int64(hist_bins)
             for name, (dtype, rows) in [*tables.items(), *L.HEAPS.items()]:
                 self._create(name, dtype, rows, L.table_filters(name))
             for name in L.VALUE_HEAPS:
                 dtype = np.dtype(name.rsplit("/", 1)[1])
-                self._create(name, dtype, L.VALUE_CHUNK_BYTES // dtype.itemsize, filter_kwargs)
+                rows = L.VALUE_CHUNK_BYTES // dtype.itemsize
+                self._create(name, dtype, rows, filter_kwargs)
             f.swmr_mode = True
             f.flush()
             if fsync:
                 os.fsync(f.id.get_vfd_handle())
             os.replace(tmp, self.path)
             if fsync:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
         except BaseException as e:
             self._failure = f"creating the file: {e}"
             self._abandon()
@@ -188,6 +174,9 @@ class TraceWriter:
         self._pending: list[StepRow] = []
         self._pending_overrides: list[StepOverrideRow] = []  # of each pending step
         self._last_step: int | None = None
+        self._pending_light: list[LightStepRow] = []
+        self._last_light: int | None = None
+        self._flows: dict[bytes, GraphFlow] = {}  # per graph structure, for classify_record
         self.steps_written = 0
 
     def _create(self, name: str, dtype: np.dtype[Any], rows: int, kwargs: Mapping[str, Any]) -> None:
@@ -253,15 +242,12 @@ class TraceWriter:
         tables, intern = self._tables, self._graphs.intern
         graph_row = self._graphs.row(graph)
         overrides = self._graphs.overrides(graph, graph_row)
-        flags = 0
+        # NaN/Inf seen, and (1.4) whether an op created them or the state holds them.
+        flags = classify_record(record, self._flows).flags
         stats_start, stats_count = tables.length(L.STATS), 0
         if record.stats is not None:
             stats = np.asarray(record.stats, dtype=L.STATS_DTYPE)
-            counted = (stats["flags"] & L.STAT_COUNTS) != 0
-            if np.any(stats["nan"][counted]):
-                flags |= L.STEP_HAS_NAN
-            if np.any(stats["inf"][counted]):
-                flags |= L.STEP_HAS_INF
+            flags |= count_flags(Counts.of_stats(stats))
             stats_start, stats_count = tables.append(L.STATS, stats), len(stats)
         op_stats_start, op_stats_count = tables.length(L.OP_STATS), 0
         if record.op_stats is not None or record.op_starts is not None:
@@ -280,22 +266,7 @@ class TraceWriter:
                     f"file was opened with hist_bins={self.hist_bins}."
                 )
             hists[i] = HistRow(tensor=tensor, lo=lo, hi=hi, counts=counts)
-        events = np.array(
-            [
-                EventRow(
-                    kind=intern(e.kind),
-                    op=L.NO_INDEX if e.op is None else e.op,
-                    tensor=L.NO_INDEX if e.tensor is None else e.tensor,
-                    message=intern(e.message),
-                )
-                for e in record.events
-            ],
-            dtype=L.EVENT_DTYPE,
-        )
-        scalars = np.array(
-            [ScalarRow(name=intern(k), value=float(v)) for k, v in record.scalars.items()],
-            dtype=L.SCALAR_DTYPE,
-        )
+        events, scalars = event_rows(record.events, intern), scalar_rows(record.scalars, intern)
         row = StepRow(
             step=record.step,
             graph=graph_row,
@@ -323,6 +294,23 @@ class TraceWriter:
         self._pending_overrides.append(overrides)
         self._last_step = record.step
 
+    def write_light_step(self, record: LightStepRecord) -> None:
+        """Write one light step's rows (format 1.4); it becomes visible at the next :meth:`flush`.
+
+        Light steps must be written in strictly increasing step order; a step number may also
+        be written as a full step (:meth:`write_step`), before or after.
+        """
+        self._check_open()
+        if record.step < 0 or (self._last_light is not None and record.step <= self._last_light):
+            raise ValueError(
+                f"Light step {record.step} was written after light step {self._last_light}; "
+                "light steps must be written in increasing order, from 0."
+            )
+        record.check()
+        with self._io(f"Writing light step {record.step}"):
+            self._pending_light.append(append_light_step(self._tables, self._graphs.intern, record))
+        self._last_light = record.step
+
     def _write_values(self, graph: Graph, tensor: int, array: np.ndarray) -> DataRow:
         spec = graph.tensors[tensor]
         info = DTYPE_INFO[spec.dtype]
@@ -336,15 +324,17 @@ class TraceWriter:
         self._check_open()
         committed = 0
         with self._io("Flushing"):
-            if self._pending:
+            if self._pending or self._pending_light:
                 self._tables.append(
                     L.STEP_OVERRIDES, np.array(self._pending_overrides, dtype=L.STEP_OVERRIDE_DTYPE)
                 )
                 self._seal_filtered_heaps()
                 self._file.flush()  # phase 1: every row the pending steps point at
                 self._tables.append(L.STEPS, np.array(self._pending, dtype=L.STEP_DTYPE))
+                light = np.array(self._pending_light, dtype=L.LIGHT_STEP_DTYPE)
+                self._tables.append(L.LIGHT_STEPS, light)
                 committed = len(self._pending)
-                self._pending, self._pending_overrides = [], []
+                self._pending, self._pending_overrides, self._pending_light = [], [], []
             self._file.flush()  # phase 2: the commit rows
             if self._fsync:
                 os.fsync(self._file.id.get_vfd_handle())

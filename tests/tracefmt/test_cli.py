@@ -27,7 +27,7 @@ def test_info_table_and_json(small_trace: Path) -> None:
     data = json.loads(out)
     assert code == 0
     assert data["rank_info"][0]["steps"] == 5
-    assert data["format_version"] == "1.3"  # the file's version, as the writer wrote it
+    assert data["format_version"] == "1.4"  # the file's version, as the writer wrote it
     assert data["provenance"]["h5py"]
     assert {k["kind"] for k in data["rank_info"][0]["bytes_by_kind"]} >= {"graph", "stats", "values"}
 
@@ -41,6 +41,42 @@ def test_ls_lists_every_step(small_trace: Path) -> None:
     code, out, _ = run("ls", str(small_trace))
     assert code == 0
     assert "step" in out
+
+
+def test_ls_and_info_show_light_steps_and_what_counts(tmp_path: Path) -> None:
+    """Format 1.4: light steps are listed with their kind, the step flags that count (created,
+    state) and their events' kinds; ``info`` counts light steps and flagged step numbers."""
+    from tests.badfiles import write_flight
+
+    path = write_flight(tmp_path / "f.tft.h5")
+    code, out, _ = run("ls", str(path))
+    assert code == 0
+    rows = [line.split("│")[1:-1] for line in out.splitlines() if line.startswith("│")]
+    got = [(c[0].strip(), c[2].strip(), c[6].strip(), c[7].strip()) for c in rows]
+    assert got == [
+        ("0", "light", "", "0"),
+        ("1", "full", "created state", "1: nonfinite_created"),
+        ("1", "light", "created", "1: nonfinite_created"),
+        ("2", "full", "", "0"),  # the mask's -inf: by design
+        ("2", "light", "state", "1: nonfinite_state"),
+        ("3", "light", "", "0"),
+    ]
+    code, out, _ = run("ls", str(path), "--json")
+    data = json.loads(out)
+    assert [(r["step"], r["kind"]) for r in data][:3] == [(0, "light"), (1, "full"), (1, "light")]
+    assert data[3]["has_inf"] is True  # the raw flags stay in --json
+    assert data[3]["nonfinite_created"] is False
+    assert data[4]["num_rows"] == 4
+    assert data[2]["event_kinds"] == ["nonfinite_created"]
+    code, out, _ = run("info", str(path), "--json")
+    info = json.loads(out)["rank_info"][0]
+    assert (info["steps"], info["light_steps"]) == (2, 4)
+    assert (info["steps_nonfinite_created"], info["steps_nonfinite_state"]) == (1, 2)
+    assert (info["steps_with_nan"], info["steps_with_inf"]) == (1, 2)
+    code, out, _ = run("info", str(path))
+    assert code == 0
+    assert "light" in out
+    assert "created" in out
 
 
 def test_ls_elides_long_runs(tmp_path: Path) -> None:

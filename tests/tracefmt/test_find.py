@@ -20,7 +20,7 @@ class _Index(RankFile):
     def num_steps(self) -> int:
         return len(self.steps)
 
-    def _step_number(self, i: int) -> int:
+    def _step_number(self, i: int, index: str = "steps") -> int:
         self.reads += 1
         return int(self.steps[i])
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests import badfiles as bad
 from tests.synth import mlp_graph, synthetic_step, write_synthetic
 from tracefmt import TraceWriter
 
@@ -74,6 +75,8 @@ BASES: dict[str, Callable[[Path], None]] = {
     "stats-only": _stats_only,
     "two-graphs": _two_graphs,
     "overrides": _overrides,
+    # format 1.4: light steps, and full steps whose flags classify NaN/Inf
+    "flight": lambda p: bad.write_flight(p),
 }
 if importlib.util.find_spec("hdf5plugin") is not None:
     BASES["values-fast"] = lambda p: write_synthetic(p, steps=3, values_filter="fast", fsync=False)

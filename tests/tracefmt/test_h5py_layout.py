@@ -21,6 +21,7 @@ import pytest
 from tracefmt import DType, Event, GraphBuilder, Phase, Role, StepRecord, TraceWriter
 from tracefmt import _layout as L
 from tracefmt.dtypes import STORAGE_HEAPS
+from tracefmt.light import LightFlags, LightKind, LightStepRecord, empty_light_rows
 from tracefmt.records import Graph, empty_op_stats
 from tracefmt.stats import tensor_stats
 
@@ -93,6 +94,33 @@ TABLE_FIELDS: dict[str, list[str]] = {
     "tensor_offsets": ["tensor", "storage_offset"],
     "step_overrides": ["op_attrs_start", "op_attrs_count", "tensor_offset_start", "tensor_offset_count"],
     "op_starts": ["host_start_ns"],
+    "light_steps": [
+        "step",
+        "stats_start",
+        "stats_count",
+        "event_start",
+        "event_count",
+        "scalar_start",
+        "scalar_count",
+        "wall_time",
+        "duration",
+        "flags",
+    ],
+    "light_stats": [
+        "name",
+        "kind",
+        "flags",
+        "min",
+        "max",
+        "mean",
+        "std",
+        "norm",
+        "nan",
+        "inf",
+        "numel",
+    ],
+    "light_events": ["kind", "op", "tensor", "message"],
+    "light_scalars": ["name", "value"],
 }
 HEAPS = ["strings/bytes", "dims"]
 VALUE_HEAPS = [
@@ -200,6 +228,19 @@ with h5py.File(sys.argv[1], "r") as f:
         step["scalars"] = {text(s["name"]): float(s["value"]) for s in scalars}
         steps.append(step)
     out["steps"] = steps
+    light = []  # format 1.4: light steps, each with its own ranges of three tables
+    for row in f["light_steps"][:]:
+        def rows(table, field):
+            start, count = int(row[field + "_start"]), int(row[field + "_count"])
+            return f[table][start:start + count]
+        light.append({
+            "step": int(row["step"]), "flags": int(row["flags"]),
+            "rows": [[text(r["name"]), int(r["kind"]), float(r["norm"]), int(r["nan"])]
+                     for r in rows("light_stats", "stats")],
+            "events": [[text(e["kind"]), text(e["message"])] for e in rows("light_events", "event")],
+            "scalars": {text(s["name"]): float(s["value"]) for s in rows("light_scalars", "scalar")},
+        })
+    out["light"] = light
 assert "tracefmt" not in sys.modules, "the h5py-only reader imported tracefmt"
 out["modules_ok"] = True
 print(json.dumps(out))
@@ -258,6 +299,20 @@ def _write_trace(path: Path) -> dict[int, dict[int, np.ndarray]]:
                     values=values[step],
                     events=[Event("note", f"step {step}")],
                     scalars={"loss": step / 10},
+                )
+            )
+        for step in (19, 20):  # light steps: step 20 also has a full step
+            rows = empty_light_rows(2)
+            rows["name"], rows["kind"] = [0, 1], [LightKind.OUTPUT, LightKind.GRADIENT]
+            rows["flags"], rows["norm"], rows["numel"] = LightFlags.COUNTS, [1.0, 2.0], 8
+            rows["nan"][1] = step - 19  # step 20: a NaN in the gradient, the state is non-finite
+            writer.write_light_step(
+                LightStepRecord(
+                    step,
+                    ["model.fc", "model.fc.weight"],
+                    rows,
+                    scalars={"loss": 1.0},
+                    events=[Event("note", "light")] if step == 20 else (),
                 )
             )
     return values
@@ -345,6 +400,20 @@ def test_h5py_alone_reads_the_documented_layout(tmp_path: Path) -> None:
             assert s["values"][str(t)] == want  # bit-exact: bf16 -> f32 is exact
         bf16 = np.asarray(written[s["step"]][1], dtype=np.float64)
         assert s["tensors"][1]["mean"] == pytest.approx(float(bf16.mean()))
+    nan_state = L.STEP_HAS_NAN | L.STEP_NONFINITE_STATE
+    assert got["light"] == [
+        {
+            "step": step,
+            "flags": 0 if step == 19 else nan_state,
+            "rows": [
+                ["model.fc", int(LightKind.OUTPUT), 1.0, 0],
+                ["model.fc.weight", int(LightKind.GRADIENT), 2.0, step - 19],
+            ],
+            "events": [] if step == 19 else [["note", "light"]],
+            "scalars": {"loss": 1.0},
+        }
+        for step in (19, 20)
+    ]
 
 
 def test_h5dump_reads_the_header(tmp_path: Path) -> None:

@@ -26,7 +26,9 @@ class Case(NamedTuple):
     rule: str
     make: Callable[[Path, Path], Path]  # (copy of the base trace, tmp dir) -> path to validate
     deep: bool = False
-    base: str = "plain"  # "overrides": steps that share a graph but not its attrs and offsets
+    # "overrides": steps that share a graph but not its attrs and offsets; "flight": light steps
+    # and full steps with NaN/Inf created, by design and in the state (format 1.4)
+    base: str = "plain"
 
 
 def _garbage(p: Path, tmp: Path) -> Path:
@@ -83,6 +85,18 @@ def _run(tmp: Path, **manifest_changes: object) -> Path:
 def _rank0(tmp: Path, **kw: Any) -> Path:
     """Rank 0's file of a 2-rank run with collectives, written with ``kw`` (see multirank)."""
     return mr.write_rank(tmp / "run", 0, 2, steps=2, **kw)
+
+
+def _as_1_3(p: Path, tmp: Path) -> Path:
+    """The flight trace as a 1.3 file: no light tables, but step flags with the bits of 1.4."""
+    for name in ("light_steps", "light_stats", "light_events", "light_scalars"):
+        bad.delete(p, name)
+    return bad.set_attr(p, "format_version", "1.3")
+
+
+def _message(p: Path, table: str, text: bytes) -> Path:
+    """Row 0 of ``table`` (a trigger event) gets the message ``text``."""
+    return bad.set_field(p, table, 0, message=bad.add_string(p, text))
 
 
 CASES: list[Case] = [
@@ -206,6 +220,44 @@ CASES: list[Case] = [
         lambda p, t: bad.set_field(p, "tensor_offsets", 0, storage_offset=-3),
         base="overrides",
     ),
+    Case("TF-STAT-001", lambda p, t: bad.set_field(p, "stats", 0, flags=15)),
+    Case("TF-LAYOUT-001", lambda p, t: bad.delete(p, "light_stats"), base="flight"),
+    Case("TF-LIGHT-001", lambda p, t: bad.set_field(p, "light_steps", 2, step=1), base="flight"),
+    Case(
+        "TF-LIGHT-002",
+        lambda p, t: bad.set_field(p, "light_steps", 1, stats_count=10**6),
+        base="flight",
+    ),
+    Case("TF-LIGHT-002", lambda p, t: bad.set_field(p, "light_steps", 3, stats_start=0), base="flight"),
+    Case("TF-LIGHT-003", lambda p, t: bad.set_field(p, "light_stats", 0, kind=9), base="flight"),
+    Case("TF-LIGHT-003", lambda p, t: bad.set_field(p, "light_stats", 1, min=5.0), base="flight"),
+    Case("TF-LIGHT-003", lambda p, t: bad.set_field(p, "light_stats", 2, flags=16), base="flight"),
+    Case("TF-LIGHT-004", lambda p, t: bad.set_field(p, "light_steps", 0, flags=4), base="flight"),
+    Case("TF-LIGHT-004", lambda p, t: bad.set_field(p, "light_steps", 1, flags=1), base="flight"),
+    Case("TF-LIGHT-004", lambda p, t: bad.set_field(p, "light_steps", 3, flags=64), base="flight"),
+    Case("TF-LIGHT-005", lambda p, t: bad.set_field(p, "light_events", 0, op=3), base="flight"),
+    Case(
+        "TF-LIGHT-005",
+        lambda p, t: bad.set_field(
+            p, "light_scalars", 1, name=int(bad.get(p, "light_scalars", 0, "name"))
+        ),
+        base="flight",
+    ),
+    Case("TF-STR-001", lambda p, t: bad.set_field(p, "light_stats", 0, name=-1), base="flight"),
+    Case("TF-STEP-006", lambda p, t: bad.set_field(p, "steps", 1, flags=6), base="flight"),
+    Case("TF-STEP-006", lambda p, t: bad.set_field(p, "steps", 0, flags=7), base="flight"),
+    Case("TF-STEP-005", _as_1_3, base="flight"),
+    Case("TF-EVENT-002", lambda p, t: _message(p, "events", b"softmax made NaN"), base="flight"),
+    Case(
+        "TF-EVENT-002",
+        lambda p, t: _message(p, "light_events", b'{"reason": "r", "rank": 5}'),
+        base="flight",
+    ),
+    Case(
+        "TF-EVENT-002",
+        lambda p, t: _message(p, "light_events", b'{"reason": 1, "rank": 0}'),
+        base="flight",
+    ),
     Case("TF-OVERRIDE-004", _base_attrs, base="overrides"),
     Case(
         "TF-OVERRIDE-004",
@@ -223,6 +275,11 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def overrides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bad.write_overrides(tmp_path_factory.mktemp("overrides") / "overrides.tft.h5")
+
+
+@pytest.fixture(scope="module")
+def flight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bad.write_flight(tmp_path_factory.mktemp("flight") / "flight.tft.h5")
 
 
 @pytest.fixture
@@ -264,6 +321,31 @@ def test_clean_trace_with_per_step_values_validates_clean(overrides: Path, deep:
         assert (f["graphs"].shape[0], f["op_attrs"].shape[0], f["tensor_offsets"].shape[0]) == (1, 4, 1)
 
 
+@pytest.mark.parametrize("deep", [False, True])
+def test_clean_flight_trace_validates_clean(flight: Path, deep: bool) -> None:
+    assert validate(flight, deep=deep) == []
+
+
+def test_a_1_3_file_needs_no_light_tables(flight: Path, tmp_path: Path) -> None:
+    """Before 1.4 the light tables are absent and the step flags of 1.4 undefined."""
+    path = _as_1_3(Path(shutil.copy(flight, tmp_path / "f.tft.h5")), tmp_path)
+    for row, flags in ((0, 3), (1, 2)):  # step 1: NaN and Inf, step 2: Inf (the mask)
+        bad.set_field(path, "steps", row, flags=flags)
+    assert validate(path, deep=True) == []
+
+
+def test_a_1_3_validator_sees_a_1_4_file_as_newer(flight: Path, tmp_path: Path) -> None:
+    """What a reader of 1.3 does: the light tables are unknown datasets, the new flag bits unknown
+    bits, reported as warnings only (simulated here by claiming a minor version beyond ours)."""
+    path = bad.set_attr(Path(shutil.copy(flight, tmp_path / "f.tft.h5")), "format_version", "1.99")
+    bad.set_field(path, "steps", 1, flags=2 | 64)
+    findings = validate(path)
+    assert {(f.rule, f.severity) for f in findings} == {
+        ("TF-FILE-003", "warning"),
+        ("TF-STEP-005", "warning"),
+    }
+
+
 def test_graphs_differing_in_attrs_are_distinct_in_a_1_0_file(trace: Path, tmp_path: Path) -> None:
     """TF-GRAPH-002 compares attrs and storage offsets in a 1.0 file: the 1.0 golden traces hold
     such graphs and stay valid."""
@@ -293,10 +375,11 @@ def test_clean_run_directory(base: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.rule}-{i}" for i, c in enumerate(CASES)])
 def test_bad_file_fires_exactly_its_rule(
-    case: Case, trace: Path, overrides: Path, tmp_path: Path
+    case: Case, trace: Path, overrides: Path, flight: Path, tmp_path: Path
 ) -> None:
-    if case.base == "overrides":
-        trace = Path(shutil.copy(overrides, tmp_path / "o.tft.h5"))
+    if case.base != "plain":
+        source = {"overrides": overrides, "flight": flight}[case.base]
+        trace = Path(shutil.copy(source, tmp_path / "o.tft.h5"))
     path = case.make(trace, tmp_path)
     findings = validate(path, deep=case.deep)
     assert {f.rule for f in findings} == {case.rule}, _summary(findings)

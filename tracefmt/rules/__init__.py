@@ -8,10 +8,13 @@ from tracefmt.rules import (  # noqa: F401  (importing registers the rules)
     collops,
     file,
     graph,
+    lightsteps,
     opstarts,
     overrides,
     run,
+    stepflags,
     steps,
+    triggers,
 )
 from tracefmt.rules._base import RULES, Finding, Issue, Rule, Skip
 

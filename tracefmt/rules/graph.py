@@ -18,6 +18,7 @@ from tracefmt.model import Phase, Role
 from tracefmt.rules._base import Issue, rule
 from tracefmt.rules._context import FileContext
 from tracefmt.rules._views import GraphView
+from tracefmt.rules.lightsteps import light_rows, usable_light_refs
 
 _PHASES = frozenset(int(p) for p in Phase)
 _DTYPES = frozenset(int(d) for d in DType)
@@ -72,6 +73,23 @@ def _string_refs(ctx: FileContext) -> Iterator[_StringRef]:
             for field, required in fields:
                 for k, sid in enumerate(rows[field].tolist()):
                     yield _StringRef(table, start + k, ref.step, field, sid, required)
+    for light in usable_light_refs(ctx):  # format 1.4
+        for table, fields in _LIGHT_STRINGS:
+            rows = light_rows(ctx, light, table) if light.ranges[table].count else None
+            if rows is None:
+                continue
+            start = light.ranges[table].start
+            for field, required in fields:
+                for k, sid in enumerate(rows[field].tolist()):
+                    yield _StringRef(table, start + k, light.step, field, sid, required)
+
+
+#: The string fields of a light step's tables, and whether each is required.
+_LIGHT_STRINGS = (
+    (L.LIGHT_STATS, (("name", True),)),
+    (L.LIGHT_EVENTS, (("kind", True), ("message", False))),
+    (L.LIGHT_SCALARS, (("name", True),)),
+)
 
 
 def _ref_loc(ctx: FileContext, ref: _StringRef) -> str:

@@ -14,8 +14,8 @@ from tracefmt.rules._base import Issue, Skip, rule
 from tracefmt.rules._context import FileContext
 from tracefmt.rules._views import GraphView, StepRef
 
-_STEP_FLAGS = L.STEP_HAS_NAN | L.STEP_HAS_INF
-_STAT_FLAGS = L.STAT_MOMENTS | L.STAT_COUNTS | L.STAT_FINGERPRINT
+# Plain ints: ``~`` of a flag enum drops the undefined bits instead of keeping them.
+_STAT_FLAGS = int(L.STAT_MOMENTS | L.STAT_COUNTS | L.STAT_FINGERPRINT)
 _DTYPES = frozenset(int(d) for d in DType)
 
 
@@ -91,9 +91,10 @@ def step_append_only(ctx: FileContext) -> Iterator[Issue]:
 
 @rule("TF-STEP-005", "Step flags are defined bits and agree with the step's statistics")
 def step_flags(ctx: FileContext) -> Iterator[Issue]:
+    defined = L.step_flag_bits(ctx.minor)  # 1.4 adds the bits TF-STEP-006 checks
     for ref in ctx.steps():
         loc = ctx.loc(L.STEPS, ref.row, ref.step)
-        if ref.flags & ~_STEP_FLAGS:
+        if ref.flags & ~defined:
             yield Issue(loc, f"Step flags {ref.flags:#x} use undefined bits.", ctx.unknown_severity)
         stats = ctx.step_rows(ref, L.STATS)
         if stats is None:
