@@ -1,0 +1,448 @@
+"""Light capture (recorder.flight.lightcapture): rows, non-finite origins, on_created, hygiene."""
+
+from __future__ import annotations
+
+import gc
+import math
+import weakref
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.optim.optimizer as optim_module
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+from recorder.flight.lightcapture import LightCapture, ModuleInputs, first_created
+from recorder.flight.lightstats import native_kernel, torch_stats
+from recorder.tracking import Names
+from tests.recorder._util import OpLog
+from tracefmt.light import LightFlags, LightKind, LightStepRecord
+
+NATIVE = [
+    pytest.param(True, id="native"),
+    pytest.param(False, id="torch"),
+]
+
+
+class Pair(torch.nn.Module):
+    """Returns a tuple: two floating-point tensors (measured together) and an integer one."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return x * 2, x.sum(dim=1), x.argmax(dim=1)
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+        self.pair = Pair()
+        self.norm = torch.nn.LayerNorm(8)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        a, b, _ = self.pair(h)
+        h = self.norm(a + b[:, None])
+        out: torch.Tensor = self.head(torch.relu(self.norm(h)))  # norm called twice: two rows
+        return out
+
+
+def _net(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return Net()
+
+
+def _ref(tensors: list[torch.Tensor], negate: bool = False) -> dict[str, float]:
+    """The statistics a light row should hold, computed in float64 by plain torch."""
+    x = torch.cat([t.detach().double().reshape(-1) for t in tensors])
+    x = -x if negate else x
+    finite = x[torch.isfinite(x)]
+    out = {
+        "numel": float(x.numel()),
+        "nan": float(torch.isnan(x).sum()),
+        "inf": float(torch.isinf(x).sum()),
+    }
+    if finite.numel():
+        out |= {
+            "min": float(finite.min()),
+            "max": float(finite.max()),
+            "mean": float(finite.mean()),
+            "std": float(finite.std(correction=0)),
+            "norm": float(finite.norm()),
+        }
+    return out
+
+
+def _check_row(row: np.void, ref: dict[str, float], what: str) -> None:
+    for key, want in ref.items():
+        got = float(row[key])
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-7), f"{what}: {key} {got} != {want}"
+    has = "min" in ref
+    assert bool(row["flags"] & LightFlags.MOMENTS) == has, what
+    assert row["flags"] & LightFlags.COUNTS, what
+    if not has:
+        assert math.isnan(float(row["min"])), what
+
+
+class Expected:
+    """An independent record of one training step: module outputs in the order they returned,
+    and each parameter's gradient, value before and value after the optimizer step."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.outputs: list[tuple[str, list[torch.Tensor]]] = []
+        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in model.named_modules()]
+        self.params = dict(model.named_parameters())
+
+    def _hook(self, name: str) -> Any:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            outs = output if isinstance(output, tuple) else (output,)
+            floats = [o.detach().clone() for o in outs if o.is_floating_point()]
+            self.outputs.append((name, floats))
+
+        return hook
+
+    def before_step(self) -> None:
+        self.grads = {n: p.grad.detach().clone() for n, p in self.params.items()}  # type: ignore[union-attr]
+        self.old = {n: p.detach().clone() for n, p in self.params.items()}
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    capture: LightCapture,
+    step: int,
+    expected: Expected | None = None,
+) -> LightStepRecord:
+    torch.manual_seed(100 + step)
+    loss = model(torch.randn(6, 8)).square().mean()
+    loss.backward()
+    if expected is not None:
+        expected.before_step()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return capture.finish(step, {"loss": loss}, wall_time=123.0, duration=0.5)
+
+
+@pytest.mark.parametrize("native", NATIVE)
+def test_rows_of_a_small_model_match_torch(native: bool) -> None:
+    if native and native_kernel() is None:
+        pytest.skip("the one-pass statistics kernel is not available (no C compiler)")
+    model = _net()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    names = Names()
+    names.add_root(model)
+    capture = LightCapture(names, native=native)
+    with capture.install():
+        _step(model, opt, capture, 0)
+        expected = Expected(model)
+        record = _step(model, opt, capture, 1, expected)
+        expected.close()
+    record.check()
+    assert (record.step, record.wall_time, record.duration) == (1, 123.0, 0.5)
+    assert set(record.scalars) == {"loss"}
+    rows = record.rows
+    kinds = rows["kind"]
+    outputs = rows[kinds == LightKind.OUTPUT]
+    assert [record.names[i] for i in outputs["name"]] == [n for n, _ in expected.outputs]
+    assert [n for n, _ in expected.outputs] == [
+        "body.0", "body.1", "body.2", "body", "pair", "norm", "norm", "head", ""
+    ]  # fmt: skip
+    for row, (name, tensors) in zip(outputs, expected.outputs, strict=True):
+        _check_row(row, _ref(tensors), f"output {name!r}")
+    params = list(expected.params)
+    for kind, source, negate in [
+        (LightKind.GRADIENT, expected.grads, False),
+        (LightKind.UPDATE, None, False),
+        (LightKind.PARAMETER, expected.params, False),
+    ]:
+        part = rows[kinds == kind]
+        assert [record.names[i] for i in part["name"]] == params, kind.label
+        for row, name in zip(part, params, strict=True):
+            if source is None:  # the update: new minus old
+                tensor = expected.params[name].detach() - expected.old[name]
+            else:
+                tensor = source[name]
+            _check_row(row, _ref([tensor], negate), f"{kind.label} {name!r}")
+    # every row is in order: outputs, then gradients, then updates, then parameters
+    assert list(kinds) == sorted(kinds)
+
+
+def test_the_kernel_measures_float32_rows() -> None:
+    if native_kernel() is None:
+        pytest.skip("the one-pass statistics kernel is not available (no C compiler)")
+    model = _net()
+    opt = torch.optim.AdamW(model.parameters())
+    capture = LightCapture(Names())
+    with capture.install():
+        model(torch.randn(6, 8)).sum().backward()
+        opt.step()
+        rows = capture._rows.rows
+        assert len(rows) == 9 + 3 * 8
+        assert all(src == -1 for *_, src in rows), "a float32 CPU row took the torch path"
+
+
+@pytest.mark.parametrize("native", NATIVE)
+def test_names_are_stable_from_step_to_step(native: bool) -> None:
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    names = Names()
+    names.add_root(model)
+    capture = LightCapture(names, updates=False, native=native)
+    with capture.install():
+        first = _step(model, opt, capture, 0)
+        second = _step(model, opt, capture, 1)
+    assert list(first.names) == list(second.names)
+    assert np.array_equal(first.rows["name"], second.rows["name"])
+    assert not (first.rows["kind"] == LightKind.UPDATE).any()
+    assert capture.update_bytes == 0
+
+
+@pytest.mark.parametrize("native", NATIVE)
+def test_update_buffers_are_reused_from_step_to_step(native: bool) -> None:
+    model = _net()
+    opt = torch.optim.AdamW(model.parameters())
+    names = Names()
+    names.add_root(model)
+    capture = LightCapture(names, native=native)
+    with capture.install():
+        _step(model, opt, capture, 0)
+        kept = capture._kept[opt]
+        _step(model, opt, capture, 1)
+        assert capture._kept[opt] is kept
+        assert capture.update_bytes == sum(p.nbytes for p in model.parameters())
+
+
+def _inject_nan(model: Any) -> Any:
+    with torch.no_grad():
+        model.body[2].weight[0, 0] = math.nan
+    return model
+
+
+def _nan_record(native: bool, on_created: Any = None) -> LightStepRecord:
+    model = _inject_nan(_net())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    names = Names()
+    names.add_root(model)
+    capture = LightCapture(names, native=native, on_created=on_created)
+    with capture.install():
+        record = _step(model, opt, capture, 0)
+    record.check()
+    return record
+
+
+@pytest.mark.parametrize("native", NATIVE)
+def test_a_nan_in_a_weight_is_created_where_it_is_used(native: bool) -> None:
+    record = _nan_record(native)
+    rows = record.rows
+    by = {(record.names[r["name"]], int(r["kind"])): r for r in rows}
+    # the NaN weight: its gradient, update and value are non-finite
+    for kind in (LightKind.GRADIENT, LightKind.UPDATE, LightKind.PARAMETER):
+        assert by["body.2.weight", kind]["nan"] > 0, kind.label
+    outputs = [r for r in rows if r["kind"] == LightKind.OUTPUT]
+    state = [
+        (
+            record.names[r["name"]],
+            bool(r["nan"] + r["inf"]),
+            bool(r["flags"] & LightFlags.INPUTS_NONFINITE),
+        )
+        for r in outputs
+    ]
+    assert state[:3] == [("body.0", False, False), ("body.1", False, False), ("body.2", True, False)]
+    # everything after it received non-finite inputs ...
+    for name, bad, inputs_bad in state[4:-1]:
+        assert bad, name
+        assert inputs_bad, name
+    # ... except the containers, whose own inputs were finite
+    assert state[3] == ("body", True, False)
+    assert state[-1] == ("", True, False)
+    assert first_created(record) == "body.2"
+
+
+def test_first_created_is_none_for_a_finite_step() -> None:
+    model = _net()
+    names = Names()
+    names.add_root(model)
+    capture = LightCapture(names)
+    with capture.install():
+        record = _step(model, torch.optim.SGD(model.parameters(), lr=0.1), capture, 0)
+    assert first_created(record) is None
+    assert not (record.rows["nan"] + record.rows["inf"]).any()
+
+
+@pytest.mark.parametrize("native", NATIVE)
+def test_on_created_is_called_once_per_step_with_the_inputs(native: bool) -> None:
+    calls: list[tuple[str, torch.nn.Module, ModuleInputs, Any]] = []
+
+    def on_created(path: str, module: torch.nn.Module, inputs: ModuleInputs, output: Any) -> None:
+        assert torch.isfinite(inputs.args[0]).all()
+        assert not torch.isfinite(output).all()
+        calls.append((path, module, inputs, output))
+
+    model = _inject_nan(_net())
+    names = Names()
+    names.add_root(model)
+    capture = LightCapture(names, native=native, on_created=on_created)
+    with capture.install():
+        for step in range(2):
+            model(torch.randn(6, 8))
+            capture.finish(step)
+            assert [c[0] for c in calls] == ["body.2"] * (step + 1)
+    for _, module, inputs, output in calls:
+        assert module is model.body[2]
+        assert inputs.kwargs == {}
+        assert torch.equal(output.isnan(), module(*inputs.args).isnan())
+
+
+def test_on_created_may_raise_and_leaves_nothing_behind() -> None:
+    def stop(path: str, module: torch.nn.Module, inputs: ModuleInputs, output: Any) -> None:
+        raise FloatingPointError(f"non-finite values created in {path!r}")
+
+    before = _global_state()
+    model = _inject_nan(_net())
+    names = Names()
+    names.add_root(model)
+    capture = LightCapture(names, on_created=stop)
+    with pytest.raises(FloatingPointError, match=r"body\.2"), capture.install():
+        model(torch.randn(2, 8))
+    assert _global_state() == before
+    assert len(capture._rows) == 0
+
+
+def _global_state() -> tuple[int, ...]:
+    m = torch.nn.modules.module
+    return (
+        len(m._global_forward_pre_hooks),
+        len(m._global_forward_hooks),
+        len(m._global_forward_hooks_with_kwargs),
+        len(optim_module._global_optimizer_pre_hooks),
+        len(optim_module._global_optimizer_post_hooks),
+        len(_get_current_dispatch_mode_stack()),
+    )
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_no_hook_or_reference_remains_after_the_stack_closes(fail: bool) -> None:
+    before = _global_state()
+    model = _net()
+    opt = torch.optim.AdamW(model.parameters())
+    names = Names()
+    names.add_root(model)
+    capture = LightCapture(names)
+    raising: AbstractContextManager[object] = (
+        pytest.raises(RuntimeError, match="boom") if fail else nullcontext()
+    )
+    with raising, capture.install():
+        _step(model, opt, capture, 0)
+        assert _global_state() != before
+        assert capture.update_bytes == sum(p.nbytes for p in model.parameters())
+        model(torch.randn(2, 8)).sum().backward()  # a step under way, never finished
+        if fail:
+            raise RuntimeError("boom")
+    assert _global_state() == before
+    assert capture.update_bytes == 0
+    assert len(capture._rows) == 0
+    refs: list[weakref.ref[Any]] = [weakref.ref(model), weakref.ref(opt)]
+    refs += [weakref.ref(p) for p in model.parameters()]
+    del model, opt
+    gc.collect()
+    assert [r() for r in refs] == [None] * len(refs), "the capture keeps the model or optimizer alive"
+
+
+def test_a_capture_installs_once_at_a_time() -> None:
+    capture = LightCapture(Names())
+    with capture.install(), pytest.raises(RuntimeError, match="installed already"):
+        capture.install()
+    with capture.install():  # again after closing
+        pass
+
+
+def test_modules_outside_any_root_are_named_at_the_end() -> None:
+    model = _net()
+    names = Names()  # no root: the capture finds it
+    capture = LightCapture(names)
+    with capture.install():
+        model(torch.randn(2, 8))
+        record = capture.finish(0)
+    got = [record.names[i] for i in record.rows["name"]]
+    assert got == ["body.0", "body.1", "body.2", "body", "pair", "norm", "norm", "head", ""]
+
+
+def test_parameters_near_one_have_an_exact_std() -> None:
+    """A LayerNorm weight near 1: the kernel's sums alone would cancel in std."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(1.0 + 1e-4 * torch.randn(256))
+    q = torch.nn.Parameter(torch.full((64,), 3.0))  # constant: std 0
+    opt = torch.optim.SGD([p, q], lr=0.0)
+    names = Names()
+    capture = LightCapture(names)
+    with capture.install():
+        (p.sum() + q.sum()).backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        record = capture.finish(0)
+    rows = record.rows[record.rows["kind"] == LightKind.PARAMETER]
+    _check_row(rows[0], _ref([p]), "p")
+    assert rows[1]["std"] == 0.0
+    assert rows[1]["mean"] == 3.0
+
+
+@pytest.mark.parametrize("native", NATIVE)
+def test_bfloat16_and_float64_tensors(native: bool) -> None:
+    outputs: list[torch.Tensor] = []
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8).double())
+    model[0].to(torch.bfloat16)
+    model[0].register_forward_hook(lambda m, a, o: outputs.append(o.detach().clone()))
+    capture = LightCapture(Names(), native=native)
+    with capture.install():
+        model[0](torch.randn(4, 8, dtype=torch.bfloat16))
+        model[1](torch.randn(4, 8, dtype=torch.float64))
+        record = capture.finish(0)
+    _check_row(record.rows[0], _ref(outputs), "bfloat16 output")
+    assert record.rows[1]["numel"] == 32
+    assert record.rows[1]["flags"] & LightFlags.MOMENTS
+
+
+def _torch_stats_cases() -> Iterator[list[torch.Tensor]]:
+    yield [torch.randn(10)]
+    yield [torch.tensor([1.0, math.nan, math.inf, -math.inf, 2.0])]
+    yield [torch.tensor([math.nan, math.inf])]  # no finite value
+    yield [torch.zeros(0), torch.randn(3, 4), torch.tensor([math.nan, 5.0]), torch.randn(7).double()]
+
+
+@pytest.mark.parametrize("tensors", list(_torch_stats_cases()))
+@pytest.mark.parametrize("segments", [False, True])
+def test_torch_stats_per_tensor_and_together(tensors: list[torch.Tensor], segments: bool) -> None:
+    rows = torch_stats(tensors, segments=segments).numpy()
+    together = torch_stats(tensors, together=True).numpy()
+    assert rows.shape == (len(tensors), 8)
+    assert together.shape == (1, 8)
+    for got, group in [*zip(rows, ([t] for t in tensors), strict=True), (together[0], tensors)]:
+        ref = _ref(group)
+        assert (got[4], got[5]) == (ref["nan"], ref["inf"])
+        if "min" in ref:
+            m = ref["numel"] - ref["nan"] - ref["inf"]
+            assert got[0] / m == pytest.approx(ref["mean"], rel=1e-6, abs=1e-7)
+            assert math.sqrt(got[1]) == pytest.approx(ref["norm"], rel=1e-6)
+            assert (got[2], got[3]) == pytest.approx((ref["min"], ref["max"]))
+            assert math.sqrt(got[6] / m) == pytest.approx(ref["std"], rel=1e-6, abs=1e-7)
+
+
+def test_our_work_is_hidden_from_a_dispatch_mode() -> None:
+    """Under a full capture's dispatch mode, the light capture's own ops (the update buffers'
+    copy and subtraction, the torch path) are not part of the step it records."""
+    model = _net()
+    opt = torch.optim.AdamW(model.parameters(), foreach=False)
+    names = Names()
+    names.add_root(model)
+    capture = LightCapture(names, native=False)
+    with capture.install(), OpLog() as log:
+        _step(model, opt, capture, 0)
+    ops = {name for name, _, _ in log.ops}
+    assert not {"aten::_foreach_copy_.default", "aten::_foreach_sub_.List"} & ops
+    assert "aten::segment_reduce.default" not in ops
