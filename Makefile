@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
+FLIGHT_DIR ?= runs/flight
 
 .PHONY: setup system-deps engine demo test lint typecheck pytest slow bench golden clean
 
@@ -52,6 +53,11 @@ demo: setup
 	$(VENV)/bin/tracefmt show $(DEMO_DIR) --step 3 --sort time --limit 10
 	$(VENV)/bin/tracefmt validate $(DEMO_DIR) --deep
 	$(VENV)/bin/replayer export $(DEMO_DIR) --step 3 --phase forward -o $(DEMO_DIR)/step3-forward.onnx
+	# Flight mode: every step captured, the last 8 kept in memory; an Inf put into a weight
+	# before step 30 fires the trigger, and only steps 22..30 reach the disk.
+	$(PY) -m recorder.examples.gpt --steps 32 --mode flight --inject-nan 30 --out $(FLIGHT_DIR) --overwrite
+	$(VENV)/bin/tracefmt ls $(FLIGHT_DIR)
+	$(VENV)/bin/replayer why $(FLIGHT_DIR) || test $$? = 1
 	@echo "Next: open $(DEMO_DIR)/step3-forward.onnx in Netron, or read README.md's tour."
 
 lint: setup

@@ -7,9 +7,11 @@ sentence saying what is allowed, not deep inside a training step.  Nothing here 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
+
+from recorder.flight.alarms import TriggerOptions
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -19,6 +21,8 @@ __all__ = [
     "ROLE_NAMES",
     "Backpressure",
     "Engine",
+    "Mode",
+    "OnTrigger",
     "Options",
     "RecordOptions",
     "ValuesSelection",
@@ -47,6 +51,15 @@ Backpressure = Literal["block", "drop"]
 #: Which capture engine records the ops: the C++ one (:mod:`recorder.engine`), the Python
 #: dispatch mode (:mod:`recorder.capture`), or the C++ one where it can run.
 Engine = Literal["auto", "native", "python"]
+#: What the recorder does with the steps: write those the schedule picks (``"record"``); capture
+#: every step, keep the last ones in a ring and write them when a trigger fires (``"flight"``);
+#: or only light capture, on the schedule's steps (``"light"``).
+Mode = Literal["record", "flight", "light"]
+#: What a trigger does besides writing the ring: nothing, raise, stop in pdb, or call this.
+OnTrigger = Literal["raise", "pdb"] | Callable[[Any], object] | None
+#: A user's trigger: called at each ``rec.step()`` with the step number and its scalars; true
+#: (or a non-empty reason string) fires.
+TriggerPredicate = Callable[[int, Mapping[str, float]], "bool | str | None"]
 
 
 def _strings(name: str, value: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -202,6 +215,43 @@ def parse_engine(value: object) -> Engine:
     )
 
 
+def parse_mode(value: object) -> Mode:
+    """``mode=``: ``"record"``, ``"flight"`` or ``"light"``."""
+    if value == "record" or value == "flight" or value == "light":
+        return value
+    raise ValueError(
+        f"record(mode={value!r}) must be 'record' (write the steps the schedule picks), "
+        "'flight' (keep the last steps in memory, write them when a trigger fires) or 'light' "
+        "(per-module statistics only)."
+    )
+
+
+def parse_on_trigger(value: object) -> OnTrigger:
+    """``on_trigger=``: None, ``"raise"``, ``"pdb"`` or a callable."""
+    if value is None or value == "raise" or value == "pdb" or callable(value):
+        return cast("OnTrigger", value)
+    raise ValueError(
+        f"record(on_trigger={value!r}) must be None (write and go on), 'raise', 'pdb' or a "
+        "function taking the trigger."
+    )
+
+
+def parse_callable(name: str, value: object) -> Any:
+    """An optional function."""
+    if value is not None and not callable(value):
+        raise TypeError(f"record({name}=...) takes a function or None, got {value!r}.")
+    return value
+
+
+def parse_triggers(value: object) -> TriggerOptions | None:
+    """``triggers=``: None or :class:`recorder.flight.alarms.TriggerOptions`."""
+    if value is not None and not isinstance(value, TriggerOptions):
+        raise TypeError(
+            f"record(triggers=...) takes recorder.TriggerOptions(...) or None, got {value!r}."
+        )
+    return value
+
+
 def parse_backpressure(value: object) -> Backpressure:
     """``backpressure=``: ``"block"`` or ``"drop"``."""
     if value == "block" or value == "drop":
@@ -248,6 +298,23 @@ class Options:
     #: Python dispatch mode; a warning only when it could not be built), ``"native"`` (C++ or
     #: an error), ``"python"``.
     engine: Engine = "auto"
+    #: ``"record"``, ``"flight"`` or ``"light"`` (:data:`Mode`).
+    mode: Mode = "record"
+    #: Flight mode: the full steps kept in memory, at most this many and this many bytes.
+    ring_steps: int = 8
+    ring_bytes: int = 2 << 30
+    #: Flight mode: also write this many steps after the one that fired.
+    after_steps: int = 0
+    #: What a trigger does besides writing (:data:`OnTrigger`).
+    on_trigger: OnTrigger = None
+    #: A user's trigger (:data:`TriggerPredicate`).
+    trigger: TriggerPredicate | None = None
+    #: The triggers' settings (:class:`recorder.flight.alarms.TriggerOptions`; None: defaults).
+    triggers: TriggerOptions | None = None
+    #: Light capture measures each parameter's update (costs a copy of the parameters).
+    light_updates: bool = True
+    #: Flight mode: the ring and the trace live in a writer process that outlives this one.
+    writer_process: bool = True
 
     def __post_init__(self) -> None:
         capture = parse_capture(self.capture)
@@ -270,6 +337,15 @@ class Options:
             "rank": parse_optional_count("rank", self.rank, minimum=0),
             "world_size": parse_optional_count("world_size", self.world_size, minimum=1),
             "engine": parse_engine(self.engine),
+            "mode": parse_mode(self.mode),
+            "ring_steps": parse_count("ring_steps", self.ring_steps, minimum=1),
+            "ring_bytes": parse_count("ring_bytes", self.ring_bytes, minimum=1),
+            "after_steps": parse_count("after_steps", self.after_steps, minimum=0),
+            "on_trigger": parse_on_trigger(self.on_trigger),
+            "trigger": parse_callable("trigger", self.trigger),
+            "triggers": parse_triggers(self.triggers),
+            "light_updates": parse_flag("light_updates", self.light_updates),
+            "writer_process": parse_flag("writer_process", self.writer_process),
         }
         for name, value in parsed.items():
             object.__setattr__(self, name, value)
@@ -311,3 +387,12 @@ class RecordOptions(TypedDict, total=False):
     rank: int | None
     world_size: int | None
     engine: Engine
+    mode: Mode
+    ring_steps: int
+    ring_bytes: int
+    after_steps: int
+    on_trigger: OnTrigger
+    trigger: TriggerPredicate | None
+    triggers: TriggerOptions | None
+    light_updates: bool
+    writer_process: bool

@@ -20,7 +20,9 @@ from typing import Protocol
 
 from recorder import assemble
 from recorder.captured import RawStep
+from recorder.flight.ring import FlightSink
 from tracefmt.errors import TraceError
+from tracefmt.light import LightStepRecord
 from tracefmt.records import StepRecord
 
 __all__ = ["BackgroundWriter", "Sink"]
@@ -45,9 +47,11 @@ class _Signal(enum.Enum):
 
     STOP = "stop"  #: write what is queued, flush and close the sink, end the thread
     FLUSH = "flush"  #: flush the sink once what is queued before it is written
+    RELEASE = "release"  #: write the steps the sink holds in its ring (flight mode)
 
 
-_STOP, _FLUSH = _Signal.STOP, _Signal.FLUSH
+_STOP, _FLUSH, _RELEASE = _Signal.STOP, _Signal.FLUSH, _Signal.RELEASE
+_Item = RawStep | LightStepRecord | _Signal
 
 
 class BackgroundWriter:
@@ -72,7 +76,7 @@ class BackgroundWriter:
         self._drop = backpressure == "drop"
         self._flush_steps = flush_every_steps
         self._flush_seconds = flush_every_seconds
-        self._queue: collections.deque[tuple[RawStep | _Signal, int]] = collections.deque()
+        self._queue: collections.deque[tuple[_Item, int]] = collections.deque()
         self._queued_bytes = 0
         self._cond = threading.Condition()
         self._error: BaseException | None = None
@@ -81,9 +85,16 @@ class BackgroundWriter:
         self._closed = False
         self.dropped = 0
         self.written = 0
+        #: the step numbers each release wrote, in order (flight mode)
+        self.released: list[list[int]] = []
         self._dropped_pending = 0
         self._thread = threading.Thread(target=self._run, name="recorder-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def sink(self) -> Sink:
+        """Where the steps go."""
+        return self._sink
 
     # -- training thread ---------------------------------------------------------------------
     def submit(self, raw: RawStep) -> bool:
@@ -104,6 +115,21 @@ class BackgroundWriter:
             self._queued_bytes += nbytes
             self._cond.notify_all()
         return True
+
+    def submit_light(self, record: LightStepRecord) -> None:
+        """Queue a light step (flight mode; small, so it never waits for room or is dropped)."""
+        self._put(record, record.nbytes)
+
+    def release(self) -> None:
+        """Have the sink write the steps its ring holds, after what is queued before."""
+        self._put(_RELEASE, 0)
+
+    def _put(self, item: _Item, nbytes: int) -> None:
+        self.check()
+        with self._cond:
+            self._queue.append((item, nbytes))
+            self._queued_bytes += nbytes
+            self._cond.notify_all()
 
     def _full(self, nbytes: int) -> bool:
         if not self._queue:
@@ -165,7 +191,7 @@ class BackgroundWriter:
                     if unflushed and timeout <= 0:
                         break
                     self._cond.wait(None if not unflushed else max(timeout, 0.01))
-                item: RawStep | _Signal | None = None
+                item: _Item | None = None
                 nbytes = 0
                 if self._queue:
                     item, nbytes = self._queue[0]
@@ -173,8 +199,11 @@ class BackgroundWriter:
                 if item is _STOP:
                     self._finish_sink()
                     break
-                if isinstance(item, RawStep) and self._error is None:
+                if self._error is None and not isinstance(item, _Signal | None):
                     self._write(item)
+                    unflushed += 1
+                if item is _RELEASE and self._error is None:
+                    self.released.append(self._flight_sink().release())
                     unflushed += 1
                 if (
                     unflushed
@@ -190,7 +219,7 @@ class BackgroundWriter:
             except BaseException as e:
                 if self._error is None:
                     self._error = e
-                    self._error_step = item.step if isinstance(item, RawStep) else None
+                    self._error_step = None if isinstance(item, _Signal | None) else item.step
             finally:
                 if item is not None:
                     with self._cond:
@@ -198,10 +227,23 @@ class BackgroundWriter:
                         self._queued_bytes -= nbytes
                         self._cond.notify_all()
 
-    def _write(self, raw: RawStep) -> None:
-        record = assemble.build_record(raw, self._graphs)
+    def _write(self, item: RawStep | LightStepRecord) -> None:
+        if isinstance(item, LightStepRecord):
+            write_light = getattr(self._sink, "write_light_step", None)
+            if write_light is not None:  # a user's sink may take full steps only
+                write_light(item)
+            return
+        record = assemble.build_record(item, self._graphs)
+        if item.hold:
+            self._flight_sink().hold(record)
+            return
         self._sink.write_step(record)
         self.written += 1
+
+    def _flight_sink(self) -> FlightSink:
+        if not isinstance(self._sink, FlightSink):
+            raise TypeError(f"{type(self._sink).__name__} keeps no ring of steps (flight mode).")
+        return self._sink
 
     def _finish_sink(self) -> None:
         try:

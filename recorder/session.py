@@ -21,10 +21,10 @@ and tensor reference of the recorder.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -35,13 +35,16 @@ from recorder.captured import RawStep
 from recorder.distributed import Located, ManifestKeeper, locate
 from recorder.engine import NativeCapture
 from recorder.engine import choose as choose_engine
+from recorder.flight.keeper import FlightKeeper, TriggerFired
 from recorder.options import Options, RecordOptions
 from recorder.pipeline import BackgroundWriter, Sink
 from recorder.schedule import Action, Schedule
 from recorder.schedule import schedule as make_schedule
+from recorder.sinks import background_writer, open_trace_writer
 from recorder.stats.native import available as native_stats_available
 from recorder.tracking import Names
 from tracefmt.errors import TraceError
+from tracefmt.model import Event
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -49,45 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["Recorder", "record"]
 
 ScheduleLike = Schedule | Callable[[int], "Action | bool"]
-
-
-def _open_trace_writer(
-    path: str | os.PathLike[str],
-    located: Located,
-    options: Options,
-    *,
-    overwrite: bool,
-    values_filter: str,
-    provenance_extra: Mapping[str, str],
-) -> tuple[Sink, str]:
-    """This rank's writer; it replaces (with ``overwrite``) only this rank's own file."""
-    try:
-        from tracefmt.writer import TraceWriter, rank_file_path
-    except ImportError as e:
-        raise TraceError(
-            "tracefmt.writer is not available in this installation, so the "
-            "recorder cannot write traces; pass sink=... to receive step records "
-            "instead."
-        ) from e
-    run_dir = Path(path)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    place = located.placement
-    file = rank_file_path(run_dir, place.rank)
-    extra: dict[str, Any] = {"torch": torch.__version__, "recorder": "recorder", **provenance_extra}
-    distributed = located.provenance()
-    if distributed is not None:
-        extra["distributed"] = distributed
-    writer = TraceWriter(
-        file,
-        run_id=located.run_id.run_id,
-        rank=place.rank,
-        world_size=place.world_size,
-        values_filter=values_filter,
-        hist_bins=options.hist_bins,
-        provenance_extra=extra,
-        overwrite=overwrite,
-    )
-    return writer, str(file)
 
 
 class Recorder:
@@ -131,6 +95,9 @@ class Recorder:
         #: Where this process stands in the run and the run id (set when a run directory is opened).
         self.located: Located | None = None
         self.recorded_steps: list[int] = []
+        self._keeper: FlightKeeper | None = None
+        self._scheduled = False
+        self._step_t0 = (time.time(), time.perf_counter())
 
     @property
     def run_id(self) -> str | None:
@@ -143,10 +110,26 @@ class Recorder:
         return 0 if self._writer is None else self._writer.dropped
 
     def _action(self, step: int) -> Action:
+        """What the full capture does at ``step``: the schedule's word, except in flight mode
+        (every step is captured; the schedule says which are written whatever happens) and
+        light mode (no full capture; the schedule says which steps are measured)."""
         result = self._schedule(step)
-        if isinstance(result, Action):
+        if not isinstance(result, Action):
+            result = Action.RECORD if result else Action.NONE
+        self._scheduled = result is Action.RECORD
+        if self.options.mode == "record":
             return result
-        return Action.RECORD if result else Action.NONE
+        return Action.RECORD if self.options.mode == "flight" else Action.NONE
+
+    @property
+    def ring_peak_bytes(self) -> int:
+        """Flight mode: the most bytes the ring of full steps held at once (0 otherwise)."""
+        return 0 if self._writer is None else int(getattr(self._writer.sink, "ring_peak_bytes", 0))
+
+    @property
+    def fired(self) -> list[Event]:
+        """The trigger events of this recording so far (flight and light modes)."""
+        return [] if self._keeper is None else list(self._keeper.fired)
 
     # -- with ----------------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -169,7 +152,7 @@ class Recorder:
                 if self.located.placement.rank == 0:
                     self._manifest = ManifestKeeper(self._path, self.located)
                     self._manifest.check_free(overwrite=self._overwrite)
-                self._sink, target = _open_trace_writer(
+                self._sink, target = open_trace_writer(
                     self._path,
                     self.located,
                     self.options,
@@ -180,21 +163,17 @@ class Recorder:
             else:
                 target = str(self._path or type(self._sink).__name__)
             o = self.options
-            self._writer = BackgroundWriter(
-                self._sink,
-                target=target,
-                max_steps=o.max_queue_steps,
-                max_bytes=o.max_queue_bytes,
-                backpressure=o.backpressure,
-                flush_every_steps=o.flush_every_steps,
-                flush_every_seconds=o.flush_every_seconds,
-            )
+            self._writer = background_writer(self._sink, target, o)
             stack.callback(self._release)
             stack.callback(self._writer.close)
             if self._manifest is not None:
                 self._manifest.write()
             if self._model is not None:
                 self._names.add_root(self._model)
+            if o.mode != "record":
+                rank = self.located.placement.rank if self.located else (o.rank or 0)
+                self._keeper = FlightKeeper(o, self._names, self._writer, rank=rank, run_id=self.run_id)
+                stack.enter_context(self._keeper.install())
             if self.options.stats:
                 native_stats_available()  # build or load the kernel now, not in the first step
             self._step_stack = stack.enter_context(ExitStack())
@@ -209,6 +188,14 @@ class Recorder:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._end_capture()
+        if (
+            exc is not None
+            and self._keeper is not None
+            and not isinstance(exc, TriggerFired)
+            and self._writer is not None
+            and not self._writer.failed
+        ):
+            self._keeper.exception(self._step, exc)
         stack, self._stack = self._stack, None
         if stack is not None:
             stack.close()
@@ -234,12 +221,30 @@ class Recorder:
         if loss is not None:
             scalars = {"loss": loss, **scalars}
         raw = self._end_capture()
+        disposition = None
+        keeper = self._keeper
+        if keeper is not None and (keeper.flight or self._scheduled) and not self._writer.failed:
+            wall, t0 = self._step_t0
+            _, disposition = keeper.end_step(
+                self._step,
+                scalars,
+                scheduled=self._scheduled,
+                wall_time=wall,
+                duration=time.perf_counter() - t0,
+            )
+        elif keeper is not None:
+            keeper.skip()
         if raw is not None and not self._writer.failed:
             raw.scalars = {
                 k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()
             }
-            if self._writer.submit(raw):
+            if disposition is not None:
+                raw.hold = disposition.hold
+                raw.events = [*raw.events, *disposition.events]
+            if self._writer.submit(raw) and not raw.hold:
                 self.recorded_steps.append(raw.step)
+        if keeper is not None and disposition is not None:
+            keeper.after_submit(self._step, disposition)
         self._step += 1
         try:
             self._writer.check()
@@ -256,7 +261,10 @@ class Recorder:
     def _begin(self) -> None:
         if self._stopped:
             return
+        self._step_t0 = (time.time(), time.perf_counter())
         action = self._action(self._step)
+        if self._keeper is not None:
+            self._keeper.begin(self._step, scheduled=self._scheduled)
         if action is Action.NONE:
             return
         capture: StepCapture | NativeCapture
@@ -338,6 +346,15 @@ def record(
       ``"native"``: the engine or an error; ``"python"``: the dispatch mode.  The trace's
       provenance says which ran (``"recorder_engine"``); :mod:`recorder.engine` says how they
       differ.
+    * ``mode``: ``"record"`` writes the steps the schedule picks; ``"flight"`` (:mod:`recorder.flight`)
+      measures every step lightly (``light_updates``: with each parameter's update) and captures
+      it in full into a ring of ``ring_steps`` steps and ``ring_bytes`` bytes, kept by a writer
+      process that outlives this one (``writer_process``), written with ``after_steps`` more
+      when a trigger fires (NaN/Inf created or in the state, a loss or gradient-norm spike,
+      ``triggers``: :class:`recorder.flight.alarms.TriggerOptions`, the predicate ``trigger``,
+      an exception, another rank's trigger); ``"light"`` measures the schedule's steps lightly.
+      ``on_trigger``: ``"raise"``, ``"pdb"`` or a callable stops there (see
+      :mod:`recorder.flight.keeper`).
 
     Under ``torchrun`` every rank writes ``path/rank-{rank:05d}.tft.h5`` with the same run id:
     ``run_id``, else ``TORCHELASTIC_RUN_ID``, else one agreed through the default process
@@ -353,8 +370,8 @@ def record(
         )
     if path is not None and sink is not None:
         raise ValueError("record() takes a path or a sink, not both.")
-    if schedule is None:
-        schedule = make_schedule()
+    if schedule is None:  # flight mode writes what the triggers pick; the others every step
+        schedule = make_schedule(steps=()) if options.get("mode") == "flight" else make_schedule()
     if not callable(schedule):
         raise TypeError(
             f"record(schedule=...) takes recorder.schedule(...) or a function of the "

@@ -38,7 +38,54 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the timing summary as JSON")
+    p.add_argument(
+        "--mode",
+        choices=["record", "flight"],
+        default="record",
+        help="record: write the steps --every picks; flight: capture every step, keep the last "
+        "--ring in memory and write them when a trigger fires (NaN/Inf, a loss spike, an error)",
+    )
+    p.add_argument("--ring", type=int, default=8, help="flight mode: full steps kept in memory")
+    g = p.add_argument_group("anomalies (test and debug aids: see the flight recorder fire)")
+    g.add_argument(
+        "--inject-nan",
+        type=_rank_step_or_step,
+        metavar="[RANK:]STEP",
+        help="set one element of the model's first matrix weight (past its embeddings) to Inf "
+        "before the forward of STEP (on RANK only, under torchrun)",
+    )
+    g.add_argument(
+        "--inject-spike",
+        type=int,
+        metavar="STEP",
+        help="multiply the loss of STEP by 20 before its backward (a loss and gradient spike)",
+    )
     return p
+
+
+def _rank_step_or_step(text: str) -> tuple[int | None, int]:
+    if ":" in text:
+        return _rank_step(text)
+    try:
+        return None, int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not STEP or RANK:STEP.") from None
+
+
+def _inject_nan(args: argparse.Namespace, step: int, rank: int, model: torch.nn.Module) -> None:
+    """``--inject-nan``: one weight element set to Inf, as a bad update or a bit flip would."""
+    if args.inject_nan is None:
+        return
+    at_rank, at_step = args.inject_nan
+    if step != at_step or at_rank not in (None, rank):
+        return
+    weight = next(
+        p
+        for n, p in model.named_parameters()
+        if p.dim() >= 2 and "emb" not in n and "wte" not in n and "wpe" not in n
+    )
+    with torch.no_grad():
+        weight.view(-1)[0] = float("inf")
 
 
 def run(
@@ -71,8 +118,11 @@ def run(
         for step in range(args.steps):
             t0 = time.perf_counter()
             batch = batches(step)
+            _inject_nan(args, step, 0 if world is None else world.rank, model)
             trained.train()
             loss = loss_fn(trained, batch)
+            if step == args.inject_spike:
+                loss = loss * 20
             loss.backward()  # type: ignore[no-untyped-call]
             if faults is not None and world is not None:
                 faults.after_backward(step, world.rank, model)
@@ -120,13 +170,16 @@ def _maybe_record(
     if args.off:
         return nullcontext()
     capture = ("graph",) if args.no_stats else ("graph", "stats")
+    flight = args.mode == "flight"
     return recorder.record(
         args.out,
-        schedule=recorder.schedule(every=args.every),
+        schedule=recorder.schedule(steps=()) if flight else recorder.schedule(every=args.every),
         model=model,
         capture=capture,
         values=None if args.values == "none" else "all",
         overwrite=args.overwrite,
+        mode=args.mode,
+        ring_steps=args.ring,
     )
 
 
