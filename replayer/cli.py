@@ -2,11 +2,13 @@
 
 A ``TraceError`` (``ReplayError`` included) becomes one line on stderr and exit code 2.
 ``check`` exits 0 when every checked op matched, 1 when one did not; ``ranks`` 0 when the ranks
-are consistent, 1 when it has findings.
+are consistent, 1 when it has findings; ``why`` 0 when the run has no trigger event, 1 when it
+explains some.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +31,8 @@ EXIT_MISMATCH = 1
 @click.group(cls=TraceErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(tracefmt.__version__, prog_name="replayer")
 def main() -> None:
-    """Rebuild, view, check and diff recorded training steps and compare ranks, without torch."""
+    """Rebuild, view, check and diff recorded training steps, compare ranks and explain
+    trigger events, without torch."""
 
 
 main.add_command(diff)
@@ -315,6 +318,49 @@ def ranks(run: str, step_no: int | None, as_json: bool, max_mismatches: int, max
 
         render(report, Console())
     if not report.consistent:
+        sys.exit(EXIT_MISMATCH)
+
+
+@main.command()
+@click.argument("trace", type=click.Path(exists=True))
+@click.option("--rank", type=click.IntRange(min=0), default=None, help="Only this rank's events.")
+@click.option(
+    "--step", "step_no", type=click.IntRange(min=0), default=None, help="Only this step's events."
+)
+@click.option(
+    "--spike-ratio",
+    type=click.FloatRange(min=1, min_open=True),
+    default=None,
+    help="Spikes: a tensor departed when its norm or largest magnitude changed by this factor "
+    "(default 3).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def why(
+    trace: str, rank: int | None, step_no: int | None, spike_ratio: float | None, as_json: bool
+) -> None:
+    """Explain each trigger event of a flight-recorded run: where the NaN/Inf entered, or where
+    a spike's statistics departed from the step before (op or module, its numbers at that step
+    and the one before, the path to the loss), which rank saw it first, and how to record that
+    step again in full from a checkpoint.
+
+    Exit status 0: no trigger event; 1: events explained.
+    """
+    from replayer.why import WhyOptions, explain
+
+    options = WhyOptions(rank=rank, step=step_no)
+    if spike_ratio is not None:  # else WhyOptions' default
+        options = dataclasses.replace(options, spike_ratio=spike_ratio)
+    with tracefmt.open(trace) as t:
+        report = explain(t, options)
+    if as_json:
+        click.echo(dumps(report.to_json(), indent=1))
+    else:
+        from rich.console import Console
+
+        from replayer.why import render
+
+        render(report, Console())
+    if report.has_events:
         sys.exit(EXIT_MISMATCH)
 
 
