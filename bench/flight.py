@@ -13,7 +13,8 @@ How it measures: a flight recorder captures every step it is open for, so config
 be interleaved step by step as in ``bench/overhead_models.py``; they are interleaved **by
 block**: each round runs one block of consecutive steps of every configuration in a fresh random
 order (``off``: no recorder; ``light``: ``record(mode="light")``; ``ring``:
-``record(mode="flight", ring_steps=K)``, the default writer process holding the ring), opening
+``record(mode="flight", ring_steps=K)``, the default writer process holding the ring; ``full``:
+today's ``record()`` writing every step in full, which the ring must not exceed), opening
 and closing the recorder outside the timed steps, and drops the first two steps of each block
 (warm-up of hooks and caches).  A ratio is the median step time of a configuration over the
 median of ``off``.  ``light_bytes_per_step`` is the file size of the light runs over their light
@@ -41,7 +42,7 @@ from hf_models import HF_MODELS, build, require_transformers
 import recorder
 import tracefmt
 
-CONFIGS = ("off", "light", "ring")
+CONFIGS = ("off", "light", "ring", "full")
 MODELS = ("facts", "gpt2")
 RING_BUDGET = 2 << 30
 
@@ -73,6 +74,8 @@ def bench_model(
                 rec = recorder.record(
                     out, model=model, mode="flight", ring_steps=ring_steps, ring_bytes=RING_BUDGET
                 )
+            elif config == "full":
+                rec = recorder.record(out, model=model)
             if rec is not None:
                 rec.__enter__()
             try:
@@ -102,6 +105,7 @@ def bench_model(
         "off_ms": round(1000 * off, 2),
         "light_ratio": round(med["light"] / off, 3),
         "ring_ratio": round(med["ring"] / off, 3),
+        "full_ratio": round(med["full"] / off, 3),
         "median_ms": {c: round(1000 * m, 2) for c, m in med.items()},
         "samples": len(times["off"]),
         "light_bytes_per_step": light_bytes // max(light_steps, 1),

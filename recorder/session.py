@@ -35,7 +35,7 @@ from recorder.captured import RawStep
 from recorder.distributed import Located, ManifestKeeper, locate
 from recorder.engine import NativeCapture
 from recorder.engine import choose as choose_engine
-from recorder.flight.keeper import FlightKeeper, TriggerFired
+from recorder.flight.keeper import FlightKeeper
 from recorder.options import Options, RecordOptions
 from recorder.pipeline import BackgroundWriter, Sink
 from recorder.schedule import Action, Schedule
@@ -187,18 +187,15 @@ class Recorder:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._end_capture()
-        if (
-            exc is not None
-            and self._keeper is not None
-            and not isinstance(exc, TriggerFired)
-            and self._writer is not None
-            and not self._writer.failed
-        ):
-            self._keeper.exception(self._step, exc)
         stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
+        try:
+            self._end_capture()
+            writer = self._writer
+            if exc is not None and self._keeper is not None and writer and not writer.failed:
+                self._keeper.exception(self._step, exc)
+        finally:
+            if stack is not None:
+                stack.close()
         if exc_type is None and self._writer is not None:
             self._writer.check()
 
@@ -241,7 +238,9 @@ class Recorder:
             if disposition is not None:
                 raw.hold = disposition.hold
                 raw.events = [*raw.events, *disposition.events]
-            if self._writer.submit(raw) and not raw.hold:
+            if not self._writer.submit(raw) and keeper is not None and disposition is not None:
+                keeper.dropped(disposition.events)
+            elif not raw.hold:
                 self.recorded_steps.append(raw.step)
         if keeper is not None and disposition is not None:
             keeper.after_submit(self._step, disposition)

@@ -17,19 +17,20 @@ Which engine ran is in each trace's provenance (``"recorder_engine"``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import ModuleType
 from typing import cast
 
 import torch
 
 from recorder.buildcache import warn_local_rank0
-from recorder.engine.extension import load
+from recorder.engine.extension import load, loaded
 from recorder.engine.stepcapture import NativeCapture
 from recorder.options import Options
 from tracefmt.errors import TraceError
 
-__all__ = ["NativeCapture", "choose"]
+__all__ = ["NativeCapture", "choose", "hidden"]
 
 _warned = False
 #: ``torch.cuda.is_initialized``, typed (torch leaves it unannotated)
@@ -90,3 +91,29 @@ def choose(
             stacklevel=4,
         )
     return "python", None
+
+
+def hidden() -> AbstractContextManager[object]:
+    """The recorder's own torch work (light capture's reductions and copies, a debugger opened
+    at a trigger) hidden from whichever capture records this thread's step: the Python
+    dispatch modes and the native engine.  Costs a check when neither is capturing."""
+    ext = loaded()
+    native = ext is not None and bool(ext.included())
+    python = torch._C._len_torch_dispatch_stack() > 0
+    if not native and not python:
+        return nullcontext()
+    return _hidden(ext if native else None, python)
+
+
+@contextmanager
+def _hidden(ext: ModuleType | None, python: bool) -> Iterator[None]:
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    if ext is not None:
+        ext.enable(False)
+    try:
+        with _disable_current_modes() if python else nullcontext():
+            yield
+    finally:
+        if ext is not None:
+            ext.enable(True)

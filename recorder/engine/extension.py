@@ -25,7 +25,7 @@ import torch
 
 from recorder.buildcache import cache_dirs, locked
 
-__all__ = ["EngineBuild", "load"]
+__all__ = ["EngineBuild", "load", "loaded"]
 
 _SOURCE = Path(__file__).with_name("capture.cpp")
 _FLAGS = ["-O2", "-fvisibility=hidden"]
@@ -114,6 +114,12 @@ def _first_error(message: str) -> str:
         if "error:" in line:
             return line[-300:]
     return lines[-1][-300:] if lines else "unknown error"
+
+
+def loaded() -> ModuleType | None:
+    """The engine if this process has loaded it already (never builds it)."""
+    result = _result
+    return None if result is None else result.module
 
 
 def load() -> EngineBuild:

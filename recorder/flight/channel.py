@@ -31,7 +31,27 @@ import numpy as np
 
 from recorder.flight.wire import Message
 
-__all__ = ["FRAME", "Consumer", "Frame", "FrameReader", "Kind", "Producer", "send_frame"]
+__all__ = [
+    "FRAME",
+    "Consumer",
+    "Frame",
+    "FrameReader",
+    "Kind",
+    "Producer",
+    "readable",
+    "send_frame",
+]
+
+
+def readable(fds: list[int], timeout: float | None) -> list[int]:
+    """Which of ``fds`` can be read within ``timeout`` seconds (None: wait; 0: now).  Through
+    ``poll``, not ``select``: a large job's descriptors go past ``select``'s limit of 1024."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    ms = None if timeout is None else max(0, int(timeout * 1000))
+    return [fd for fd, _ in poller.poll(ms)]
+
 
 FRAME = struct.Struct("<IIQQ")
 #: the largest message the writer process accepts (a sanity bound on a corrupted length)
@@ -67,7 +87,7 @@ class FrameReader:
     def read(self, timeout: float | None) -> list[Frame]:
         """The frames that arrive within ``timeout`` seconds (0: only those there now)."""
         if not self.eof:
-            ready, _, _ = select.select([self._sock], [], [], timeout)
+            ready = readable([self._sock.fileno()], timeout)
             while ready:
                 try:
                     data = self._sock.recv(1 << 16, socket.MSG_DONTWAIT)

@@ -45,12 +45,12 @@ import contextlib
 import fcntl
 import os
 import re
-import select
 import signal
 import struct
 import time
 from typing import Any
 
+from recorder.flight.channel import readable
 from tracefmt.events import PROCESS_DIED, trigger_event
 from tracefmt.model import Event
 
@@ -123,8 +123,7 @@ class TrainerWatch:
     def gone(self) -> bool:
         """Whether the trainer has exited (without waiting)."""
         if self.pidfd is not None:
-            ready, _, _ = select.select([self.pidfd], [], [], 0)
-            return bool(ready)
+            return bool(readable([self.pidfd], 0))
         return os.getppid() != self.pid
 
     def exit_status(self, timeout: float = 2.0) -> int | None:

@@ -21,6 +21,7 @@ the debugger or the callable gets the module and its inputs and output.
 
 from __future__ import annotations
 
+import fnmatch
 import pdb
 import sys
 import traceback
@@ -31,6 +32,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from recorder.engine import hidden
 from recorder.flight.alarms import TriggerOptions, Triggers
 from recorder.flight.lightcapture import LightCapture, ModuleInputs
 from recorder.flight.remote import RemoteTriggers
@@ -45,7 +47,7 @@ from tracefmt.events import (
     message_fields,
     trigger_event,
 )
-from tracefmt.light import LightStepRecord
+from tracefmt.light import LightStepRecord, empty_light_rows
 from tracefmt.model import Event
 
 __all__ = ["CreatedAt", "Disposition", "Fired", "FlightKeeper", "TriggerFired"]
@@ -99,17 +101,19 @@ class FlightKeeper:
         if options.trigger is not None:
             trigger_options = replace(trigger_options, predicate=options.trigger)
         self._triggers = Triggers(trigger_options, rank=rank)
+        stops = options.on_trigger is not None and trigger_options.nonfinite
         self._light = LightCapture(
-            names,
-            updates=options.light_updates,
-            on_created=self._created if options.on_trigger is not None else None,
+            names, updates=options.light_updates, on_created=self._created if stops else None
         )
+        self._by_design = trigger_options.by_design
         self._remote = None if run_id is None else RemoteTriggers.from_default_group(run_id)
         self._after = 0
         self._last_fired = -1
         self._hooks: ExitStack | None = None
         self._active = False  #: the step before fired a non-finite kind
         self._stopped = -1  #: the step on_trigger last stopped in (once per step)
+        self._pending: list[Event] = []  #: fired inside the step under way (in its forward)
+        self._light_sent = -1  #: the last light step handed to the writer
         #: every trigger event this rank fired or received, in order (also in the trace)
         self.fired: list[Event] = []
         self._step = 0
@@ -130,8 +134,9 @@ class FlightKeeper:
             self._hooks = self._light.install()
 
     def skip(self) -> None:
-        """A step light mode does not measure."""
+        """A step not measured: off light mode's schedule, or after the writer failed."""
         self._unhook()
+        self._light.reset()
 
     def _unhook(self) -> None:
         hooks, self._hooks = self._hooks, None
@@ -152,8 +157,9 @@ class FlightKeeper:
         record to the writer, and a ring release before it when a trigger fired."""
         light = self._light.finish(step, scalars, wall_time=wall_time, duration=duration)
         self._unhook()
-        events = self._new(self._triggers.evaluate(step, light=light))
-        if events and self._remote is not None:
+        pending, self._pending = self._pending, []
+        events = self._new(self._triggers.evaluate(step, light=light), pending)
+        if events and not pending and self._remote is not None:
             self._remote.post(step, events[0].kind, _reason(events[0]))
         if self._remote is not None:
             while (hit := self._remote.poll()) is not None:
@@ -163,13 +169,13 @@ class FlightKeeper:
         if events:
             self._last_fired = step
             self._after = self.options.after_steps
-            self.fired.extend(events)
+            self.fired.extend(e for e in events if e not in pending)
         elif self._after:
             self._after -= 1
             scheduled = True
         if not self.flight:
             light.events = tuple(events)
-        self._writer.submit_light(light)
+        self._submit_light(light)
         if events and self.flight:
             self._writer.release()
         disposition = Disposition(
@@ -177,13 +183,27 @@ class FlightKeeper:
         )
         return light, disposition
 
-    def _new(self, events: list[Event]) -> list[Event]:
-        """The events that start something: while the step before was non-finite (a NaN stays
-        in the parameters and spreads), non-finite events are the same episode, not triggers."""
-        persistent = [e for e in events if e.kind in _PERSISTENT]
+    def _new(self, events: list[Event], pending: list[Event]) -> list[Event]:
+        """The step's trigger events: those fired in its forward (``pending``), then the
+        alarms' that start something.  While the step before was non-finite (a NaN stays in
+        the parameters and spreads) non-finite alarms are the same episode, not triggers; and
+        the module the forward already named is not named twice."""
+        if any(e.kind == NONFINITE_CREATED for e in pending):
+            events = [e for e in events if e.kind != NONFINITE_CREATED]
+        active = any(e.kind in _PERSISTENT for e in [*pending, *events])
         fresh = [e for e in events if e.kind not in _PERSISTENT or not self._active]
-        self._active = bool(persistent)
-        return fresh
+        self._active = active
+        return [*pending, *fresh]
+
+    def _submit_light(self, light: LightStepRecord) -> None:
+        self._writer.submit_light(light)
+        self._light_sent = light.step
+
+    def dropped(self, events: tuple[Event, ...]) -> None:
+        """The writer dropped the full step that carried ``events`` (``backpressure="drop"``):
+        they go into the trace in a light step of their own, the next one."""
+        if events:
+            self._pending.extend(events)
 
     def after_submit(self, step: int, disposition: Disposition) -> None:
         """``on_trigger`` for a trigger found at the end of a step (the step is queued)."""
@@ -192,36 +212,53 @@ class FlightKeeper:
 
     def exception(self, step: int, exc: BaseException) -> None:
         """An exception left the recording inside ``step``: write the ring and a light step
-        with the exception event."""
-        where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-        at = f" at {where[0].filename}:{where[0].lineno}" if where else ""
-        event = trigger_event(
-            EXCEPTION,
-            f"{type(exc).__name__} raised inside step {step}{at}: {exc}"[:2000],
-            rank=self.rank,
-            exception=type(exc).__name__,
-        )
-        light = self._light.finish(step, {})
-        light.events = (event,)
-        self.fired.append(event)
-        if self._remote is not None:
-            self._remote.post(step, EXCEPTION, _reason(event))
-        self._writer.submit_light(light)
+        with the exception event (and the events fired in its forward).  A step whose light
+        record was sent already (the exception came at its end: a debugger quit, a raising
+        ``on_trigger``) is followed by a light step of its own."""
+        events, self._pending = list(self._pending), []
+        if not isinstance(exc, TriggerFired):
+            where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+            at = f" at {where[0].filename}:{where[0].lineno}" if where else ""
+            reason = f"{type(exc).__name__} raised inside step {step}{at}: {exc}"
+            event = trigger_event(
+                EXCEPTION, reason[:2000], rank=self.rank, step=step, exception=type(exc).__name__
+            )
+            events.append(event)
+            self.fired.append(event)
+            if self._remote is not None:
+                self._remote.post(step, EXCEPTION, _reason(event))
+        if not events:
+            return
+        try:
+            light = self._light.finish(step, {})
+        except Exception:  # the device may be what failed: the events matter more than rows
+            light = LightStepRecord(step, (), empty_light_rows(0))
+        if step <= self._light_sent:
+            light = LightStepRecord(self._light_sent + 1, (), empty_light_rows(0))
+        light.events = tuple(events)
+        self._submit_light(light)
         if self.flight:
             self._writer.release()
 
     # -- stopping the training thread --------------------------------------------------------
     def _created(self, path: str, module: torch.nn.Module, inputs: ModuleInputs, output: Any) -> None:
         """Light capture saw module ``path`` create NaN/Inf, inside the forward."""
-        if self._active:  # the step before was non-finite already: the same episode
-            return
+        if self._active or any(fnmatch.fnmatchcase(path, g) for g in self._by_design):
+            return  # the step before was non-finite already (the same episode), or by design
+        step = self._step
         event = trigger_event(
             NONFINITE_CREATED,
-            f"module {path or '<root>'} ({type(module).__name__}) made NaN/Inf from finite inputs",
+            f"Module {path or '<root>'!r} ({type(module).__name__}) made NaN/Inf from finite "
+            f"inputs in the forward of step {step}.",
             rank=self.rank,
             module=path,
+            step=step,
         )
-        self._stop(Fired(self._step, (event,), CreatedAt(path, module, inputs, output)))
+        self._pending.append(event)
+        self.fired.append(event)
+        if self._remote is not None:
+            self._remote.post(step, NONFINITE_CREATED, _reason(event))
+        self._stop(Fired(step, (event,), CreatedAt(path, module, inputs, output)))
 
     def _stop(self, fired: Fired) -> None:
         self._stopped = fired.step
@@ -236,21 +273,23 @@ class FlightKeeper:
                 "the steps before it.",
                 fired,
             )
-        if action == "pdb":
-            print(
-                f"tracefmt: trigger at step {fired.step}: {summary}. `fired` holds the events"
-                + (
-                    "; `fired.created` the module, its inputs and output (`up` reaches the "
-                    "training code)."
-                    if fired.created
-                    else "."
-                ),
-                file=sys.stderr,
-            )
-            _debugger().set_trace(sys._getframe())
-            return
-        if callable(action):
-            action(fired)
+        with hidden():  # what the user does here is not the step's
+            if action == "pdb":
+                print(
+                    f"tracefmt: trigger at step {fired.step}: {summary}. `fired` holds the "
+                    "events"
+                    + (
+                        "; `fired.created` the module, its inputs and output (`up` reaches "
+                        "the training code)."
+                        if fired.created
+                        else "."
+                    ),
+                    file=sys.stderr,
+                )
+                _debugger().set_trace(sys._getframe())
+                pass  # the debugger stops here, `fired` in scope
+            elif callable(action):
+                action(fired)
 
 
 #: Trigger kinds whose condition outlasts a step: they fire when it starts, not at every step.

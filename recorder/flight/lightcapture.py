@@ -55,7 +55,6 @@ own work is 6-7% of the step, 1.7 points of it the updates.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
 import time
@@ -71,8 +70,8 @@ from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
 )
-from torch.utils._python_dispatch import _disable_current_modes
 
+from recorder.engine import hidden
 from recorder.flight.lightstats import Plan, StepRows, address, plan
 from recorder.tracking import Names
 from tracefmt.light import LightFlags, LightKind, LightStepRecord
@@ -145,13 +144,6 @@ def _in_place(kept: _Kept) -> bool:
     )
 
 
-def _modes_off() -> contextlib.AbstractContextManager[object]:
-    """Our torch work hidden from a Python dispatch mode that is capturing the step."""
-    if torch._C._len_torch_dispatch_stack():
-        return _disable_current_modes()
-    return contextlib.nullcontext()
-
-
 class LightCapture:
     """Measures training steps through hooks and returns one :class:`LightStepRecord` per step.
 
@@ -217,10 +209,7 @@ class LightCapture:
         if path is None:
             self._unnamed = True
         name = module if path is None else self._name(path)
-        if torch._C._len_torch_dispatch_stack():
-            with _disable_current_modes():
-                created = self._measure(name, tensors, args, kwargs)
-        else:
+        with hidden():
             created = self._measure(name, tensors, args, kwargs)
         if created and self.on_created is not None and not self._created_seen:
             self._created_seen = True
@@ -269,7 +258,7 @@ class LightCapture:
             or not all(map(operator.is_, kept.params, params))
         ):
             kept = self._remember(optimizer, params)
-        with _modes_off(), torch.no_grad():
+        with hidden(), torch.no_grad():
             self._rows.tensors(kept.names, _GRADIENT, grads, plan(grads, self._native))
             if kept.buffers:
                 torch._foreach_copy_(kept.buffers, params)
@@ -298,7 +287,7 @@ class LightCapture:
         if kept is None:
             return
         where = kept.where if _in_place(kept) else plan(kept.params, self._native)
-        with _modes_off(), torch.no_grad():
+        with hidden(), torch.no_grad():
             if kept.buffers:
                 torch._foreach_sub_(kept.buffers, kept.params)  # old - new: the update, negated
                 self._rows.tensors(kept.names, _UPDATE, kept.buffers, kept.buffer_where, negate=True)

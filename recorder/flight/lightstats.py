@@ -392,3 +392,8 @@ def _fill(out: np.ndarray, cols: np.ndarray, neg: np.ndarray, flags: np.ndarray)
     out["mean"] = np.where(has, np.where(neg, -mean, mean), np.nan)
     out["std"] = np.where(has, np.sqrt(np.maximum(centred, 0.0) / mm), np.nan)
     out["norm"] = np.where(has, np.sqrt(np.maximum(sumsq, 0.0)), np.nan)
+    # a diverging run's huge values overflow the sums: no moments then, never infinite ones
+    lost = has & ~(np.isfinite(out["mean"]) & np.isfinite(out["std"]) & np.isfinite(out["norm"]))
+    out["flags"][lost] &= np.uint8(~LightFlags.MOMENTS & 0xFF)
+    for name in ("min", "max", "mean", "std", "norm"):
+        out[name][lost] = np.nan

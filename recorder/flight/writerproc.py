@@ -26,7 +26,6 @@ import dataclasses
 import json
 import mmap
 import os
-import select
 import signal
 import socket
 import sys
@@ -34,7 +33,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from recorder.flight.channel import Consumer, FrameReader, Kind, send_frame
+from recorder.flight.channel import Consumer, FrameReader, Kind, readable, send_frame
 from recorder.flight.deathwatch import TrainerWatch, death_event
 from recorder.flight.ring import Ring
 from recorder.flight.wire import ControlMessage, Decoder, LightMessage, OpenMessage, StepMessage
@@ -88,7 +87,7 @@ class _Server:
             watched.append(self.watch.pidfd)
         while True:
             fds = watched + ([self.crash_fd] if self.crash_fd is not None else [])
-            ready, _, _ = select.select(fds, [], [], None if self.watch.pidfd is not None else 1.0)
+            ready = readable(fds, None if self.watch.pidfd is not None else 1.0)
             if self.crash_fd is not None and self.crash_fd in ready:
                 self._read_crash()
             if self.sock.fileno() in ready:
@@ -304,6 +303,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A job being cancelled (SLURM's scancel, a container stop, torchrun tearing down) signals
+    # every process it knows; this one must outlive the trainer long enough to write the ring,
+    # and its own deadline bounds how long once the trainer is gone.  SIGKILL still ends it.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return _Server(_parse(argv)).run()
 
 

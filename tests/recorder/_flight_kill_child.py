@@ -1,9 +1,11 @@
 """A flight-mode trainer that dies at step 50: ``python -m tests.recorder._flight_kill_child DIR HOW``.
 
 Trains the small GPT example in flight mode (ring of 8, the default writer process) and, in step
-50, after its forward and backward and a pause such as a slow or hung step has (0.3 s: time for
-the trainer's writer thread to hand step 49 to the writer process), dies by ``HOW``: ``kill``
-(SIGKILL), ``segv`` (SIGSEGV raised in the trainer).
+50, after its forward and backward, dies by ``HOW``: ``kill`` (SIGKILL), ``segv`` (SIGSEGV raised
+in the trainer).  Before dying it waits until the trainer's writer thread has handed every
+finished step to the writer process (``rec.flush()``), as it has in a job killed for hanging;
+a kill within milliseconds of ``rec.step()`` can lose the one or two steps still being turned
+into records in the trainer (README, flight mode).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 import torch
 
@@ -29,7 +30,7 @@ def main(out: str, how: str) -> None:
             loss = model(x, y)
             loss.backward()
             if step == 50:
-                time.sleep(0.3)
+                rec.flush()
                 os.kill(os.getpid(), signal.SIGKILL if how == "kill" else signal.SIGSEGV)
             opt.step()
             opt.zero_grad()

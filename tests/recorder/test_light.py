@@ -446,3 +446,20 @@ def test_our_work_is_hidden_from_a_dispatch_mode() -> None:
     ops = {name for name, _, _ in log.ops}
     assert not {"aten::_foreach_copy_.default", "aten::_foreach_sub_.List"} & ops
     assert "aten::segment_reduce.default" not in ops
+
+
+def test_finite_values_too_large_for_the_sums_give_no_moments_not_infinite_ones() -> None:
+    """A diverging run's 1e20s overflow float32 squares: the row keeps its counts, and no
+    infinite moment (a MOMENTS row must hold finite ones, TF-LIGHT-003)."""
+    for native in (True, False):
+        lin = torch.nn.Linear(4, 4)
+        names = Names()
+        names.add_root(lin)
+        capture = LightCapture(names, updates=False, native=native)
+        with capture.install():
+            lin(torch.full((2, 4), 1e20))
+            record = capture.finish(0)
+        record.check()
+        for row in record.rows:
+            if row["flags"] & LightFlags.MOMENTS:
+                assert all(np.isfinite(row[f]) for f in ("min", "max", "mean", "std", "norm"))
