@@ -21,17 +21,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from recorder.flight.alarms import TriggerOptions
+from recorder.flight.spike import SpikeOptions
 from recorder.options import Options, ValuesSelection, select
 from recorder.schedule import Action, Schedule, schedule
 
 if TYPE_CHECKING:
+    from recorder.flight.keeper import Fired, TriggerFired
     from recorder.session import Recorder, record
 
 __all__ = [
     "Action",
+    "Fired",
     "Options",
     "Recorder",
     "Schedule",
+    "SpikeOptions",
+    "TriggerFired",
+    "TriggerOptions",
     "ValuesSelection",
     "record",
     "schedule",
@@ -44,4 +51,8 @@ def __getattr__(name: str) -> Any:
         from recorder import session
 
         return getattr(session, name)
+    if name in ("Fired", "TriggerFired"):
+        from recorder.flight import keeper
+
+        return getattr(keeper, name)
     raise AttributeError(f"module 'recorder' has no attribute {name!r}")

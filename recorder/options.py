@@ -7,11 +7,21 @@ sentence saying what is allowed, not deep inside a training step.  Nothing here 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 from recorder.flight.alarms import TriggerOptions
+from recorder.flight.settings import (
+    Mode,
+    OnTrigger,
+    TriggerPredicate,
+    check_mode_options,
+    parse_callable,
+    parse_mode,
+    parse_on_trigger,
+    parse_triggers,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -51,15 +61,6 @@ Backpressure = Literal["block", "drop"]
 #: Which capture engine records the ops: the C++ one (:mod:`recorder.engine`), the Python
 #: dispatch mode (:mod:`recorder.capture`), or the C++ one where it can run.
 Engine = Literal["auto", "native", "python"]
-#: What the recorder does with the steps: write those the schedule picks (``"record"``); capture
-#: every step, keep the last ones in a ring and write them when a trigger fires (``"flight"``);
-#: or only light capture, on the schedule's steps (``"light"``).
-Mode = Literal["record", "flight", "light"]
-#: What a trigger does besides writing the ring: nothing, raise, stop in pdb, or call this.
-OnTrigger = Literal["raise", "pdb"] | Callable[[Any], object] | None
-#: A user's trigger: called at each ``rec.step()`` with the step number and its scalars; true
-#: (or a non-empty reason string) fires.
-TriggerPredicate = Callable[[int, Mapping[str, float]], "bool | str | None"]
 
 
 def _strings(name: str, value: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -215,43 +216,6 @@ def parse_engine(value: object) -> Engine:
     )
 
 
-def parse_mode(value: object) -> Mode:
-    """``mode=``: ``"record"``, ``"flight"`` or ``"light"``."""
-    if value == "record" or value == "flight" or value == "light":
-        return value
-    raise ValueError(
-        f"record(mode={value!r}) must be 'record' (write the steps the schedule picks), "
-        "'flight' (keep the last steps in memory, write them when a trigger fires) or 'light' "
-        "(per-module statistics only)."
-    )
-
-
-def parse_on_trigger(value: object) -> OnTrigger:
-    """``on_trigger=``: None, ``"raise"``, ``"pdb"`` or a callable."""
-    if value is None or value == "raise" or value == "pdb" or callable(value):
-        return cast("OnTrigger", value)
-    raise ValueError(
-        f"record(on_trigger={value!r}) must be None (write and go on), 'raise', 'pdb' or a "
-        "function taking the trigger."
-    )
-
-
-def parse_callable(name: str, value: object) -> Any:
-    """An optional function."""
-    if value is not None and not callable(value):
-        raise TypeError(f"record({name}=...) takes a function or None, got {value!r}.")
-    return value
-
-
-def parse_triggers(value: object) -> TriggerOptions | None:
-    """``triggers=``: None or :class:`recorder.flight.alarms.TriggerOptions`."""
-    if value is not None and not isinstance(value, TriggerOptions):
-        raise TypeError(
-            f"record(triggers=...) takes recorder.TriggerOptions(...) or None, got {value!r}."
-        )
-    return value
-
-
 def parse_backpressure(value: object) -> Backpressure:
     """``backpressure=``: ``"block"`` or ``"drop"``."""
     if value == "block" or value == "drop":
@@ -313,7 +277,7 @@ class Options:
     triggers: TriggerOptions | None = None
     #: Light capture measures each parameter's update (costs a copy of the parameters).
     light_updates: bool = True
-    #: Flight mode: the ring and the trace live in a writer process that outlives this one.
+    #: Flight and light modes: the trace (and the ring) live in a writer process that outlives this one.
     writer_process: bool = True
 
     def __post_init__(self) -> None:
@@ -349,6 +313,7 @@ class Options:
         }
         for name, value in parsed.items():
             object.__setattr__(self, name, value)
+        check_mode_options(self)
         if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
             raise ValueError(f"record(rank={self.rank}) must be below world_size={self.world_size}.")
 

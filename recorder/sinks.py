@@ -56,7 +56,7 @@ def open_trace_writer(
         "provenance_extra": extra,
         "overwrite": overwrite,
     }
-    if options.mode == "flight" and options.writer_process:
+    if options.mode != "record" and options.writer_process:
         from recorder.flight.process import WriterProcess
 
         process = WriterProcess(

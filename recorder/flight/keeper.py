@@ -106,7 +106,9 @@ class FlightKeeper:
             names, updates=options.light_updates, on_created=self._created if stops else None
         )
         self._by_design = trigger_options.by_design
-        self._remote = None if run_id is None else RemoteTriggers.from_default_group(run_id)
+        # the store's keys are named by run id: a '/' in a user's id would nest them
+        key = None if run_id is None else run_id.replace("/", "_")
+        self._remote = None if key is None else RemoteTriggers.from_default_group(key)
         self._after = 0
         self._last_fired = -1
         self._hooks: ExitStack | None = None
@@ -129,9 +131,14 @@ class FlightKeeper:
         return stack
 
     def begin(self, step: int, *, scheduled: bool) -> None:
+        """Light mode installs the hooks at a scheduled step and keeps them over the scheduled
+        steps that follow (removing them each step would reallocate the update buffers: a
+        copy of the parameters per step); the first step off the schedule removes them."""
         self._step = step
         if not self.flight and scheduled and self._hooks is None:
             self._hooks = self._light.install()
+        elif not scheduled:
+            self._unhook()
 
     def skip(self) -> None:
         """A step not measured: off light mode's schedule, or after the writer failed."""
@@ -156,7 +163,6 @@ class FlightKeeper:
         """The step's light record and what to do with its full capture; sends the light
         record to the writer, and a ring release before it when a trigger fired."""
         light = self._light.finish(step, scalars, wall_time=wall_time, duration=duration)
-        self._unhook()
         pending, self._pending = self._pending, []
         events = self._new(self._triggers.evaluate(step, light=light), pending)
         if events and not pending and self._remote is not None:

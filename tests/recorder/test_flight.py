@@ -263,3 +263,40 @@ def test_a_nan_on_rank_1_makes_both_ranks_write_and_why_names_rank_1(tmp_path: P
     assert report.first_seen is not None
     assert (report.first_seen.rank, report.first_seen.step) == (1, 20)
     assert not _errors(out)
+
+
+def test_flight_options_without_a_flight_mode_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"'on_trigger', 'ring_steps'.*mode="):
+        recorder.record("x", on_trigger="raise", ring_steps=4)
+    assert recorder.record("x", mode="light", light_updates=False).options.light_updates is False
+
+
+def test_the_native_engine_does_not_record_light_captures_own_ops(tmp_path: Path) -> None:
+    model, opt, data = _small()
+    with recorder.record(
+        tmp_path, model=model, mode="flight", engine="native", schedule=recorder.schedule()
+    ) as rec:
+        for step in range(3):
+            rec.step(loss=_train(model, opt, data, step))
+    with tracefmt.open(tmp_path) as trace:
+        assert trace.provenance.extra["recorder_engine"] == "native"
+        names = {op.name for op in trace.step(2).ops}
+    assert not {n for n in names if n.startswith("aten::_foreach_copy_") or "_foreach_sub_" in n}
+
+
+def test_a_trigger_on_rank_1_alone_makes_rank_0_write_its_ring(tmp_path: Path) -> None:
+    from tests.torchrun import torchrun
+    from tracefmt.events import REMOTE_TRIGGER, USER_TRIGGER
+
+    done = torchrun(["-m", "tests.recorder._remote_child", str(tmp_path)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    with tracefmt.open(tmp_path) as trace:
+        assert trace.steps(1) == [2, 3, 4, 5]
+        assert [e.kind for e in trace.step(5, rank=1).events] == [USER_TRIGGER]
+        (written,) = [n for n in trace.steps(0) if trace.step(n, rank=0).events]
+        assert written == 6  # the step after the barrier: rank 1 had posted
+        assert trace.steps(0) == [3, 4, 5, 6]
+        (event,) = trace.step(6, rank=0).events
+        assert event.kind == REMOTE_TRIGGER
+        assert message_fields(event)["rank"] == 1
+    assert not _errors(tmp_path)
