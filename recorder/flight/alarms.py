@@ -46,13 +46,13 @@ from tracefmt.events import (
 )
 from tracefmt.light import LightFlags, LightKind, LightStepRecord
 from tracefmt.model import Event
+from tracefmt.nonfinite import light_report
 
 __all__ = ["Predicate", "TriggerOptions", "Triggers", "gradient_norm"]
 
 # plain ints: an IntEnum member costs an attribute lookup through enum's machinery per use
-_OUTPUT, _GRADIENT = int(LightKind.OUTPUT), int(LightKind.GRADIENT)
+_GRADIENT = int(LightKind.GRADIENT)
 _MOMENTS, _COUNTS = int(LightFlags.MOMENTS), int(LightFlags.COUNTS)
-_INPUTS_NONFINITE = int(LightFlags.INPUTS_NONFINITE)
 
 #: ``trigger(step, scalars)``: true (or a non-empty reason) fires a ``user_trigger`` event.
 Predicate = Callable[[int, Mapping[str, float]], "bool | str | None"]
@@ -179,14 +179,9 @@ class Triggers:
     # -- the kinds ---------------------------------------------------------------------------
     def _created(self, step: int, light: LightStepRecord) -> list[Event]:
         rows = light.rows
-        mask = (
-            (rows["kind"] == _OUTPUT)
-            & ((rows["flags"] & _COUNTS) != 0)
-            & ((rows["flags"] & _INPUTS_NONFINITE) == 0)
-            & ((rows["nan"] + rows["inf"]) > 0)
-        )
+        created = rows[list(light_report(rows, {}).created)]  # the spec's rule (6.5)
         hits = [
-            r for r in rows[mask] if not _by_design(light.names[int(r["name"])], self.options.by_design)
+            r for r in created if not _by_design(light.names[int(r["name"])], self.options.by_design)
         ]
         if not hits:
             return []
@@ -224,12 +219,7 @@ class Triggers:
             bad.append(_scalar_bad("gradient norm", self.options.grad_norm_scalar, grad_norm))
         if light is not None:
             rows = light.rows
-            mask = (
-                (rows["kind"] != _OUTPUT)
-                & ((rows["flags"] & _COUNTS) != 0)
-                & ((rows["nan"] + rows["inf"]) > 0)
-            )
-            for r in rows[mask]:
+            for r in rows[list(light_report(rows, {}).state_rows)]:
                 what = LightKind(int(r["kind"])).label
                 name = light.names[int(r["name"])]
                 bad.append(_Bad(what, name, int(r["nan"]), int(r["inf"]), int(r["numel"])))

@@ -64,7 +64,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
@@ -76,7 +75,7 @@ from recorder.flight.lightstats import Plan, StepRows, address, plan
 from recorder.tracking import Names
 from tracefmt.light import LightFlags, LightKind, LightStepRecord
 
-__all__ = ["LightCapture", "ModuleInputs", "OnCreated", "first_created"]
+__all__ = ["LightCapture", "ModuleInputs", "OnCreated"]
 
 _OUTPUT, _GRADIENT = int(LightKind.OUTPUT), int(LightKind.GRADIENT)
 _UPDATE, _PARAMETER = int(LightKind.UPDATE), int(LightKind.PARAMETER)
@@ -369,15 +368,3 @@ def _scalar(value: object) -> float:
     if isinstance(value, torch.Tensor):
         return float(value.detach())
     return float(value)  # type: ignore[arg-type]
-
-
-def first_created(record: LightStepRecord) -> str | None:
-    """The module path of the first ``OUTPUT`` row of ``record`` whose output held NaN or Inf
-    while its inputs held none (where the non-finite values were created), or None."""
-    rows = record.rows
-    hit = np.flatnonzero(
-        (rows["kind"] == _OUTPUT)
-        & ((rows["nan"] + rows["inf"]) > 0)
-        & ((rows["flags"] & np.uint8(_INPUTS_NONFINITE)) == 0)
-    )
-    return record.names[int(rows["name"][hit[0]])] if len(hit) else None

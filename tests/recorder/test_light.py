@@ -15,11 +15,12 @@ import torch
 import torch.optim.optimizer as optim_module
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
-from recorder.flight.lightcapture import LightCapture, ModuleInputs, first_created
+from recorder.flight.lightcapture import LightCapture, ModuleInputs
 from recorder.flight.lightstats import native_kernel, torch_stats
 from recorder.tracking import Names
 from tests.recorder._util import OpLog
 from tracefmt.light import LightFlags, LightKind, LightStepRecord
+from tracefmt.nonfinite import light_report
 
 NATIVE = [
     pytest.param(True, id="native"),
@@ -263,6 +264,12 @@ def test_a_nan_in_a_weight_is_created_where_it_is_used(native: bool) -> None:
     assert state[3] == ("body", True, False)
     assert state[-1] == ("", True, False)
     assert first_created(record) == "body.2"
+
+
+def first_created(record: LightStepRecord) -> str | None:
+    """The module of the first row the spec's rule calls created (tracefmt.nonfinite)."""
+    created = light_report(record.rows, {}).created
+    return record.names[int(record.rows[created[0]]["name"])] if created else None
 
 
 def test_first_created_is_none_for_a_finite_step() -> None:
