@@ -13,9 +13,11 @@ Example::
 
 Everything between two ``rec.step()`` calls is one step.  For a step the schedule picks, hooks and a
 dispatch mode are entered through an ``ExitStack`` at the step's start and left at its end; for
-other steps nothing of the recorder is active.  Leaving the ``with`` block (normally or by an
-exception) discards the unfinished step, writes every completed one, and removes every hook, mode
-and tensor reference of the recorder.
+other steps nothing of the recorder is active (in flight mode every step is captured and light
+capture's hooks stay installed: :mod:`recorder.flight`).  Leaving the ``with`` block (normally or
+by an exception) discards the unfinished step, writes every completed one (in flight mode the
+ring only when something fired), and removes every hook, mode and tensor reference of the
+recorder.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class Recorder:
         self._manifest: ManifestKeeper | None = None
         #: Where this process stands in the run and the run id (set when a run directory is opened).
         self.located: Located | None = None
+        #: the steps handed to the writer to be written (not those a flight ring holds)
         self.recorded_steps: list[int] = []
         self._keeper: FlightKeeper | None = None
         self._scheduled = False
