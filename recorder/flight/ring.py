@@ -107,9 +107,11 @@ class RingSink:
     """A ring of held steps in front of ``sink``, in this process.
 
     Step numbers in a trace strictly increase, so :meth:`release` skips a held step that is
-    not newer than the last step written.  Light steps go to the sink's ``write_light_step``
-    when it has one (a ``TraceWriter`` does) and are dropped otherwise.  ``close`` discards
-    what was held and never released: a flight recorder writes the past only when asked.
+    not newer than the last step written, and :meth:`write_step` refuses one.  The budget
+    counts :attr:`StepRecord.nbytes` (the writer process counts the bytes it holds, encoded).
+    Light steps go to the sink's ``write_light_step`` when it has one (a ``TraceWriter``
+    does) and are dropped otherwise.  ``close`` discards what was held and never released: a
+    flight recorder writes the past only when asked.
     """
 
     def __init__(self, sink: _Sink, *, steps: int, budget: int) -> None:
@@ -127,8 +129,11 @@ class RingSink:
         return [r.step for r in self._ring]
 
     def write_step(self, record: StepRecord) -> None:
-        if record.step <= self._last:
-            return
+        if record.step <= self._last:  # as a TraceWriter and the writer process refuse it
+            raise ValueError(
+                f"Step {record.step} is not after step {self._last}, the last one written; "
+                "step numbers in a trace strictly increase."
+            )
         self._sink.write_step(record)
         self._last = record.step
 
