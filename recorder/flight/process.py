@@ -108,6 +108,7 @@ class WriterProcess:
         shm_bytes: int = 64 << 20,
         deadline: float = 60.0,
         start_timeout: float = 120.0,
+        reply_timeout: float = 600.0,
     ) -> None:
         if ring_steps < 1 or ring_bytes < 1:
             raise ValueError(
@@ -116,6 +117,9 @@ class WriterProcess:
         if shm_bytes < 1 << 16:
             raise ValueError(f"shm_bytes must be at least 64 KiB, not {shm_bytes}.")
         self.path = Path(path).absolute()
+        #: how long a flush, a release or room in the buffer may take before the writer
+        #: process counts as stuck (a hung network file system): then a TraceError, never a hang
+        self.reply_timeout = reply_timeout
         self._lock = threading.RLock()
         self._closed = False
         self._failure: str | None = None
@@ -346,8 +350,11 @@ class WriterProcess:
 
     def _wait_space(self) -> None:
         tail = self._producer.tail
+        deadline = time.monotonic() + self.reply_timeout
         while self._producer.tail == tail:
             self._pump(0.25)
+            if self._failure is None and time.monotonic() > deadline:
+                self._failure = f"took no data for {self.reply_timeout:g} seconds (stuck?)"
             if self._failure is not None:
                 self._raise()
 
@@ -358,7 +365,7 @@ class WriterProcess:
         if kind == "bye":
             self._bye = seq
         self._send(control(kind, seq))
-        return self._wait_reply(seq)
+        return self._wait_reply(seq, self.reply_timeout)
 
     def _wait_reply(self, seq: int, timeout: float | None = None) -> dict[str, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -367,7 +374,7 @@ class WriterProcess:
             if self._failure is not None and seq not in self._replies:
                 self._raise()
             if deadline is not None and time.monotonic() > deadline:
-                self._failure = f"did not answer within {timeout:g} seconds"
+                self._failure = f"did not answer within {timeout:g} seconds (stuck?)"
                 self._raise()
         return self._replies.pop(seq)
 

@@ -256,6 +256,20 @@ def test_a_killed_writer_process_is_a_trace_error_at_the_next_call(tmp_path: Pat
     assert not [f for f in validate(path) if getattr(f, "severity", "error") == "error"]
 
 
+def test_a_stuck_writer_process_is_a_trace_error_not_a_hang(tmp_path: Path) -> None:
+    """A writer stuck in a system call (a hung network file system) stands for a stopped one."""
+    path = tmp_path / "rank-00000.tft.h5"
+    sink = WriterProcess(path, reply_timeout=1.0)
+    sink.write_step(_steps(1)[0])
+    os.kill(sink.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(TraceError, match=r"did not answer within 1 seconds"):
+            sink.flush()
+    finally:
+        os.kill(sink.pid, signal.SIGCONT)
+    sink.close()
+
+
 def test_a_failed_write_in_the_writer_process_is_raised_at_the_next_call(tmp_path: Path) -> None:
     records = _steps(3)  # histograms of 8 bins, into files of 4
     sink = WriterProcess(tmp_path / "a.tft.h5", hist_bins=4, fsync=False)
