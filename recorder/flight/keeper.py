@@ -82,8 +82,7 @@ class Fired(NamedTuple):
 class Disposition(NamedTuple):
     """What the recorder does with a step's full capture."""
 
-    hold: bool  #: keep it in the ring (else write it)
-    release: bool  #: write the ring first
+    hold: bool  #: keep it in the ring (else write it; the ring was released before it)
     events: tuple[Event, ...]  #: the triggers that fired at this step
 
 
@@ -115,6 +114,7 @@ class FlightKeeper:
         self._active = False  #: the step before fired a non-finite kind
         self._stopped = -1  #: the step on_trigger last stopped in (once per step)
         self._pending: list[Event] = []  #: fired inside the step under way (in its forward)
+        self._carried: list[Event] = []  #: fired with a full step the writer dropped
         self._light_sent = -1  #: the last light step handed to the writer
         #: every trigger event this rank fired or received, in order (also in the trace)
         self.fired: list[Event] = []
@@ -179,13 +179,13 @@ class FlightKeeper:
         elif self._after:
             self._after -= 1
             scheduled = True
-        if not self.flight:
-            light.events = tuple(events)
+        carried, self._carried = self._carried, []
+        light.events = (*carried, *(() if self.flight else events))
         self._submit_light(light)
         if events and self.flight:
             self._writer.release()
         disposition = Disposition(
-            hold=self.flight and not events and not scheduled, release=bool(events), events=tuple(events)
+            hold=self.flight and not events and not scheduled, events=tuple(events)
         )
         return light, disposition
 
@@ -207,9 +207,8 @@ class FlightKeeper:
 
     def dropped(self, events: tuple[Event, ...]) -> None:
         """The writer dropped the full step that carried ``events`` (``backpressure="drop"``):
-        they go into the trace in a light step of their own, the next one."""
-        if events:
-            self._pending.extend(events)
+        they go into the trace with the next light step (they fired already: no new trigger)."""
+        self._carried.extend(events)
 
     def after_submit(self, step: int, disposition: Disposition) -> None:
         """``on_trigger`` for a trigger found at the end of a step (the step is queued)."""
