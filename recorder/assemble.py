@@ -6,6 +6,7 @@ Runs on the writer thread (:mod:`recorder.pipeline`), so none of it is on the tr
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,9 @@ import torch
 from recorder.captured import OpRow, RawStep, TensorRow
 from recorder.convert import to_numpy
 from tracefmt.errors import TraceError
-from tracefmt.model import Role
+from tracefmt.events import NONFINITE_CREATED, message_fields
+from tracefmt.model import Event, Role
+from tracefmt.nonfinite import classify_record
 from tracefmt.records import Graph, GraphBuilder, StepRecord, empty_op_stats
 
 __all__ = ["GraphCache", "build_graph", "build_record"]
@@ -133,7 +136,7 @@ def build_record(raw: RawStep, graphs: GraphCache | None = None) -> StepRecord:
         raw.values_ready.synchronize()
     values = {i: to_numpy(t) for i, t in raw.values.items()}
     scalars = {k: _scalar(v) for k, v in raw.scalars.items()}
-    return StepRecord(
+    record = StepRecord(
         step=raw.step,
         graph=graph,
         stats=stats,
@@ -147,3 +150,28 @@ def build_record(raw: RawStep, graphs: GraphCache | None = None) -> StepRecord:
         dropped=raw.dropped,
         op_starts=raw.host_start_ns or None,
     )
+    if stats is not None and any(e.kind == NONFINITE_CREATED and e.op is None for e in record.events):
+        record.events = _name_created_ops(record)
+    return record
+
+
+def _name_created_ops(record: StepRecord) -> tuple[Event, ...]:
+    """A ``nonfinite_created`` event from light capture names a module; in a full step it also
+    names the op (and its output) that created the NaN/Inf inside that module, when the step's
+    statistics show one (spec 5.11).  A module whose NaN/Inf came from its parameters has none."""
+    report = classify_record(record)
+    ops = record.graph.ops
+    events = []
+    for e in record.events:
+        module = message_fields(e).get("module")
+        if e.kind == NONFINITE_CREATED and e.op is None and isinstance(module, str):
+            inside = (
+                o
+                for o in report.created
+                if ops[o.op].module == module or ops[o.op].module.startswith(module + ".") or not module
+            )
+            first = next(inside, None)
+            if first is not None:
+                e = replace(e, op=first.op, tensor=first.outputs[0] if first.outputs else None)
+        events.append(e)
+    return tuple(events)

@@ -35,7 +35,7 @@ import torch
 from recorder.engine import hidden
 from recorder.flight.alarms import TriggerOptions, Triggers
 from recorder.flight.lightcapture import LightCapture, ModuleInputs
-from recorder.flight.remote import RemoteTriggers
+from recorder.flight.remote import RemoteTrigger, RemoteTriggers
 from recorder.options import Options
 from recorder.pipeline import BackgroundWriter
 from recorder.tracking import Names
@@ -115,6 +115,7 @@ class FlightKeeper:
         self._stopped = -1  #: the step on_trigger last stopped in (once per step)
         self._pending: list[Event] = []  #: fired inside the step under way (in its forward)
         self._carried: list[Event] = []  #: fired with a full step the writer dropped
+        self._remote_hits: list[RemoteTrigger] = []  #: other ranks' posts, by when they are due
         self._light_sent = -1  #: the last light step handed to the writer
         #: every trigger event this rank fired or received, in order (also in the trace)
         self.fired: list[Event] = []
@@ -169,9 +170,16 @@ class FlightKeeper:
             self._remote.post(step, events[0].kind, _reason(events[0]))
         if self._remote is not None:
             while (hit := self._remote.poll()) is not None:
-                # another rank's trigger, unless this rank wrote its ring around then already
-                if hit.rank != self.rank and not events and hit.step > self._last_fired:
-                    events.append(hit.event())
+                if hit.rank != self.rank:
+                    self._remote_hits.append(hit)
+            # another rank's trigger, once this rank has reached its step (a rank running
+            # ahead posts steps this one has not run yet), unless this rank wrote its ring
+            # around then already
+            due = [h for h in self._remote_hits if h.step <= step]
+            self._remote_hits = [h for h in self._remote_hits if h.step > step]
+            hit = next((h for h in due if h.step > self._last_fired), None)
+            if hit is not None and not events:
+                events.append(hit.event())
         if events:
             self._last_fired = step
             self._after = self.options.after_steps

@@ -1,8 +1,9 @@
 """Two flight-mode ranks where only rank 1 fires: ``torchrun -m tests.recorder._remote_child DIR``.
 
 No DDP, so nothing spreads between the ranks but the recorder's own post: rank 1's user trigger
-fires at step 5, and rank 0 must write its ring at its next ``rec.step()`` with a
-``remote_trigger`` event naming rank 1.  A barrier after step 5 makes rank 0's next step come
+fires at step 5, and rank 0 must write its ring at its own step 5 (if the post is there by then:
+rank 1 may run steps ahead, and its post waits for rank 0 to reach step 5) or 6, with a
+``remote_trigger`` event naming rank 1.  A barrier after step 5 makes rank 0's step 6 come
 after rank 1's post.
 """
 
