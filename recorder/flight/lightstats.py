@@ -226,19 +226,20 @@ class StepRows:
     def _settle(
         self, row: int, tensors: Sequence[torch.Tensor], slots: slice, s: float, q: float, m: int
     ) -> bool:
-        """For kernel ``slots`` that :func:`_odd` flags: False if their sums overflowed; else
-        measure the centred sum of squares of ``row`` on shifted float32 copies (0 when all
-        finite values are equal)."""
+        """For kernel ``slots`` that :func:`_odd` flags: False if their sums overflowed; else the
+        centred sum of squares of ``row`` from shifted float32 copies (0: all values equal)."""
         if not (q < math.inf and -math.inf < s < math.inf):
             return False
         if self._slots[slots, 2].min() == self._slots[slots, 3].max():
             self.centred[row] = 0.0
             return True
-        assert self.kernel is not None
+        kernel = self.kernel
+        if kernel is None:  # only kernel rows come here; without one, the torch path measures
+            return False
         mean, s2, q2, at = s / m, 0.0, 0.0, self._base + 72 * self._scratch
         for t in tensors:
             x = t.detach().float() - mean
-            if self.kernel(x.data_ptr(), x.numel(), 0, torch.get_num_threads(), at):
+            if kernel(x.data_ptr(), x.numel(), 0, torch.get_num_threads(), at):
                 return False
             s2 += self._slots.item(self._scratch, 0)
             q2 += self._slots.item(self._scratch, 1)
