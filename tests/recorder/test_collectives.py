@@ -12,7 +12,6 @@ attributes) without launching anything.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from recorder.capture import StepCapture
 from recorder.engine.extension import load as load_engine
 from recorder.options import Options
 from recorder.tracking import Names
-from tests.torchrun import torchrun
+from tests.torchrun import torchrun_ok
 from tracefmt import group_id
 from tracefmt.dtypes import fingerprint
 from tracefmt.model import OpNode, Phase
@@ -42,11 +41,7 @@ pytestmark = pytest.mark.skipif(
 
 def _torchrun(scenario: str, out: Path, engine: str = "auto") -> Path:
     run = out / scenario
-    try:
-        proc = torchrun([str(CHILD), scenario, str(run), engine])
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"torchrun {scenario} hung; stderr:\n{str(e.stderr)[-3000:]}")
-    assert proc.returncode == 0, f"torchrun {scenario} failed:\n{proc.stderr[-4000:]}"
+    torchrun_ok([str(CHILD), scenario, str(run), engine])
     return run
 
 

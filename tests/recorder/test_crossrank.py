@@ -9,7 +9,6 @@ not overwrite it.  The torchrun test prints what a poll that finds nothing costs
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 import torch.distributed as dist
 
 from recorder.flight.remote import RemoteTrigger, RemoteTriggers, default_store
-from tests.torchrun import torchrun
+from tests.torchrun import torchrun_ok
 from tracefmt.events import REMOTE_TRIGGER, message_fields
 
 CHILD = Path(__file__).with_name("_crossrank_child.py")
@@ -118,11 +117,7 @@ def test_the_remote_event_names_the_rank_that_fired() -> None:
 
 
 def test_under_torchrun_a_trigger_on_rank_1_reaches_rank_0(tmp_path: Path) -> None:
-    try:
-        proc = torchrun([str(CHILD), str(tmp_path)], timeout=120)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"torchrun hung; stderr:\n{str(e.stderr)[-3000:]}")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun_ok([str(CHILD), str(tmp_path)], timeout=120)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for rank, report in enumerate(reports):
         assert report["type"] == "PrefixStore"

@@ -37,7 +37,7 @@ from recorder.distributed import (
 )
 from recorder.examples import gpt
 from tests.recorder._util import mlp
-from tests.torchrun import torchrun
+from tests.torchrun import torchrun, torchrun_ok
 from tracefmt import ProcessGroupInfo, group_id
 from tracefmt.errors import TraceError
 from tracefmt.validate import validate
@@ -316,8 +316,7 @@ def test_torchrun_ddp_example_records_every_rank_into_one_run(tmp_path: Path) ->
     run = tmp_path / "run"
     small = ["--layers", "1", "--embd", "16", "--heads", "2", "--block", "16", "--batch", "4"]
     args = ["-m", "recorder.examples.gpt", "--ddp", "--steps", "3", "--out", str(run), *small]
-    done = torchrun([*args, "--quiet", "--json"], timeout=150)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun_ok([*args, "--quiet", "--json"], timeout=150)
     summary = json.loads(done.stdout.strip().splitlines()[-1])  # rank 0 alone prints it
     assert (summary["world_size"], summary["recorded"]) == (2, True)
     manifest = tracefmt.read_manifest(run)

@@ -250,12 +250,11 @@ def test_a_trainer_killed_at_step_50_leaves_the_eight_steps_before(
 
 def test_a_nan_on_rank_1_makes_both_ranks_write_and_why_names_rank_1(tmp_path: Path) -> None:
     from replayer.why import explain
-    from tests.torchrun import torchrun
+    from tests.torchrun import torchrun_ok
 
     out = tmp_path / "run"
     args = [*SMALL, "--ddp", "--mode", "flight", "--ring", "4", "--steps", "23", "--quiet"]
-    done = torchrun(["-m", "recorder.examples.gpt", *args, "--inject-nan", "1:20", "--out", str(out)])
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun_ok(["-m", "recorder.examples.gpt", *args, "--inject-nan", "1:20", "--out", str(out)])
     with tracefmt.open(out) as trace:
         for rank in (0, 1):
             assert trace.steps(rank)[:5] == [16, 17, 18, 19, 20], rank
@@ -285,11 +284,10 @@ def test_the_native_engine_does_not_record_light_captures_own_ops(tmp_path: Path
 
 
 def test_a_trigger_on_rank_1_alone_makes_rank_0_write_its_ring(tmp_path: Path) -> None:
-    from tests.torchrun import torchrun
+    from tests.torchrun import torchrun_ok
     from tracefmt.events import REMOTE_TRIGGER, USER_TRIGGER
 
-    done = torchrun(["-m", "tests.recorder._remote_child", str(tmp_path)])
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun_ok(["-m", "tests.recorder._remote_child", str(tmp_path)])
     with tracefmt.open(tmp_path) as trace:
         assert trace.steps(1) == [2, 3, 4, 5]
         assert [e.kind for e in trace.step(5, rank=1).events] == [USER_TRIGGER]

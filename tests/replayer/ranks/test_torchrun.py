@@ -29,7 +29,7 @@ import tracefmt
 from recorder.examples import gpt
 from recorder.examples._common import Distributed, Faults
 from replayer.cli import main
-from tests.torchrun import torchrun
+from tests.torchrun import torchrun, torchrun_ok
 from tracefmt import Role, Step
 from tracefmt.validate import validate
 
@@ -48,8 +48,7 @@ def _gpt(tmp: pytest.TempPathFactory, *faults: str) -> Path:
     """3 recorded DDP steps of the GPT example, with ``faults`` (the example's flags)."""
     run = tmp.mktemp("torchrun") / "run"
     args = ["-m", "recorder.examples.gpt", "--ddp", "--steps", "3", "--out", str(run), *SMALL]
-    done = torchrun([*args, "--quiet", *faults], TIMEOUT)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    torchrun_ok([*args, "--quiet", *faults], TIMEOUT)
     return run
 
 
@@ -315,10 +314,7 @@ def test_a_killed_rank_is_reported_with_its_last_committed_step(
 def fsdp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("torchrun") / "run"
     run.mkdir()
-    done = torchrun(
-        [str(REPO / "tests" / "recorder" / "_collectives_child.py"), "fsdp", str(run)], TIMEOUT
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    torchrun_ok([str(REPO / "tests" / "recorder" / "_collectives_child.py"), "fsdp", str(run)], TIMEOUT)
     return run
 
 
