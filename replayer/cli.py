@@ -20,6 +20,7 @@ import numpy as np
 import tracefmt
 from replayer.cli_diff import diff
 from replayer.errors import ReplayError
+from replayer.report.cli import report_cmd
 from replayer.export.mapping import PHASES
 from tracefmt.cli import TraceErrorGroup
 from tracefmt.jsonout import dumps
@@ -31,11 +32,12 @@ EXIT_MISMATCH = 1
 @click.group(cls=TraceErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(tracefmt.__version__, prog_name="replayer")
 def main() -> None:
-    """Rebuild, view, check and diff recorded training steps, compare ranks and explain
-    trigger events, without torch."""
+    """Rebuild, view, check and diff recorded training steps, compare ranks, explain trigger
+    events and report on whole runs, without torch."""
 
 
 main.add_command(diff)
+main.add_command(report_cmd)
 
 
 _step = click.option("--step", "step_no", type=int, required=True, help="Step number.")

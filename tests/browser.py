@@ -132,3 +132,53 @@ def _message(page: Page) -> str:
     """The text of Netron's message box, or "" when the page has none."""
     box = page.locator(MESSAGE)
     return box.first.inner_text(timeout=5000) if box.count() else ""
+
+
+@dataclass(frozen=True)
+class PageLoad:
+    """What a static page did when opened: its console errors and failed requests, its images
+    (``broken``: the ``src`` of each that did not decode), the sections' ids, a full-page PNG."""
+
+    errors: tuple[str, ...]
+    images: int
+    broken: tuple[str, ...]
+    anchors: tuple[str, ...]
+    screenshot: bytes
+
+
+def load_page(path: str, *, timeout: float = 60.0, executable: str | None = None) -> PageLoad:
+    """Open the local HTML file ``path`` in headless Chromium with no network, wait until it
+    has loaded, and report what it did (see :class:`PageLoad`)."""
+    from pathlib import Path
+
+    from playwright.sync_api import sync_playwright
+
+    exe = executable or find_chromium()
+    if exe is None:
+        raise RuntimeError(unavailable() or "chromium is not installed.")
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=exe, headless=True, args=_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 900}, offline=True)
+            page = context.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url[:200]}"))
+            page.goto(Path(path).resolve().as_uri(), wait_until="load", timeout=timeout * 1000)
+            images = page.locator("img")
+            broken = [
+                (images.nth(i).get_attribute("src") or "")[:80]
+                for i in range(images.count())
+                if not images.nth(i).evaluate("im => im.complete && im.naturalWidth > 0")
+            ]
+            anchors = page.locator("section[id]").evaluate_all("els => els.map(e => e.id)")
+            return PageLoad(
+                errors=tuple(errors),
+                images=images.count(),
+                broken=tuple(broken),
+                anchors=tuple(anchors),
+                screenshot=page.screenshot(type="png", full_page=True),
+            )
+        finally:
+            browser.close()
