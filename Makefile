@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: an open-ended torch requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,torch,bench]'
+	$(PY) -m pip install -q -e '.[dev,torch,bench,analysis]'
 	touch $(STAMP)
 
 setup: $(STAMP)
