@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import tracefmt
+from tracefmt.analysis.cli import sql_cmd, to_parquet_cmd
 from tracefmt.cli_extract import extract_cmd
 from tracefmt.cli_info import info_cmd
 from tracefmt.errors import TraceError
@@ -72,6 +73,8 @@ def main() -> None:
 
 main.add_command(extract_cmd)
 main.add_command(info_cmd)
+main.add_command(to_parquet_cmd)
+main.add_command(sql_cmd)
 
 path_arg = click.argument("path", type=click.Path(exists=True, dir_okay=True))
 rank_opt = click.option("--rank", type=int, default=None, help="Rank to read (default: lowest).")
