@@ -127,6 +127,8 @@ def build_record(raw: RawStep, graphs: GraphCache | None = None) -> StepRecord:
     graph = build_graph(raw) if graphs is None else graphs.graph(raw)
     op_stats = empty_op_stats(len(raw.ops))
     op_stats["host_ns"] = np.asarray(raw.host_ns, dtype=np.int64)
+    if raw.mem_bytes:  # off CUDA: bytes of fresh output storage (CUDA ops' deltas come below)
+        op_stats["mem_bytes"] = np.asarray(raw.mem_bytes, dtype=np.int64)
     for timing in raw.cuda_times:
         timing.end.synchronize()
         op_stats["device_ns"][timing.op] = int(timing.start.elapsed_time(timing.end) * 1e6)

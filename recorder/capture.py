@@ -88,6 +88,7 @@ class StepCapture:
         self._ops: list[OpRow] = []
         self._host_ns: list[int] = []
         self._host_start_ns: list[int] = []  # after _t0_ns, along _host_ns
+        self._mem_bytes: list[int] = []  # along _host_ns: see _after
         self._cuda_times: list[CudaTiming] = []
         self._events: list[Event] = []
         self._values: dict[int, torch.Tensor] = {}
@@ -161,6 +162,7 @@ class StepCapture:
             values_ready=ready,
             process_groups=self._comms.process_groups,
             host_start_ns=self._host_start_ns,
+            mem_bytes=self._mem_bytes,
         )
         self._table = TensorTable()
         self._values = {}
@@ -322,10 +324,13 @@ class StepCapture:
         # Unpacked at once (mypy checks each field's type): cheaper than ten attribute reads.
         info, phase, module, inputs, written, attrs, tensors, grad_of, source, cuda = call
         op_index = len(self._ops)
+        fresh = 0  # memory: a CUDA op's allocator delta, else the bytes of new storages (_held)
+        held: set[int] | None = None  # the storages of the op's arguments, once needed
         if cuda is not None:
             cuda.end.record()
             memory = torch.cuda.memory_allocated() - cuda.mem_before
             self._cuda_times.append(CudaTiming(op_index, cuda.start, cuda.end, memory))
+            fresh = -1
         returned: list[tuple[torch.Tensor, bool]] = []  # (output, is a view)
         if isinstance(out, torch.Tensor):
             returned.append((out, bool(info.view_returns and info.view_returns[0])))
@@ -344,12 +349,19 @@ class StepCapture:
         outputs: list[int] = []
         try:
             for slot_no, (o, is_view) in enumerate(returned):
+                is_written = id(o) in written_ids
+                aliased = is_written or any(t is o for t, _, _ in tensors)
+                if fresh >= 0 and not (is_view or aliased):
+                    held = _held(tensors) if held is None else held
+                    storage = _storage(o)
+                    if storage is not None and storage.data_ptr() not in held:
+                        held.add(storage.data_ptr())
+                        fresh += storage.nbytes()
                 if o.dtype not in TORCH_TO_DTYPE:
                     continue
                 previous = table.slot(o)
-                is_written = id(o) in written_ids
                 # A new version (written) or the same object handed back (alias): keeps its name.
-                again = previous is not None and (is_written or any(t is o for t, _, _ in tensors))
+                again = previous is not None and aliased
                 slot = table.write(o, previous, op_index, slot_no, is_written, again, grad_of)
                 outputs.append(slot.value)
                 if again:
@@ -370,3 +382,18 @@ class StepCapture:
             self._ops.append(_new(OpRow, row))
             self._host_ns.append(elapsed)
             self._host_start_ns.append(t0 - self._t0_ns)
+            self._mem_bytes.append(fresh)
+
+
+def _held(tensors: list[ArgTensor]) -> set[int]:
+    """The storages of an op's tensor arguments.  An op's memory off CUDA is the bytes of the
+    storages its outputs hold and none of its arguments holds, each counted once."""
+    return {s.data_ptr() for t, _, _ in tensors if (s := _storage(t)) is not None}
+
+
+def _storage(t: torch.Tensor) -> torch.UntypedStorage | None:
+    """``t``'s storage; None for a tensor subclass without one (a DTensor)."""
+    try:
+        return t.untyped_storage()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None

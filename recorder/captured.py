@@ -140,6 +140,9 @@ class RawStep:
     #: records and ``duration`` is measured from, on the same monotonic clock), -1 where not
     #: measured; empty: no op's start was measured (format 1.3, ``op_starts``)
     host_start_ns: list[int] = field(default_factory=list)
+    #: bytes of storage each op's outputs newly allocated, along ``ops`` (-1: not measured; a
+    #: CUDA op's allocator delta comes in ``cuda_times`` instead); empty: none measured
+    mem_bytes: list[int] = field(default_factory=list)
     #: flight mode: keep the step in the sink's ring instead of writing it
     hold: bool = False
     #: the native engine's rows, built on the writer thread (:meth:`materialize`)

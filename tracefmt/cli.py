@@ -20,11 +20,20 @@ import tracefmt
 from tracefmt.analysis.cli import sql_cmd, to_parquet_cmd
 from tracefmt.cli_extract import extract_cmd
 from tracefmt.cli_info import info_cmd
+from tracefmt.cli_trace import export_trace_cmd
 from tracefmt.errors import TraceError
 from tracefmt.jsonout import dumps
 from tracefmt.model import OpNode
 from tracefmt.reader import Step, StepSummary
-from tracefmt.summary import dump_tensor, find_tensor, run_summaries, select_ops, shapes_text
+from tracefmt.summary import (
+    OP_ORDERS,
+    dump_tensor,
+    find_tensor,
+    run_summaries,
+    select_ops,
+    shapes_text,
+    sort_ops,
+)
 
 EXIT_FINDINGS = 1
 EXIT_ERROR = 2
@@ -73,6 +82,7 @@ def main() -> None:
 
 main.add_command(extract_cmd)
 main.add_command(info_cmd)
+main.add_command(export_trace_cmd)
 main.add_command(to_parquet_cmd)
 main.add_command(sql_cmd)
 
@@ -175,9 +185,9 @@ def _op_json(step: Step, node: OpNode) -> dict[str, Any]:
 )
 @click.option(
     "--sort",
-    type=click.Choice(["order", "time"]),
+    type=click.Choice(OP_ORDERS),
     default="order",
-    help="Execution order (default) or host time, longest first.",
+    help="Execution order (default), host time (longest first) or memory (most bytes first).",
 )
 @click.option("--limit", type=int, default=None, help="Show at most this many ops.")
 @json_opt
@@ -195,9 +205,7 @@ def show(
     """The ops of one step in order, with module path, shapes, dtypes and output statistics."""
     with tracefmt.open(path) as trace:
         step = trace.step(step_no, rank)
-    ops = select_ops(step, module=module, op=op, phase=phase)
-    if sort == "time":
-        ops.sort(key=lambda n: -(n.host_ns or 0))
+    ops = sort_ops(select_ops(step, module=module, op=op, phase=phase), sort)
     if limit is not None:
         ops = ops[:limit]
     if as_json:
@@ -212,6 +220,7 @@ def show(
         )
         return
     starts = any(n.host_start_ns is not None for n in ops)  # format 1.3: when each op started
+    memory = any(n.mem_bytes is not None for n in ops)
     table = Table(
         title=f"step {step.step}, rank {step.rank}: {len(ops)} of {len(step.ops)} ops",
         title_justify="left",
@@ -230,6 +239,7 @@ def show(
         "NaN/Inf",
         "us",
         *(["start us"] if starts else []),
+        *(["bytes"] if memory else []),
     ):
         table.add_column(
             col, justify="left" if col in ("phase", "module", "op", "inputs", "outputs") else "right"
@@ -256,6 +266,7 @@ def show(
             bad,
             _us(n.host_ns),
             *([_us(n.host_start_ns)] if starts else []),
+            *([_num(n.mem_bytes)] if memory else []),
         )
     con = _console()
     con.print(table)

@@ -269,6 +269,24 @@ def select_ops(
     return out
 
 
+#: The orders ``tracefmt show --sort`` takes: execution order, host time, memory.
+OP_ORDERS = ("order", "time", "memory")
+
+
+def sort_ops(ops: Sequence[OpNode], by: str) -> list[OpNode]:
+    """``ops`` in execution order (``"order"``), longest host time first (``"time"``) or most
+    bytes allocated first (``"memory"``: ``mem_bytes``, spec section 5.8); ops without the
+    measure come last, and ties keep execution order."""
+    if by not in OP_ORDERS:
+        raise TraceError(f"Unknown op order {by!r}; use one of {', '.join(OP_ORDERS)}.")
+    if by == "order":
+        return list(ops)
+    field = "host_ns" if by == "time" else "mem_bytes"
+    measured = [n for n in ops if getattr(n, field) is not None]
+    measured.sort(key=lambda n: -getattr(n, field))
+    return measured + [n for n in ops if getattr(n, field) is None]
+
+
 def find_tensor(step: Step, key: str) -> TensorRecord:
     """A tensor of ``step`` by index (``"12"``) or by name (``"layers.0.weight"``; the last
     version of that name in the step)."""

@@ -33,6 +33,7 @@
 #include <torch/csrc/autograd/node.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -142,6 +143,7 @@ struct StepData {
   std::vector<int64_t> inputs, input_end, outputs, output_end;  // inputs: (value, pos, item)
   std::vector<std::vector<Attr>> attrs;
   std::vector<int64_t> host_ns, start_ns;
+  std::vector<int64_t> mem_bytes;  // bytes of the storage each op's outputs newly hold
   // statistics from the one-pass kernel: (index, numel), 5 floats, 4 ints per row
   std::vector<int64_t> stat_index, stat_numel, stat_ints;
   std::vector<uint8_t> stat_fingerprint_only;  // 1: an empty tensor, only its fingerprint
@@ -997,6 +999,7 @@ class Engine {
         seen = seen || returned[i].first.unsafeGetTensorImpl() == w.unsafeGetTensorImpl();
       if (!seen) returned.emplace_back(w, false);
     }
+    int64_t mem = fresh_bytes(p, returned);
     int32_t name = op_string(m);
     // The op's row goes in whatever happens below: outputs already given to the table name
     // it as their producer.
@@ -1010,6 +1013,7 @@ class Engine {
       d.attrs.push_back(std::move(p.attrs));
       d.host_ns.push_back(elapsed);
       d.start_ns.push_back(start);
+      d.mem_bytes.push_back(mem);
     };
     try {
       outputs(m, p, returned, op_index, name, written, token);
@@ -1018,6 +1022,33 @@ class Engine {
       throw;
     }
     push_row();
+  }
+
+  // The op's memory (recorder/capture.py's _held): the bytes of the storages its outputs
+  // hold and none of its tensor arguments holds, each counted once.  A view, an in-place or an
+  // out= op allocates nothing.
+  static int64_t fresh_bytes(const Pending& p,
+                             const std::vector<std::pair<at::Tensor, bool>>& returned) {
+    int64_t total = 0;
+    std::vector<intptr_t> held;  // the arguments' storages (once an output needs them), then
+                                 // the outputs' counted ones
+    bool filled = false;
+    for (const auto& [o, is_view] : returned) {
+      if (is_view) continue;
+      auto* impl = o.unsafeGetTensorImpl();
+      bool aliased = false;
+      for (const auto& a : p.tensors) aliased = aliased || a.t.unsafeGetTensorImpl() == impl;
+      if (aliased || !impl->has_storage()) continue;
+      if (!filled) {
+        for (const auto& a : p.tensors) held.push_back(storage_key(a.t));
+        filled = true;
+      }
+      intptr_t key = storage_key(o);
+      if (std::find(held.begin(), held.end(), key) != held.end()) continue;
+      held.push_back(key);
+      total += static_cast<int64_t>(impl->storage().nbytes());
+    }
+    return total;
   }
 
   void outputs(const OpMeta& m, Pending& p,
@@ -1149,6 +1180,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("n_ops", [](const StepData& d) { return d.op_name.size(); })
       .def_property_readonly("host_ns", [](const StepData& d) { return d.host_ns; })
       .def_property_readonly("start_ns", [](const StepData& d) { return d.start_ns; })
+      .def_property_readonly("mem_bytes", [](const StepData& d) { return d.mem_bytes; })
       .def_property_readonly("error", [](const StepData& d) { return d.error; })
       .def_property_readonly("error_op", [](const StepData& d) { return d.error_op; })
       .def_property_readonly("aliases", [](const StepData& d) { return d.aliases; })

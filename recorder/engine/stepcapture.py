@@ -328,6 +328,7 @@ class NativeCapture:
             wall_time=self._wall,
             duration=duration,
             host_start_ns=list(data.start_ns),
+            mem_bytes=list(data.mem_bytes),
             process_groups=self._comms.process_groups,
             rows=lambda: _rows(data, c10d),
         )
