@@ -18,11 +18,15 @@ import threading
 import time
 from typing import Protocol
 
+import torch
+
 from recorder import assemble
 from recorder.captured import RawStep
 from recorder.flight.ring import FlightSink
+from recorder.moduleinfo import ModuleWatch
 from tracefmt.errors import TraceError
 from tracefmt.light import LightStepRecord
+from tracefmt.moduletable import ModuleTable
 from tracefmt.records import StepRecord
 
 __all__ = ["BackgroundWriter", "Sink"]
@@ -51,7 +55,8 @@ class _Signal(enum.Enum):
 
 
 _STOP, _FLUSH, _RELEASE = _Signal.STOP, _Signal.FLUSH, _Signal.RELEASE
-_Item = RawStep | LightStepRecord | _Signal
+#: A ModuleTable in the queue is the model's modules for the steps queued after it (format 1.5).
+_Item = RawStep | LightStepRecord | ModuleTable | _Signal
 
 
 class BackgroundWriter:
@@ -88,6 +93,8 @@ class BackgroundWriter:
         #: the step numbers each release wrote, in order (flight mode)
         self.released: list[list[int]] = []
         self._dropped_pending = 0
+        self._watch = ModuleWatch(None)  # the model whose modules the records carry (training thread)
+        self._modules: ModuleTable | None = None  # its latest table (writer thread)
         self._thread = threading.Thread(target=self._run, name="recorder-writer", daemon=True)
         self._thread.start()
 
@@ -97,11 +104,20 @@ class BackgroundWriter:
         return self._sink
 
     # -- training thread ---------------------------------------------------------------------
+    def watch_modules(self, model: torch.nn.Module | None) -> None:
+        """Give every step record written from now on the module table of ``model`` (a
+        ``torch.nn.Module``; None: no module metadata), checked for changes at each
+        :meth:`submit` (:class:`~recorder.moduleinfo.ModuleWatch`)."""
+        self._watch = ModuleWatch(model)
+
     def submit(self, raw: RawStep) -> bool:
         """Queue a step; returns False when it was dropped (``"drop"`` and the queue is full)."""
         self.check()
         nbytes = _raw_nbytes(raw)
+        table = self._watch.changed()  # on the training thread, which owns the model
         with self._cond:
+            if table is not None:  # ahead of the step, even if the step is dropped: it is small
+                self._queue.append((table, 0))
             while self._full(nbytes):
                 if self._drop:
                     self.dropped += 1
@@ -199,7 +215,9 @@ class BackgroundWriter:
                 if item is _STOP:
                     self._finish_sink()
                     break
-                if self._error is None and not isinstance(item, _Signal | None):
+                if isinstance(item, ModuleTable):
+                    self._modules = item
+                elif self._error is None and not isinstance(item, _Signal | None):
                     self._write(item)
                     unflushed += 1
                 if item is _RELEASE and self._error is None:
@@ -219,7 +237,7 @@ class BackgroundWriter:
             except BaseException as e:
                 if self._error is None:
                     self._error = e
-                    self._error_step = None if isinstance(item, _Signal | None) else item.step
+                    self._error_step = item.step if isinstance(item, RawStep | LightStepRecord) else None
             finally:
                 if item is not None:
                     with self._cond:
@@ -234,6 +252,7 @@ class BackgroundWriter:
                 write_light(item)
             return
         record = assemble.build_record(item, self._graphs)
+        record.modules = self._modules
         if item.hold:
             self._flight_sink().hold(record)
             return

@@ -167,6 +167,7 @@ class Recorder:
                 target = str(self._path or type(self._sink).__name__)
             o = self.options
             self._writer = background_writer(self._sink, target, o)
+            self._writer.watch_modules(self._model)  # its module table goes with the steps (1.5)
             stack.callback(self._release)
             stack.callback(self._writer.close)
             if self._manifest is not None:

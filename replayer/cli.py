@@ -20,8 +20,9 @@ import numpy as np
 import tracefmt
 from replayer.cli_diff import diff
 from replayer.errors import ReplayError
-from replayer.report.cli import report_cmd
 from replayer.export.mapping import PHASES
+from replayer.report.cli import report_cmd
+from replayer.summary.cli import summary
 from tracefmt.cli import TraceErrorGroup
 from tracefmt.jsonout import dumps
 from tracefmt.progress import progress_bar
@@ -38,6 +39,7 @@ def main() -> None:
 
 main.add_command(diff)
 main.add_command(report_cmd)
+main.add_command(summary)
 
 
 _step = click.option("--step", "step_no", type=int, required=True, help="Step number.")

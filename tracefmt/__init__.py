@@ -41,6 +41,7 @@ from tracefmt.model import (
     TensorRecord,
     TensorStats,
 )
+from tracefmt.moduletable import ModuleInfo, ModuleTable
 from tracefmt.reader import Step, StepSummary, Trace, open
 from tracefmt.records import Graph, GraphBuilder, StepRecord, empty_op_stats, empty_stats
 from tracefmt.version import __version__
@@ -58,6 +59,8 @@ __all__ = [
     "LightStepRecord",
     "LightStepSummary",
     "MissingFilterError",
+    "ModuleInfo",
+    "ModuleTable",
     "OpNode",
     "Phase",
     "ProcessGroupInfo",

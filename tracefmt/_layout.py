@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from tracefmt._modlayout import MODULE_DTYPE, MODULES, STEP_MODULE_DTYPE, STEP_MODULES  # 1.5
 from tracefmt.dtypes import STORAGE_HEAPS
 from tracefmt.model import StatFlags, StepFlags
 
 FORMAT_MAGIC = "tracefmt"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 4
+FORMAT_MINOR = 5
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 RANK_FILE_PATTERN = "rank-{rank:05d}.tft.h5"
 RANK_FILE_GLOB = "rank-*.tft.h5"
@@ -279,12 +280,14 @@ TABLES: dict[str, tuple[np.dtype[Any], int]] = {
     LIGHT_STATS: (LIGHT_STATS_DTYPE, 1024),  # 56 KiB: a few light steps of a mid-size model
     LIGHT_EVENTS: (EVENT_DTYPE, 256),  # light steps have events only when a trigger fires
     LIGHT_SCALARS: (SCALAR_DTYPE, 2048),
+    MODULES: (MODULE_DTYPE, 1024),  # 1.5 (tracefmt._modlayout): 48 KiB, 1024 modules
+    STEP_MODULES: (STEP_MODULE_DTYPE, 1024),  # 12 KiB, like step_overrides
 }
 #: The minor version that added a dataset; datasets not listed here date from 1.0.  A file of an
 #: older minor version lacks them (and a reader gives them no meaning in such a file).
 SINCE_MINOR: dict[str, int] = {
     OP_ATTRS: 1, TENSOR_OFFSETS: 1, STEP_OVERRIDES: 1, OP_STARTS: 3,
-    LIGHT_STEPS: 4, LIGHT_STATS: 4, LIGHT_EVENTS: 4, LIGHT_SCALARS: 4,
+    LIGHT_STEPS: 4, LIGHT_STATS: 4, LIGHT_EVENTS: 4, LIGHT_SCALARS: 4, MODULES: 5, STEP_MODULES: 5,
 }  # fmt: skip
 # 1-D heaps of plain numbers: path -> (dtype, items per chunk).
 HEAPS: dict[str, tuple[np.dtype[Any], int]] = {
@@ -340,6 +343,7 @@ STEP_TABLES = frozenset(
     {
         STEPS, STATS, OP_STATS, DATA_INDEX, HISTS, EVENTS, SCALARS, OP_ATTRS, TENSOR_OFFSETS,
         STEP_OVERRIDES, OP_STARTS, LIGHT_STEPS, LIGHT_STATS, LIGHT_EVENTS, LIGHT_SCALARS,
+        STEP_MODULES,
     }
 )  # fmt: skip
 STEP_TABLE_FILTERS: dict[str, Any] = {}

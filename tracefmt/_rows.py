@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from tracefmt import _layout as L
+from tracefmt._modlayout import MODULES, STEP_MODULES, ModuleRow, StepModuleRow
 from tracefmt.model import Event
 
 
@@ -241,6 +242,8 @@ ROWS: dict[str, type[NamedTuple]] = {
     L.LIGHT_STATS: LightStatRow,
     L.LIGHT_EVENTS: EventRow,
     L.LIGHT_SCALARS: ScalarRow,
+    MODULES: ModuleRow,
+    STEP_MODULES: StepModuleRow,
 }
 
 R = TypeVar("R", bound=NamedTuple)

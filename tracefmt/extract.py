@@ -314,7 +314,9 @@ def extract(
                     provenance=_provenance(rf.provenance, origin),
                 ) as writer:
                     for i, step in enumerate(chosen[rank]):
-                        writer.write_step(step_record(trace.step(step, rank), graphs))
+                        record = step_record(trace.step(step, rank), graphs)
+                        record.modules = trace.modules(step, rank)  # format 1.5
+                        writer.write_step(record)
                         if (i + 1) % _FLUSH_EVERY == 0:
                             writer.flush()
                         done += 1

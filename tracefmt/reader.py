@@ -23,6 +23,7 @@ Example::
             print(op.index, op.phase.label, op.module, op.name)
         for light in trace.light_steps(rank=3):     # format 1.4: module and parameter statistics
             print(light.step, [(r.name, r.kind.label, r.norm) for r in light.rows])
+        modules = trace.modules(41207, rank=3)      # format 1.5: the model's modules, or None
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tracefmt._decode import Step, StepSummary
+from tracefmt._modread import step_modules
 from tracefmt._openfiles import OpenFiles
 from tracefmt._primitives import Problem, rank_files, rank_of_name
 from tracefmt._rankfile import DatasetSize, RankFile
@@ -40,6 +42,7 @@ from tracefmt.errors import TraceError, TraceFormatError
 from tracefmt.light import LightStep, LightStepSummary
 from tracefmt.manifest import RunManifest, load_manifest, manifest_path
 from tracefmt.model import Provenance
+from tracefmt.moduletable import ModuleTable
 
 __all__ = [
     "DatasetSize",
@@ -162,6 +165,14 @@ class Trace:
         """Load one step (its ops, tensors and statistics; values stay on disk until asked)."""
         f = self.rank_file(rank)
         return f.load(f.find(step))
+
+    def modules(self, step: int, rank: int | None = None) -> ModuleTable | None:
+        """The model's modules as recorded with ``step`` of ``rank`` (format 1.5): path, class
+        and parameter counts of each (:mod:`tracefmt.moduletable`); None when the step has none
+        (a file older than 1.5, or one recorded without a model).  Steps share one table while
+        the model does not change, and it is read once."""
+        f = self.rank_file(rank)
+        return step_modules(f, f.find(step))
 
     def iter_steps(self, rank: int | None = None) -> Iterator[Step]:
         f = self.rank_file(rank)

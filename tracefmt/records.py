@@ -28,6 +28,7 @@ from tracefmt._layout import OP_START_DTYPE, OP_STATS_DTYPE, STATS_DTYPE
 from tracefmt.attrcodec import decode_attrs, decode_json, encode_attrs, encode_json
 from tracefmt.dtypes import DTYPE_INFO, DType
 from tracefmt.model import Event, Phase, Role
+from tracefmt.moduletable import ModuleTable
 
 __all__ = [
     "OP_STATS_DTYPE",
@@ -337,6 +338,7 @@ class StepRecord:
     duration: float = math.nan
     dropped: int = 0
     op_starts: np.ndarray | Sequence[int] | None = None
+    modules: ModuleTable | None = None  #: the model's modules (format 1.5), None: not known
 
     def check(self) -> None:
         """Raise ``ValueError`` when the record does not fit its graph: table lengths, tensor and

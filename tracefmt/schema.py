@@ -10,7 +10,7 @@ Example::
 
     >>> from tracefmt.schema import schema
     >>> schema()["format_version"]
-    '1.4'
+    '1.5'
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tracefmt import _layout as L
+from tracefmt._modlayout import MODULES, STEP_MODULES
 from tracefmt.dtypes import DType
 from tracefmt.errors import TraceError
 from tracefmt.light import LightStepSummary
@@ -47,6 +48,8 @@ KIND_OF_DATASET = {
     L.LIGHT_STATS: "light",
     L.LIGHT_EVENTS: "events",
     L.LIGHT_SCALARS: "events",
+    MODULES: "graph",
+    STEP_MODULES: "index",
 }
 
 

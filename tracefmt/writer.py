@@ -41,6 +41,7 @@ from tracefmt._appender import Appender
 from tracefmt._graphstore import GraphStore
 from tracefmt._h5create import fixed_utf8, fsync_dir
 from tracefmt._lightstore import append_light_step
+from tracefmt._modulestore import ModuleStore
 from tracefmt._rows import (
     DataRow,
     HistRow,
@@ -171,6 +172,7 @@ class TraceWriter:
                 raise TraceError(f"Cannot create trace file {str(self.path)!r}: {e}") from e
             raise
         self._graphs = GraphStore(self._tables)
+        self._modules = ModuleStore(self._tables, self._graphs.intern_all, self._graphs.intern)  # 1.5
         self._pending: list[StepRow] = []
         self._pending_overrides: list[StepOverrideRow] = []  # of each pending step
         self._last_step: int | None = None
@@ -289,7 +291,8 @@ class TraceWriter:
         )
         # The step's step_overrides row waits with its steps row and is appended at the next
         # flush, before phase 1.  The two tables are matched by row number: a record refused
-        # half-way (a ValueError above) must leave a row in neither.
+        # half-way (a ValueError above) must leave a row in neither; likewise step_modules (1.5).
+        self._modules.pend(record.modules)
         self._pending.append(row)
         self._pending_overrides.append(overrides)
         self._last_step = record.step
@@ -328,6 +331,7 @@ class TraceWriter:
                 self._tables.append(
                     L.STEP_OVERRIDES, np.array(self._pending_overrides, dtype=L.STEP_OVERRIDE_DTYPE)
                 )
+                self._modules.commit()  # step_modules rows of the pending steps (format 1.5)
                 self._seal_filtered_heaps()
                 self._file.flush()  # phase 1: every row the pending steps point at
                 self._tables.append(L.STEPS, np.array(self._pending, dtype=L.STEP_DTYPE))

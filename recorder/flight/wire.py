@@ -46,6 +46,7 @@ from tracefmt.dtypes import DType
 from tracefmt.errors import TraceError
 from tracefmt.light import LIGHT_ROW_DTYPE, LightStepRecord
 from tracefmt.model import Event, Phase, Role
+from tracefmt.moduletable import ModuleInfo, ModuleTable
 from tracefmt.records import (
     OP_STATS_DTYPE,
     STATS_DTYPE,
@@ -184,6 +185,7 @@ class Encoder:
 
     def __init__(self) -> None:
         self._graphs: dict[bytes, Graph] = {}  # by digest: the last graph sent with it
+        self._modules: ModuleTable | None = None  # the module table the writer has (format 1.5)
 
     def step(self, record: StepRecord, *, hold: bool) -> Message:
         lay = _Layout()
@@ -225,6 +227,10 @@ class Encoder:
         header["wall_time"] = float(record.wall_time)
         header["duration"] = float(record.duration)
         header["dropped"] = int(record.dropped)
+        if record.modules is not self._modules:  # sent when it changes: null, or its rows
+            modules = record.modules
+            header["modules"] = None if modules is None else [list(_module_row(m)) for m in modules]
+            self._modules = modules
         return lay.finish(header)
 
     def light(self, record: LightStepRecord) -> Message:
@@ -246,11 +252,27 @@ def _bad(what: str) -> TraceError:
     return TraceError(f"The writer process received a malformed message ({what}); this is a bug.")
 
 
+def _module_row(m: ModuleInfo) -> tuple[str, str | None, int, int, int, int, int]:
+    return (m.path, m.class_name, m.params, m.trainable, m.own_params, m.own_trainable, m.param_bytes)
+
+
 class Decoder:
     """The writer process's side: messages back to records.  Arrays are views of the message."""
 
     def __init__(self) -> None:
         self._graphs: dict[bytes, Graph] = {}
+        self._modules: ModuleTable | None = None  # the last module table a step brought
+
+    def _module_table(self, h: dict[str, Any]) -> ModuleTable | None:
+        if "modules" in h:
+            rows = h["modules"]
+            try:
+                self._modules = (
+                    None if rows is None else ModuleTable(tuple(ModuleInfo(*r) for r in rows))
+                )
+            except (TypeError, ValueError) as e:
+                raise _bad(f"module table: {e}") from e
+        return self._modules
 
     def decode(self, buf: bytearray) -> Decoded:
         if len(buf) < PREFIX.size:
@@ -342,6 +364,7 @@ class Decoder:
             wall_time=h["wall_time"],
             duration=h["duration"],
             dropped=int(h["dropped"]),
+            modules=self._module_table(h),
         )
 
     def _light(self, buf: bytearray, h: dict[str, Any]) -> LightStepRecord:

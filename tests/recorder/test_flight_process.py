@@ -109,6 +109,30 @@ def test_wire_round_trip_sends_each_graph_once() -> None:
     assert sizes[1] < sizes[0] - 1000, sizes  # the first message carries the graph
 
 
+def test_wire_sends_the_module_table_when_it_changes() -> None:
+    from tracefmt.moduletable import ModuleInfo, ModuleTable
+
+    def table(width: int) -> ModuleTable:
+        return ModuleTable(
+            (
+                ModuleInfo("", "m.Net", 2 * width, width, 0, 0, 8 * width),
+                ModuleInfo("fc", "torch.nn.Linear", 2 * width, width, 2 * width, width, 8 * width),
+            )
+        )
+
+    enc, dec = Encoder(), Decoder()
+    first, second = table(3), table(5)
+    sent = []
+    for record, modules in zip(_steps(5), [first, first, second, None, None], strict=True):
+        record.modules = modules
+        msg = enc.step(record, hold=False)
+        sent.append(b'"modules"' in bytes(_assemble(msg)))
+        out = dec.decode(_assemble(msg))
+        assert isinstance(out, StepMessage)
+        assert out.record.modules == modules
+    assert sent == [True, False, True, True, False]  # a table travels when it changes only
+
+
 def test_wire_round_trip_of_a_light_step() -> None:
     rows = empty_light_rows(2)
     rows["name"], rows["kind"], rows["norm"] = [0, 1], [LightKind.OUTPUT, LightKind.GRADIENT], [1.5, 2.5]
@@ -428,7 +452,7 @@ def test_record_dataclass_fields_all_travel() -> None:
     """A field added to StepRecord or LightStepRecord must be added to the wire too."""
     assert [f.name for f in dataclasses.fields(StepRecord)] == [
         "step", "graph", "stats", "op_stats", "values", "histograms", "events", "scalars",
-        "wall_time", "duration", "dropped", "op_starts",
+        "wall_time", "duration", "dropped", "op_starts", "modules",
     ]  # fmt: skip
     assert [f.name for f in dataclasses.fields(LightStepRecord)] == [
         "step", "names", "rows", "scalars", "events", "wall_time", "duration",

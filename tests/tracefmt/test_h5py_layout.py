@@ -121,6 +121,16 @@ TABLE_FIELDS: dict[str, list[str]] = {
     ],
     "light_events": ["kind", "op", "tensor", "message"],
     "light_scalars": ["name", "value"],
+    "modules": [
+        "path",
+        "class_name",
+        "params",
+        "trainable",
+        "own_params",
+        "own_trainable",
+        "param_bytes",
+    ],
+    "step_modules": ["module_start", "module_count"],
 }
 HEAPS = ["strings/bytes", "dims"]
 VALUE_HEAPS = [

@@ -16,6 +16,7 @@ import pytest
 
 from tests import badfiles as bad
 from tests.tracefmt import multirank as mr
+from tests.tracefmt.modulefiles import MODULE_CASES
 from tracefmt import DType, GraphBuilder, Phase, StepRecord, TraceNotFoundError, TraceWriter
 from tracefmt.validate import RULES, UNREADABLE, Finding, validate
 
@@ -389,7 +390,7 @@ def test_bad_file_fires_exactly_its_rule(
 
 def test_ids_in_spec_rules_and_tests_are_one_set() -> None:
     spec_ids = set(re.findall(r"TF-[A-Z]+-\d{3}", SPEC.read_text(encoding="utf-8")))
-    tested = {case.rule for case in CASES}
+    tested = {case.rule for case in CASES} | {case.rule for case in MODULE_CASES}  # test_modules
     assert spec_ids == set(RULES)
     assert tested == set(RULES)
     assert len(spec_ids) >= 20

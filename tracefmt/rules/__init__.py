@@ -9,6 +9,7 @@ from tracefmt.rules import (  # noqa: F401  (importing registers the rules)
     file,
     graph,
     lightsteps,
+    modulerows,
     opstarts,
     overrides,
     run,
