@@ -34,8 +34,8 @@ __all__ = ["report_cmd"]
 def report_cmd(
     run: str, output: str, rank: int | None, step_no: int | None, top_ops: int, modules: int
 ) -> None:
-    """Write one self-contained HTML page about RUN: provenance and steps, every trigger event
-    with replayer why's explanation, and the costliest ops of one step."""
+    """Write one self-contained HTML page about RUN: provenance and steps, the model summary,
+    every trigger event with replayer why's explanation, and the costliest ops of one step."""
     from replayer.report import ReportOptions, write_report
 
     options = ReportOptions(rank=rank, step=step_no, top_ops=top_ops, modules=modules)

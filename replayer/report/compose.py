@@ -15,7 +15,15 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from replayer.report.gather import OpCost, Overview, costly_ops, focus_step, overview, why_fragment
+from replayer.report.gather import (
+    OpCost,
+    Overview,
+    costly_ops,
+    focus_step,
+    overview,
+    summary_fragment,
+    why_fragment,
+)
 from replayer.report.htmlpage import Section, Table, render_page
 from tracefmt.progress import ProgressFn
 from tracefmt.reader import Trace
@@ -28,13 +36,15 @@ class ReportOptions:
     """``rank``: the rank the step sections detail (default: the first); ``step``: the full
     step they detail (default: :func:`~replayer.report.gather.focus_step`); ``top_ops``: rows of
     the costliest-ops table; ``modules``: per-module norm lines per figure; ``embed_mb``: the
-    largest step trace embedded for download (a larger one is left to the command shown)."""
+    largest step trace embedded for download (a larger one is left to the command shown);
+    ``summary_depth``: the deepest modules the model table lists (None: all)."""
 
     rank: int | None = None
     step: int | None = None
     top_ops: int = 15
     modules: int = 8
     embed_mb: float = 25.0
+    summary_depth: int | None = 3
 
 
 def _bytes(n: int | None) -> str:
@@ -150,6 +160,19 @@ def build_report(
 
     step = focus_step(trace, rank, opts.step) if trace.ranks else None
     if step is not None:
+        summary, summary_html = summary_fragment(trace, rank, step, opts.summary_depth)
+        sections.insert(
+            1,
+            Section(
+                anchor="model",
+                title="Model",
+                intro=f"Rank {rank}, step {step}: the modules that ran, with their parameters, "
+                "forward multiply-adds, host time and bytes (replayer summary).",
+                html=summary_html,
+                notes=summary.notes,
+                commands=(f"replayer summary {shlex.quote(ov.path)} --step {step} --rank {rank}",),
+            ),
+        )
         ops = costly_ops(trace.step(step, rank), opts.top_ops)
         sections.append(_ops_section(ops, rank, step, ov.path))
     tick()

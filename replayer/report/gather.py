@@ -3,22 +3,36 @@
 :func:`overview` reads the run's provenance and per-rank counts (``tracefmt info``'s data);
 :func:`focus_step` picks the step the page details (the first event's step, else the full step of
 median duration); :func:`costly_ops` totals that step's op times and bytes by op and module;
-:func:`why_fragment` renders ``replayer why``'s explanation of every trigger event as HTML.
+:func:`why_fragment` renders ``replayer why``'s explanation of every trigger event, and
+:func:`summary_fragment` ``replayer summary``'s table of the model, as HTML.
 """
 
 from __future__ import annotations
 
 import io
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
 
 import tracefmt
 from tracefmt.reader import Step, Trace
 from tracefmt.summary import TraceInfo, trace_info
 
-__all__ = ["OpCost", "Overview", "costly_ops", "focus_step", "overview", "why_fragment"]
+if TYPE_CHECKING:
+    from replayer.summary import ModelSummary
+
+__all__ = [
+    "OpCost",
+    "Overview",
+    "costly_ops",
+    "focus_step",
+    "overview",
+    "summary_fragment",
+    "why_fragment",
+]
 
 
 @dataclass(frozen=True)
@@ -123,17 +137,29 @@ def costly_ops(step: Step, limit: int = 15) -> list[OpCost]:
     ]
 
 
+def _rich_html(draw: Callable[[Console], None], width: int = 110) -> str:
+    """What ``draw`` prints on a rich console, as HTML with its colours as inline styles."""
+    console = Console(record=True, width=width, file=io.StringIO(), color_system="truecolor")
+    draw(console)
+    return console.export_html(inline_styles=True, code_format='<pre class="rich">{code}</pre>')
+
+
 def why_fragment(trace: Trace, ranks: Sequence[int] | None = None) -> tuple[int, str]:
     """(events explained, HTML) of ``replayer why``'s report on ``trace`` (every rank, or the
-    one rank of ``ranks`` when it names one): the terminal report as rich renders it, with its
-    colours as inline styles."""
-    from rich.console import Console
-
+    one rank of ``ranks`` when it names one): the terminal report as rich renders it."""
     from replayer.why import WhyOptions, explain, render
 
     rank = ranks[0] if ranks is not None and len(ranks) == 1 else None
     report = explain(trace, WhyOptions(rank=rank))
-    console = Console(record=True, width=110, file=io.StringIO(), color_system="truecolor")
-    render(report, console)
-    html = console.export_html(inline_styles=True, code_format='<pre class="rich">{code}</pre>')
-    return len(report.explanations), html
+    return len(report.explanations), _rich_html(lambda c: render(report, c))
+
+
+def summary_fragment(
+    trace: Trace, rank: int, step: int, depth: int | None = 3
+) -> tuple[ModelSummary, str]:
+    """``replayer summary``'s table of ``step`` of ``rank`` (modules at most ``depth`` deep), as
+    HTML, and the summary itself."""
+    from replayer.summary import render_summary, summarize_step
+
+    summary = summarize_step(trace.step(step, rank), trace.modules(step, rank), trace=str(trace.path))
+    return summary, _rich_html(lambda c: render_summary(summary, c, depth=depth), width=150)

@@ -79,8 +79,9 @@ def test_the_page_explains_the_event_and_names_the_run(flight: Path) -> None:
     assert events >= 1
     assert "<script" not in html  # nothing runs, nothing is fetched
     assert not re.search(r"""(src|href)=["']https?://""", html)
-    for anchor in ("run", "events", "ops"):
+    for anchor in ("run", "model", "events", "ops"):
         assert f'id="{anchor}"' in html
+    assert "CausalSelfAttention" in html  # the model table names the classes (format 1.5)
     assert f"Events ({events})" in html
     assert "nonfinite" in html or "non-finite" in html
     assert f"step {INJECT}" in html
@@ -112,5 +113,5 @@ def test_the_page_loads_in_chromium_without_errors_and_every_image_decodes(
     (tmp_path / "report.png").write_bytes(loaded.screenshot)
     assert loaded.errors == ()
     assert loaded.broken == ()
-    assert {"run", "events", "ops"} <= set(loaded.anchors)
+    assert {"run", "model", "events", "ops"} <= set(loaded.anchors)
     assert len(loaded.screenshot) > 10_000
