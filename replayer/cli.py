@@ -21,6 +21,7 @@ import tracefmt
 from replayer.cli_diff import diff
 from replayer.errors import ReplayError
 from replayer.export.mapping import PHASES
+from replayer.plots.cli import dist, timeline
 from replayer.report.cli import report_cmd
 from replayer.summary.cli import summary
 from tracefmt.cli import TraceErrorGroup
@@ -40,6 +41,8 @@ def main() -> None:
 main.add_command(diff)
 main.add_command(report_cmd)
 main.add_command(summary)
+main.add_command(timeline)
+main.add_command(dist)
 
 
 _step = click.option("--step", "step_no", type=int, required=True, help="Step number.")

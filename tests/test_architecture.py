@@ -19,7 +19,7 @@ MAX_LINES = 400
 #: File names that play the same role in every package, so sharing them is not a clash.
 ROLE_NAMES = frozenset({"__init__.py", "__main__.py", "cli.py", "errors.py"})
 #: The command families of ``replayer``: each is a subpackage.
-REPLAYER_FAMILIES = ("export", "check", "diff", "view", "ranks", "why", "report", "summary")
+REPLAYER_FAMILIES = ("export", "check", "diff", "view", "ranks", "why", "report", "summary", "plots")
 
 
 def _modules() -> list[Path]:

@@ -2,7 +2,8 @@
 
 * :mod:`recorder.stats.cpu` - :class:`StatsCollector` and :class:`PendingStats`, the CPU path;
 * :mod:`recorder.stats.native` - the one-pass C kernel (``fused_stats.c``) for float32 and
-  bfloat16 CPU tensors, compiled on first use;
+  bfloat16 CPU tensors, and its histogram pass, compiled on first use;
+* :mod:`recorder.stats.smallcpu` - the small CPU tensors of a step, copied and reduced together;
 * :mod:`recorder.stats.device` - reductions that stay on an accelerator;
 * :mod:`recorder.stats.common` - what the paths share: dtype classes, fingerprint, histograms.
 """

@@ -21,11 +21,13 @@ built, take the torch path, which may look at values at no cost (no device to sy
 * results become Python numbers at once: nothing is stacked at the end of the step.
 
 Small tensors (most of a step's tensors, little of its bytes) cost per call, not per byte: float32
-and bfloat16 ones go through the one-pass kernel at once; others are copied when seen and reduced
-together on the writer thread with numpy, by segment.  Tensors on other devices go through
-:mod:`recorder.stats.device`, which never syncs.  A tensor that shares bytes, shape and layout
-with one already measured (``detach``, ``_unsafe_view``) is an *alias*: its row is copied, not
-computed.  Definitions: :mod:`recorder.stats.common`.
+and bfloat16 ones go through the one-pass kernel at once; others (and, with histograms, all of
+them) are copied when seen and reduced together on the writer thread with numpy, by segment
+(:mod:`recorder.stats.smallcpu`).  Histograms (``hist_bins``) of float32 and bfloat16 tensors
+come from the kernel's second pass (:func:`~recorder.stats.native.fused_histogram`).  Tensors on
+other devices go through :mod:`recorder.stats.device`, which never syncs.  A tensor that shares
+bytes, shape and layout with one already measured (``detach``, ``_unsafe_view``) is an *alias*:
+its row is copied, not computed.  Definitions: :mod:`recorder.stats.common`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from recorder.convert import DeviceEvent, to_numpy
+from recorder.convert import DeviceEvent
 from recorder.stats.common import (
     _FLOATS,
     _FP_ONLY,
@@ -54,8 +56,8 @@ from recorder.stats.common import (
     histogram,
 )
 from recorder.stats.device import DeviceStats, Part
-from recorder.stats.native import FusedStats, fused_stats
-from tracefmt.dtypes import fingerprint as bytes_fingerprint
+from recorder.stats.native import FusedStats, fused_histogram, fused_stats
+from recorder.stats.smallcpu import signed, small_rows
 from tracefmt.records import empty_stats
 
 __all__ = ["SMALL_NUMEL", "PendingStats", "StatsCollector", "fingerprint"]
@@ -95,10 +97,6 @@ class CpuRow(NamedTuple):
     fingerprint: int
 
 
-def _signed(fp: int) -> int:
-    return fp - (1 << 64) if fp >= 1 << 63 else fp
-
-
 @dataclass
 class PendingStats:
     """A step's statistics on their way to the trace; :meth:`resolve` (on the writer thread)
@@ -112,6 +110,8 @@ class PendingStats:
     cpu_small: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     parts: list[Part] = field(default_factory=list)
     hists: list[Hist] = field(default_factory=list)
+    #: histograms the one-pass kernels computed: tensor -> (lo, hi, counts)
+    host_hists: dict[int, tuple[float, float, np.ndarray]] = field(default_factory=dict)
     events: list[DeviceEvent] = field(default_factory=list)
     aliases: list[tuple[int, int]] = field(default_factory=list)
     hist_bins: int = 0
@@ -129,7 +129,7 @@ class PendingStats:
             ints = np.array([cols[c] for c in INT_COLUMNS], dtype=np.int64).T
             fill_rows(rows, cols["tensor"], cols["numel"], cols["flags"], floats, ints)
         if self.cpu_small:
-            small_hists = _small_rows(rows, self.cpu_small, self.hist_bins)
+            small_hists = small_rows(rows, self.cpu_small, self.hist_bins)
             hists.update(small_hists)
         if self.native_rows is not None:
             fill_rows(rows, *self.native_rows)
@@ -138,6 +138,10 @@ class PendingStats:
             fill_rows(rows, part.indices, part.numels, part.flags, floats, ints)
         for h in self.hists:
             hists[h.tensor] = (float(h.lo), float(h.hi), h.counts.cpu().numpy().astype(np.uint64))
+        hists.update(self.host_hists)
+        # A tensor without a finite value has no range to bin (lo and hi would be +-inf, which
+        # spec section 5.10 refuses): no histogram, as it has no moments.
+        hists = {i: h for i, h in hists.items() if math.isfinite(h[0]) and math.isfinite(h[1])}
         for index, source in self.aliases:
             rows[index] = rows[source]
             if source in hists:
@@ -176,9 +180,10 @@ class StatsCollector:
             return
         n = t.numel()
         if n <= self._small_numel:
-            if self._native and n and not self._hist_bins and t.dtype in _NATIVE_DTYPES:
+            if self._native and n and t.dtype in _NATIVE_DTYPES:
                 # The kernel costs about what the copy would, and leaves no numpy work for the
-                # writer thread (which competes with training for the cores and the GIL).
+                # writer thread (which competes with training for the cores and the GIL); its
+                # histogram bins the same elements in a second pass of the kernel.
                 x = t.detach()  # so nothing below builds autograd nodes (or takes their numbers)
                 if not x.is_contiguous():
                     x = x.contiguous()
@@ -257,11 +262,16 @@ class StatsCollector:
             if m < n:
                 return False
             std = _centred_norm(x.reshape(-1), r.sum / m) / math.sqrt(m)  # two passes
-        norm, fp = math.sqrt(r.sumsq), _signed(r.fingerprint)
+        norm, fp = math.sqrt(r.sumsq), signed(r.fingerprint)
         row = CpuRow(index, n, ALL_FLAGS, lo, hi, r.sum, norm, std, r.nonzero, r.nan, r.inf, fp)
         self._pending.cpu_rows.append(row)
         if self._hist_bins:
-            self._pending.hists.append(Hist(index, *histogram(x.reshape(-1), self._hist_bins)))
+            # lo and hi are the finite min and max: the bins need no pass of their own to find them
+            counts = fused_histogram(x, lo, hi, self._hist_bins, finite=m == n)
+            if counts is not None:
+                self._pending.host_hists[index] = (lo, hi, counts)
+            else:
+                self._pending.hists.append(Hist(index, *histogram(x.reshape(-1), self._hist_bins)))
         return True
 
     def finish(self, n_tensors: int) -> PendingStats:
@@ -324,70 +334,3 @@ def _count_nonzero(x: torch.Tensor) -> int:
     if int(bits.amin()) == _INT_MIN[view]:  # a -0.0 (the smallest signed pattern) is present
         return int(torch.count_nonzero(x))
     return int(torch.count_nonzero(bits))
-
-
-def _small_rows(
-    rows: np.ndarray, items: list[tuple[int, torch.Tensor]], hist_bins: int
-) -> dict[int, tuple[float, float, np.ndarray]]:
-    """Statistics of small CPU tensors, all at once with numpy segment reductions."""
-    indices = [i for i, _ in items]
-    numels = [c.numel() for _, c in items]
-    fps = [_signed(bytes_fingerprint(to_numpy(c))) for _, c in items]
-    numeric = [pos for pos, (_, c) in enumerate(items) if c.dtype not in _FP_ONLY and c.numel()]
-    k = len(items)
-    floats = np.zeros((k, 5))
-    ints = np.zeros((k, 4), dtype=np.int64)
-    ints[:, 3] = fps
-    flags = np.full(k, FINGERPRINT, dtype=np.uint8)
-    hists: dict[int, tuple[float, float, np.ndarray]] = {}
-    if numeric:
-        vals = np.concatenate([items[p][1].reshape(-1).to(torch.float64).numpy() for p in numeric])
-        lens = np.array([numels[p] for p in numeric], dtype=np.int64)
-        starts = np.cumsum(lens) - lens
-        seg = np.repeat(np.arange(len(numeric)), lens)
-        is_nan = np.isnan(vals)
-        is_inf = np.isinf(vals)
-        finite = ~(is_nan | is_inf)
-        good = np.where(finite, vals, 0.0)  # moments over the finite values
-        n_finite = np.maximum(np.add.reduceat(finite.astype(np.int64), starts), 1)
-        with np.errstate(invalid="ignore", over="ignore"):
-            lo = np.minimum.reduceat(np.where(finite, vals, np.inf), starts)
-            hi = np.maximum.reduceat(np.where(finite, vals, -np.inf), starts)
-            total = np.add.reduceat(good, starts)
-            norm = np.sqrt(np.add.reduceat(good * good, starts))
-            centred = np.where(finite, good - (total / n_finite)[seg], 0.0)
-            std = np.sqrt(np.add.reduceat(centred * centred, starts) / n_finite)  # two-pass
-        pos = np.asarray(numeric)
-        floats[pos] = np.stack([lo, hi, total, norm, std], axis=1)
-        ints[pos, 0] = np.add.reduceat((vals != 0).astype(np.int64), starts)
-        ints[pos, 1] = np.add.reduceat(is_nan.astype(np.int64), starts)
-        ints[pos, 2] = np.add.reduceat(is_inf.astype(np.int64), starts)
-        flags[pos] = ALL_FLAGS
-        if hist_bins:
-            hists = _small_histograms(
-                [indices[p] for p in numeric], vals, lens, starts, finite, hist_bins
-            )
-    fill_rows(rows, indices, numels, flags, floats, ints)
-    return hists
-
-
-def _small_histograms(
-    indices: list[int],
-    vals: np.ndarray,
-    lens: np.ndarray,
-    starts: np.ndarray,
-    finite: np.ndarray,
-    bins: int,
-) -> dict[int, tuple[float, float, np.ndarray]]:
-    """Equal-width histograms over each segment's finite values (``hi`` in the last bin)."""
-    k = len(indices)
-    seg = np.repeat(np.arange(k), lens)
-    lo = np.minimum.reduceat(np.where(finite, vals, np.inf), starts)
-    hi = np.maximum.reduceat(np.where(finite, vals, -np.inf), starts)
-    width = (hi - lo)[seg]
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        scaled = np.where(width > 0, (vals - lo[seg]) / np.where(width > 0, width, 1.0) * bins, 0.0)
-    b = np.clip(np.floor(np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)), 0, bins - 1)
-    slot = seg * bins + b.astype(np.int64)
-    counts = np.bincount(slot[finite], minlength=k * bins).reshape(k, bins).astype(np.uint64)
-    return {i: (float(lo[j]), float(hi[j]), counts[j]) for j, i in enumerate(indices)}

@@ -15,6 +15,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from replayer.report.charts import run_charts
 from replayer.report.gather import (
     OpCost,
     Overview,
@@ -24,7 +25,7 @@ from replayer.report.gather import (
     summary_fragment,
     why_fragment,
 )
-from replayer.report.htmlpage import Section, Table, render_page
+from replayer.report.htmlpage import Download, Image, Section, Table, render_page
 from tracefmt.progress import ProgressFn
 from tracefmt.reader import Trace
 
@@ -121,6 +122,55 @@ def _ops_section(ops: list[OpCost], rank: int, step: int, trace_path: str) -> Se
     )
 
 
+def _charts_section(trace: Trace, rank: int, modules: int) -> Section:
+    charts = run_charts(trace, rank, modules)
+    return Section(
+        anchor="timelines",
+        title="Across the run",
+        intro=f"Rank {rank}: every recorded step (full and light), events marked.",
+        images=tuple(Image(c.title, c.png, c.caption) for c in charts if c.png),
+        notes=tuple(c.note for c in charts if not c.png),
+        commands=(
+            f"replayer timeline {shlex.quote(str(trace.path))} --metric norm --module '*' "
+            "--phase backward -o grads.png",
+        ),
+    )
+
+
+def _export_section(trace: Trace, step: int, path: str, embed_mb: float) -> Section:
+    """The detailed step as a Perfetto trace to download (every rank that has it), when its
+    JSON is at most ``embed_mb`` MB; the commands that export and view it either way."""
+    from tracefmt.chrometrace import trace_events
+    from tracefmt.jsonout import dumps
+
+    quoted = shlex.quote(path)
+    commands = (
+        f"tracefmt export-trace {quoted} --step {step} -o step{step}.json   # open in ui.perfetto.dev",
+        f"replayer export {quoted} --step {step} --phase forward -o step{step}.onnx",
+        f"replayer view {quoted} --step {step}",
+    )
+    ranks = [r for r in trace.ranks if step in trace.steps(r)]
+    data = dumps(trace_events([trace.step(step, r) for r in ranks])).encode()
+    if len(data) > embed_mb * 1e6:
+        note = (
+            f"The step's trace is {len(data) / 1e6:.0f} MB, above the {embed_mb:g} MB the page "
+            "embeds: export it with the first command."
+        )
+        return Section(
+            anchor="export", title=f"Step {step} in Perfetto", notes=(note,), commands=commands
+        )
+    plural = "s" if len(ranks) != 1 else ""
+    label = f"step {step} as a Perfetto trace ({len(data) / 1e6:.1f} MB, {len(ranks)} rank{plural})"
+    return Section(
+        anchor="export",
+        title=f"Step {step} in Perfetto",
+        intro="Open the file in ui.perfetto.dev or chrome://tracing: one process per rank, "
+        "ops nested in modules and phases.",
+        downloads=(Download(label, f"step{step}.json", data),),
+        commands=commands,
+    )
+
+
 def build_report(
     trace: Trace, options: ReportOptions | None = None, progress: ProgressFn | None = None
 ) -> str:
@@ -130,7 +180,7 @@ def build_report(
     rank = opts.rank if opts.rank is not None else (trace.ranks[0] if trace.ranks else 0)
     if trace.ranks:
         trace.rank_file(rank)  # a rank the run lacks: its TraceError names the ranks it has
-    builders = 3
+    builders = 5
     done = 0
 
     def tick() -> None:
@@ -158,6 +208,10 @@ def build_report(
         sections.append(Section(anchor="events", title="Events", intro="No trigger event was recorded."))
     tick()
 
+    if trace.ranks:
+        sections.append(_charts_section(trace, rank, opts.modules))
+    tick()
+
     step = focus_step(trace, rank, opts.step) if trace.ranks else None
     if step is not None:
         summary, summary_html = summary_fragment(trace, rank, step, opts.summary_depth)
@@ -175,6 +229,10 @@ def build_report(
         )
         ops = costly_ops(trace.step(step, rank), opts.top_ops)
         sections.append(_ops_section(ops, rank, step, ov.path))
+    tick()
+
+    if step is not None:
+        sections.append(_export_section(trace, step, ov.path, opts.embed_mb))
     tick()
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

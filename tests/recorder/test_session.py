@@ -194,9 +194,10 @@ def test_block_backpressure_keeps_every_step() -> None:
     assert rec.dropped == 0
 
 
-def test_trace_round_trip_stats_equal_values(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hist_bins", [0, 8])
+def test_trace_round_trip_stats_equal_values(tmp_path: Path, hist_bins: int) -> None:
     model, opt, data = build(layers=1, embd=32, heads=2, block=16, batch=4)
-    with recorder.record(tmp_path / "run", model=model, values="all", hist_bins=8) as rec:
+    with recorder.record(tmp_path / "run", model=model, values="all", hist_bins=hist_bins) as rec:
         for step in range(2):
             loss = model(*data.batch(step))
             loss.backward()
@@ -216,8 +217,11 @@ def test_trace_round_trip_stats_equal_values(tmp_path: Path) -> None:
             x = v.astype(np.float64)
             good = x[np.isfinite(x)]  # moments are over the finite values (spec 5.7)
             np.testing.assert_equal([t.stats.min, t.stats.max], [good.min(), good.max()])
-            np.testing.assert_allclose(t.stats.mean, good.mean(), rtol=1e-6, atol=1e-9)
-            np.testing.assert_allclose(t.stats.std, good.std(), rtol=1e-6, atol=1e-9)
+            # spec 5.7: float32 moments may be blocked sums; the sum within 1e-6 of the sum of
+            # magnitudes, std within a relative 1e-5, the norm within a relative 1e-6
+            scale = float(np.abs(good).mean()) if good.size else 0.0
+            np.testing.assert_allclose(t.stats.mean, good.mean(), rtol=0, atol=1e-6 * scale + 1e-300)
+            np.testing.assert_allclose(t.stats.std, good.std(), rtol=1e-5, atol=1e-300)
             np.testing.assert_allclose(t.stats.norm, np.linalg.norm(good), rtol=1e-6)
         checked += 1
     assert checked > 100

@@ -79,7 +79,7 @@ def test_the_page_explains_the_event_and_names_the_run(flight: Path) -> None:
     assert events >= 1
     assert "<script" not in html  # nothing runs, nothing is fetched
     assert not re.search(r"""(src|href)=["']https?://""", html)
-    for anchor in ("run", "model", "events", "ops"):
+    for anchor in ("run", "model", "events", "timelines", "ops", "export"):
         assert f'id="{anchor}"' in html
     assert "CausalSelfAttention" in html  # the model table names the classes (format 1.5)
     assert f"Events ({events})" in html
@@ -113,5 +113,25 @@ def test_the_page_loads_in_chromium_without_errors_and_every_image_decodes(
     (tmp_path / "report.png").write_bytes(loaded.screenshot)
     assert loaded.errors == ()
     assert loaded.broken == ()
-    assert {"run", "model", "events", "ops"} <= set(loaded.anchors)
+    assert {"run", "model", "events", "timelines", "ops", "export"} <= set(loaded.anchors)
+    assert loaded.images >= 4  # loss, step time, gradient and output norms per module
     assert len(loaded.screenshot) > 10_000
+
+
+def test_the_charts_show_leaf_modules_and_the_download_is_the_step_trace(flight: Path) -> None:
+    import base64
+    import json
+
+    from replayer.report.charts import run_charts
+
+    with tracefmt.open(flight) as t:
+        charts = {c.title: c for c in run_charts(t, 0, limit=3)}
+        html = build_report(t)
+    assert charts["Loss"].png.startswith(b"\x89PNG")
+    grads = charts["Gradient norm per module"]
+    assert grads.png
+    assert "more leaf modules not drawn" in grads.caption
+    href = re.search(r'download="step10.json" href="data:application/json;base64,([^"]+)"', html)
+    assert href is not None
+    events = json.loads(base64.b64decode(href.group(1)))["traceEvents"]
+    assert any(e.get("ph") == "X" and e.get("name", "").startswith("aten::") for e in events)
