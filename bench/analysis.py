@@ -1,5 +1,5 @@
-"""SQL over a long run: ``tracefmt to-parquet`` rows per second and bytes, and a DuckDB query's time,
-on a synthetic run of 10,000 steps.
+"""Analysis over a long run: ``tracefmt to-parquet`` rows per second and bytes, a DuckDB query's
+time on a synthetic run of 10,000 steps, and ``replayer timeline``'s time over 10,000 and 100,000.
 
 Run: ``python bench/analysis.py`` (``--steps N``, ``--quick`` for 1,000 steps, ``--tmp DIR``,
 ``--keep`` to leave the run and export in place).  Needs the analysis extra
@@ -27,15 +27,21 @@ Figures (all in the JSON):
   statistics rows and 250,000 forward ops at 10,000 steps) through
   :func:`tracefmt.analysis.query_export` (a fresh in-memory DuckDB connection with the views each
   time), and ``duckdb_query_rows`` its result rows.
+- ``timeline_s``: seconds of ``replayer timeline RUN --metric norm --module layers.3 -o x.png`` in
+  a fresh process (imports included; best of 3) over the run and over a second run of
+  ``--timeline-steps`` steps (100,000; ten times ``--steps`` with ``--quick``), whose writing took
+  ``long_run_write_s``.  Goal: under 10 s at 100,000 steps on 2 cores, growing linearly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +62,10 @@ JOIN stats s USING (rank, step, tensor)
 GROUP BY o.module
 ORDER BY o.module
 """.strip()
+
+
+#: The module whose norm ``replayer timeline`` draws in the benchmark.
+TIMELINE_MODULE = "layers.3"
 
 
 def _log(msg: str) -> None:
@@ -157,11 +167,28 @@ def synthetic_run(path: str | os.PathLike[str], steps: int, *, layers: int = 8, 
     return run
 
 
+def time_timeline(run_path: str | os.PathLike[str], module_glob: str) -> float:
+    """Best of 3: seconds ``replayer timeline RUN --metric norm --module GLOB -o x.png`` takes in
+    a fresh process (imports included), as a user runs it."""
+    best = math.inf
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [sys.executable, "-m", "replayer.cli", "timeline", str(run_path), "--metric", "norm"]
+        cmd += ["--module", module_glob, "-o", str(Path(d) / "timeline.png")]
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--quick", action="store_true", help="1,000 steps")
     p.add_argument("--layers", type=int, default=8)
+    p.add_argument(
+        "--timeline-steps", type=int, default=100_000, help="the longer run replayer timeline reads"
+    )
     p.add_argument("--tmp", default=None, help="directory for the run and export (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="leave the run and the export in place")
     args = p.parse_args()
@@ -191,6 +218,14 @@ def main() -> None:
             t0 = time.perf_counter()
             rows = len(query_export(tmp / "run.parquet", QUERY).rows)
             times.append(time.perf_counter() - t0)
+        long_steps = steps * 10 if args.quick else args.timeline_steps
+        _log(f"timing replayer timeline over {steps:,} steps; then writing {long_steps:,} steps")
+        timeline = {str(steps): round(time_timeline(run, TIMELINE_MODULE), 2)}
+        shutil.rmtree(tmp / "run.parquet", ignore_errors=True)
+        t0 = time.perf_counter()
+        long_run = synthetic_run(tmp / "long", long_steps, layers=args.layers)
+        long_write_s = time.perf_counter() - t0
+        timeline[str(long_steps)] = round(time_timeline(long_run, TIMELINE_MODULE), 2)
         out: dict[str, Any] = {
             "bench": "analysis",
             "run": {
@@ -211,6 +246,11 @@ def main() -> None:
             "duckdb_query_s": round(min(times), 3),
             "duckdb_query_rows": rows,
             "duckdb_query": " ".join(QUERY.split()),
+            # seconds of `replayer timeline RUN --metric norm --module layers.3` in a fresh
+            # process (imports included) per run length; goal: under 10 s at 100,000 steps
+            "timeline_s": timeline,
+            "timeline_module": TIMELINE_MODULE,
+            "long_run_write_s": round(long_write_s, 1),
             "env": {
                 "cpus": os.cpu_count(),
                 "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
