@@ -14,6 +14,7 @@ from recorder.distributed import Located
 from recorder.flight.ring import FlightSink, RingSink
 from recorder.options import Options
 from recorder.pipeline import BackgroundWriter, Sink
+from recorder.provenance import run_provenance
 from tracefmt.errors import TraceError
 
 __all__ = ["background_writer", "open_trace_writer"]
@@ -26,7 +27,7 @@ def open_trace_writer(
     *,
     overwrite: bool,
     values_filter: str,
-    provenance_extra: Mapping[str, str],
+    provenance_extra: Mapping[str, Any],
 ) -> tuple[Sink, str]:
     """This rank's writer; it replaces (with ``overwrite``) only this rank's own file.  In
     flight mode it is a writer process holding the ring (``writer_process=False``: a ring in
@@ -44,6 +45,8 @@ def open_trace_writer(
     place = located.placement
     file = rank_file_path(run_dir, place.rank)
     extra: dict[str, Any] = {"torch": torch.__version__, "recorder": "recorder", **provenance_extra}
+    # what produced the run: code, command, numerics, packages, hardware, capture path
+    extra = run_provenance(str(extra.get("recorder_engine", "python")), options, extra)
     distributed = located.provenance()
     if distributed is not None:
         extra["distributed"] = distributed

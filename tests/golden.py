@@ -1,51 +1,54 @@
-"""Golden traces: small deterministic traces in tests/data/ that every later tracefmt must read.
+"""Golden traces: small deterministic traces under ``tests/data/<format version>/`` that every later
+tracefmt must read (spec/versioning.md, "Golden traces").
 
-    TRACEFMT_REGEN_GOLDEN=1 python -m tests.golden      (``make golden``)
+    make golden          (TRACEFMT_REGEN_GOLDEN=1 python -m tests.golden)
 
-The files are written once by a given format version and then kept: tests/test_golden.py reads them
-with the current reader and compares against ``manifest.json``, which is computed here from the
-records that were written (not from reading the files back), so a reader bug cannot hide in it.
-Regenerate only when adding traces for a new format version; never to make a failing test pass.
-
-Contents (< 200 KB in all):
-
-- ``values.tft.h5``: two steps with full values of bfloat16, every float8 kind, float16/32/64,
-  complex64, int64, bool and packed float4, NaN/Inf included; statistics, histograms, events,
-  scalars, op timings and attributes with non-finite floats.
-- ``stats_only.tft.h5``: eight steps of statistics only; one graph repeats (stored once), one step
-  brings a second graph.
-- ``run/``: a run directory with two ranks of one run (world size 2).
+Each format version's goldens are written once, by the code of the commit that introduced the
+version, and then kept as they are; ``make golden`` writes the current version's goldens only when
+``tests/data/<version>/`` does not exist yet, and refuses otherwise.  ``tests/data/1.0/`` was written
+by :mod:`tests.golden10`; 1.1 on by :mod:`tests.goldgen`, run in a ``git worktree`` of each
+version's commit.  Each version's ``manifest.json`` is computed by its generator from the records
+it wrote (not by reading the files back), in the form the ``describe_*`` functions here give for
+what the current reader returns, so a reader bug cannot hide in it.  The tests:
+``tests/tracefmt/test_golden.py`` (1.0) and ``tests/tracefmt/test_golden_versions.py`` (every
+version: read, validate, replay).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import re
 import struct
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-import tracefmt.writer
-from tests.checks import expected_meta, expected_stats
-from tests.synth import mlp_graph, synthetic_step
-from tracefmt import DType, Event, GraphBuilder, Phase, Role, Step, StepRecord, TraceWriter
+from tracefmt import Step
 from tracefmt import _layout as L
-from tracefmt.dtypes import DTYPE_INFO
-from tracefmt.model import Provenance, TensorMeta, TensorStats
-from tracefmt.records import decode_attrs, empty_op_stats, encode_attrs
-from tracefmt.stats import histogram, tensor_stats
+from tracefmt.light import LightStep
+from tracefmt.model import TensorMeta, TensorStats
+from tracefmt.moduletable import ModuleTable
+from tracefmt.records import encode_attrs
 
-DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parent / "data"
+DATA = ROOT / "1.0"  # the 1.0 goldens (tests/golden10.py)
 MANIFEST = DATA / "manifest.json"
 SWITCH = "TRACEFMT_REGEN_GOLDEN"
 RUN_ID = "golden-run-0001"
+_VERSION_DIR = re.compile(r"[0-9]+\.[0-9]+")
+
+
+def versions() -> list[str]:
+    """The format versions that have goldens under ``tests/data``, oldest first."""
+    names = [p.name for p in ROOT.iterdir() if p.is_dir() and _VERSION_DIR.fullmatch(p.name)]
+    return sorted(names, key=lambda v: tuple(map(int, v.split("."))))
+
+
+def minor(version: str) -> int:
+    return int(version.split(".")[1])
 
 
 # -- canonical descriptions (shared by the generator and the test) ---------------------------------
@@ -87,9 +90,10 @@ def _values(array: np.ndarray) -> dict[str, Any]:
     return {"nbytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
 
 
-def describe_step(step: Step) -> dict[str, Any]:
-    """What the reader returned for a step, as JSON data."""
-    return {
+def describe_step(step: Step, *, starts: bool = False) -> dict[str, Any]:
+    """What the reader returned for a step, as JSON data (``starts``: with each op's
+    ``host_start_ns``, which goldens of 1.3 on describe)."""
+    out = {
         "step": step.step,
         "graph": step.graph,
         "ops": [
@@ -131,263 +135,72 @@ def describe_step(step: Step) -> dict[str, Any]:
         "has_nan": step.has_nan,
         "has_inf": step.has_inf,
     }
+    if starts:
+        for described, op in zip(out["ops"], step.ops, strict=True):
+            described["host_start_ns"] = op.host_start_ns
+    return out
 
 
-def describe_record(record: StepRecord, graph_row: int) -> dict[str, Any]:
-    """What the reader must return for ``record`` (the format's normalisations applied)."""
-    g = record.graph
-    timing = record.op_stats if record.op_stats is not None and g.num_ops else None
-    stats = record.stats if record.stats is not None and g.num_tensors else None
+def describe_modules(table: ModuleTable | None) -> list[list[Any]] | None:
+    """A step's module table (1.5) as rows of (path, class, params, trainable, own params, own
+    trainable, parameter bytes)."""
+    if table is None:
+        return None
+    return [
+        [m.path, m.class_name, m.params, m.trainable, m.own_params, m.own_trainable, m.param_bytes]
+        for m in table
+    ]
 
-    def t_ns(i: int, field: str) -> int | None:
-        return None if timing is None or int(timing[i][field]) < 0 else int(timing[i][field])
 
-    counted = None if stats is None else stats[(stats["flags"] & L.STAT_COUNTS) != 0]
+def describe_light_step(light: LightStep) -> dict[str, Any]:
+    """What the reader returned for a light step (1.4), as JSON data."""
+
+    def opt(x: float | None) -> str | None:
+        return None if x is None else bits(x)
+
     return {
-        "step": record.step,
-        "graph": graph_row,
-        "ops": [
-            {
-                "name": op.name,
-                "phase": op.phase.label,
-                "module": op.module,
-                "inputs": [t for t, _, _ in op.inputs],
-                "input_args": [[a, item] for _, a, item in op.inputs],
-                "outputs": list(op.outputs),
-                "attrs": encode_attrs({} if op.attrs is None else decode_attrs(op.attrs)),
-                "source": op.source,
-                "host_ns": t_ns(i, "host_ns"),
-                "device_ns": t_ns(i, "device_ns"),
-                "mem_bytes": t_ns(i, "mem_bytes"),
-            }
-            for i, op in enumerate(g.ops)
+        "step": light.step,
+        "rows": [
+            [
+                r.name,
+                r.kind.label,
+                r.numel,
+                *map(opt, (r.min, r.max, r.mean, r.std, r.norm)),
+                r.nan,
+                r.inf,
+                r.inputs_nonfinite,
+            ]
+            for r in light.rows
         ],
-        "tensors": [
-            {
-                **_meta(expected_meta(spec)),
-                "stats": None if stats is None else _stats(expected_stats(stats[i])),
-                "histogram": None
-                if i not in record.histograms
-                else {
-                    "lo": bits(record.histograms[i][0]),
-                    "hi": bits(record.histograms[i][1]),
-                    "counts": [int(c) for c in record.histograms[i][2]],
-                },
-                "values": _values(record.values[i]) if i in record.values else None,
-            }
-            for i, spec in enumerate(g.tensors)
-        ],
-        "events": [[e.kind, e.message, e.op, e.tensor] for e in record.events],
-        "scalars": {k: bits(v) for k, v in record.scalars.items()},
-        "wall_time": bits(record.wall_time),
-        "duration": bits(record.duration),
-        "dropped": record.dropped,
-        "has_nan": bool(counted is not None and np.any(counted["nan"])),
-        "has_inf": bool(counted is not None and np.any(counted["inf"])),
+        "scalars": {k: bits(v) for k, v in light.scalars.items()},
+        "events": [[e.kind, e.message, e.op, e.tensor] for e in light.events],
+        "wall_time": bits(light.wall_time),
+        "duration": bits(light.duration),
+        "has_nan": light.has_nan,
+        "has_inf": light.has_inf,
+        "nonfinite_created": light.nonfinite_created,
+        "nonfinite_state": light.nonfinite_state,
     }
 
 
-# -- the traces ----------------------------------------------------------------------------------
-
-ALL_VALUE_DTYPES = [
-    DType.BFLOAT16,
-    DType.FLOAT8_E4M3FN,
-    DType.FLOAT8_E4M3FNUZ,
-    DType.FLOAT8_E5M2,
-    DType.FLOAT8_E5M2FNUZ,
-    DType.FLOAT8_E8M0FNU,
-    DType.FLOAT16,
-    DType.FLOAT32,
-    DType.FLOAT64,
-    DType.COMPLEX64,
-    DType.INT64,
-    DType.BOOL,
-    DType.FLOAT4_E2M1FN_X2,
-]
-
-
-def _values_records() -> list[StepRecord]:
-    rng = np.random.default_rng(20261123)
-    g = GraphBuilder()
-    x = g.add_tensor(DType.FLOAT32, (4, 6), role=Role.INPUT, name="x")
-    tensors = []
-    for dtype in ALL_VALUE_DTYPES:
-        t = g.add_tensor(
-            dtype,
-            (4, 6) if dtype is not DType.FLOAT4_E2M1FN_X2 else (4, 3),
-            producer=g.num_ops,
-            name=f"as_{dtype.label}",
-            device="cuda:0",
-        )
-        g.add_op(
-            "aten::_to_copy.default",
-            phase=Phase.FORWARD,
-            module=f"cast.{dtype.label}",
-            inputs=[x],
-            outputs=[t],
-            attrs={"dtype": dtype.label, "scale": float("inf"), "shift": [-0.0, float("-inf")]},
-        )
-        tensors.append(t)
-    graph = g.finish()
-    records = []
-    for step in (100, 200):
-        base = rng.standard_normal((4, 6)).astype(np.float32)
-        base[0, 0], base[1, 1], base[2, 2] = np.nan, np.inf, -np.inf
-        arrays: dict[int, np.ndarray] = {x: base}
-        with np.errstate(all="ignore"):
-            for t, dtype in zip(tensors, ALL_VALUE_DTYPES, strict=True):
-                logical = DTYPE_INFO[dtype].logical
-                if dtype is DType.FLOAT4_E2M1FN_X2:
-                    arrays[t] = rng.integers(0, 256, (4, 3), dtype=np.uint8)
-                elif dtype is DType.BOOL:
-                    arrays[t] = base > 0
-                elif dtype is DType.INT64:
-                    arrays[t] = rng.integers(-(2**62), 2**62, (4, 6), dtype=np.int64)
-                elif dtype is DType.COMPLEX64:
-                    arrays[t] = (base + 1j * base[::-1]).astype(np.complex64)
-                else:
-                    arrays[t] = base.astype(logical)
-            stats = np.stack(
-                [tensor_stats(arrays[i], graph.tensors[i].dtype) for i in range(graph.num_tensors)]
-            )
-            hists = {i: histogram(arrays[i].astype(np.float64), 4) for i in (x, tensors[0])}
-        op_stats = empty_op_stats(graph.num_ops)
-        op_stats["host_ns"] = rng.integers(1000, 9000, graph.num_ops)
-        op_stats["mem_bytes"][0] = 4096
-        records.append(
-            StepRecord(
-                step=step,
-                graph=graph,
-                stats=stats,
-                op_stats=op_stats,
-                values=arrays,
-                histograms=hists,
-                events=[Event("trigger", "nan seen in x", op=0, tensor=x), Event("note", "ünïcode ✓")],
-                scalars={"loss": float(base[3, 3]), "lr": 3e-4, "nan": float("nan")},
-                wall_time=1_790_000_000.0 + step,
-                duration=0.125,
-                dropped=step // 100 - 1,
-            )
-        )
-    return records
-
-
-def _stats_only_records() -> list[StepRecord]:
-    rng = np.random.default_rng(7)
-    small, wide = mlp_graph(), mlp_graph(width=8, layers=1)
-    records = []
-    for step in range(0, 80, 10):
-        graph = wide if step == 50 else small
-        rec = synthetic_step(step, graph, rng, with_values=False)
-        records.append(rec)
-    return records
-
-
-def _rank_records(rank: int) -> list[StepRecord]:
-    rng = np.random.default_rng(1000 + rank)
-    graph = mlp_graph(batch=2, width=4, layers=1)
-    records = []
-    for step in range(3):
-        rec = synthetic_step(step, graph, rng, with_values=False)
-        weight = rng.standard_normal((4, 4)).astype(ml_dtypes.bfloat16)
-        rec.values = {1: weight}  # the weight's values, and statistics that match them
-        assert rec.stats is not None
-        rec.stats[1] = tensor_stats(weight, DType.BFLOAT16)
-        records.append(rec)
-    return records
-
-
-#: file (relative to tests/data) -> (writer keyword arguments, records)
-TRACES: dict[str, tuple[dict[str, Any], Any]] = {
-    "values.tft.h5": ({"values_filter": "gzip", "hist_bins": 4}, _values_records),
-    "stats_only.tft.h5": ({}, _stats_only_records),
-    "run/rank-00000.tft.h5": (
-        {"rank": 0, "world_size": 2, "values_filter": "gzip"},
-        lambda: _rank_records(0),
-    ),
-    "run/rank-00001.tft.h5": (
-        {"rank": 1, "world_size": 2, "values_filter": "gzip"},
-        lambda: _rank_records(1),
-    ),
-}
-
-
-def fixed_provenance() -> Provenance:
-    p = tracefmt.writer.make_provenance({"generator": "tests/golden.py"})
-    return Provenance(
-        tracefmt=p.tracefmt,
-        h5py=p.h5py,
-        hdf5=p.hdf5,
-        numpy=p.numpy,
-        python=p.python,
-        created="2026-11-23T00:00:00+00:00",
-        host="golden",
-        torch=None,
-        extra=p.extra,
-    )
-
-
-@contextmanager
-def _provenance(p: Provenance) -> Iterator[None]:
-    original = tracefmt.writer.make_provenance
-    tracefmt.writer.make_provenance = lambda extra=None: p
-    try:
-        yield
-    finally:
-        tracefmt.writer.make_provenance = original
-
-
-def _graph_rows(records: list[StepRecord]) -> list[int]:
-    """The graph row each step gets: rows are numbered by first appearance of a graph."""
-    rows: dict[bytes, int] = {}
-    return [rows.setdefault(r.graph.digest, len(rows)) for r in records]
-
-
-def generate(directory: Path = DATA) -> dict[str, Any]:
-    """Write every golden trace into ``directory`` and return the manifest."""
-    provenance = fixed_provenance()
-    manifest: dict[str, Any] = {
-        "format_version": L.FORMAT_VERSION,
-        "run_id": RUN_ID,
-        "provenance": json.loads(provenance.to_json()),
-        "files": {},
-    }
-    with _provenance(provenance):
-        for name, (kwargs, make) in TRACES.items():
-            path = directory / name
-            records = make()
-            with TraceWriter(path, run_id=RUN_ID, overwrite=True, **kwargs) as w:
-                for i, r in enumerate(records):
-                    w.write_step(r)
-                    if i % 4 == 3:  # a few commits (each flush rewrites the tables' last chunks)
-                        w.flush()
-            manifest["files"][name] = {
-                "rank": kwargs.get("rank", 0),
-                "world_size": kwargs.get("world_size", 1),
-                "values_filter": kwargs.get("values_filter", "none"),
-                "hist_bins": kwargs.get("hist_bins", 0),
-                "steps": [
-                    describe_record(r, g) for r, g in zip(records, _graph_rows(records), strict=True)
-                ],
-            }
-    return manifest
+# -- make golden ------------------------------------------------------------------------------
 
 
 def main() -> int:
-    if os.environ.get(SWITCH) != "1":
+    """Write the current format version's goldens, unless they exist (``make golden``)."""
+    target = ROOT / L.FORMAT_VERSION
+    if os.environ.get(SWITCH) != "1" or target.exists():
+        why = f"{target} exists" if target.exists() else f"{SWITCH} is not set (make golden sets it)"
         print(
-            f"Refusing to overwrite the golden traces in {DATA}: they are what earlier tracefmt "
-            f"versions wrote, and later versions must read them as they are.\nSet {SWITCH}=1 "
-            "(make golden) only to add traces for a new format version.",
+            f"Refusing to write golden traces: {why}. A format version's goldens are written "
+            "once, by the version that introduced it, and later versions must read them as "
+            "they are; a new format version adds its own directory.",
             file=sys.stderr,
         )
-        return 2
-    DATA.mkdir(parents=True, exist_ok=True)
-    manifest = generate(DATA)
-    MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    total = sum(p.stat().st_size for p in DATA.rglob("*") if p.is_file())
-    print(f"wrote {len(TRACES)} golden traces and {MANIFEST.name} to {DATA} ({total} bytes)")
-    return 0
+        return 2 if not target.exists() else 1
+    from tests import goldgen
+
+    return goldgen.main([str(target)])
 
 
 if __name__ == "__main__":

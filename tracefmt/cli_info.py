@@ -87,6 +87,61 @@ def _row(r: RankInfo) -> list[str]:
     ]
 
 
+def _get(data: Any, key: str) -> Any:
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def provenance_lines(p: dict[str, Any]) -> list[str]:
+    """One line each for what produced the run, as the recorder stores it (spec/format.md 4.2.1):
+    code, command, numerics, hardware, packages and capture path; keys a file lacks are skipped
+    (``--json`` gives everything)."""
+    lines = []
+    code = _get(p, "code")
+    if code:
+        state = "clean"
+        if _get(code, "dirty"):
+            state = f"dirty, diff sha256 {str(_get(code, 'diff_sha256'))[:16]}"
+        lines.append(
+            f"code: git {str(_get(code, 'commit'))[:12]} on {_get(code, 'branch') or 'no branch'}"
+            f" ({state}) in {_get(code, 'root')}"
+        )
+    command = _get(p, "command")
+    if command:
+        argv = " ".join(map(str, _get(command, "argv") or []))
+        lines.append(f"command: {argv} (in {_get(command, 'cwd')})")
+    numerics = _get(p, "numerics")
+    if numerics:
+        env = " ".join(f"{k}={v}" for k, v in (_get(numerics, "env") or {}).items())
+        det = "on" if _get(numerics, "deterministic_algorithms") else "off"
+        lines.append(
+            f"numerics: deterministic algorithms {det}, float32 matmul "
+            f"{_get(numerics, 'float32_matmul_precision')}, threads "
+            f"{_get(numerics, 'num_threads')}; env {env or 'none set'}"
+        )
+    hw = _get(p, "hardware")
+    if hw:
+        gpus = ", ".join(map(str, _get(hw, "gpus") or [])) or "none in use"
+        versions = ", ".join(
+            f"{k} {_get(hw, k)}" for k in ("driver", "cuda", "cudnn", "nccl") if _get(hw, k)
+        )
+        lines.append(
+            f"hardware: {_get(hw, 'cpu')} x{_get(hw, 'cpu_count')}; GPUs {gpus}"
+            + (f"; {versions}" if versions else "")
+        )
+    packages = _get(p, "packages")
+    if packages:
+        named = ", ".join(f"{k} {packages[k]}" for k in ("torch", "numpy") if k in packages)
+        lines.append(f"packages: {len(packages)} installed ({named})")
+    capture = _get(p, "capture")
+    if capture:
+        what = "+".join(map(str, _get(capture, "capture") or []))
+        lines.append(
+            f"capture: engine {_get(capture, 'engine')}, mode {_get(capture, 'mode')}, {what}"
+            + (", values" if _get(capture, "values") else "")
+        )
+    return lines
+
+
 def _print(data: TraceInfo) -> None:
     con = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
     manifest = "run.json" if data.manifest else "no manifest"
@@ -101,6 +156,8 @@ def _print(data: TraceInfo) -> None:
         f"{k} {v}" for k, v in p.items() if k not in ("created", "host") and isinstance(v, str)
     )
     con.print(escape(f"written {p.get('created', '?')} on {p.get('host', '?')} by {prov}"))
+    for line in provenance_lines(p):
+        con.print(escape(line), soft_wrap=True)
     ranks = Table(title="Ranks", title_justify="left")
     for col in _COLUMNS:
         ranks.add_column(col, justify="left" if col in ("host", "status", "filter") else "right")

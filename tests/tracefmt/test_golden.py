@@ -1,4 +1,5 @@
-"""Golden traces in tests/data/, written by an earlier tracefmt, read by this one (see tests/golden.py).
+"""The 1.0 golden traces in tests/data/1.0/, written by tracefmt 1.0, read by this one (see
+tests/golden.py and tests/golden10.py; every version's goldens: test_golden_versions.py).
 
 Never regenerate them to make this test pass: a failure here means the current reader no longer
 reads what an earlier version wrote.
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 import tracefmt
-from tests.golden import DATA, MANIFEST, SWITCH, describe_step, main
+from tests.golden import DATA, MANIFEST, ROOT, SWITCH, describe_step, main
 from tracefmt.validate import validate
 
 #: The golden set must stay small enough to keep in git.  (Every file holds at least one full chunk
@@ -85,14 +86,19 @@ def test_golden_files_validate_clean() -> None:
         assert list(validate(path, deep=True)) == [], path
 
 
-def test_regeneration_needs_the_explicit_switch(
+def test_make_golden_never_rewrites_existing_goldens(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Without the switch, and with it once the current version's goldens exist, ``make golden``
+    refuses and touches nothing."""
+    before = {p: p.stat().st_mtime_ns for p in ROOT.rglob("*") if p.is_file()}
     monkeypatch.delenv(SWITCH, raising=False)
-    before = {p: p.stat().st_mtime_ns for p in DATA.rglob("*") if p.is_file()}
-    assert main() == 2
-    assert SWITCH in capsys.readouterr().err
-    assert before == {p: p.stat().st_mtime_ns for p in DATA.rglob("*") if p.is_file()}
+    assert main() != 0
+    assert "Refusing" in capsys.readouterr().err
+    monkeypatch.setenv(SWITCH, "1")
+    assert main() == 1  # this version's goldens are in tests/data (test_golden_versions checks it)
+    assert "exists" in capsys.readouterr().err
+    assert before == {p: p.stat().st_mtime_ns for p in ROOT.rglob("*") if p.is_file()}
 
 
 def test_the_generator_still_describes_what_the_writer_writes(
@@ -100,7 +106,7 @@ def test_the_generator_still_describes_what_the_writer_writes(
 ) -> None:
     """Regenerating into a scratch directory gives the same manifest (only the tracefmt/h5py
     versions in the provenance may differ): the golden files are reproducible."""
-    from tests.golden import generate
+    from tests.golden10 import generate
 
     fresh = generate(tmp_path)
     assert fresh["files"] == manifest["files"]

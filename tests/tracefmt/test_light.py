@@ -26,7 +26,7 @@ from tracefmt.light import LightFlags, LightKind, LightStep, LightStepRecord, em
 from tracefmt.validate import validate
 
 REPO = Path(__file__).resolve().parents[2]
-GOLDEN = REPO / "tests" / "data"
+GOLDEN = REPO / "tests" / "data" / "1.0"  # format 1.0 goldens (tests/golden.py)
 
 
 def _record(step: int, rng: np.random.Generator, n: int = 5) -> LightStepRecord:

@@ -21,7 +21,7 @@ from tracefmt.records import StepRecord
 from tracefmt.torecord import step_record
 from tracefmt.validate import validate
 
-GOLDEN = Path(__file__).resolve().parents[1] / "data"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "1.0"
 
 
 def _write(path: Path, records: list[StepRecord]) -> Path:

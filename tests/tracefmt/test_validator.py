@@ -304,7 +304,7 @@ def test_clean_with_each_values_filter(tmp_path: Path, values_filter: str) -> No
     assert validate(path, deep=True) == []
 
 
-GOLDEN = Path(__file__).resolve().parents[1] / "data"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "1.0"
 
 
 @pytest.mark.parametrize("name", ["stats_only.tft.h5", "values.tft.h5", "run"])
