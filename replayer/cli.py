@@ -24,6 +24,7 @@ from replayer.export.mapping import PHASES
 from replayer.plots.cli import dist, timeline
 from replayer.report.cli import report_cmd
 from replayer.summary.cli import summary
+from replayer.view.cli import view
 from tracefmt.cli import TraceErrorGroup
 from tracefmt.jsonout import dumps
 from tracefmt.progress import progress_bar
@@ -41,6 +42,7 @@ def main() -> None:
 main.add_command(diff)
 main.add_command(report_cmd)
 main.add_command(summary)
+main.add_command(view)
 main.add_command(timeline)
 main.add_command(dist)
 
@@ -74,6 +76,14 @@ def _depth_option(default_help: str) -> Callable[[Any], Any]:
     is_flag=True,
     help="Draw forward tensors read by backward ops as separate inputs (faster in Netron).",
 )
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "explorer"]),
+    default="onnx",
+    show_default=True,
+    help="explorer: Model Explorer graph JSON, with overlay files <name>.<overlay>.json next to it.",
+)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 def export(
     trace: str,
@@ -84,10 +94,19 @@ def export(
     depth: int | None,
     no_values: bool,
     split_saved: bool,
+    fmt: str,
     output: str,
 ) -> None:
-    """Export one recorded step as an ONNX model."""
+    """Export one recorded step as an ONNX model, or as Model Explorer graph JSON."""
     from replayer.export.build import export_step, save_model
+
+    if fmt == "explorer":
+        if depth is not None or no_values or split_saved:
+            raise click.UsageError("--depth, --no-values and --split-saved apply to ONNX only.")
+        from replayer.view.cli import echo_explorer_export
+
+        echo_explorer_export(trace, step_no, rank, phase, module, output)
+        return
 
     data_path = Path(output).with_name(Path(output).name + ".data")
     with tracefmt.open(trace) as t, progress_bar("export", "ops") as progress:
@@ -193,94 +212,6 @@ def check(
 
 
 @main.command()
-@click.argument("trace", type=click.Path(exists=True), required=False)
-@click.option("--step", "step_no", type=int, default=None, help="Step number (required without --diff).")
-@_rank
-@click.option("--phase", type=click.Choice(PHASES), default="forward", show_default=True)
-@_module
-@_depth_option("default: chosen from the op count")
-@click.option("--flat", is_flag=True, help="Every op a node (no folding).")
-@click.option("--port", type=int, default=0, help="Port on 127.0.0.1 (default: a free one).")
-@click.option("--browse", is_flag=True, help="Open a web browser.")
-@click.option(
-    "--diff",
-    "diff_sides",
-    nargs=2,
-    default=None,
-    metavar="A B",
-    help="Diff two TRACE[:STEP][@RANK] sides (as `replayer diff`) and show B's step "
-    "(for whole runs the first that differs) with divergent ops marked '≠'.",
-)
-def view(
-    trace: str | None,
-    step_no: int | None,
-    rank: int | None,
-    phase: str,
-    module: str | None,
-    depth: int | None,
-    flat: bool,
-    port: int,
-    browse: bool,
-    diff_sides: tuple[str, str] | None,
-) -> None:
-    """Serve one step with Netron on 127.0.0.1 until Ctrl-C.
-
-    With --diff A B, no TRACE or --step: serve side B's step with the ops that diverge from A
-    marked (node names start with '≠', metadata tracefmt.diverged=true).
-    """
-    from replayer.view.netron import serve_diff, serve_step
-
-    if diff_sides:
-        if trace is not None or step_no is not None or rank is not None:
-            raise click.UsageError(
-                "--diff A B names the sides itself (TRACE[:STEP][@RANK]); "
-                "give no TRACE, --step or --rank with it."
-            )
-        dv, served = serve_diff(
-            diff_sides[0],
-            diff_sides[1],
-            phase=phase,
-            module=module,
-            depth=depth,
-            auto_depth=not flat,
-            port=port,
-            browse=browse,
-        )
-        click.echo(
-            f"{len(dv.notes)} ops of B diverged from A" + ("" if dv.notes else " (identical)") + "."
-        )
-        if dv.origin is not None:
-            click.echo(f"origin: {dv.origin}")
-        _serve_until_stopped(
-            served.host,
-            served.port,
-            served.message,
-            f"serving step {dv.step} of {dv.path} at {served.url} (Ctrl-C stops)",
-        )
-        return
-    if trace is None or step_no is None:
-        raise click.UsageError("Give TRACE and --step (or --diff A B).")
-    with tracefmt.open(trace) as t:
-        served = serve_step(
-            t,
-            step_no,
-            rank=rank,
-            phase=phase,
-            module=module,
-            depth=depth,
-            auto_depth=not flat,
-            port=port,
-            browse=browse,
-        )
-    _serve_until_stopped(
-        served.host,
-        served.port,
-        served.message,
-        f"serving step {step_no} at {served.url} (Ctrl-C stops)",
-    )
-
-
-@main.command()
 @click.argument("run", type=click.Path(exists=True))
 @click.option("--step", "step_no", type=int, default=None, help="Step number (default: every step).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -369,28 +300,6 @@ def why(
         render(report, Console())
     if report.has_events:
         sys.exit(EXIT_MISMATCH)
-
-
-def _serve_until_stopped(host: str, port: int, message: str, line: str) -> None:
-    import signal
-    import threading
-
-    import netron
-
-    from replayer.view.netron import stop
-
-    # Ctrl-C sets an event rather than raising wherever the main thread happens to be.
-    stopping = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    try:
-        click.echo(message)
-        click.echo(line)
-        while not stopping.is_set() and netron.status((host, port)):
-            stopping.wait(0.2)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        stop(host, port)
-    click.echo("stopped")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ import importlib.util
 import math
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    import numpy as np
     from playwright.sync_api import Page
 
 #: Netron's refusal of a build older than 180 days.
@@ -180,5 +182,119 @@ def load_page(path: str, *, timeout: float = 60.0, executable: str | None = None
                 anchors=tuple(anchors),
                 screenshot=page.screenshot(type="png", full_page=True),
             )
+        finally:
+            browser.close()
+
+
+# --- Model Explorer (``replayer view --viewer explorer``) -------------------------------------
+# Model Explorer draws with WebGL: software GL (SwiftShader) in headless Chromium.  Its graph is
+# not in the DOM, so a render is seen in the canvas's pixels; its side panels are DOM.
+_EXPLORER_ARGS = ["--disable-dev-shm-usage", "--enable-unsafe-swiftshader", "--use-angle=swiftshader"]
+#: The canvas the graph is drawn in.
+EXPLORER_CANVAS = "webgl-renderer canvas.main"
+#: Pixels darker than this (sum of R, G, B) count as drawn (text, borders, edges).
+_INK = 600
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    """The RGB pixels of a PNG as an (n, 3) int array."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    return np.asarray(image, dtype=np.int32).reshape(-1, 3)
+
+
+def ink(png: bytes) -> int:
+    """How many pixels of a PNG are drawn (darker than the white background)."""
+    return int((_pixels(png).sum(axis=1) < _INK).sum())
+
+
+def near(png: bytes, colours: Iterable[str], tolerance: int = 6) -> int:
+    """How many pixels of a PNG are within ``tolerance`` (per channel) of one of ``colours``
+    (``#rrggbb``)."""
+    import numpy as np
+
+    pixels = _pixels(png)
+    hit = np.zeros(len(pixels), dtype=bool)
+    for c in set(colours):
+        want = np.array([int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16)])
+        hit |= np.abs(pixels - want).max(axis=1) <= tolerance
+    return int(hit.sum())
+
+
+class ExplorerPage:
+    """A Model Explorer page open in headless Chromium (see :func:`explorer_page`)."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+
+    def open(self, url: str, *, timeout: float = 60.0, min_ink: int = 200) -> float:
+        """Navigate to ``url`` and wait until the canvas shows a drawn graph; the seconds from
+        navigation to then (NaN when nothing was drawn within ``timeout``)."""
+        start = time.monotonic()
+        self.page.goto(url, wait_until="commit", timeout=timeout * 1000)
+        canvas = self.page.locator(EXPLORER_CANVAS)
+        canvas.wait_for(state="attached", timeout=timeout * 1000)
+        while time.monotonic() - start < timeout:
+            if ink(canvas.screenshot()) >= min_ink:
+                return time.monotonic() - start
+            self.page.wait_for_timeout(50)
+        return math.nan
+
+    def canvas_png(self) -> bytes:
+        """A PNG of the graph canvas."""
+        return self.page.locator(EXPLORER_CANVAS).screenshot()
+
+    def show_overlay(self, name: str, *, settle: float = 1.5) -> bool:
+        """Make the overlay (node-data run) named ``name`` the one that colours the graph, from
+        the side panel shown while nothing is selected; whether the page now marks it shown."""
+        row = self.page.locator("node-data-provider-summary-panel .index-row", has_text=name)
+        eye = row.locator(".icon-container.visibility")
+        eye.click(timeout=10_000)
+        self.page.wait_for_timeout(settle * 1000)
+        return eye.inner_text().strip() == "visibility"
+
+    def select_node(self, node_id: str, *, timeout: float = 30.0) -> str:
+        """Select (and so reveal, expanding the layers that hold it) the node ``node_id``; the
+        side panel's text once it shows that node."""
+        self.page.evaluate(
+            "id => window.postMessage({cmd: 'model-explorer-select-node-by-node-id', nodeId: id}, '*')",
+            node_id,
+        )
+        panel = self.page.locator("info-panel", has_text=node_id)
+        panel.wait_for(state="attached", timeout=timeout * 1000)
+        self.page.wait_for_timeout(1000)  # the reveal animates
+        return panel.inner_text()
+
+    def screenshot(self) -> bytes:
+        return self.page.screenshot(type="png")
+
+
+@contextlib.contextmanager
+def explorer_page(*, executable: str | None = None) -> Iterator[ExplorerPage]:
+    """A fresh headless Chromium page for Model Explorer, offline except for the server it
+    opens (the page's font and version-check requests to other hosts fail harmlessly)."""
+    from playwright.sync_api import sync_playwright
+
+    exe = executable or find_chromium()
+    if exe is None:
+        raise RuntimeError(unavailable() or "chromium is not installed.")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=exe, headless=True, args=_EXPLORER_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            # Nothing but the loopback server: a font request to Google would wait on DNS.
+            context.route(
+                "**/*",
+                lambda route: (
+                    route.continue_()
+                    if urlsplit(route.request.url).hostname == "127.0.0.1"
+                    else route.abort()
+                ),
+            )
+            yield ExplorerPage(context.new_page())
         finally:
             browser.close()

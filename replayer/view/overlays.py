@@ -1,0 +1,185 @@
+"""Node-data overlays for Model Explorer: recorded statistics, time and memory painted on nodes.
+
+Each :class:`Overlay` is one of Model Explorer's node-data files (``{graph id: {"name", "results":
+{node id: {"value", "bgColor"}}}}``); the page lists them and colours the graph by the one chosen,
+with min/max/sum/avg roll-ups on collapsed layers and a sortable table.  Colours are computed here
+on a log scale for the heavy-tailed quantities (norms, magnitudes, times, bytes span orders of
+magnitude: on a linear scale one outlier would leave every other node the same colour), from
+:data:`LOW` through :data:`MID` to :data:`HIGH`.  Non-finite statistics are left out of the norm
+and magnitude overlays; the ``nonfinite`` overlay counts NaN and Inf elements per node instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tracefmt.model import OpNode, TensorStats
+from tracefmt.reader import Step
+
+__all__ = [
+    "HIGH",
+    "LOW",
+    "MID",
+    "NONFINITE",
+    "Overlay",
+    "colour",
+    "node_id",
+    "overlays_for",
+    "tensor_node_id",
+]
+
+#: The colour of the smallest value, the middle of the scale and the largest.
+LOW, MID, HIGH = "#f7fbff", "#fdae61", "#d7191c"
+#: The colours of nodes without and with NaN/Inf elements in the ``nonfinite`` overlay.
+FINITE, NONFINITE = "#e5f5e0", "#d7191c"
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """One node-data file: ``key`` names its file (``step.<key>.json``), ``name`` is what the page
+    shows, ``values`` and ``colours`` map node ids to a value and its background colour."""
+
+    key: str
+    name: str
+    values: dict[str, float]
+    colours: dict[str, str]
+
+    def to_json(self, graph_id: str) -> str:
+        """The node-data JSON of this overlay for the graph ``graph_id``."""
+        results = {
+            node: {"value": value, "bgColor": self.colours[node]} for node, value in self.values.items()
+        }
+        data = {
+            graph_id: {
+                "name": self.name,
+                "results": results,
+                "gradient": [
+                    {"stop": 0, "bgColor": LOW},
+                    {"stop": 0.5, "bgColor": MID},
+                    {"stop": 1, "bgColor": HIGH},
+                ],
+            }
+        }
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
+def node_id(op: int) -> str:
+    """The Model Explorer node id of op ``op``."""
+    return f"op{op}"
+
+
+def tensor_node_id(tensor: int) -> str:
+    """The Model Explorer node id of the graph input tensor ``tensor``."""
+    return f"t{tensor}"
+
+
+def _rgb(text: str) -> tuple[int, int, int]:
+    return int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16)
+
+
+def _mix(a: str, b: str, f: float) -> str:
+    ra, rb = _rgb(a), _rgb(b)
+    return "#" + "".join(f"{round(x + (y - x) * f):02x}" for x, y in zip(ra, rb, strict=True))
+
+
+def _ramp(f: float) -> str:
+    return _mix(LOW, MID, f * 2) if f <= 0.5 else _mix(MID, HIGH, f * 2 - 1)
+
+
+#: The scale in :data:`STEPS` + 1 colours (a node's colour is one of them).
+STEPS = 64
+_SCALE = tuple(_ramp(i / STEPS) for i in range(STEPS + 1))
+
+
+def colour(f: float) -> str:
+    """The colour at ``f`` (0: :data:`LOW`, 0.5: :data:`MID`, 1: :data:`HIGH`; clipped), one of
+    ``STEPS + 1`` steps."""
+    return _SCALE[round(min(max(f, 0.0), 1.0) * STEPS)]
+
+
+def _scaled(values: dict[str, float], log: bool) -> dict[str, str]:
+    """Each value's colour on a linear or log scale between the smallest and largest."""
+    if not values:
+        return {}
+
+    def key(v: float) -> float:
+        if not log:
+            return v
+        return math.log10(v) if v > 0 else -math.inf
+
+    keys = {n: key(v) for n, v in values.items()}
+    finite = [k for k in keys.values() if math.isfinite(k)]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    span = hi - lo
+    return {
+        n: colour(0.0 if not math.isfinite(k) or span == 0 else (k - lo) / span) for n, k in keys.items()
+    }
+
+
+def _max_abs(st: TensorStats) -> float | None:
+    if st.min is None or st.max is None:
+        return None
+    return max(abs(st.min), abs(st.max))
+
+
+def overlays_for(step: Step, ops: Sequence[OpNode], inputs: Sequence[int]) -> tuple[Overlay, ...]:
+    """The overlays of a step's selected ``ops`` and its input tensor nodes ``inputs``: output
+    norm and largest magnitude, NaN/Inf count, host and device time and memory, each present
+    only when something in the selection recorded it."""
+    tensors = step.tensors
+    norm: dict[str, float] = {}
+    max_abs: dict[str, float] = {}
+    nonfinite: dict[str, float] = {}
+    host: dict[str, float] = {}
+    device: dict[str, float] = {}
+    memory: dict[str, float] = {}
+
+    def stats_of(node: str, outs: Sequence[int]) -> None:
+        norms, mags, bad, counted = [], [], 0, False
+        for t in outs:
+            st = tensors[t].stats if 0 <= t < len(tensors) else None
+            if st is None:
+                continue
+            if st.norm is not None and math.isfinite(st.norm):
+                norms.append(st.norm)
+            m = _max_abs(st)
+            if m is not None and math.isfinite(m):
+                mags.append(m)
+            if st.nan is not None or st.inf is not None:
+                counted = True
+                bad += (st.nan or 0) + (st.inf or 0)
+        if norms:
+            norm[node] = norms[0]
+        if mags:
+            max_abs[node] = max(mags)
+        if counted:
+            nonfinite[node] = bad
+
+    for t in inputs:
+        stats_of(tensor_node_id(t), (t,))
+    for op in ops:
+        n = node_id(op.index)
+        stats_of(n, op.outputs)
+        if op.host_ns is not None:
+            host[n] = op.host_ns / 1000
+        if op.device_ns is not None:
+            device[n] = op.device_ns / 1000
+        if op.mem_bytes is not None:
+            memory[n] = op.mem_bytes
+    out = []
+    for key, name, values, log in (
+        ("norm", "output norm", norm, True),
+        ("max_abs", "output max |x|", max_abs, True),
+        ("host_time", "host time (us)", host, True),
+        ("device_time", "device time (us)", device, True),
+        ("memory", "memory (bytes)", memory, True),
+    ):
+        if values:
+            out.append(Overlay(key, name, values, _scaled(values, log)))
+    if nonfinite:
+        colours = {n: NONFINITE if v > 0 else FINITE for n, v in nonfinite.items()}
+        out.append(Overlay("nonfinite", "NaN+Inf count", nonfinite, colours))
+    return tuple(out)
