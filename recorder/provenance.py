@@ -133,9 +133,44 @@ def code_provenance(where: str | os.PathLike[str] | None = None) -> dict[str, An
     }
 
 
+#: What stands for a value left out of the recorded command line.
+REDACTED = "<redacted>"
+
+
+def _secret_option(arg: str) -> bool:
+    """Whether ``arg`` is an option whose name says it holds a secret (``--hf-token``, ``--api-key``)."""
+    if not arg.startswith("-"):
+        return False
+    name = arg.lstrip("-").split("=", 1)[0].replace("-", "_").upper()
+    return bool(_SECRET.search(name)) or name.endswith("KEY")
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the values of secret-looking options (``--token=X``, ``--api-key X``)
+    replaced by :data:`REDACTED`: a trace is shared, a credential must not travel with it."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next and not arg.startswith("-"):
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        hide_next = False
+        if _secret_option(arg):
+            if "=" in arg:
+                out.append(arg.split("=", 1)[0] + "=" + REDACTED)
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(arg)
+    return out
+
+
 def command_provenance() -> dict[str, Any]:
-    """The command line, the Python executable and the working directory."""
-    return {"argv": list(sys.argv), "executable": sys.executable, "cwd": os.getcwd()}
+    """The command line (secret-looking option values left out), the Python executable and the
+    working directory."""
+    return {"argv": redacted_argv(list(sys.argv)), "executable": sys.executable, "cwd": os.getcwd()}
 
 
 def _environment(env: Mapping[str, str]) -> dict[str, str]:

@@ -138,10 +138,12 @@ def _charts_section(trace: Trace, rank: int, modules: int) -> Section:
 
 
 def _export_section(trace: Trace, step: int, path: str, embed_mb: float) -> Section:
-    """The detailed step as a Perfetto trace to download (every rank that has it), when its
-    JSON is at most ``embed_mb`` MB; the commands that export and view it either way."""
-    from tracefmt.chrometrace import trace_events
-    from tracefmt.jsonout import dumps
+    """The detailed step as a Perfetto trace to download (every rank that has it), when it fits
+    in one file of at most ``embed_mb`` MB; the commands that export and view it either way.
+    Exported as ``tracefmt export-trace`` does, one rank in memory at a time."""
+    import tempfile
+
+    from tracefmt.traceexport import export_trace
 
     quoted = shlex.quote(path)
     commands = (
@@ -149,12 +151,14 @@ def _export_section(trace: Trace, step: int, path: str, embed_mb: float) -> Sect
         f"replayer export {quoted} --step {step} --phase forward -o step{step}.onnx",
         f"replayer view {quoted} --step {step}",
     )
-    ranks = [r for r in trace.ranks if step in trace.steps(r)]
-    data = dumps(trace_events([trace.step(step, r) for r in ranks])).encode()
-    if len(data) > embed_mb * 1e6:
+    with tempfile.TemporaryDirectory(prefix="tracefmt-report-") as tmp:
+        done = export_trace(trace, step, Path(tmp) / "step.json", max_bytes=int(embed_mb * 1e6))
+        data = done.files[0].read_bytes() if len(done.files) == 1 else b""
+    ranks = done.ranks
+    if not data:
         note = (
-            f"The step's trace is {len(data) / 1e6:.0f} MB, above the {embed_mb:g} MB the page "
-            "embeds: export it with the first command."
+            f"The step's trace is larger than the {embed_mb:g} MB the page embeds (it takes "
+            f"{len(done.files)} files of that size): export it with the first command."
         )
         return Section(
             anchor="export", title=f"Step {step} in Perfetto", notes=(note,), commands=commands

@@ -109,10 +109,21 @@ def _conv_backward(args: dict[int, Shape], out: Shape | None, attrs: dict[str, o
 
 
 def _attention(args: dict[int, Shape], out: Shape | None, attrs: dict[str, object]) -> int | None:
+    """(..., L, E) query, (..., S, E) key, (..., S, Ev) value: L*S*E for the scores, L*S*Ev for
+    the weighted sum, per leading index."""
     q, k, v = args.get(0, ()), args.get(1, ()), args.get(2, ())
     if len(q) < 2 or len(k) < 2 or len(v) < 2:
         return None
     return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+def _attention_blhe(args: dict[int, Shape], out: Shape | None, attrs: dict[str, object]) -> int | None:
+    """The flash and memory-efficient kernels' layout, (B, L, H, E) query and (B, S, H, E) key and
+    value: the same count with the key length at dimension -3."""
+    q, k, v = args.get(0, ()), args.get(1, ()), args.get(2, ())
+    if len(q) < 3 or len(k) < 3 or len(v) < 3:
+        return None
+    return math.prod(q[:-1]) * k[-3] * (q[-1] + v[-1])
 
 
 #: Base op name (``aten::addmm.default`` -> ``addmm``) -> its count.
@@ -156,8 +167,8 @@ MULT_ADD_OPS: dict[str, _Count] = {
     "_scaled_dot_product_cudnn_attention": _attention,
     "_scaled_dot_product_attention_math": _attention,
     "scaled_dot_product_attention": _attention,
-    "_flash_attention_forward": _attention,
-    "_efficient_attention_forward": _attention,
+    "_flash_attention_forward": _attention_blhe,
+    "_efficient_attention_forward": _attention_blhe,
 }
 
 

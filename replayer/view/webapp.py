@@ -102,6 +102,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, json.dumps(data).encode(), "application/json")
 
     def do_GET(self) -> None:
+        # A page of another origin that rebinds its DNS name to 127.0.0.1 sends its own name:
+        # answer only requests addressed to this server by its address.
+        if self.headers.get("Host") != f"{HOST}:{self.server.server_address[1]}":
+            self._send(403, b"", "text/plain")
+            return
         parts = urlsplit(self.path)
         query = parse_qs(parts.query)
         route = self.routes.get(parts.path)
@@ -118,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, app.graph, "application/json")
         elif route == "node_data":
             index = query.get("node_data_index", [""])[0]
-            if not index.isdigit() or int(index) >= len(app.node_data):
+            if not (index.isascii() and index.isdigit()) or int(index) >= len(app.node_data):
                 self._send(404, b"{}", "application/json")
             else:
                 self._json({"content": app.node_data[int(index)]})

@@ -137,3 +137,14 @@ def test_packages_and_remote_urls() -> None:
     url = "https://user:tok3n@github.com/o/r.git"
     assert _without_credentials(url) == "https://github.com/o/r.git"
     assert _without_credentials("git@github.com:o/r.git") == "git@github.com:o/r.git"
+
+
+def test_secret_option_values_are_left_out_of_the_command_line() -> None:
+    from recorder.provenance import REDACTED, redacted_argv
+
+    argv = ["train.py", "--hf-token=abc", "--api-key", "xyz", "--lr", "0.1"]
+    argv += ["--password", "--steps", "5"]
+    assert redacted_argv(argv) == [
+        "train.py", f"--hf-token={REDACTED}", "--api-key", REDACTED, "--lr", "0.1",
+        "--password", "--steps", "5",
+    ]  # fmt: skip

@@ -115,6 +115,7 @@ def test_golden_steps_with_values_replay_clean(version: str) -> None:
             rank = want["rank"]
             assert want["replay"], name
             for step, ops in want["replay"].items():
+                assert ops, (version, name, step)  # the generator says which ops re-execute
                 report = check_step(trace, int(step), rank=rank)
                 assert report.passed, (version, name, step, report.failed)
                 checked = [r.op for r in report.results if r.status == "checked"]

@@ -289,6 +289,7 @@ def to_parquet(
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.partial-{uuid.uuid4().hex[:8]}")
         tmp.mkdir()
+        files: _Files | None = None
         try:
             files = _Files(tmp, options, trace.run_id)
             done = 0
@@ -322,6 +323,9 @@ def to_parquet(
             (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             _install(tmp, dst)
         except BaseException:
+            if files is not None:  # the open Parquet writers' file handles
+                with contextlib.suppress(Exception):
+                    files.close()
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp)
             raise

@@ -132,14 +132,14 @@ def cache_path(run: str | os.PathLike[str]) -> Path:
 
 
 def _current(export: Path, run: Path) -> bool:
-    """Whether ``export`` is a whole-run export of ``run`` as the run is now."""
+    """Whether ``export`` is a whole-run export of ``run`` as the run is now (its files unchanged:
+    a rank skipped as damaged then is damaged now)."""
     manifest = read_export_manifest(export)
     return (
         manifest is not None
         and manifest.get("source") == str(run.resolve())
         and manifest.get("steps") is None
         and manifest.get("source_state") == source_state(run)
-        and manifest.get("skipped_ranks") == {}
         and manifest.get("partitioning", {}).get("block_steps") == ExportOptions().block_steps
     )
 

@@ -69,6 +69,9 @@ def _op(
         # attention: batch 2, 4 heads, 16 queries over 16 keys, widths 8
         ("_scaled_dot_product_flash_attention_for_cpu.default",
          [(2, 4, 16, 8), (2, 4, 16, 8), (2, 4, 16, 8)], (2, 4, 16, 8), None, 2 * 4 * 16 * 16 * 16),
+        # the flash kernel's own layout (B, L, H, E): 16 queries over 32 keys, 4 heads
+        ("_flash_attention_forward.default",
+         [(2, 16, 4, 8), (2, 32, 4, 8), (2, 32, 4, 8)], (2, 16, 4, 8), None, 2 * 16 * 4 * 32 * 16),
         ("relu.default", [(8, 4)], (8, 4), None, 0),
         ("native_layer_norm.default", [(8, 4), None, (4,), (4,)], (8, 4), None, 0),
     ],

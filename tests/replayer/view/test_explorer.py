@@ -178,6 +178,11 @@ def test_server_serves_the_graph_and_no_local_files(server: Any) -> None:
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(base + path)
         assert e.value.code == 404
+    # a page whose DNS name was rebound to 127.0.0.1 sends its own name as Host
+    rebound = urllib.request.Request(base + "/api/v1/load_graphs_json", headers={"Host": "evil.test"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(rebound)
+    assert e.value.code == 403
 
 
 def _other_address() -> str | None:
