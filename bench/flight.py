@@ -12,7 +12,9 @@ without it the script exits with status 2).  ``--models facts,gpt2``, ``--thread
 How it measures: a flight recorder captures every step it is open for, so configurations cannot
 be interleaved step by step as in ``bench/overhead_models.py``; they are interleaved **by
 block**: each round runs one block of consecutive steps of every configuration in a fresh random
-order (``off``: no recorder; ``light``: ``record(mode="light")``; ``ring``:
+order (``off``: no recorder; ``hooks``: light capture's hooks and its ``finish()`` alone, without
+the recorder's triggers and writer thread, to tell their cost from the hooks'; ``light``:
+``record(mode="light")``; ``ring``:
 ``record(mode="flight", ring_steps=K)``, the default writer process holding the ring; ``full``:
 today's ``record()`` writing every step in full, which the ring must not exceed), opening
 and closing the recorder outside the timed steps, and drops the first two steps of each block
@@ -41,8 +43,10 @@ from hf_models import HF_MODELS, build, require_transformers
 
 import recorder
 import tracefmt
+from recorder.flight.lightcapture import LightCapture
+from recorder.tracking import Names
 
-CONFIGS = ("off", "light", "ring", "full")
+CONFIGS = ("off", "hooks", "light", "ring", "full")
 MODELS = ("facts", "gpt2")
 RING_BUDGET = 2 << 30
 
@@ -64,6 +68,9 @@ def bench_model(
 ) -> dict[str, Any]:
     torch.set_num_threads(threads)
     model, _, train = build(name, device="cpu", seed=seed)
+    names = Names()
+    names.add_root(model)
+    hooks = LightCapture(names)
     rng = random.Random(seed)
     times: dict[str, list[float]] = {c: [] for c in CONFIGS}
     light_files: list[Path] = []
@@ -76,6 +83,7 @@ def bench_model(
         for config in order:
             out = tmp / f"{config}-{b}"
             rec: recorder.Recorder | None = None
+            installed = hooks.install() if config == "hooks" else None
             if config == "light":
                 rec = recorder.record(out, model=model, mode="light")
             elif config == "ring":
@@ -92,6 +100,8 @@ def bench_model(
                     train(step)
                     if rec is not None:
                         rec.step()
+                    elif installed is not None:
+                        hooks.finish(step)
                     dt = time.perf_counter() - t0
                     step += 1
                     if b and i >= 2:
@@ -101,6 +111,8 @@ def bench_model(
             finally:
                 if rec is not None:
                     rec.__exit__(None, None, None)
+                if installed is not None:
+                    installed.close()
             if config == "light" and b:
                 light_files.append(out)
                 with tracefmt.open(out) as trace:
@@ -112,6 +124,7 @@ def bench_model(
     light_bytes -= len(light_files) * _empty_run_bytes(model, tmp / "empty")
     return {
         "off_ms": round(1000 * off, 2),
+        "hooks_ratio": round(med["hooks"] / off, 3),
         "light_ratio": round(med["light"] / off, 3),
         "ring_ratio": round(med["ring"] / off, 3),
         "full_ratio": round(med["full"] / off, 3),

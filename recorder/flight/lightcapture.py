@@ -15,9 +15,11 @@ step is a :class:`tracefmt.light.LightStepRecord`, rows in the order they were m
   costs nothing for it (on CPU; see "Devices").
 * ``GRADIENT``, at ``optimizer.step()``'s start: each parameter that has a gradient.
 * ``UPDATE`` (``updates=True``): the step's change of each of those parameters, new minus old
-  value.  The old values are copied into buffers kept between steps (``torch._foreach_copy_``),
-  and the change is computed into them in place (``torch._foreach_sub_``): **memory: one copy of
-  every parameter the optimizer steps, on its device, while the hooks are installed**
+  value, as the parameter's dtype computes it.  The old values are copied into buffers kept
+  between steps; the kernel reads each buffer with its parameter in one pass, the rows of the
+  change and of the new value together, and writes nothing (the torch path computes the change
+  into the buffers in place, ``torch._foreach_sub_``): **memory: one copy of every parameter
+  the optimizer steps, on its device, while the hooks are installed**
   (:attr:`LightCapture.update_bytes`).  ``updates=False`` drops these rows and the buffers.
 * ``PARAMETER``: each of those parameters after the step.
 
@@ -29,7 +31,9 @@ module outside every known module becomes a root (``""``, as :class:`~recorder.t
 PhaseTracker` names them), a module created inside ``forward`` and never registered gets its
 class name.
 
-Devices: CPU float32 and bfloat16 tensors take the one-pass C kernel at once; on other devices
+Devices: CPU float32 and bfloat16 tensors take the one-pass C kernel at once (a module's single
+output tensor by one call from the hook, an optimizer's tensors by one call for all of them:
+:mod:`recorder.flight.lightnative`); on other devices
 the reductions stay on the device and are read once, at :meth:`LightCapture.finish`.  There,
 without a synchronisation, the output's non-finite count is not known in the hook: the
 inputs are then always reduced on the device (one extra reduction per floating-point input),
@@ -56,12 +60,10 @@ own work is 6-7% of the step, 1.7 points of it the updates.
 from __future__ import annotations
 
 import math
-import operator
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -71,7 +73,8 @@ from torch.optim.optimizer import (
 )
 
 from recorder.engine import hidden
-from recorder.flight.lightstats import Plan, StepRows, address, plan
+from recorder.flight.lightnative import CODES, Kept, Plan
+from recorder.flight.lightstats import StepRows
 from recorder.tracking import Names
 from tracefmt.light import LightFlags, LightKind, LightStepRecord
 
@@ -95,18 +98,6 @@ class ModuleInputs(NamedTuple):
 #: module returns to the training loop, for the first module call of a step whose output holds
 #: NaN or Inf while its floating-point inputs held none.  What it raises propagates.
 OnCreated = Callable[[str, torch.nn.Module, ModuleInputs, Any], None]
-
-
-@dataclass
-class _Kept:
-    """What the capture keeps of an optimizer from step to step: the parameters it steps (those
-    with a gradient), their names, how to read them, the buffers for their old values."""
-
-    params: list[torch.Tensor]
-    names: list[int]
-    where: Plan
-    buffers: list[torch.Tensor]
-    buffer_where: Plan
 
 
 def _floats(obj: object, out: list[torch.Tensor], depth: int = 0) -> list[torch.Tensor]:
@@ -136,13 +127,6 @@ def _nonfinite(inputs: Sequence[torch.Tensor]) -> bool:
     return bool(inputs) and not math.isfinite(float(_inputs_sum(inputs)))
 
 
-def _in_place(kept: _Kept) -> bool:
-    """Whether ``kept``'s parameters are still where its plan reads them."""
-    return all(
-        address(p) == w[0] and p.numel() == w[1] for p, w in zip(kept.params, kept.where, strict=True)
-    )
-
-
 class LightCapture:
     """Measures training steps through hooks and returns one :class:`LightStepRecord` per step.
 
@@ -164,13 +148,21 @@ class LightCapture:
         self.updates = updates
         self.on_created = on_created
         self._rows = StepRows(native=native)
-        self._native = self._rows.kernel is not None
+        self._native = self._rows.kernels is not None
         self._index: dict[str, int] = {}
+        #: id(module) -> (weak reference, name index), for modules with a path
+        self._paths: dict[int, tuple[weakref.ref[torch.nn.Module], int]] = {}
         self._names: list[str] = []
         self._snapshot: tuple[str, ...] = ()
-        self._stepping: dict[int, _Kept] = {}
-        self._kept: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Kept] = weakref.WeakKeyDictionary()
-        self._created_seen = self._unnamed = self._installed = False
+        self._stepping: dict[int, Kept] = {}
+        self._kept: weakref.WeakKeyDictionary[torch.optim.Optimizer, Kept] = weakref.WeakKeyDictionary()
+        #: the last output the kernel read, unchanged since if its version is: (tensor, version,
+        #: slot); a module that returns its last submodule's output is not read twice
+        self._last: tuple[weakref.ref[torch.Tensor], int, int] | None = None
+        #: modules no root reached, in the order they ran this step; a row names the i-th -1 - i
+        self._pending: list[torch.nn.Module] = []
+        self._pending_ids: dict[int, int] = {}
+        self._created_seen = self._installed = False
 
     # -- the hooks ------------------------------------------------------------------------------
 
@@ -194,6 +186,25 @@ class LightCapture:
     def _forward(
         self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
+        if type(output) is torch.Tensor and self._native:  # the common case, and the fast path
+            code = CODES.get(output.dtype)
+            if code is not None and output.is_cpu and output.is_contiguous():
+                last, rows = self._last, self._rows
+                if output.is_inference():  # it has no version counter
+                    bad = rows.one(self._module_name(module), _OUTPUT, output, code)
+                elif last is not None and last[0]() is output and last[1] == output._version:
+                    name = self._module_name(module)  # a container's: its last submodule's
+                    bad = rows.repeat(name, _OUTPUT, output.numel(), last[2])
+                else:
+                    bad = rows.one(self._module_name(module), _OUTPUT, output, code)
+                    if bad >= 0:
+                        self._last = (weakref.ref(output), output._version, rows.n_slots - 1)
+                if bad == 0:
+                    return
+                if bad > 0:
+                    self._judge(module, args, kwargs, output, output, bad)
+                    return
+                # its sums overflowed float: the general path measures it in float64
         if isinstance(output, torch.Tensor):
             if not output.is_floating_point() or output.is_meta:
                 return
@@ -204,37 +215,59 @@ class LightCapture:
                 return
             if len(tensors) > 1:  # one row on one device: the first tensor's
                 tensors = [t for t in tensors if t.device == tensors[0].device]
+        name = self._module_name(module)
+        with hidden():
+            bad = self._rows.output(name, _OUTPUT, tensors)
+        if bad:
+            self._judge(module, args, kwargs, output, tensors[0], bad)
+
+    def _module_name(self, module: torch.nn.Module) -> int:
+        """The name index of ``module``'s path; below 0 when it has none yet (it is named at
+        the end of the step: see ``_pending``)."""
+        hit = self._paths.get(id(module))
+        if hit is not None and hit[0]() is module:
+            return hit[1]
         path = self.names.modules.get(module)
         if path is None:
-            self._unnamed = True
-        name = module if path is None else self._name(path)
+            code = self._pending_ids.get(id(module))
+            if code is None:  # the list holds the module: its id stays its own this step
+                code = self._pending_ids[id(module)] = -1 - len(self._pending)
+                self._pending.append(module)
+            return code
+        i = self._name(path)  # a module's path does not change while it is known
+        self._paths[id(module)] = (weakref.ref(module), i)
+        return i
+
+    def _judge(
+        self,
+        module: torch.nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+        first: torch.Tensor,
+        bad: int,
+    ) -> None:
+        """After a row whose output held NaN or Inf (``bad > 0``) or a torch row (``bad < 0``,
+        ``first`` its first tensor): flag the row when the inputs held NaN or Inf too; else
+        the module created them: ``on_created``, once per step."""
+        rows = self._rows
         with hidden():
-            created = self._measure(name, tensors, args, kwargs)
-        if created and self.on_created is not None and not self._created_seen:
+            if bad < 0:  # a torch row: known at once on CPU, after a sync on a device
+                if self.on_created is None and first.device.type != "cpu":
+                    inputs = _floats((args, kwargs), [])
+                    if inputs:  # checked on the device, read at the end
+                        rows.last_inputs(_inputs_sum(inputs))
+                    return
+                if not rows.last_nonfinite():
+                    return
+            if _nonfinite(_floats((args, kwargs), [])):
+                rows.flags[len(rows) - 1] = _INPUTS_NONFINITE
+                return
+        if self.on_created is not None and not self._created_seen:
             self._created_seen = True
+            path = self.names.modules.get(module)
             where = path if path is not None else self._resolve([module])[0]
             self.on_created(where, module, ModuleInputs(args, kwargs), output)
-
-    def _measure(
-        self, name: object, tensors: list[torch.Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> bool:
-        """Add the row of a module's output; True when it held NaN or Inf and the inputs none."""
-        rows = self._rows
-        bad = rows.output(name, _OUTPUT, tensors)
-        if bad == 0:
-            return False
-        if bad < 0:  # a torch row: known at once on CPU, after a sync on a device
-            if self.on_created is None and tensors[0].device.type != "cpu":
-                inputs = _floats((args, kwargs), [])
-                if inputs:  # checked on the device, read at the end
-                    rows.last_inputs(_inputs_sum(inputs))
-                return False
-            if not rows.last_nonfinite():
-                return False
-        if _nonfinite(_floats((args, kwargs), [])):
-            rows.flags[len(rows) - 1] = _INPUTS_NONFINITE
-            return False
-        return True
 
     def _optimizer_pre(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -251,33 +284,16 @@ class LightCapture:
         if not params:
             return
         kept = self._kept.get(optimizer)
-        if (
-            kept is None
-            or len(kept.params) != len(params)
-            or not all(map(operator.is_, kept.params, params))
-        ):
-            kept = self._remember(optimizer, params)
-        with hidden(), torch.no_grad():
-            self._rows.tensors(kept.names, _GRADIENT, grads, plan(grads, self._native))
+        if kept is None or not kept.steps(params) or not kept.in_place():
+            names = {id(p): name for p, name in self.names.stepped(optimizer)}
+            ids = [self._name(names[id(p)]) for p in params]
+            kept = self._kept[optimizer] = Kept(params, ids, self._native, updates=self.updates)
+        kept.grads.read(grads)
+        with hidden():
+            self._rows.batch(kept.names, _GRADIENT, grads, kept.grads)
             if kept.buffers:
-                torch._foreach_copy_(kept.buffers, params)
+                self._rows.copy(kept.buffers, params, kept.buffer_where, kept.where)
         self._stepping[id(optimizer)] = kept
-
-    def _remember(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> _Kept:
-        names = {id(p): name for p, name in self.names.stepped(optimizer)}
-        buffers = []
-        if self.updates:
-            buffers = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
-        native = self._native
-        kept = _Kept(
-            params,
-            [self._name(names[id(p)]) for p in params],
-            plan(params, native),
-            buffers,
-            plan(buffers, native),
-        )
-        self._kept[optimizer] = kept
-        return kept
 
     def _optimizer_post(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -285,12 +301,13 @@ class LightCapture:
         kept = self._stepping.pop(id(optimizer), None)
         if kept is None:
             return
-        where = kept.where if _in_place(kept) else plan(kept.params, self._native)
-        with hidden(), torch.no_grad():
-            if kept.buffers:
-                torch._foreach_sub_(kept.buffers, kept.params)  # old - new: the update, negated
-                self._rows.tensors(kept.names, _UPDATE, kept.buffers, kept.buffer_where, negate=True)
-            self._rows.tensors(kept.names, _PARAMETER, kept.params, where)
+        in_place = kept.in_place()  # else a parameter changed size: no update rows
+        with hidden():
+            if kept.buffers and in_place:
+                self._rows.update(kept.names, kept.buffers, kept.params, kept.buffer_where, kept.where)
+            else:
+                where = kept.where if in_place else Plan(kept.params, self._native)
+                self._rows.batch(kept.names, _PARAMETER, kept.params, where)
 
     # -- names ----------------------------------------------------------------------------------
 
@@ -326,13 +343,9 @@ class LightCapture:
         loss and user ``scalars`` (converted with ``float``: a device tensor synchronises);
         starts the next step.  ``names`` of the record are every name this capture has used,
         so indices stay the same from step to step."""
-        rows = self._rows
-        index: list[Any] = [r[0] for r in rows.rows]
-        if self._unnamed:  # rows name modules no root reached: name them now
-            mods = list({id(n): n for n in index if not isinstance(n, int)}.values())
-            paths = {id(m): self._name(p) for m, p in zip(mods, self._resolve(mods), strict=True)}
-            index = [n if isinstance(n, int) else paths[id(n)] for n in index]
-        table = rows.table(index)
+        # rows name modules no root reached: name them now
+        pending = [self._name(p) for p in self._resolve(self._pending)] if self._pending else []
+        table = self._rows.table(pending)
         if len(self._snapshot) != len(self._names):
             self._snapshot = tuple(self._names)
         record = LightStepRecord(
@@ -350,7 +363,8 @@ class LightCapture:
         """Drop what was measured since the last ``finish`` (a step not to be recorded)."""
         self._rows.clear()
         self._stepping.clear()
-        self._created_seen = self._unnamed = False
+        self._created_seen = False
+        self._pending, self._pending_ids, self._last = [], {}, None
 
     @property
     def update_bytes(self) -> int:
@@ -361,6 +375,7 @@ class LightCapture:
         self._installed = False
         self.reset()
         self._rows.lengths.clear()
+        self._paths.clear()
         self._kept = weakref.WeakKeyDictionary()
 
 

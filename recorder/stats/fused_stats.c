@@ -574,3 +574,260 @@ int tf_hist_run(const void *data, int64_t n, int bf16, int finite, double lo, do
     return 0;
 }
 
+/* Light capture (recorder/flight/lightnative.py) ------------------------------------------- */
+
+/* A light row's slot: the pass's statistics, then the centred sum of squares over the finite
+ * elements where the sums alone would cancel in it (NaN elsewhere: the caller derives it). */
+typedef struct {
+    tf_stats s;
+    double centred;
+} tf_light;
+
+/* Std from the sums alone while variance / mean square >= this (LIGHT_CANCEL in lightstats.py). */
+#define LIGHT_CANCEL 0.1
+/* Elements of an update computed at once (a multiple of BLOCK; 8 KiB of float32 on the stack). */
+#define LIGHT_CHUNK 2048
+
+/* On the bits: the float flags let the compiler assume that every double is finite. */
+static inline int light_finite(double x) {
+    uint64_t b;
+    memcpy(&b, &x, sizeof b);
+    return (b & 0x7fffffffffffffffull) < 0x7ff0000000000000ull;
+}
+
+static inline double light_nan(void) {
+    uint64_t b = 0x7ff8000000000000ull;
+    double x;
+    memcpy(&x, &b, sizeof x);
+    return x;
+}
+
+/* bfloat16 bits of float32 bits b, rounded to nearest even (as torch rounds; NaN stays NaN). */
+static inline uint16_t light_bf16(uint32_t b) {
+    if ((b & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((b >> 16) | 0x40u);
+    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+/* Float32 bits of new - old for element i (bfloat16: the difference rounded to bfloat16). */
+static inline uint32_t light_diff(const void *old, const void *new_, int bf16, int64_t i) {
+    uint32_t a, b;
+    if (bf16) {
+        a = (uint32_t)((const uint16_t *)new_)[i] << 16;
+        b = (uint32_t)((const uint16_t *)old)[i] << 16;
+    } else {
+        a = ((const uint32_t *)new_)[i];
+        b = ((const uint32_t *)old)[i];
+    }
+    float x, y, d;
+    memcpy(&x, &a, sizeof x);
+    memcpy(&y, &b, sizeof y);
+    d = x - y;
+    uint32_t r;
+    memcpy(&r, &d, sizeof r);
+    return bf16 ? (uint32_t)light_bf16(r) << 16 : r;
+}
+
+/* Sum of (x - mean)^2 less (Sum (x - mean))^2 / m over the m finite elements of n values
+ * (old == NULL: the values at data; else new - old as light_diff computes it). */
+static double light_centred(const void *old, const void *data, int64_t n, int bf16, double mean,
+                            int64_t m) {
+    double c = 0.0, d1 = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t b;
+        if (old != NULL)
+            b = light_diff(old, data, bf16, i);
+        else
+            b = bf16 ? (uint32_t)((const uint16_t *)data)[i] << 16 : ((const uint32_t *)data)[i];
+        int finite = (b & 0x7fffffffu) < 0x7f800000u;
+        uint32_t bv = finite ? b : 0u;
+        float v;
+        memcpy(&v, &bv, sizeof v);
+        double d = finite ? (double)v - mean : 0.0;
+        c += d * d;
+        d1 += d;
+    }
+    double centred = c - d1 * d1 / (double)m;
+    return centred > 0.0 ? centred : 0.0;
+}
+
+/* The centred sum of squares where the sums alone would cancel in it (see tf_light), with old
+ * and data as light_centred's.  Returns -1 when the sums overflowed float (the caller measures
+ * the row in float64 instead), else 0. */
+static int light_settle(const void *old, const void *data, int64_t n, int bf16, tf_light *out) {
+    const tf_stats *s = &out->s;
+    out->centred = light_nan();
+    if (!light_finite(s->sum) || !light_finite(s->sumsq))
+        return -1;
+    int64_t m = n - s->nan - s->inf;
+    if (m > 1 && s->sumsq > 0.0 && s->sum * s->sum >= (1.0 - LIGHT_CANCEL) * s->sumsq * (double)m)
+        out->centred =
+            s->min == s->max ? 0.0 : light_centred(old, data, n, bf16, s->sum / (double)m, m);
+    return 0;
+}
+
+/* A light row of n float32 (bf16 0) or bfloat16 (1) elements at data, on up to `threads`
+ * threads.  Returns the NaN and Inf count, or -1 when the sums overflowed float. */
+int64_t tf_light_run(const void *data, int64_t n, int bf16, int threads, tf_light *out) {
+    tf_stats_run(data, n, bf16, threads, &out->s);
+    if (light_settle(NULL, data, n, bf16, out) < 0)
+        return -1;
+    return out->s.nan + out->s.inf;
+}
+
+/* One row per tensor j < k: n[j] elements at address data[j] with dtype code[j] (as bf16 of
+ * tf_light_run; negative: skipped, out[j] left as it is) into out[j].  Returns how many rows
+ * had sums that overflowed float (their out[j].centred is NaN and their sums not finite). */
+int64_t tf_light_many(int64_t k, const int64_t *data, const int64_t *n, const int32_t *code,
+                      int threads, tf_light *out) {
+    int64_t lost = 0;
+    for (int64_t j = 0; j < k; ++j)
+        if (code[j] >= 0)
+            lost += tf_light_run((const void *)(intptr_t)data[j], n[j], code[j], threads,
+                                 &out[j]) < 0;
+    return lost;
+}
+
+typedef struct {
+    const void *old, *new_;
+    int64_t start, stop; /* elements; start is a multiple of BLOCK */
+    int bf16;
+    tf_stats upd, par;
+} tf_light_part;
+
+static void light_update_part(tf_light_part *part) {
+    uint32_t diff[LIGHT_CHUNK];
+    init(&part->upd);
+    init(&part->par);
+    for (int64_t i = part->start; i < part->stop; i += LIGHT_CHUNK) {
+        int64_t stop = i + LIGHT_CHUNK < part->stop ? i + LIGHT_CHUNK : part->stop;
+        for (int64_t j = i; j < stop; ++j)
+            diff[j - i] = light_diff(part->old, part->new_, part->bf16, j);
+        tf_stats u, p;
+        init(&u);
+        init(&p);
+        run_f32(diff, 0, stop - i, &u);
+        if (part->bf16)
+            run_bf16((const uint16_t *)part->new_, i, stop, &p);
+        else
+            run_f32((const uint32_t *)part->new_, i, stop, &p);
+        merge(&part->upd, &u);
+        merge(&part->par, &p);
+    }
+}
+
+/* An optimizer step's rows of k parameters, in one pass over each: old[j], a copy of parameter
+ * j taken before the step, and new[j], the parameter now (n[j] elements, dtype code[j] as
+ * tf_light_many's, the same for both; negative: skipped).  The rows of new - old (computed in
+ * the dtype, as torch subtracts) go to upd[j], those of new to par[j].  Returns how many rows
+ * had sums that overflowed float (as tf_light_many). */
+int64_t tf_light_update(int64_t k, const int64_t *old, const int64_t *new_, const int64_t *n,
+                        const int32_t *code, int threads, tf_light *upd, tf_light *par) {
+    enum { MAX_THREADS = 64 };
+    int64_t lost = 0;
+    for (int64_t j = 0; j < k; ++j) {
+        if (code[j] < 0)
+            continue;
+        const void *a = (const void *)(intptr_t)old[j], *b = (const void *)(intptr_t)new_[j];
+        tf_light_part parts[MAX_THREADS];
+        int64_t most = n[j] / MIN_PER_THREAD;
+        int t_n = threads > most ? (int)most : threads;
+        if (t_n > MAX_THREADS) t_n = MAX_THREADS;
+        if (t_n < 1) t_n = 1;
+        int64_t per = n[j] / BLOCK / t_n;
+        for (int t = 0; t < t_n; ++t) {
+            parts[t].old = a;
+            parts[t].new_ = b;
+            parts[t].bf16 = code[j];
+            parts[t].start = t * per * BLOCK;
+            parts[t].stop = t == t_n - 1 ? n[j] : (t + 1) * per * BLOCK;
+        }
+        if (t_n == 1) {
+            light_update_part(&parts[0]);
+        } else {
+#pragma omp parallel for num_threads(t_n) schedule(static, 1)
+            for (int t = 0; t < t_n; ++t)
+                light_update_part(&parts[t]);
+        }
+        init(&upd[j].s);
+        init(&par[j].s);
+        for (int t = 0; t < t_n; ++t) {
+            merge(&upd[j].s, &parts[t].upd);
+            merge(&par[j].s, &parts[t].par);
+        }
+        lost += light_settle(a, b, n[j], code[j], &upd[j]) < 0;
+        lost += light_settle(NULL, b, n[j], code[j], &par[j]) < 0;
+    }
+    return lost;
+}
+
+/* Copies of bytes[j] bytes from address src[j] to dst[j] for each j < k whose code[j] is not
+ * negative, a large one on up to `threads` threads. */
+void tf_copy_many(int64_t k, const int64_t *dst, const int64_t *src, const int64_t *bytes,
+                  const int32_t *code, int threads) {
+    for (int64_t j = 0; j < k; ++j) {
+        if (code[j] < 0)
+            continue;
+        char *d = (char *)(intptr_t)dst[j];
+        const char *s = (const char *)(intptr_t)src[j];
+        int64_t most = bytes[j] / (4 * MIN_PER_THREAD);
+        int t_n = threads > most ? (int)most : threads;
+        if (t_n <= 1) {
+            memcpy(d, s, (size_t)bytes[j]);
+            continue;
+        }
+        int64_t per = bytes[j] / t_n / 64 * 64;
+#pragma omp parallel for num_threads(t_n) schedule(static, 1)
+        for (int t = 0; t < t_n; ++t) {
+            int64_t start = t * per, stop = t == t_n - 1 ? bytes[j] : (t + 1) * per;
+            memcpy(d + start, s + start, (size_t)(stop - start));
+        }
+    }
+}
+
+/* Whether x is a NaN (on the bits, as light_finite). */
+static inline int light_isnan(double x) {
+    uint64_t b;
+    memcpy(&b, &x, sizeof b);
+    return (b & 0x7fffffffffffffffull) > 0x7ff0000000000000ull;
+}
+
+/* Light rows (tracefmt's LIGHT_ROW_DTYPE) of k rows whose row j is slot j: record j is the
+ * itemsize bytes at out + j * itemsize, its fields at offsets[0..10] in the order name (int32),
+ * kind, flags (uint8), min, max, mean, std, norm (float64), nan, inf, numel (uint64).  cols
+ * holds k names, then k kinds, k numels and k negate flags (int64; negate: the row describes
+ * -x).  Moments are over the finite elements; a row with none, or whose moments are not all
+ * finite (huge values), gets NaN moments and flags `counts`, the others `counts | moments`. */
+void tf_light_rows(int64_t k, const tf_light *slots, const int64_t *cols, const int64_t *offsets,
+                   int64_t itemsize, int32_t counts, int32_t moments, unsigned char *out) {
+    const int64_t *name = cols, *kind = cols + k, *numel = cols + 2 * k, *negate = cols + 3 * k;
+    const double nan = light_nan();
+    for (int64_t j = 0; j < k; ++j) {
+        const tf_stats *s = &slots[j].s;
+        int64_t m = numel[j] - s->nan - s->inf;
+        double mm = m > 1 ? (double)m : 1.0;
+        double mean = s->sum / mm, centred = slots[j].centred;
+        if (light_isnan(centred))
+            centred = s->sumsq - s->sum * mean;
+        double std = sqrt((centred > 0.0 ? centred : 0.0) / mm), norm = sqrt(s->sumsq);
+        double lo = s->min, hi = s->max;
+        if (negate[j]) {
+            lo = -s->max;
+            hi = -s->min;
+            mean = -mean;
+        }
+        int ok = m > 0 && light_finite(mean) && light_finite(std) && light_finite(norm);
+        double v[5] = {lo, hi, mean, std, norm};
+        uint64_t n[3] = {(uint64_t)s->nan, (uint64_t)s->inf, (uint64_t)numel[j]};
+        int32_t nm = (int32_t)name[j];
+        uint8_t kd = (uint8_t)kind[j], fl = (uint8_t)(ok ? counts | moments : counts);
+        unsigned char *r = out + j * itemsize;
+        memcpy(r + offsets[0], &nm, sizeof nm);
+        memcpy(r + offsets[1], &kd, sizeof kd);
+        memcpy(r + offsets[2], &fl, sizeof fl);
+        for (int f = 0; f < 5; ++f)
+            memcpy(r + offsets[3 + f], ok ? &v[f] : &nan, sizeof v[f]);
+        for (int f = 0; f < 3; ++f)
+            memcpy(r + offsets[8 + f], &n[f], sizeof n[f]);
+    }
+}

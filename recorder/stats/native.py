@@ -43,7 +43,7 @@ import torch
 
 from recorder.buildcache import cache_dirs, locked, warn_local_rank0
 
-__all__ = ["FusedStats", "available", "fused_histogram", "fused_stats"]
+__all__ = ["FusedStats", "available", "entry_address", "fused_histogram", "fused_stats"]
 __all__ += ["kernel_address"]
 
 _SOURCE = Path(__file__).with_name("fused_stats.c")
@@ -253,6 +253,19 @@ def kernel_address() -> int:
     if lib is None:
         return 0
     return ctypes.cast(lib.tf_stats_run, ctypes.c_void_p).value or 0
+
+
+def entry_address(name: str) -> int:
+    """The address of the library's C entry point ``name`` (0 when the library is unavailable
+    or has no such entry point), for callers that declare its prototype themselves
+    (:mod:`recorder.flight.lightnative`: light capture's ``tf_light_*`` and ``tf_copy_many``)."""
+    lib = _library()
+    if lib is None:
+        return 0
+    try:
+        return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+    except AttributeError:
+        return 0
 
 
 def fused_stats(x: torch.Tensor) -> FusedStats | None:

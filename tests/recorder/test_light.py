@@ -470,3 +470,201 @@ def test_finite_values_too_large_for_the_sums_give_no_moments_not_infinite_ones(
         for row in record.rows:
             if row["flags"] & LightFlags.MOMENTS:
                 assert all(np.isfinite(row[f]) for f in ("min", "max", "mean", "std", "norm"))
+
+
+def test_the_light_entry_points_come_with_the_statistics_kernel() -> None:
+    """The light capture's C entry points live in the same library as the statistics kernel:
+    where that builds, so must they (else the native tests above would skip silently)."""
+    from recorder.flight.lightnative import native_kernels
+    from recorder.stats.native import available
+
+    if not available():
+        pytest.skip("the one-pass statistics kernel is not available (no C compiler)")
+    assert native_kernels() is not None
+
+
+def _same_rows(got: LightStepRecord, want: LightStepRecord) -> None:
+    """The same rows: names, kinds, counts and flags equal, moments to float tolerance."""
+    for field in ("name", "kind", "flags", "nan", "inf", "numel"):
+        assert np.array_equal(got.rows[field], want.rows[field]), field
+    for field in ("min", "max", "mean", "std", "norm"):
+        close = np.isclose(got.rows[field], want.rows[field], rtol=1e-6, atol=1e-9, equal_nan=True)
+        assert close.all(), field
+
+
+class Mixed(torch.nn.Module):
+    """Parameters of every kind the optimizer hooks meet: float32, bfloat16, float64, a
+    non-contiguous one, one with a NaN and Inf, one constant, one near 1, one without a grad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+        self.brain = torch.nn.Linear(8, 8).to(torch.bfloat16)
+        self.wide = torch.nn.Linear(8, 8).double()
+        self.turned = torch.nn.Parameter(torch.randn(8, 8).t())  # a view: not contiguous
+        self.bad = torch.nn.Parameter(torch.tensor([1.0, math.nan, math.inf, -2.0] * 4))
+        self.const = torch.nn.Parameter(torch.full((16,), 3.0))
+        self.near = torch.nn.Parameter(1.0 + 1e-4 * torch.randn(64))
+        self.unused = torch.nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x) @ self.turned
+        h = self.brain(h.bfloat16()).float() + self.wide(h.double()).float()
+        extra = self.bad.nan_to_num().sum() + self.const.sum() + (self.near * self.near).sum()
+        return h + 1e-3 * extra
+
+
+def _mixed_records(native: bool, steps: int = 2, move: bool = False) -> list[LightStepRecord]:
+    torch.manual_seed(0)
+    model = Mixed()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, foreach=False)
+    names = Names()
+    names.add_root(model)
+    capture = LightCapture(names, native=native)
+    records = []
+    with capture.install():
+        for step in range(steps):
+            if move and step == 1:  # the parameter moves, and another one changes its size
+                model.lin.weight.data = model.lin.weight.data.clone()
+                model.near.data = 1.0 + 1e-4 * torch.randn(80)
+                opt.state.pop(model.near, None)
+            torch.manual_seed(10 + step)
+            model(torch.randn(4, 8)).square().mean().backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            records.append(capture.finish(step))
+    return records
+
+
+@pytest.mark.parametrize("move", [False, True], ids=["in-place", "moved"])
+def test_native_and_torch_paths_give_the_same_rows(move: bool) -> None:
+    """The kernel's batched optimizer rows and fused update rows (float32 and bfloat16, the
+    rest on the torch path) against the torch path alone: same rows, values, flags."""
+    if native_kernel() is None:
+        pytest.skip("the one-pass statistics kernel is not available (no C compiler)")
+    for got, want in zip(_mixed_records(True, move=move), _mixed_records(False, move=move), strict=True):
+        got.check()
+        assert got.names == want.names
+        _same_rows(got, want)
+    kinds = got.rows["kind"]
+    assert (kinds == LightKind.UPDATE).sum() == (kinds == LightKind.PARAMETER).sum() == 10
+
+
+def test_update_rows_of_a_bfloat16_parameter_are_its_change_in_bfloat16() -> None:
+    if native_kernel() is None:
+        pytest.skip("the one-pass statistics kernel is not available (no C compiler)")
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(300).bfloat16())
+    opt = torch.optim.SGD([p], lr=0.37)
+    capture = LightCapture(Names())
+    with capture.install():
+        old = p.detach().clone()
+        (p.float() ** 3).sum().backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        record = capture.finish(0)
+    (row,) = record.rows[record.rows["kind"] == LightKind.UPDATE]
+    _check_row(row, _ref([p.detach() - old]), "bfloat16 update")
+
+
+def _big_step(native: bool) -> LightStepRecord:
+    p = torch.nn.Parameter(torch.arange(100.0))  # p - 1 is exact: the update is -1 everywhere
+    q = torch.nn.Parameter(torch.linspace(1e19, 2e19, 100))  # float sums of squares overflow
+    opt = torch.optim.SGD([p, q], lr=1.0)
+    capture = LightCapture(Names(), native=native)
+    with capture.install():
+        (p.sum() + 0.25 * (q * q).sum()).backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        record = capture.finish(0)
+    record.check()
+    return record
+
+
+def test_constant_and_overflowing_updates() -> None:
+    """An update of the same value everywhere has std 0 (the kernel's second pass); updates and
+    parameters too large for float sums take the torch path (float64): the rows are those of
+    the torch path alone."""
+    if native_kernel() is None:
+        pytest.skip("the one-pass statistics kernel is not available (no C compiler)")
+    got, want = _big_step(True), _big_step(False)
+    rows = got.rows[got.rows["kind"] == LightKind.UPDATE]
+    assert (rows[0]["mean"], rows[0]["std"], rows[0]["min"]) == (-1.0, 0.0, -1.0)
+    assert rows[1]["min"] < -5e18
+    _same_rows(got, want)
+
+
+def _plain_records(native: bool) -> list[LightStepRecord]:
+    """Two steps of a model whose rows are all kernel rows, one tensor each (the rows built
+    in one C call), the second with a NaN weight (non-finite rows, INPUTS_NONFINITE)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    names = Names()
+    names.add_root(model)
+    capture = LightCapture(names, native=native)
+    records = []
+    with capture.install():
+        for step in range(2):
+            if step:
+                with torch.no_grad():
+                    model[0].weight[0, 0] = math.nan  # type: ignore[index]
+            torch.manual_seed(10 + step)
+            model(torch.randn(4, 8)).square().mean().backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if native:
+                assert capture._rows.counts.count(1) == len(capture._rows) == capture._rows.n_slots
+            records.append(capture.finish(step))
+    return records
+
+
+def test_rows_built_in_c_are_those_numpy_builds() -> None:
+    if native_kernel() is None:
+        pytest.skip("the one-pass statistics kernel is not available (no C compiler)")
+    for got, want in zip(_plain_records(True), _plain_records(False), strict=True):
+        got.check()
+        assert got.rows.dtype == want.rows.dtype
+        _same_rows(got, want)
+    assert (got.rows["nan"] > 0).any()
+    assert (got.rows["flags"] & LightFlags.INPUTS_NONFINITE).any()
+    assert not (got.rows["flags"] & LightFlags.MOMENTS).all()  # a row of NaN only: no moments
+
+
+class Wraps(torch.nn.Module):
+    """Returns its submodule's output as it is, or (``scale``) after scaling it in place."""
+
+    def __init__(self, scale: bool) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.lin(x)
+        if self.scale:
+            y.mul_(-2.0)
+        return y
+
+
+@pytest.mark.parametrize("scale", [False, True], ids=["same", "changed"])
+def test_a_container_returning_its_submodules_output_is_read_once(scale: bool) -> None:
+    """The kernel reads a tensor once when a container returns its last submodule's output
+    unchanged (the same rows); once changed in place (its version moved) it is read again."""
+    if native_kernel() is None:
+        pytest.skip("the one-pass statistics kernel is not available (no C compiler)")
+    torch.manual_seed(0)
+    model = Wraps(scale)
+    names = Names()
+    names.add_root(model)
+    capture = LightCapture(names)
+    calls = []
+    run = capture._rows._run
+    capture._rows._run = lambda *a: calls.append(a) or run(*a)  # type: ignore[method-assign]
+    with capture.install():
+        model(torch.randn(3, 4))
+        record = capture.finish(0)
+    inner, outer = record.rows
+    assert [record.names[i] for i in record.rows["name"]] == ["lin", ""]
+    assert len(calls) == (2 if scale else 1)
+    factor = -2.0 if scale else 1.0
+    assert outer["mean"] == pytest.approx(factor * inner["mean"])
+    assert outer["std"] == pytest.approx(abs(factor) * inner["std"])
+    assert (outer["flags"], outer["numel"]) == (inner["flags"], inner["numel"])
