@@ -354,9 +354,9 @@ class StepCapture:
                 if fresh >= 0 and not (is_view or aliased):
                     held = _held(tensors) if held is None else held
                     storage = _storage(o)
-                    if storage is not None and storage.data_ptr() not in held:
-                        held.add(storage.data_ptr())
-                        fresh += storage.nbytes()
+                    if storage is not None and storage[0] not in held:
+                        held.add(storage[0])
+                        fresh += storage[1]
                 if o.dtype not in TORCH_TO_DTYPE:
                     continue
                 previous = table.slot(o)
@@ -386,14 +386,15 @@ class StepCapture:
 
 
 def _held(tensors: list[ArgTensor]) -> set[int]:
-    """The storages of an op's tensor arguments.  An op's memory off CUDA is the bytes of the
-    storages its outputs hold and none of its arguments holds, each counted once."""
-    return {s.data_ptr() for t, _, _ in tensors if (s := _storage(t)) is not None}
+    """The storages of an op's tensor arguments (its outputs' other storages are its memory)."""
+    return {s[0] for t, _, _ in tensors if (s := _storage(t)) is not None}
 
 
-def _storage(t: torch.Tensor) -> torch.UntypedStorage | None:
-    """``t``'s storage; None for a tensor subclass without one (a DTensor)."""
+def _storage(t: torch.Tensor) -> tuple[int, int] | None:
+    """Address and bytes of ``t``'s storage; None without a usable one (DTensor; a functional
+    collective's result, its storage invalid to Python until waited on)."""
     try:
-        return t.untyped_storage()
+        storage = t.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
     except (RuntimeError, NotImplementedError, TypeError):
         return None
