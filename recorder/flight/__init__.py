@@ -3,8 +3,9 @@ full into a ring, written when a trigger fires, by a writer process that outlive
 
 The rooms, in the order a step passes through them:
 
-* :mod:`~recorder.flight.lightcapture` (with :mod:`~recorder.flight.lightstats`): light capture,
-  module and optimizer hooks only;
+* :mod:`~recorder.flight.lightcapture` (with :mod:`~recorder.flight.lightstats`, its native
+  path :mod:`~recorder.flight.lightnative` and its torch path :mod:`~recorder.flight.lighttorch`):
+  light capture, module and optimizer hooks only;
 * :mod:`~recorder.flight.alarms` (with :mod:`~recorder.flight.spike`): the triggers, no torch;
   :mod:`~recorder.flight.remote`: other ranks' triggers through the c10d store;
 * :mod:`~recorder.flight.keeper`: what the recorder does at each ``rec.step()`` (hold, release,
