@@ -122,6 +122,36 @@ def test_the_watch_builds_once_and_holds_the_model_weakly() -> None:
     assert ModuleWatch(None).changed() is None
 
 
+def test_the_watch_sees_changes_deep_in_the_model() -> None:
+    """The cheap per-step check misses no change the table depends on: a module added, replaced
+    or removed below the top, a parameter replaced in place of another, or given other data."""
+    inner = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    model = nn.Sequential(inner, nn.Linear(3, 2))
+    watch = ModuleWatch(model)
+    assert watch.changed() is not None
+    inner.extra = nn.Linear(2, 2)  # added two levels down
+    added = watch.changed()
+    assert added is not None
+    assert "0.extra" in [m.path for m in added]
+    assert watch.changed() is None
+    inner.extra = nn.Linear(2, 5)  # replaced under the same name
+    replaced = watch.changed()
+    assert replaced is not None
+    assert replaced["0.extra"].params == 15
+    del inner.extra
+    removed = watch.changed()
+    assert removed is not None
+    assert "0.extra" not in [m.path for m in removed]
+    model[1].weight = nn.Parameter(torch.zeros(2, 3))  # the same shape, another parameter
+    same = watch.changed()  # seen (sharing is compared), with nothing the table holds changed
+    assert same is None or same == removed
+    model[1].weight.data = torch.zeros(4, 3)  # other data, another shape
+    grown = watch.changed()
+    assert grown is not None
+    assert grown["1"].own_params == 12 + 2
+    assert watch.changed() is None
+
+
 def test_wrappers_lazy_and_shared_modules() -> None:
     shared = nn.Linear(2, 2)
     model = nn.Sequential(shared, nn.Tanh(), shared, nn.LazyLinear(3))
