@@ -78,8 +78,14 @@ def _explorer(
         reason,
         f"{phase}: {graph.ops:,} ops and {graph.inputs:,} input tensors as nodes in layers by "
         f"phase and module (the widest, {widest or 'the top level'!r}, has {children} children). "
-        "Double-click a layer to open it; overlays (the eye icons): "
-        f"{overlays}.",
+        "Double-click a layer to open it"
+        + (
+            f"; its big layers are {graph.graphs - 1} graphs of their own (the square on a "
+            "part node, or the graph list at the top, opens one)"
+            if graph.graphs > 1
+            else ""
+        )
+        + f"; overlays (the eye icons): {overlays}.",
         f"serving step {step_no} at {server.url} (Ctrl-C stops)",
     ]
     if browse:

@@ -10,7 +10,9 @@ Namespaces are the phase, then the module path (``backward/h/0/attn``); ops outs
 that update one parameter (the optimizer's per-parameter ops) go under that parameter's path
 (``optimizer/h/0/attn/c_attn/weight``), found from the parameter, gradient and optimizer-state
 tensors they touch, or inherited from the op that made their input.  :mod:`replayer.view.layers`
-then splits every layer wider than :class:`LayerLimits` allows.  The format is the one
+then splits every layer wider than :class:`LayerLimits` allows, and a step of more nodes than
+``LayerLimits.part_nodes`` becomes an overview and parts (:mod:`replayer.view.parts`), so the
+first view processes only the overview.  The format is the one
 ``model-explorer step.json`` reads (spec: Model Explorer's ``graph_builder.py``).
 """
 
@@ -26,6 +28,7 @@ from typing import Any
 from replayer.export.mapping import load_selection
 from replayer.view.layers import LayerLimits, assign_namespaces, widest_layer
 from replayer.view.overlays import Overlay, node_id, overlays_for, tensor_node_id
+from replayer.view.parts import split_parts
 from tracefmt.model import OpNode, Phase, Role, TensorRecord, TensorStats
 from tracefmt.progress import ProgressFn
 from tracefmt.reader import Step, Trace
@@ -47,16 +50,23 @@ _STAT_FIELDS = ("min", "max", "mean", "std", "norm", "nan", "inf", "zero")
 
 @dataclass(frozen=True)
 class ExplorerGraph:
-    """One step as Model Explorer graph JSON (:attr:`data`) and its node-data overlays."""
+    """One step as Model Explorer graph JSON (:attr:`data`: the overview graph ``graph_id``
+    first, then the parts, see :mod:`replayer.view.parts`) and its node-data overlays."""
 
     graph_id: str
     data: dict[str, Any]
     overlays: tuple[Overlay, ...]
     ops: int
     inputs: int
-    #: The widest layer's namespace and its number of children.
+    #: The widest layer's namespace (in any graph) and its number of children.
     widest: tuple[str, int]
     phases: tuple[str, ...] = field(default=())
+    #: The graph each node id is in.
+    graph_of: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def graphs(self) -> int:
+        return len(self.data["graphs"])
 
     @property
     def nodes(self) -> int:
@@ -153,12 +163,8 @@ def _paths(step: Step, ops: Sequence[OpNode]) -> list[list[str]]:
 
 
 def _op_attrs(op: OpNode) -> list[dict[str, str]]:
-    attrs = [
-        {"key": "aten", "value": op.name},
-        {"key": "op", "value": str(op.index)},
-        {"key": "phase", "value": _PHASES[op.phase]},
-        {"key": "module", "value": op.module or "<root>"},
-    ]
+    # The op number is the node id and the phase the namespace's first component.
+    attrs = [{"key": "aten", "value": op.name}, {"key": "module", "value": op.module or "<root>"}]
     attrs += [{"key": f"arg.{k}", "value": _text(v)} for k, v in op.attrs.items()]
     if op.host_ns is not None:
         attrs.append({"key": "host_time_us", "value": f"{op.host_ns / 1000:.1f}"})
@@ -206,6 +212,7 @@ def build_graph(
         item_paths.append(paths[pos])
         numbers.append(op.index)
         kinds.append(pos)
+    limits = limits or LayerLimits()
     namespaces = assign_namespaces(item_paths, numbers, limits)
     nodes: list[dict[str, Any]] = []
     for n, (kind, ns) in enumerate(zip(kinds, namespaces, strict=True)):
@@ -215,16 +222,22 @@ def build_graph(
             nodes.append(_op_node(ops[kind], ns, tensors, made))
         if progress is not None and (n % 4096 == 0 or n == len(kinds) - 1):
             progress(n + 1, len(kinds))
-    data = {"label": gid, "graphs": [{"id": gid, "nodes": nodes}]}
+    parts = split_parts(gid, nodes, limits.part_nodes)
+    data = {"label": gid, "graphs": parts.graphs}
     phases = tuple(dict.fromkeys(op.phase.label for op in ops))
+    widest = max(
+        (widest_layer([n["namespace"] for n in g["nodes"]]) for g in parts.graphs),
+        key=lambda w: w[1],
+    )
     return ExplorerGraph(
         gid,
         data,
-        overlays_for(step, ops, sorted(seen_inputs)),
+        overlays_for(step, ops, sorted(seen_inputs), parts.members),
         len(ops),
         len(seen_inputs),
-        widest_layer(namespaces),
+        widest,
         phases,
+        parts.graph_of,
     )
 
 
@@ -251,17 +264,12 @@ def _op_node(
     op: OpNode, namespace: str, tensors: Sequence[TensorRecord], made: Mapping[int, tuple[int, int]]
 ) -> dict[str, Any]:
     edges = []
-    inputs_meta = []
     for k, t in enumerate(op.inputs):
         if t in made:
             src, slot = made[t]
             edges.append(_edge(node_id(src), slot, k))
         elif 0 <= t < len(tensors):
             edges.append(_edge(tensor_node_id(t), 0, k))
-        if 0 <= t < len(tensors):
-            inputs_meta.append(
-                {"id": str(k), "attrs": [{"key": "__tensor_tag", "value": _tensor_label(tensors[t])}]}
-            )
     outputs = [
         {"id": str(k), "attrs": _tensor_attrs(tensors[t], _tensor_label(tensors[t]))}
         for k, t in enumerate(op.outputs)
@@ -273,7 +281,6 @@ def _op_node(
         "namespace": namespace,
         "attrs": _op_attrs(op),
         "incomingEdges": edges,
-        "inputsMetadata": inputs_meta,
         "outputsMetadata": outputs,
     }
 
@@ -309,6 +316,6 @@ def write_export(graph: ExplorerGraph, path: str | Path) -> list[Path]:
     stem = out.name.removesuffix(".json")
     for overlay in graph.overlays:
         file = out.with_name(f"{stem}.{overlay.key}.json")
-        file.write_text(overlay.to_json(graph.graph_id), encoding="utf-8")
+        file.write_text(overlay.to_json(graph.graph_of or graph.graph_id), encoding="utf-8")
         written.append(file)
     return written

@@ -26,10 +26,13 @@ SEPARATOR = "/"
 @dataclass(frozen=True)
 class LayerLimits:
     """How wide a layer may be: at most ``max_children`` children; a wider one is split into
-    artificial layers of ``chunk`` children each."""
+    artificial layers of ``chunk`` children each.  A step of more than ``part_nodes`` nodes is
+    shown as an overview with its big layers as graphs of their own of at most that many nodes
+    (:mod:`replayer.view.parts`)."""
 
     max_children: int = 400
     chunk: int = 100
+    part_nodes: int = 2500
 
     def __post_init__(self) -> None:
         if self.max_children < 2:
@@ -38,6 +41,8 @@ class LayerLimits:
             raise ReplayError(
                 f"chunk must be between 2 and max_children ({self.max_children}), not {self.chunk}."
             )
+        if self.part_nodes < 1:
+            raise ReplayError(f"part_nodes must be at least 1, not {self.part_nodes}.")
 
 
 class _Layer:

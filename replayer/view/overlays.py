@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tracefmt.model import OpNode, TensorStats
@@ -47,23 +47,38 @@ class Overlay:
     values: dict[str, float]
     colours: dict[str, str]
 
-    def to_json(self, graph_id: str) -> str:
-        """The node-data JSON of this overlay for the graph ``graph_id``."""
-        results = {
-            node: {"value": value, "bgColor": self.colours[node]} for node, value in self.values.items()
-        }
+    def to_json(self, graph_of: str | Mapping[str, str]) -> str:
+        """The node-data JSON of this overlay: for one graph (its id), or for the graphs of a
+        collection (``graph_of``: the graph id of each node id; nodes not in it are left out)."""
+        results: dict[str, dict[str, dict[str, float | str]]] = {}
+        for node, value in self.values.items():
+            gid = graph_of if isinstance(graph_of, str) else graph_of.get(node)
+            if gid is not None:
+                results.setdefault(gid, {})[node] = {"value": value, "bgColor": self.colours[node]}
+        gradient = [
+            {"stop": 0, "bgColor": LOW},
+            {"stop": 0.5, "bgColor": MID},
+            {"stop": 1, "bgColor": HIGH},
+        ]
         data = {
-            graph_id: {
-                "name": self.name,
-                "results": results,
-                "gradient": [
-                    {"stop": 0, "bgColor": LOW},
-                    {"stop": 0.5, "bgColor": MID},
-                    {"stop": 1, "bgColor": HIGH},
-                ],
-            }
+            gid: {"name": self.name, "results": r, "gradient": gradient} for gid, r in results.items()
         }
         return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+    def rolled_up(self, members: Mapping[str, Sequence[str]]) -> Overlay:
+        """This overlay with a value on each group node of ``members`` (group id: member node
+        ids): the largest of its members' (``sum`` for counts), coloured as that member."""
+        values, colours = dict(self.values), dict(self.colours)
+        for group, nodes in members.items():
+            known = [n for n in nodes if n in self.values]
+            if not known:
+                continue
+            top = max(known, key=self.values.__getitem__)
+            values[group] = (
+                sum(self.values[n] for n in known) if self.key == "nonfinite" else self.values[top]
+            )
+            colours[group] = self.colours[top]
+        return Overlay(self.key, self.name, values, colours)
 
 
 def node_id(op: int) -> str:
@@ -125,10 +140,16 @@ def _max_abs(st: TensorStats) -> float | None:
     return max(abs(st.min), abs(st.max))
 
 
-def overlays_for(step: Step, ops: Sequence[OpNode], inputs: Sequence[int]) -> tuple[Overlay, ...]:
+def overlays_for(
+    step: Step,
+    ops: Sequence[OpNode],
+    inputs: Sequence[int],
+    members: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[Overlay, ...]:
     """The overlays of a step's selected ``ops`` and its input tensor nodes ``inputs``: output
     norm and largest magnitude, NaN/Inf count, host and device time and memory, each present
-    only when something in the selection recorded it."""
+    only when something in the selection recorded it; rolled up onto the group nodes
+    ``members`` (a large step's part nodes, :mod:`replayer.view.parts`)."""
     tensors = step.tensors
     norm: dict[str, float] = {}
     max_abs: dict[str, float] = {}
@@ -182,4 +203,4 @@ def overlays_for(step: Step, ops: Sequence[OpNode], inputs: Sequence[int]) -> tu
     if nonfinite:
         colours = {n: NONFINITE if v > 0 else FINITE for n, v in nonfinite.items()}
         out.append(Overlay("nonfinite", "NaN+Inf count", nonfinite, colours))
-    return tuple(out)
+    return tuple(o.rolled_up(members) for o in out) if members else tuple(out)

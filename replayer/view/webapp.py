@@ -166,6 +166,11 @@ class ExplorerServer:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    def url_for(self, node: str) -> str:
+        """The page's URL opened on the graph that holds ``node`` with that node selected (its
+        layers expanded)."""
+        return page_url(self.port, self.graph, focus=node)
+
     def stop(self) -> None:
         """Stop serving and wait until the port is closed."""
         self._server.shutdown()
@@ -173,28 +178,40 @@ class ExplorerServer:
         self._thread.join(timeout=10)
 
 
-def page_url(port: int, graph: ExplorerGraph) -> str:
-    """The URL that opens ``graph`` with every overlay listed (the first one applied)."""
+def page_url(port: int, graph: ExplorerGraph, *, focus: str | None = None) -> str:
+    """The URL that opens ``graph`` with every overlay listed (the first one applied), on the
+    overview or, with ``focus`` (a node id), on the graph that holds that node, selected."""
     name = "".join(c if c.isalnum() else "_" for c in graph.graph_id)
-    data: dict[str, list[object]] = {"models": [{"url": f"graphs://{name}/0"}]}
+    data: dict[str, object] = {"models": [{"url": f"graphs://{name}/0"}]}
     if graph.overlays:
         data["nodeData"] = [
             f"node_data://{o.name.replace('/', '_')}/{i}" for i, o in enumerate(graph.overlays)
         ]
         data["nodeDataTargets"] = ["" for _ in graph.overlays]
+    if focus is not None:
+        pane = {
+            "deepestExpandedGroupNodeIds": [],
+            "selectedNodeId": focus,
+            "selectedGraphId": graph.graph_of.get(focus, graph.graph_id),
+            "selectedCollectionLabel": "",
+            "widthFraction": 1,
+            "selected": True,
+        }
+        data["uiState"] = {"paneStates": [pane]}
     return f"http://{HOST}:{port}/?data={quote(json.dumps(data))}"
 
 
-def serve_graph(graph: ExplorerGraph, *, port: int = 0) -> ExplorerServer:
+def serve_graph(graph: ExplorerGraph, *, port: int = 0, focus: str | None = None) -> ExplorerServer:
     """Serve ``graph`` and its overlays with Model Explorer's page on 127.0.0.1 (``port`` 0: a
-    free one) in a background thread; :meth:`ExplorerServer.stop` stops it."""
+    free one) in a background thread; :meth:`ExplorerServer.stop` stops it.  The URL opens on
+    the node ``focus`` when given (:func:`page_url`)."""
     root = web_app_dir()
     if root is None:
         raise ReplayError(f"Model Explorer is not installed. {INSTALL}")
     app = _App(
         root.resolve(),
         graph_json(graph).encode(),
-        tuple(o.to_json(graph.graph_id) for o in graph.overlays),
+        tuple(o.to_json(graph.graph_of or graph.graph_id) for o in graph.overlays),
     )
     try:
         server = _Server((HOST, port), _Handler)
@@ -204,4 +221,5 @@ def serve_graph(graph: ExplorerGraph, *, port: int = 0) -> ExplorerServer:
     thread = threading.Thread(target=server.serve_forever, name="explorer-server", daemon=True)
     thread.start()
     bound = int(server.server_address[1])
-    return ExplorerServer(page_url(bound, graph), HOST, bound, graph, server, thread)
+    url = page_url(bound, graph, focus=focus)
+    return ExplorerServer(url, HOST, bound, graph, server, thread)

@@ -1,7 +1,8 @@
 """Model Explorer graph JSON of a recorded step: layers, nodes, edges, overlays, export, server.
 
 No browser here (``test_explorer_browser.py`` opens the page).  The 100,000-op walk is marked
-slow (about 25 s on 2 shared cores: writing, reading and converting the step); a 10,000-op step
+slow (about 18 s on 2 shared cores: writing, reading, converting and walking the step, with
+its overview and parts); a 10,000-op step
 runs by default.
 """
 
@@ -31,29 +32,43 @@ LIMIT = 400
 
 
 def check_graph(graph: ExplorerGraph, ops: int) -> list[dict[str, Any]]:
-    """Every op a node, every edge's ends exist, no layer over :data:`LIMIT` children (counted
-    from the JSON as Model Explorer builds its tree); the nodes."""
+    """Every op a node in exactly one graph of the collection, every edge's ends in its graph,
+    every part node's subgraph present, no layer of any graph over :data:`LIMIT` children
+    (counted from the JSON as Model Explorer builds its tree); the nodes of all graphs."""
     data = json.loads(json.dumps(graph.data))  # what the page gets
-    (g,) = data["graphs"]
-    nodes = g["nodes"]
-    ids = [n["id"] for n in nodes]
-    assert len(ids) == len(set(ids))
-    op_ids = [i for i in ids if i.startswith("op")]
-    assert len(op_ids) == ops == graph.ops
-    known = set(ids)
-    for n in nodes:
-        for e in n["incomingEdges"]:
-            assert e["sourceNodeId"] in known, (n["id"], e)
-    children: dict[str, set[str]] = {}
-    for n in nodes:
-        parts = n["namespace"].split("/") if n["namespace"] else []
-        children.setdefault(n["namespace"], set()).add("node:" + n["id"])
-        for depth in range(len(parts)):
-            children.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
-    widest = max(len(c) for c in children.values())
+    graphs = data["graphs"]
+    assert graphs[0]["id"] == graph.graph_id
+    graph_ids = {g["id"] for g in graphs}
+    assert len(graph_ids) == len(graphs)
+    everything: list[dict[str, Any]] = []
+    widest = 0
+    for g in graphs:
+        nodes = g["nodes"]
+        ids = [n["id"] for n in nodes]
+        assert len(ids) == len(set(ids))
+        known = set(ids)
+        for n in nodes:
+            for e in n["incomingEdges"]:
+                assert e["sourceNodeId"] in known, (g["id"], n["id"], e)
+            assert set(n.get("subgraphIds", ())) <= graph_ids
+            assert n["id"].startswith("x") or graph.graph_of[n["id"]] == g["id"]
+        children: dict[str, set[str]] = {}
+        for n in nodes:
+            parts = n["namespace"].split("/") if n["namespace"] else []
+            children.setdefault(n["namespace"], set()).add("node:" + n["id"])
+            for depth in range(len(parts)):
+                children.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
+        widest = max(widest, *(len(c) for c in children.values()))
+        everything += nodes
+    op_ids = [n["id"] for n in everything if n["id"].startswith("op")]
+    assert len(op_ids) == len(set(op_ids)) == ops == graph.ops
     assert widest <= LIMIT
     assert graph.widest[1] == widest
-    return list(nodes)
+    if len(graphs) > 1:  # the overview is small: a part node stands for each part
+        assert len(graphs[0]["nodes"]) < len(everything) / 4
+        parts = [n for n in graphs[0]["nodes"] if n.get("subgraphIds")]
+        assert len(parts) == len(graphs) - 1
+    return everything
 
 
 def test_a_wide_layer_is_split_into_chunks_in_order() -> None:

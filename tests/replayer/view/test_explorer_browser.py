@@ -1,6 +1,7 @@
 """``replayer view --viewer explorer``'s page in headless Chromium: the GPT example step and a
-synthetic 50,000-op step render their top level, revealing an op opens the layers that hold it,
-and switching overlays recolours the graph.
+synthetic 50,000-op step render their top level (the 50,000-op step's overview, its big layers
+being graphs of their own), the page opened on an op shows it with the layers that hold it
+expanded (in the 50,000-op step: inside its part), and switching overlays recolours the graph.
 
 One server and one browser per graph, each used by one test and closed before the next
 (Playwright's sync API runs one at a time; 2 shared vCPUs).  Skips without Chromium,
@@ -66,10 +67,14 @@ def _check(served: tuple[Any, ExplorerPage, float], op: str, tmp_path: Path, nam
     colours = {c for o in server.graph.overlays if o.key == "host_time" for c in o.colours.values()}
     assert page.show_overlay("host time (us)")
     assert near(page.canvas_png(), colours, tolerance=2) > 50
-    # Revealing an op inside a module expands the layers above it and shows the op.
+    # Opening the page on an op inside a module (in a large step: in a part, a graph of its
+    # own) expands the layers above it and shows the op.
+    again = page.open(server.url_for(op), timeout=120)
+    assert again == again, "the op's graph was never drawn"
     text = page.select_node(op)
     assert op in text
     assert "aten::" in text
+    assert server.graph.graph_of[op] in page.page.locator("body").inner_text()
     opened = page.canvas_png()
     assert opened != top
     shot = tmp_path / f"explorer-{name}.png"
@@ -81,7 +86,7 @@ def test_gpt_step_renders_expands_and_recolours(
     gpt_page: tuple[Any, ExplorerPage, float], tmp_path: Path
 ) -> None:
     server = gpt_page[0]
-    nodes = server.graph.data["graphs"][0]["nodes"]
+    nodes = [n for g in server.graph.data["graphs"] for n in g["nodes"]]
     op = next(n["id"] for n in nodes if n["namespace"].startswith("forward/h/0/attn/"))
     _check(gpt_page, op, tmp_path, "gpt")
 
@@ -91,6 +96,11 @@ def test_50k_step_renders_expands_and_recolours(
 ) -> None:
     server = big_page[0]
     assert server.graph.ops >= 49_000
-    nodes = server.graph.data["graphs"][0]["nodes"]
-    op = next(n["id"] for n in nodes if n["namespace"].startswith("backward/layers/"))
+    assert server.graph.graphs > 1  # an overview and its parts
+    nodes = [n for g in server.graph.data["graphs"][1:] for n in g["nodes"]]
+    op = next(
+        n["id"]
+        for n in nodes
+        if n["namespace"].startswith("backward/layers/") and n["id"].startswith("op")
+    )
     _check(big_page, op, tmp_path, "50k")
