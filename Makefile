@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: an open-ended torch requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,torch,bench,analysis]'
+	$(PY) -m pip install -q -e '.[dev,torch,bench,analysis,archive]'
 	# Model Explorer's web app for `replayer view --viewer explorer`, without its native adapter.
 	$(PY) -m pip install -q --no-deps 'ai-edge-model-explorer==0.1.34'
 	touch $(STAMP)

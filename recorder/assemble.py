@@ -151,6 +151,7 @@ def build_record(raw: RawStep, graphs: GraphCache | None = None) -> StepRecord:
         duration=raw.duration,
         dropped=raw.dropped,
         op_starts=raw.host_start_ns or None,
+        rng_states=raw.rng_states,
     )
     if stats is not None and any(e.kind == NONFINITE_CREATED and e.op is None for e in record.events):
         record.events = _name_created_ops(record)

@@ -21,6 +21,7 @@ from tracefmt.dtypes import DType
 from tracefmt.errors import TraceError
 from tracefmt.manifest import ProcessGroupInfo
 from tracefmt.model import Event, Phase, Role
+from tracefmt.rngstate import RngState
 
 __all__ = [
     "CudaStart",
@@ -145,6 +146,8 @@ class RawStep:
     mem_bytes: list[int] = field(default_factory=list)
     #: flight mode: keep the step in the sink's ring instead of writing it
     hold: bool = False
+    #: the generators' states at the step's start (format 1.6, :mod:`recorder.rngsnap`)
+    rng_states: tuple[RngState, ...] = ()
     #: the native engine's rows, built on the writer thread (:meth:`materialize`)
     rows: Callable[[], tuple[list[OpRow], list[TensorRow], list[Role], list[str | None]]] | None = None
 

@@ -40,6 +40,7 @@ from recorder.engine import choose as choose_engine
 from recorder.flight.keeper import FlightKeeper
 from recorder.options import Options, RecordOptions
 from recorder.pipeline import BackgroundWriter, Sink
+from recorder.rngsnap import rng_snapshot
 from recorder.schedule import Action, Schedule
 from recorder.schedule import schedule as make_schedule
 from recorder.sinks import background_writer, open_trace_writer
@@ -91,8 +92,7 @@ class Recorder:
         self._engine: ModuleType | None = None
         self._capture_action = Action.NONE
         self._writer: BackgroundWriter | None = None
-        self._stopped = False
-        self._warned_compile = False
+        self._stopped = self._warned_compile = False
         self._manifest: ManifestKeeper | None = None
         #: Where this process stands in the run and the run id (set when a run directory is opened).
         self.located: Located | None = None
@@ -270,6 +270,7 @@ class Recorder:
             self._keeper.begin(self._step, scheduled=self._scheduled)
         if action is Action.NONE:
             return
+        self._rng = rng_snapshot()  # format 1.6: the generators before the step's first op
         capture: StepCapture | NativeCapture
         if self._engine is not None:
             capture = NativeCapture(self._step, self.options, self._names, self._engine)
@@ -287,6 +288,7 @@ class Recorder:
         if self._step_stack is not None:
             self._step_stack.close()
         raw = capture.finish()
+        raw.rng_states = self._rng
         if self._manifest is not None:
             self._manifest.note_groups(raw.process_groups)
         if not self._warned_compile and any(e.kind == "compile_bypassed" for e in raw.events):

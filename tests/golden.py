@@ -152,6 +152,11 @@ def describe_modules(table: ModuleTable | None) -> list[list[Any]] | None:
     ]
 
 
+def describe_rng_states(step: Step) -> list[list[Any]]:
+    """A step's RNG states (1.6) as rows of (device, bytes, SHA-256 of the bytes)."""
+    return [[s.device, len(s.state), hashlib.sha256(s.state).hexdigest()] for s in step.rng_states]
+
+
 def describe_light_step(light: LightStep) -> dict[str, Any]:
     """What the reader returned for a light step (1.4), as JSON data."""
 

@@ -16,7 +16,9 @@ each version's goldens exercise what that version added:
   all-reduce and a send;
 - 1.3: op start times (one op unmeasured);
 - 1.4: light steps between the full steps (one holds a NaN gradient);
-- 1.5: module tables (one step without, one with the bias frozen).
+- 1.5: module tables (one step without, one with the bias frozen);
+- 1.6: RNG states (step 0: the CPU's and a CUDA device's; step 2: the same CPU state, stored
+  once, and a new CUDA state; step 4: none).
 
 Every version writes ``run/``: two rank files of a 2-rank run of a tiny network whose values are
 small integers, so that ``replayer check`` re-executes its aten ops exactly.  ``manifest.json`` is
@@ -159,6 +161,23 @@ def _modules(step: int) -> Any:
     )
 
 
+def _rng_states(rank: int, step: int) -> Any:
+    """The generators' states at the step's start (1.6): a Mersenne-Twister-sized CPU state that
+    steps 0 and 2 share (step 1 drew nothing), a CUDA seed and offset, none at step 4."""
+    if step == 4:
+        return ()
+    from tracefmt import RngState
+
+    cpu = np.random.default_rng(100 + rank).integers(0, 256, 5056, dtype=np.uint8).tobytes()
+    cuda = np.array([4321 + rank, 64 * step], dtype="<u8").tobytes()
+    return (RngState("cpu", cpu), RngState("cuda:0", cuda))
+
+
+def describe_rng_states(states: Any) -> list[list[Any]]:
+    """A step's RNG states (1.6) as (device, bytes, SHA-256 of the bytes)."""
+    return [[s.device, len(s.state), hashlib.sha256(s.state).hexdigest()] for s in states]
+
+
 def _record(rank: int, step: int, hist_bins: int) -> StepRecord:
     graph = _graph(rank, step)
     arrays = _arrays(rank, step)
@@ -172,6 +191,8 @@ def _record(rank: int, step: int, hist_bins: int) -> StepRecord:
         extra["op_starts"] = [-1 if i == 2 else 5000 * i + step for i in range(graph.num_ops)]
     if MINOR >= 5:
         extra["modules"] = _modules(step)
+    if MINOR >= 6:
+        extra["rng_states"] = _rng_states(rank, step)
     return StepRecord(
         step=step,
         graph=graph,
@@ -291,6 +312,8 @@ def describe_record(record: StepRecord, graph_row: int) -> dict[str, Any]:
     if MINOR >= 5:
         table = getattr(record, "modules")  # noqa: B009 (a 1.5 field)
         out["modules"] = None if table is None else [list(dataclasses.astuple(m)) for m in table]
+    if MINOR >= 6:
+        out["rng_states"] = describe_rng_states(getattr(record, "rng_states"))  # noqa: B009 (1.6)
     return out
 
 

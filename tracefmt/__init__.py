@@ -44,6 +44,7 @@ from tracefmt.model import (
 from tracefmt.moduletable import ModuleInfo, ModuleTable
 from tracefmt.reader import Step, StepSummary, Trace, open
 from tracefmt.records import Graph, GraphBuilder, StepRecord, empty_op_stats, empty_stats
+from tracefmt.rngstate import RngState
 from tracefmt.version import __version__
 from tracefmt.writer import TraceWriter, rank_file_path
 
@@ -65,6 +66,7 @@ __all__ = [
     "Phase",
     "ProcessGroupInfo",
     "Provenance",
+    "RngState",
     "Role",
     "RunManifest",
     "StatFlags",

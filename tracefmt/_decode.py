@@ -33,6 +33,7 @@ from tracefmt._rows import (
 from tracefmt.attrcodec import decode_attrs
 from tracefmt.errors import TraceError, TraceFormatError
 from tracefmt.model import Event, Histogram, OpNode, TensorMeta, TensorRecord, TensorStats
+from tracefmt.rngstate import RngState
 
 #: ``load_values(tensor, meta, offset, count, fingerprint)``: one tensor's values of one step.
 ValuesLoader = Callable[[int, TensorMeta, int, int, int], np.ndarray]
@@ -92,6 +93,13 @@ class Step:
     #: tensors): an op created NaN/Inf; the loss, a parameter, gradient or optimizer state holds it
     nonfinite_created: bool = False
     nonfinite_state: bool = False
+    #: format 1.6: each generator's state at the step's start (CPU, then each CUDA device), so
+    #: that its random draws (dropout masks) can be drawn again; empty: not recorded
+    rng_states: tuple[RngState, ...] = ()
+
+    def rng_state(self, device: str = "cpu") -> RngState | None:
+        """The state of ``device``'s generator at the step's start (format 1.6), or None."""
+        return next((s for s in self.rng_states if s.device == device), None)
 
 
 @dataclass(frozen=True)
@@ -182,6 +190,7 @@ def decode_step(
     where: str,
     text: Callable[[int], str],
     load_values: ValuesLoader,
+    rng_states: tuple[RngState, ...] = (),
 ) -> Step:
     """The :class:`Step` of ``rows`` over ``graph``; its values stay on disk until asked.
 
@@ -190,7 +199,8 @@ def decode_step(
 
     The caller has checked that the stats and op-stats rows are absent or one per tensor and op.
     ``text(sid)`` resolves an interned string ("" for none); ``load_values`` reads one tensor's
-    values when :meth:`~tracefmt.model.TensorRecord.values` asks.
+    values when :meth:`~tracefmt.model.TensorRecord.values` asks.  ``rng_states`` (format 1.6)
+    are read by the caller (:mod:`tracefmt._rngread`).
     """
     r, tables = rows.step, rows.tables
     n_ops, n_tensors = len(graph.ops), len(graph.metas)
@@ -249,6 +259,7 @@ def decode_step(
         has_inf=bool(r["flags"] & L.STEP_HAS_INF),
         nonfinite_created=bool(r["flags"] & L.STEP_NONFINITE_CREATED),
         nonfinite_state=bool(r["flags"] & L.STEP_NONFINITE_STATE),
+        rng_states=rng_states,
     )
 
 

@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 
 from tracefmt._modlayout import MODULE_DTYPE, MODULES, STEP_MODULE_DTYPE, STEP_MODULES  # 1.5
+from tracefmt._rnglayout import RNG_HEAPS, RNG_SINCE, RNG_TABLES  # 1.6: per-step RNG states
 from tracefmt.dtypes import STORAGE_HEAPS
 from tracefmt.model import StatFlags, StepFlags
 
 FORMAT_MAGIC = "tracefmt"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 5
+FORMAT_MINOR = 6
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 RANK_FILE_PATTERN = "rank-{rank:05d}.tft.h5"
 RANK_FILE_GLOB = "rank-*.tft.h5"
@@ -282,17 +283,18 @@ TABLES: dict[str, tuple[np.dtype[Any], int]] = {
     LIGHT_SCALARS: (SCALAR_DTYPE, 2048),
     MODULES: (MODULE_DTYPE, 1024),  # 1.5 (tracefmt._modlayout): 48 KiB, 1024 modules
     STEP_MODULES: (STEP_MODULE_DTYPE, 1024),  # 12 KiB, like step_overrides
+    **RNG_TABLES,  # 1.6 (tracefmt._rnglayout): rng_states, step_rng_states
 }
-#: The minor version that added a dataset; datasets not listed here date from 1.0.  A file of an
-#: older minor version lacks them (and a reader gives them no meaning in such a file).
+#: The minor version that added a dataset (unlisted: 1.0); a file of an older minor version lacks it.
 SINCE_MINOR: dict[str, int] = {
-    OP_ATTRS: 1, TENSOR_OFFSETS: 1, STEP_OVERRIDES: 1, OP_STARTS: 3,
+    OP_ATTRS: 1, TENSOR_OFFSETS: 1, STEP_OVERRIDES: 1, OP_STARTS: 3, **RNG_SINCE,  # 1.6: _rnglayout
     LIGHT_STEPS: 4, LIGHT_STATS: 4, LIGHT_EVENTS: 4, LIGHT_SCALARS: 4, MODULES: 5, STEP_MODULES: 5,
 }  # fmt: skip
 # 1-D heaps of plain numbers: path -> (dtype, items per chunk).
 HEAPS: dict[str, tuple[np.dtype[Any], int]] = {
     STRINGS_BYTES: (np.dtype("u1"), 65536),
     DIMS: (np.dtype("<i8"), 8192),
+    **RNG_HEAPS,  # 1.6: rng_bytes
 }
 HIST_ROWS_PER_CHUNK = 256
 
@@ -343,7 +345,7 @@ STEP_TABLES = frozenset(
     {
         STEPS, STATS, OP_STATS, DATA_INDEX, HISTS, EVENTS, SCALARS, OP_ATTRS, TENSOR_OFFSETS,
         STEP_OVERRIDES, OP_STARTS, LIGHT_STEPS, LIGHT_STATS, LIGHT_EVENTS, LIGHT_SCALARS,
-        STEP_MODULES,
+        STEP_MODULES, *RNG_TABLES, *RNG_HEAPS,
     }
 )  # fmt: skip
 STEP_TABLE_FILTERS: dict[str, Any] = {}
@@ -364,7 +366,7 @@ def expected_datasets(hist_bins: int, minor: int = FORMAT_MINOR) -> dict[str, np
     if has_dataset(LIGHT_STEPS, minor):  # the light step index, before the tables it points into
         out[LIGHT_STEPS] = LIGHT_STEP_DTYPE
     out.update({name: dt for name, (dt, _) in TABLES.items() if has_dataset(name, minor)})
-    out.update({name: dt for name, (dt, _) in HEAPS.items()})
+    out.update({name: dt for name, (dt, _) in HEAPS.items() if has_dataset(name, minor)})
     out[HISTS] = hist_dtype(max(hist_bins, 1))
     out.update({name: np.dtype(name.rsplit("/", 1)[1]) for name in VALUE_HEAPS})
     return out

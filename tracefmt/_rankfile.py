@@ -29,6 +29,7 @@ from tracefmt._h5open import H5_ERRORS, open_swmr
 from tracefmt._lightread import decode_light_step, decode_light_summaries
 from tracefmt._openfiles import OpenFiles
 from tracefmt._primitives import require
+from tracefmt._rngread import read_rng_states
 from tracefmt._tableread import DatasetSize, TableReader, ranges_rows, search_index
 from tracefmt.dtypes import DTYPE_INFO, fingerprint, heap_name, logical_view
 from tracefmt.errors import TraceCorruptError, TraceError, TraceFormatError, TraceNotFoundError
@@ -145,9 +146,7 @@ class RankFile:
         # file they are absent, or ignored (1.0: no op_attrs, every op has its graph's attrs).
         self._expected = L.expected_datasets(self.hist_bins, self.version.minor)
         self._reader = TableReader(f, self.path, self._expected, self.values_filter)
-        self._graph_cache = {}
-        self._string_cache = {}
-        self._strings_loaded = None
+        self._graph_cache, self._string_cache, self._strings_loaded = {}, {}, None
 
     def close(self) -> None:
         """Close the file for good (idempotent)."""
@@ -328,7 +327,7 @@ class RankFile:
 
         Its ops and tensors carry the step's attributes and storage offsets: the graph's,
         replaced by the step's rows of ``op_attrs`` and ``tensor_offsets`` (format 1.1), and its
-        ops their start times from ``op_starts`` (format 1.3; none in an older file).
+        ops their start times from ``op_starts`` (format 1.3); its RNG states (1.6).
         """
         r = self._rows(L.STEPS, index, 1)[0]
         step = int(r["step"])
@@ -357,6 +356,7 @@ class RankFile:
             where=self._where(step),
             text=functools.partial(self._text, step=step),
             load_values=functools.partial(self._values, step),
+            rng_states=read_rng_states(self, index, step),  # format 1.6
         )
 
     def _values(

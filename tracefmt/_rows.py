@@ -15,6 +15,7 @@ import numpy as np
 
 from tracefmt import _layout as L
 from tracefmt._modlayout import MODULES, STEP_MODULES, ModuleRow, StepModuleRow
+from tracefmt._rnglayout import RNG_STATES, STEP_RNG_STATES, RngStateRow, StepRngRow
 from tracefmt.model import Event
 
 
@@ -244,6 +245,8 @@ ROWS: dict[str, type[NamedTuple]] = {
     L.LIGHT_SCALARS: ScalarRow,
     MODULES: ModuleRow,
     STEP_MODULES: StepModuleRow,
+    RNG_STATES: RngStateRow,
+    STEP_RNG_STATES: StepRngRow,
 }
 
 R = TypeVar("R", bound=NamedTuple)

@@ -20,6 +20,7 @@ import tracefmt
 from tracefmt.analysis.cli import sql_cmd, to_parquet_cmd
 from tracefmt.cli_extract import extract_cmd
 from tracefmt.cli_info import info_cmd
+from tracefmt.cli_pack import pack_cmd, verify_cmd
 from tracefmt.cli_trace import export_trace_cmd
 from tracefmt.errors import TraceError
 from tracefmt.jsonout import dumps
@@ -85,6 +86,8 @@ main.add_command(info_cmd)
 main.add_command(export_trace_cmd)
 main.add_command(to_parquet_cmd)
 main.add_command(sql_cmd)
+main.add_command(pack_cmd)
+main.add_command(verify_cmd)
 
 path_arg = click.argument("path", type=click.Path(exists=True, dir_okay=True))
 rank_opt = click.option("--rank", type=int, default=None, help="Rank to read (default: lowest).")
@@ -202,7 +205,8 @@ def show(
     limit: int | None,
     as_json: bool,
 ) -> None:
-    """The ops of one step in order, with module path, shapes, dtypes and output statistics."""
+    """The ops of one step in order, with module path, shapes, dtypes and output statistics, and
+    the step's RNG states (--json: their bytes in base64)."""
     with tracefmt.open(path) as trace:
         step = trace.step(step_no, rank)
     ops = sort_ops(select_ops(step, module=module, op=op, phase=phase), sort)
@@ -215,6 +219,7 @@ def show(
                 "rank": step.rank,
                 "scalars": step.scalars,
                 "events": [dataclasses.asdict(e) for e in step.events],
+                "rng_states": [s.as_json() for s in step.rng_states],  # format 1.6
                 "ops": [_op_json(step, n) for n in ops],
             }
         )
@@ -274,6 +279,9 @@ def show(
         con.print("scalars: " + ", ".join(f"{k}={_num(v)}" for k, v in step.scalars.items()))
     for e in step.events:
         con.print(f"event: {e.kind}: {e.message}")
+    if step.rng_states:  # format 1.6
+        rng = ", ".join(f"{s.device} ({len(s.state)} bytes)" for s in step.rng_states)
+        con.print(f"RNG states at the step's start: {rng}")
 
 
 @main.command()

@@ -139,6 +139,15 @@ def provenance_lines(p: dict[str, Any]) -> list[str]:
             f"capture: engine {_get(capture, 'engine')}, mode {_get(capture, 'mode')}, {what}"
             + (", values" if _get(capture, "values") else "")
         )
+    packed = _get(p, "packed_from")  # tracefmt pack (spec 4.2.2)
+    if packed:
+        sources = _get(packed, "sources")
+        first = sources[0] if isinstance(sources, list) and sources else None
+        lines.append(
+            f"packed: by {_get(packed, 'tool')} {_get(packed, 'tracefmt')} at {_get(packed, 'time')}"
+            f" with {_get(packed, 'filter')} from {_get(first, 'path')} ({_get(first, 'bytes')} "
+            f"bytes, sha256 {str(_get(first, 'sha256'))[:16]}...)"
+        )
     return lines
 
 

@@ -36,7 +36,7 @@ def _plugin() -> Any:
     except ImportError as e:
         raise MissingFilterError(
             "This trace's values use an hdf5plugin compressor, but the hdf5plugin package is not "
-            "installed: run 'pip install hdf5plugin'."
+            "installed: run 'pip install hdf5plugin' (or pip install 'tracefmt[archive]')."
         ) from e
     return hdf5plugin
 
@@ -110,4 +110,11 @@ def ensure_readable(name: str) -> None:
     """
     f = FILTERS.get(name)
     if f is not None and f.needs_plugin:
-        _plugin()
+        try:
+            _plugin()
+        except MissingFilterError as e:
+            raise MissingFilterError(
+                f"This trace's values use the {name!r} filter, an hdf5plugin compressor, but the "
+                "hdf5plugin package is not installed: run 'pip install hdf5plugin' (or pip "
+                "install 'tracefmt[archive]')."
+            ) from e

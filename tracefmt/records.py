@@ -29,6 +29,7 @@ from tracefmt.attrcodec import decode_attrs, decode_json, encode_attrs, encode_j
 from tracefmt.dtypes import DTYPE_INFO, DType
 from tracefmt.model import Event, Phase, Role
 from tracefmt.moduletable import ModuleTable
+from tracefmt.rngstate import RngState
 
 __all__ = [
     "OP_STATS_DTYPE",
@@ -121,7 +122,6 @@ class GraphBuilder:
         strides_t = None if strides is None else tuple(int(s) for s in strides)
         if not shape_t:
             strides_t = ()  # a 0-d tensor has empty strides either way: one canonical form
-
         if strides_t is not None and len(strides_t) != len(shape_t):
             raise ValueError(f"Strides {strides_t} do not match shape {shape_t}.")
         self._tensors.append(
@@ -319,11 +319,10 @@ class StepRecord:
     """Everything captured for one step, ready to write.
 
     ``stats`` has one row per graph tensor (``STATS_DTYPE``), ``op_stats`` one row per op
-    (``OP_STATS_DTYPE``), ``op_starts`` one integer per op: when it started on the host, in ns
-    after the step's start (-1: not measured); each may be ``None`` (nothing measured).  ``values``
-    maps a tensor index to its full values (any array whose bytes are the tensor's C-contiguous
-    values: the logical dtype, or its raw bits).  ``histograms`` maps a tensor index to
-    ``(lo, hi, counts)``.
+    (``OP_STATS_DTYPE``), ``op_starts`` one integer per op: when it started on the host, in ns after the
+    step's start (-1: not measured); each may be ``None`` (nothing measured).  ``values`` maps a tensor
+    index to its full values (any array whose bytes are the tensor's C-contiguous values: the logical
+    dtype, or its raw bits).  ``histograms`` maps a tensor index to ``(lo, hi, counts)``.
     """
 
     step: int
@@ -339,6 +338,7 @@ class StepRecord:
     dropped: int = 0
     op_starts: np.ndarray | Sequence[int] | None = None
     modules: ModuleTable | None = None  #: the model's modules (format 1.5), None: not known
+    rng_states: tuple[RngState, ...] = ()  #: generators' states at the step's start (format 1.6)
 
     def check(self) -> None:
         """Raise ``ValueError`` when the record does not fit its graph: table lengths, tensor and

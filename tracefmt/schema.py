@@ -10,7 +10,7 @@ Example::
 
     >>> from tracefmt.schema import schema
     >>> schema()["format_version"]
-    '1.5'
+    '1.6'
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def schema() -> dict[str, Any]:
             "table", dtype, rows, table_filters(name), f"{L.FORMAT_MAJOR}.{L.SINCE_MINOR.get(name, 0)}"
         )
     for name, (dtype, rows) in L.HEAPS.items():
-        datasets[name] = _dataset("heap", dtype, rows, table_filters(name))
+        since = f"{L.FORMAT_MAJOR}.{L.SINCE_MINOR.get(name, 0)}"  # 1.6: rng_bytes
+        datasets[name] = _dataset("heap", dtype, rows, table_filters(name), since)
     hists = _dataset("table", L.hist_dtype(1), L.HIST_ROWS_PER_CHUNK, table_filters(L.HISTS))
     hists["row_bytes"] = "depends on bins"
     for field in hists["fields"]:

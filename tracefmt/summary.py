@@ -18,6 +18,7 @@ import numpy as np
 
 from tracefmt import _layout as L
 from tracefmt._modlayout import MODULES, STEP_MODULES
+from tracefmt._rnglayout import RNG_BYTES, RNG_STATES, STEP_RNG_STATES
 from tracefmt.dtypes import DType
 from tracefmt.errors import TraceError
 from tracefmt.light import LightStepSummary
@@ -50,6 +51,9 @@ KIND_OF_DATASET = {
     L.LIGHT_SCALARS: "events",
     MODULES: "graph",
     STEP_MODULES: "index",
+    RNG_STATES: "rng",
+    RNG_BYTES: "rng",
+    STEP_RNG_STATES: "index",
 }
 
 

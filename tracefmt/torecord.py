@@ -147,7 +147,8 @@ def _op_starts(step: Step) -> list[int] | None:
 
 def step_record(step: Step, graphs: GraphCache | None = None) -> StepRecord:
     """``step`` as a :class:`StepRecord`: its graph, statistics, op timings and start times,
-    histograms, recorded values (read now), events, scalars, wall time, duration and dropped count.
+    histograms, recorded values (read now), events, scalars, wall time, duration, dropped count and
+    (format 1.6) RNG states.
 
     ``graphs`` (one per source file) lets steps that share a graph share it in the record too.
     """
@@ -169,6 +170,7 @@ def step_record(step: Step, graphs: GraphCache | None = None) -> StepRecord:
         wall_time=step.wall_time,
         duration=step.duration,
         dropped=step.dropped,
+        rng_states=step.rng_states,  # format 1.6
     )
 
 

@@ -42,6 +42,7 @@ from tracefmt._graphstore import GraphStore
 from tracefmt._h5create import fixed_utf8, fsync_dir
 from tracefmt._lightstore import append_light_step
 from tracefmt._modulestore import ModuleStore
+from tracefmt._rngstore import RngStore
 from tracefmt._rows import (
     DataRow,
     HistRow,
@@ -173,6 +174,7 @@ class TraceWriter:
             raise
         self._graphs = GraphStore(self._tables)
         self._modules = ModuleStore(self._tables, self._graphs.intern_all, self._graphs.intern)  # 1.5
+        self._rng = RngStore(self._tables, self._graphs.intern)  # 1.6
         self._pending: list[StepRow] = []
         self._pending_overrides: list[StepOverrideRow] = []  # of each pending step
         self._last_step: int | None = None
@@ -291,7 +293,9 @@ class TraceWriter:
         )
         # The step's step_overrides row waits with its steps row and is appended at the next
         # flush, before phase 1.  The two tables are matched by row number: a record refused
-        # half-way (a ValueError above) must leave a row in neither; likewise step_modules (1.5).
+        # half-way (a ValueError above) must leave a row in neither; likewise step_modules (1.5)
+        # and step_rng_states (1.6, which refuses a device named twice before it queues a row).
+        self._rng.pend(record.rng_states)
         self._modules.pend(record.modules)
         self._pending.append(row)
         self._pending_overrides.append(overrides)
@@ -332,6 +336,7 @@ class TraceWriter:
                     L.STEP_OVERRIDES, np.array(self._pending_overrides, dtype=L.STEP_OVERRIDE_DTYPE)
                 )
                 self._modules.commit()  # step_modules rows of the pending steps (format 1.5)
+                self._rng.commit()  # step_rng_states rows of the pending steps (format 1.6)
                 self._seal_filtered_heaps()
                 self._file.flush()  # phase 1: every row the pending steps point at
                 self._tables.append(L.STEPS, np.array(self._pending, dtype=L.STEP_DTYPE))

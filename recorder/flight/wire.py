@@ -56,6 +56,7 @@ from tracefmt.records import (
     TensorSpec,
     decode_attrs,
 )
+from tracefmt.rngstate import RngState
 
 __all__ = [
     "PREFIX",
@@ -227,6 +228,9 @@ class Encoder:
         header["wall_time"] = float(record.wall_time)
         header["duration"] = float(record.duration)
         header["dropped"] = int(record.dropped)
+        header["rng"] = [  # format 1.6: each generator's state, its bytes as an array
+            [s.device, lay.add(np.frombuffer(s.state, dtype=np.uint8))] for s in record.rng_states
+        ]
         if record.modules is not self._modules:  # sent when it changes: null, or its rows
             modules = record.modules
             header["modules"] = None if modules is None else [list(_module_row(m)) for m in modules]
@@ -365,7 +369,14 @@ class Decoder:
             duration=h["duration"],
             dropped=int(h["dropped"]),
             modules=self._module_table(h),
+            rng_states=self._rng_states(buf, h.get("rng") or []),
         )
+
+    def _rng_states(self, buf: bytearray, specs: list[Any]) -> tuple[RngState, ...]:
+        try:
+            return tuple(RngState(str(d), self._array(buf, spec).tobytes()) for d, spec in specs)
+        except (TypeError, ValueError) as e:
+            raise _bad(f"RNG states: {e}") from e
 
     def _light(self, buf: bytearray, h: dict[str, Any]) -> LightStepRecord:
         return LightStepRecord(

@@ -452,7 +452,7 @@ def test_record_dataclass_fields_all_travel() -> None:
     """A field added to StepRecord or LightStepRecord must be added to the wire too."""
     assert [f.name for f in dataclasses.fields(StepRecord)] == [
         "step", "graph", "stats", "op_stats", "values", "histograms", "events", "scalars",
-        "wall_time", "duration", "dropped", "op_starts", "modules",
+        "wall_time", "duration", "dropped", "op_starts", "modules", "rng_states",
     ]  # fmt: skip
     assert [f.name for f in dataclasses.fields(LightStepRecord)] == [
         "step", "names", "rows", "scalars", "events", "wall_time", "duration",

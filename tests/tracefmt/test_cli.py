@@ -27,7 +27,7 @@ def test_info_table_and_json(small_trace: Path) -> None:
     data = json.loads(out)
     assert code == 0
     assert data["rank_info"][0]["steps"] == 5
-    assert data["format_version"] == "1.5"  # the file's version, as the writer wrote it
+    assert data["format_version"] == "1.6"  # the file's version, as the writer wrote it
     assert data["provenance"]["h5py"]
     assert {k["kind"] for k in data["rank_info"][0]["bytes_by_kind"]} >= {"graph", "stats", "values"}
 

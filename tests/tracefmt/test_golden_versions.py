@@ -21,6 +21,7 @@ from tests.golden import (
     ROOT,
     describe_light_step,
     describe_modules,
+    describe_rng_states,
     describe_step,
     minor,
     versions,
@@ -74,6 +75,8 @@ def test_golden_rank_files_read_as_written(version: str) -> None:
                 got = describe_step(step, starts=minor(version) >= 3)
                 if minor(version) >= 5:
                     got["modules"] = describe_modules(trace.modules(expected["step"]))
+                if minor(version) >= 6:
+                    got["rng_states"] = describe_rng_states(step)
                 assert got == expected, f"{version}/{name}, step {expected['step']}"
             assert [s.graph for s in trace.summaries()] == [s["graph"] for s in want["steps"]]
             light = [describe_light_step(s) for s in trace.light_steps()]

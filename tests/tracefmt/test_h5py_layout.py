@@ -131,8 +131,10 @@ TABLE_FIELDS: dict[str, list[str]] = {
         "param_bytes",
     ],
     "step_modules": ["module_start", "module_count"],
+    "rng_states": ["device", "state_start", "state_count", "fingerprint"],
+    "step_rng_states": ["rng_start", "rng_count"],
 }
-HEAPS = ["strings/bytes", "dims"]
+HEAPS = ["strings/bytes", "dims", "rng_bytes"]
 VALUE_HEAPS = [
     f"data/{n}"
     for n in (

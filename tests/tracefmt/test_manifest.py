@@ -48,7 +48,7 @@ def test_round_trip(tmp_path: Path) -> None:
     write_manifest(tmp_path, m)
     assert read_manifest(tmp_path) == m
     data = json.loads((tmp_path / "run.json").read_text())
-    assert data["tracefmt_run"] == "1.5"
+    assert data["tracefmt_run"] == "1.6"
     assert data["process_groups"][1] == {
         "id": group_id("1", [0, 2]),
         "name": "1",

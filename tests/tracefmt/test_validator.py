@@ -17,6 +17,8 @@ import pytest
 from tests import badfiles as bad
 from tests.tracefmt import multirank as mr
 from tests.tracefmt.modulefiles import MODULE_CASES
+from tests.tracefmt.packfiles import with_packed_from
+from tests.tracefmt.rngfiles import RNG_CASES
 from tracefmt import DType, GraphBuilder, Phase, StepRecord, TraceNotFoundError, TraceWriter
 from tracefmt.validate import RULES, UNREADABLE, Finding, validate
 
@@ -140,6 +142,9 @@ CASES: list[Case] = [
     Case("TF-FILE-007", lambda p, t: _rank0(t, prov=mr.distributed(1, 2))),
     Case("TF-FILE-007", lambda p, t: _rank0(t, prov={**mr.distributed(0, 2), "pid": -1})),
     Case("TF-FILE-007", lambda p, t: _rank0(t, prov={**mr.distributed(0, 2), "hostname": 7})),
+    Case("TF-PACK-001", lambda p, t: with_packed_from(p, sha256="not a digest")),
+    Case("TF-PACK-001", lambda p, t: with_packed_from(p, {"sources": "rank-00000.tft.h5"})),
+    Case("TF-PACK-001", lambda p, t: with_packed_from(p, {"filter": "zstd"})),  # file's is "none"
     Case("TF-COLL-001", lambda p, t: _rank0(t, c10d={"reduce_op": "MEAN"})),
     Case("TF-COLL-001", lambda p, t: _rank0(t, c10d={"rank": 1})),
     Case("TF-COLL-001", lambda p, t: _rank0(t, c10d={"group": "0:00000000"})),
@@ -391,6 +396,7 @@ def test_bad_file_fires_exactly_its_rule(
 def test_ids_in_spec_rules_and_tests_are_one_set() -> None:
     spec_ids = set(re.findall(r"TF-[A-Z]+-\d{3}", SPEC.read_text(encoding="utf-8")))
     tested = {case.rule for case in CASES} | {case.rule for case in MODULE_CASES}  # test_modules
+    tested |= {case.rule for case in RNG_CASES}  # test_rngtables
     assert spec_ids == set(RULES)
     assert tested == set(RULES)
     assert len(spec_ids) >= 20

@@ -12,6 +12,8 @@ from tracefmt.rules import (  # noqa: F401  (importing registers the rules)
     modulerows,
     opstarts,
     overrides,
+    packed,
+    rngrows,
     run,
     stepflags,
     steps,

@@ -20,6 +20,7 @@ from tracefmt.rules._context import FileContext
 from tracefmt.rules._views import GraphView
 from tracefmt.rules.lightsteps import light_rows, usable_light_refs
 from tracefmt.rules.modulerows import module_string_refs
+from tracefmt.rules.rngrows import rng_string_refs
 
 _PHASES = frozenset(int(p) for p in Phase)
 _DTYPES = frozenset(int(d) for d in DType)
@@ -84,6 +85,7 @@ def _string_refs(ctx: FileContext) -> Iterator[_StringRef]:
                 for k, sid in enumerate(rows[field].tolist()):
                     yield _StringRef(table, start + k, light.step, field, sid, required)
     yield from (_StringRef(*ref) for ref in module_string_refs(ctx))  # format 1.5
+    yield from (_StringRef(*ref) for ref in rng_string_refs(ctx))  # format 1.6
 
 
 #: The string fields of a light step's tables, and whether each is required.
