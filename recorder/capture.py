@@ -34,7 +34,16 @@ from recorder.captured import (
     release_capture,
 )
 from recorder.collectives import COMM_NAMESPACES, OTHER, CommTracker, storage_holders
-from recorder.convert import TORCH_TO_DTYPE, ArgTensor, CudaEvent, DeviceEvent, collect_arg
+from recorder.convert import (
+    TORCH_TO_DTYPE,
+    ArgTensor,
+    CudaEvent,
+    DeviceEvent,
+    collect_arg,
+    held_storages,
+    json_value,
+    storage_extent,
+)
 from recorder.identity import TensorTable
 from recorder.opinfo import RECORDED_NAMESPACES, OpInfo
 from recorder.options import Options
@@ -191,7 +200,7 @@ class StepCapture:
         if selection is None:
             return
         role = self._table.roles[index]
-        selected = selection.matches(role.label, module, op)
+        selected = selection.matches(role.label, module, op, self._table.rows[index].producer < 0)
         if (
             not selected
             and role in _UNNAMED
@@ -324,7 +333,7 @@ class StepCapture:
         # Unpacked at once (mypy checks each field's type): cheaper than ten attribute reads.
         info, phase, module, inputs, written, attrs, tensors, grad_of, source, cuda = call
         op_index = len(self._ops)
-        fresh = 0  # memory: a CUDA op's allocator delta, else the bytes of new storages (_held)
+        fresh = 0  # memory: a CUDA op's allocator delta, else the bytes of new storages
         held: set[int] | None = None  # the storages of the op's arguments, once needed
         if cuda is not None:
             cuda.end.record()
@@ -338,6 +347,8 @@ class StepCapture:
             for i, o in enumerate(out):
                 if isinstance(o, torch.Tensor):
                     returned.append((o, info.view_of_return(i)))
+        elif isinstance(out, (bool, int, float)):  # tensor.item(): its number, for replays
+            attrs = {**(attrs or {}), "returned": json_value(out)}
         if written:
             returned_ids = {id(o) for o, _ in returned}
             returned.extend((w, False) for w in written if id(w) not in returned_ids)
@@ -352,8 +363,8 @@ class StepCapture:
                 is_written = id(o) in written_ids
                 aliased = is_written or any(t is o for t, _, _ in tensors)
                 if fresh >= 0 and not (is_view or aliased):
-                    held = _held(tensors) if held is None else held
-                    storage = _storage(o)
+                    held = held_storages(tensors) if held is None else held
+                    storage = storage_extent(o)
                     if storage is not None and storage[0] not in held:
                         held.add(storage[0])
                         fresh += storage[1]
@@ -383,18 +394,3 @@ class StepCapture:
             self._host_ns.append(elapsed)
             self._host_start_ns.append(t0 - self._t0_ns)
             self._mem_bytes.append(fresh)
-
-
-def _held(tensors: list[ArgTensor]) -> set[int]:
-    """The storages of an op's tensor arguments (its outputs' other storages are its memory)."""
-    return {s[0] for t, _, _ in tensors if (s := _storage(t)) is not None}
-
-
-def _storage(t: torch.Tensor) -> tuple[int, int] | None:
-    """Address and bytes of ``t``'s storage; None without a usable one (DTensor; a functional
-    collective's result, its storage invalid to Python until waited on)."""
-    try:
-        storage = t.untyped_storage()
-        return storage.data_ptr(), storage.nbytes()
-    except (RuntimeError, NotImplementedError, TypeError):
-        return None

@@ -172,3 +172,19 @@ def json_value(value: Any) -> Any:
     if isinstance(value, torch.Generator):
         return f"torch.Generator(device='{value.device}')"
     return _ADDRESS.sub("", repr(value))
+
+
+def held_storages(tensors: list[ArgTensor]) -> set[int]:
+    """The storage addresses of an op's tensor arguments: the storages its outputs hold apart
+    from these are the op's new memory (``mem_bytes``, spec 5.8)."""
+    return {s[0] for t, _, _ in tensors if (s := storage_extent(t)) is not None}
+
+
+def storage_extent(t: torch.Tensor) -> tuple[int, int] | None:
+    """Address and bytes of ``t``'s storage; None without a usable one (DTensor; a functional
+    collective's result, its storage invalid to Python until waited on)."""
+    try:
+        storage = t.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None

@@ -6,7 +6,6 @@ sentence saying what is allowed, not deep inside a training step.  Nothing here 
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
@@ -22,6 +21,7 @@ from recorder.flight.settings import (
     parse_on_trigger,
     parse_triggers,
 )
+from recorder.selection import ALL_VALUES, ROLE_NAMES, ValuesSelection, parse_values, select
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -40,100 +40,11 @@ __all__ = [
 ]
 
 CAPTURE_KINDS = frozenset({"graph", "stats", "values"})
-#: Role names a values selection may use (the labels of :class:`tracefmt.model.Role`).
-ROLE_NAMES = frozenset(
-    {"activation", "input", "parameter", "buffer", "gradient", "optimizer_state", "constant"}
-)
-_ROLE_ALIASES = {
-    "inputs": "input",
-    "parameters": "parameter",
-    "params": "parameter",
-    "buffers": "buffer",
-    "gradients": "gradient",
-    "grads": "gradient",
-    "activations": "activation",
-    "optimizer": "optimizer_state",
-    "optimizer_states": "optimizer_state",
-    "constants": "constant",
-}
 #: What the training thread does when the writer queue is full.
 Backpressure = Literal["block", "drop"]
 #: Which capture engine records the ops: the C++ one (:mod:`recorder.engine`), the Python
 #: dispatch mode (:mod:`recorder.capture`), or the C++ one where it can run.
 Engine = Literal["auto", "native", "python"]
-
-
-def _strings(name: str, value: str | Iterable[str] | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    items = (value,) if isinstance(value, str) else tuple(value)
-    for item in items:
-        if not isinstance(item, str) or not item:
-            raise TypeError(f"select({name}=...) takes non-empty strings, got {item!r}.")
-    return items
-
-
-@dataclass(frozen=True)
-class ValuesSelection:
-    """Which tensors get their full values recorded.
-
-    Each criterion that is set must hold (they combine with AND); inside one criterion any item
-    may match (OR).  ``None`` means "any".  A tensor's module and op are those of the op that
-    produced it, or, for a tensor that entered the step from outside (parameters, inputs), of the
-    first op that read it.
-    """
-
-    roles: frozenset[str] | None = None
-    modules: tuple[str, ...] | None = None
-    ops: tuple[str, ...] | None = None
-
-    def matches(self, role: str, module: str, op: str) -> bool:
-        """True when a tensor of ``role``, made or first read by ``op`` in ``module``, is selected.
-
-        ``op`` is the full overload name (``aten::mm.default``); a pattern may name the packet
-        (``aten::mm``) or use globs (``aten::conv*``).
-        """
-        if self.roles is not None and role not in self.roles:
-            return False
-        if self.modules is not None and not any(fnmatch.fnmatchcase(module, p) for p in self.modules):
-            return False
-        if self.ops is not None:
-            packet = op.rsplit(".", 1)[0]
-            if not any(fnmatch.fnmatchcase(op, p) or fnmatch.fnmatchcase(packet, p) for p in self.ops):
-                return False
-        return True
-
-
-ALL_VALUES = ValuesSelection()
-
-
-def select(
-    *,
-    roles: str | Iterable[str] | None = None,
-    modules: str | Iterable[str] | None = None,
-    ops: str | Iterable[str] | None = None,
-) -> ValuesSelection:
-    """Choose the tensors whose full values are recorded.
-
-    >>> select(roles=["parameters", "gradients"], modules="layers.0.*")
-    >>> select(ops="aten::convolution*")
-
-    Roles: ``inputs, parameters, buffers, gradients, activations, optimizer_state, constants`` (the
-    singular forms work too).  Modules and ops are ``fnmatch`` globs.
-    """
-    role_items = _strings("roles", roles)
-    role_set: frozenset[str] | None = None
-    if role_items is not None:
-        normalised = [_ROLE_ALIASES.get(r, r) for r in role_items]
-        unknown = sorted(set(normalised) - ROLE_NAMES)
-        if unknown:
-            raise ValueError(
-                f"Unknown role(s) {', '.join(map(repr, unknown))} in select(roles="
-                f"...); use {', '.join(sorted(ROLE_NAMES))}."
-            )
-        role_set = frozenset(normalised)
-    return ValuesSelection(role_set, _strings("modules", modules), _strings("ops", ops))
-
 
 #: The most histogram bins a tensor may get.
 MAX_HIST_BINS = 4096
@@ -158,20 +69,6 @@ def parse_capture(value: object) -> frozenset[str]:
             "stored against the step's graph."
         )
     return kinds
-
-
-def parse_values(value: object) -> ValuesSelection | None:
-    """``values=``: ``None``, ``"all"`` or a :func:`select` result."""
-    if value == "all":
-        return ALL_VALUES
-    if isinstance(value, str):
-        raise ValueError(
-            f"record(values={value!r}) is not a selection; pass 'all' or "
-            "recorder.select(roles=..., modules=..., ops=...)."
-        )
-    if value is not None and not isinstance(value, ValuesSelection):
-        raise TypeError(f"record(values=...) takes recorder.select(...) or 'all', got {value!r}.")
-    return value
 
 
 def parse_flag(name: str, value: object) -> bool:
@@ -238,7 +135,8 @@ class Options:
     #: Any of ``"graph"`` (required), ``"stats"``, ``"values"``; a str or a collection of them.
     capture: frozenset[str] = frozenset({"graph", "stats"})
     #: Which full values to keep: ``None`` (none, unless ``capture`` has ``"values"``: then all),
-    #: ``"all"`` or :func:`select`.  A selection adds ``"values"`` to ``capture``.
+    #: ``"all"``, ``"leaves"`` (what the step starts from, :class:`ValuesSelection`) or
+    #: :func:`select`.  A selection adds ``"values"`` to ``capture``.
     values: ValuesSelection | None = None
     #: Also measure pure views (off: a view's numbers are its base's).
     views: bool = False
@@ -340,7 +238,7 @@ class RecordOptions(TypedDict, total=False):
     """The keywords of :func:`recorder.record` that become :class:`Options` (defaults there)."""
 
     capture: str | Collection[str]
-    values: ValuesSelection | Literal["all"] | None
+    values: ValuesSelection | Literal["all", "leaves"] | None
     views: bool
     hist_bins: int
     source: bool

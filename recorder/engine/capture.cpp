@@ -13,7 +13,7 @@
 // finish alone goes back to Python through a callback: the statistics of anything the one-pass
 // kernel does not cover (other dtypes and devices, histograms, the rare tensor
 // StatsCollector._add_fused refuses), the first look at each op overload's schema, and whether a
-// (role, module, op) is in the values selection (cached per triple).
+// (role, module, op, source) is in the values selection (cached per key).
 //
 // Nothing here holds a tensor across ops except value copies: tensor objects are tracked by
 // their TensorImpl address with a weak reference that tells a reused address from the object.
@@ -93,6 +93,19 @@ struct Slot {
   int8_t role = ACTIVATION;
   std::vector<int64_t> history;
   WeakImpl weak{StrongImpl()};
+};
+
+// A value an op wrote, findable by its bytes' place: a tensor object never seen before that
+// views exactly these bytes while no op has written the storage since (autograd's unpacked copy of
+// a saved output, a `.data`) holds this value.
+struct Made {
+  int64_t value = 0, gen = 0, offset = 0;
+  uint64_t layout = 0;  // sizes and strides (layout_of)
+  int8_t dtype = 0;
+  // the storage itself, not only its address, which a later storage may reuse once it is freed
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage{
+      c10::intrusive_ptr<c10::StorageImpl>::reclaim(nullptr)};
+  const c10::StorageImpl* impl = nullptr;
 };
 
 struct Named {
@@ -232,6 +245,7 @@ class Engine {
     objects_.clear();
     named_.clear();
     gens_.clear();
+    made_.clear();
     measured_.clear();
     selected_.clear();
     step_ops_.clear();
@@ -426,6 +440,7 @@ class Engine {
   std::unordered_map<c10::TensorImpl*, Slot> objects_;
   std::unordered_map<c10::TensorImpl*, Named> named_;
   std::unordered_map<intptr_t, int64_t> gens_;
+  std::unordered_map<intptr_t, std::vector<Made>> made_;  // by storage
   std::vector<uint8_t> measured_;
   std::unordered_map<int32_t, int32_t> devices_;
   std::unordered_map<int64_t, bool> selected_;
@@ -651,9 +666,53 @@ class Engine {
     return *slot;
   }
 
+  static uint64_t layout_of(const at::Tensor& t) {
+    uint64_t h = 1469598103934665603ULL;  // FNV-1a over ndim, sizes and strides
+    auto mix = [&h](int64_t v) { h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ULL; };
+    mix(t.dim());
+    for (auto v : t.sizes()) mix(v);
+    for (auto v : t.strides()) mix(v);
+    return h;
+  }
+
+  // The value an op of this step wrote that `t` (an object never seen) views exactly, if no op
+  // wrote its storage since: `t` then holds it (see Made); -1 when none does.
+  int64_t made_value(const at::Tensor& t, intptr_t key) {
+    auto it = made_.find(key);
+    if (it == made_.end()) return -1;
+    auto g = gens_.find(key);
+    int64_t gen = g == gens_.end() ? 0 : g->second;
+    int64_t offset = t.storage_offset();
+    auto dtype = static_cast<int8_t>(t.scalar_type());
+    uint64_t layout = layout_of(t);
+    for (auto m = it->second.rbegin(); m != it->second.rend(); ++m) {
+      if (m->gen == gen && m->offset == offset && m->dtype == dtype && m->layout == layout &&
+          !m->storage.expired() && m->impl == t.storage().unsafeGetStorageImpl())
+        return m->value;
+    }
+    return -1;
+  }
+
   int64_t read(const at::Tensor& t, int32_t module, int32_t op) {
     auto* impl = t.unsafeGetTensorImpl();
     Slot* slot = find(impl);
+    if (slot == nullptr && named(impl) == nullptr) {
+      intptr_t key = storage_key(t);
+      int64_t value = key == 0 ? -1 : made_value(t, key);
+      if (value >= 0) {  // the same bytes as a value the step made: this object holds it
+        Slot s;
+        s.weak = WeakImpl(t.getIntrusivePtr());
+        s.history.push_back(value);
+        s.value = value;
+        s.key = key;
+        s.gen = gens_[key];
+        s.version = d.version[value];
+        s.role = d.role[value];
+        s.name = d.name[value];
+        objects_[impl] = std::move(s);
+        return value;
+      }
+    }
     int64_t version = slot == nullptr ? 0 : slot->version + 1;
     int8_t role = INPUT;
     int32_t name = -1;
@@ -688,7 +747,13 @@ class Engine {
       name = grad_of;
       named_[o.unsafeGetTensorImpl()] = Named{WeakImpl(o.getIntrusivePtr()), role, name};
     }
-    return add(o, op, op_slot, version, role, name, key, previous);
+    Slot& slot = add(o, op, op_slot, version, role, name, key, previous);
+    if (key != 0)
+      made_[key].push_back(Made{slot.value, slot.gen, o.storage_offset(), layout_of(o),
+                                static_cast<int8_t>(o.scalar_type()),
+                                o.storage().getWeakStorageImpl(),
+                                o.storage().unsafeGetStorageImpl()});
+    return slot;
   }
 
   int64_t same_bytes(const at::Tensor& o, const std::vector<ArgTensor>& inputs) {
@@ -703,14 +768,16 @@ class Engine {
     return -1;
   }
 
-  bool selected(int8_t role, int32_t module, int32_t op) {
-    int64_t key = (static_cast<int64_t>(role) << 56) ^ (static_cast<int64_t>(module) << 28) ^ op;
+  // `source`: the value entered the step from outside (op is its first reader).
+  bool selected(int8_t role, int32_t module, int32_t op, bool source = false) {
+    int64_t key = (static_cast<int64_t>(role) << 56) ^ (static_cast<int64_t>(source) << 55) ^
+                  (static_cast<int64_t>(module) << 28) ^ op;
     auto it = selected_.find(key);
     if (it != selected_.end()) return it->second;
     bool yes = false;
     try {
       py::gil_scoped_acquire gil;
-      yes = select_cb(role, strings_[module], strings_[op]).cast<bool>();
+      yes = select_cb(role, strings_[module], strings_[op], source).cast<bool>();
     } catch (py::error_already_set& e) {
       throw_python(e);
     }
@@ -730,7 +797,7 @@ class Engine {
     }
     if (!values) return;
     int8_t role = d.role[index];
-    bool yes = selected(role, module, op);
+    bool yes = selected(role, module, op, d.producer[index] < 0);
     if (!yes && (role == ACTIVATION || role == INPUT) && fresh_state &&
         selected(OPTIMIZER_STATE, module, op)) {
       yes = true;
@@ -1001,6 +1068,10 @@ class Engine {
     }
     int64_t mem = fresh_bytes(p, returned);
     int32_t name = op_string(m);
+    // A number handed back to Python (tensor.item()): kept as the attribute "returned"
+    // (capture.py does the same), so a replay has something to compare it with.
+    if (n_ret == 1 && returned.empty() && (rets[0].isDouble() || rets[0].isInt() || rets[0].isBool()))
+      p.attrs.push_back(Attr{intern("returned"), Kind::Plain, rets[0]});
     // The op's row goes in whatever happens below: outputs already given to the table name
     // it as their producer.
     auto push_row = [&]() {

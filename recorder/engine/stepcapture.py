@@ -162,10 +162,10 @@ class NativeCapture:
             capture._stats.add(index, t)
 
     @staticmethod
-    def _select(role: int, module: str, op: str) -> bool:
+    def _select(role: int, module: str, op: str, source: bool) -> bool:
         capture = NativeCapture._current
         selection = None if capture is None else capture.options.values
-        return selection is not None and selection.matches(_ROLES[role].label, module, op)
+        return selection is not None and selection.matches(_ROLES[role].label, module, op, source)
 
     @staticmethod
     def _comm_before(name: str, overload: str, args: tuple[Any, ...]) -> int:

@@ -30,7 +30,11 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--off", action="store_true", help="run without the recorder (for timing)")
     p.add_argument("--no-stats", action="store_true", help="record the graph only")
     p.add_argument(
-        "--values", choices=["none", "all"], default="none", help="record full values of every tensor"
+        "--values",
+        choices=["none", "all", "leaves"],
+        default="none",
+        help="record full values: of every tensor (all), or of what each step starts from "
+        "(leaves: parameters, optimizer state, batch, random draws; replayer check --chain)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing trace")
     p.add_argument("--seed", type=int, default=0)
@@ -176,7 +180,7 @@ def _maybe_record(
         schedule=recorder.schedule(steps=()) if flight else recorder.schedule(every=args.every),
         model=model,
         capture=capture,
-        values=None if args.values == "none" else "all",
+        values=None if args.values == "none" else args.values,
         overwrite=args.overwrite,
         mode=args.mode,
         ring_steps=args.ring,

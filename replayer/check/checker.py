@@ -38,9 +38,12 @@ from tracefmt.progress import ProgressFn
 from tracefmt.reader import Step, Trace
 
 Progress = ProgressFn
-#: How much an input's error may grow through one op, in chain mode (generous: errors measured
-#: against a tensor's scale grow without bound through division by near-zero elements).
-CHAIN_GROWTH = 32.0
+#: How much an input's error bound grows through one op, in chain mode: the bound of an output
+#: is its op's own rounding (:func:`replayer.check.compare.tolerance`) plus CHAIN_GROWTH times
+#: the largest bound of its replayed inputs, so bounds add up along the chain (a factor above 1
+#: compounds over the hundreds of ops of a step: 32 reached 1e29 by the GPT example's MLP, and
+#: checked nothing).  See the chain section of :mod:`replayer.check.compare`.
+CHAIN_GROWTH = 1.0
 #: In chain mode no tolerance is below this many epsilons (at most 5%): rounding amplified by
 #: ops like Adam's division by sqrt(v) would otherwise read as mismatches.
 CHAIN_FLOOR_EPS = 8192
@@ -149,10 +152,13 @@ class _Checker:
         problem = self.replay.problems.get(index)
         if problem is not None:
             return OpResult(status=SKIPPED, reason=problem, **base)
+        if not op.outputs and "returned" in op.attrs and len(op.inputs) == 1:
+            return self._judge_number(unit, base)
         if not op.outputs:
             return OpResult(
                 status=SKIPPED,
-                reason="returns no tensor (e.g. tensor.item()); the trace holds nothing to compare",
+                reason="returns no tensor (e.g. tensor.item()) and the trace holds no number it "
+                "returned (attribute 'returned'); nothing to compare",
                 **base,
             )
         runtime = "onnxruntime" if unit.standard else "reference"
@@ -183,9 +189,11 @@ class _Checker:
                 )
                 continue
             base_tol = 0.0 if unit.exact else tolerance(rec.dtype, reduction)
-            growth = (2.0 if unit.exact else CHAIN_GROWTH) if self.chain else 4.0
+            growth = CHAIN_GROWTH if self.chain else (2.0 if unit.exact else 4.0)
             tol = base_tol + growth * in_err
-            if self.chain and not unit.exact:
+            if self.chain and not bit_exact:
+                # an exact op on replayed inputs too: measured against its own scale, the error of
+                # relu's or a slice's output grows by the scale the op drops
                 tol = max(tol, min(0.05, tolerance(rec.dtype) / 32 * CHAIN_FLOOR_EPS))
             floor = self.replay.notes.get(f"scale:{name}", in_floor if unit.exact or self.chain else 0.0)
             self.floor[t] = floor
@@ -248,6 +256,35 @@ class _Checker:
             max_rel=max(rel_errs) if rel_errs else None,
             tolerance=tol_max or None,
             reason="; ".join(c.detail for c in failed if c.detail),
+            **base,
+        )
+
+    def _judge_number(self, unit: OpUnit, base: dict[str, Any]) -> OpResult:
+        """An op that handed a number to Python (``tensor.item()``): the number recorded in its
+        attribute ``returned`` against its replayed input's one element, exactly when the input
+        is exact, else within the input's error bound."""
+        t = unit.op.inputs[0]
+        rec = self.step.tensors[t]
+        value = self.record(t) if self.use_record(t) else self.replay.env.get(self.names[t])
+        if value is None or value is NOT_COMPUTED or np.asarray(value).size != 1:
+            return OpResult(status=SKIPPED, reason=f"its input {self.names[t]} was not replayed", **base)
+        returned = unit.op.attrs["returned"]
+        if not isinstance(returned, bool | int | float):
+            return OpResult(
+                status=SKIPPED, reason=f"its recorded number {returned!r} is not a number", **base
+            )
+        exact = self.use_record(t) or self.replay.exact.get(t, False)
+        tol = 0.0 if exact else max(self.err.get(t, 0.0), tolerance(rec.dtype))
+        got = np.asarray(value).reshape(()).astype(np.float64)
+        c = compare_values(got, np.asarray(float(returned)), rec.dtype, tol, exact)
+        return OpResult(
+            status=CHECKED if c.ok else FAILED,
+            method="number",
+            runtime="record" if self.use_record(t) else "onnxruntime",
+            max_abs=c.max_abs,
+            max_rel=c.max_rel,
+            tolerance=tol or None,
+            reason=c.detail,
             **base,
         )
 

@@ -15,6 +15,22 @@ rounding noise (a sum that is mathematically zero) is judged by the rounding of 
 its own size.  Bit-exact ops (data movement, integer math) fed recorded inputs must match exactly.
 Non-finite elements must match exactly, everywhere.
 
+Chain mode (``replayer check --chain``, a step re-executed from its leaves).  An op's inputs are
+then replays, off by their own bounds, and its output's bound is
+
+    tol(op) = max(tol_own + CHAIN_GROWTH * max(tol(inputs)), floor)
+
+with ``tol_own`` the formula above (0 for exact ops), ``CHAIN_GROWTH`` 1 (bounds add up along
+the longest path of ops to the step's leaves, they do not compound) and ``floor`` ``CHAIN_FLOOR_EPS``
+/ 2 epsilons (9.8e-4 in float32; 5% at most), for ops not bit-exact, which covers rounding amplified
+by one ill-conditioned op (Adam's division by sqrt(v) + eps, relu dropping half a tensor's scale).
+A recorded output (values) passes its measured error on instead of its bound.  This is a
+calibrated bound, not a proof: the GPT example (recorder/examples/gpt.py) replayed from its
+leaves deviates from its record by at most 2.6e-6 (Adam's ``addcdiv_``; 3e-7 forward, 8e-7
+backward) where the bound reaches 1.5e-3 forward, 2.2e-3 backward and optimizer, and a 1%
+change of one leaf fails the op that reads it (tests/replayer/check/test_leaves.py).  A change
+smaller than the floor, about 1e-3 of a tensor's scale in float32, can go unseen.
+
 Statistics.  The trace format says moments are over the finite values and ``std`` is the
 population standard deviation; the recorder currently writes Bessel's ``std`` and moments over all
 values.  Each recorded moment passes when it matches either definition.

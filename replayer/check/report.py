@@ -19,7 +19,9 @@ class OpResult:
     ``method``: ``values`` (compared with recorded values), ``stats`` (with recorded statistics and
     fingerprint), ``layout`` (a view: its nodes run on storage addresses match the recorded shape,
     strides and offset), ``shape`` (uninitialized memory: shape and dtype), ``draws`` (a random
-    op: its recorded draws are plausible).  ``runtime``: ``onnxruntime`` or ``reference``.
+    op: its recorded draws are plausible), ``number`` (an op that handed a number to Python,
+    ``tensor.item()``: the number recorded in its attribute ``returned`` against its replayed
+    input).  ``runtime``: ``onnxruntime``, ``reference`` or ``record``.
     """
 
     op: int

@@ -324,7 +324,7 @@ def test_a_failure_inside_an_ops_outputs_leaves_a_consistent_step(
     from recorder.options import ValuesSelection
     from tracefmt.validate import validate
 
-    def matches(self: ValuesSelection, role: str, module: str, op: str) -> bool:
+    def matches(self: ValuesSelection, role: str, module: str, op: str, source: bool = False) -> bool:
         if role == "activation":  # an op's output, after the table has it
             raise RuntimeError("selection broke")
         return False
