@@ -10,21 +10,29 @@ every tensor, a host time on every op), at each size of ``--sizes``.
 
 Figures, per size (each measured ``--repeat`` times; ``*_s`` is the minimum, ``*_runs`` all):
 
-- ``export_s``: ``tracefmt.open`` + :func:`replayer.view.explorer.export_step` + the graph and
-  overlay JSON texts, in a fresh process (what ``replayer view --viewer explorer`` does before it
-  serves); ``json_bytes``: the graph JSON, ``overlay_bytes``: the overlays' together;
-  ``graphs``: graphs in the collection (an overview and its parts), ``overview_nodes``.
+- ``export_s``: cold conversion, in a fresh process with an empty conversion cache: imports,
+  ``tracefmt.open`` and :func:`replayer.view.cache.cached_export` (reading the step, building
+  the graph and overlay JSON texts, storing them in the cache): what ``replayer view --viewer
+  explorer`` does before it serves, the first time; ``export_cached_s``: the same again in a
+  fresh process, the conversion read from the cache (a second view of the step);
+  ``json_bytes``: the graph JSON, ``overlay_bytes``: the overlays' together; ``graphs``:
+  graphs in the collection (an overview and its parts), ``overview_nodes``.
 - ``explorer_first_view_s``: headless Chromium (software WebGL), from navigation to the first
   drawn graph on the canvas (``tests/browser.py``'s ``ExplorerPage.open``), the server already
-  running; ``explorer_total_s`` = export + first view (what a user waits after pressing Enter,
-  without Python's start).
+  running (page time only); ``explorer_total_s`` = ``export_s`` + first view (what a user waits
+  after pressing Enter the first time, without Python's start-up), ``explorer_total_cached_s``
+  = ``export_cached_s`` + first view (a second time).
 - ``netron_first_view_s`` (sizes in ``--netron``): Netron showing the same step (all phases,
   folded to the depth ``replayer view`` chooses), navigation to the first drawn node;
   ``netron_export_s``: the ONNX export behind it.
 - ``export_us_per_op`` and ``export_linearity``: us per op at the largest size / at the
   smallest (1.0 is linear, below is better than linear; the smallest is mostly the fixed cost of
   imports, so ``export_linearity_from_second`` divides by the second size instead).
-- ``goal_100k_first_view_under_5s``: the first view of the 100k-op step (page time) under 5 s.
+- ``goal_100k_first_view_under_5s``: the issue's goal, measured as a user waits the first time:
+  ``explorer_total_s`` (cold export + page) of the 100k-op step under 5 s;
+  ``goal_100k_cached_under_5s`` the same with the conversion cached, and
+  ``goal_100k_page_only_under_5s`` the page alone (what earlier versions of this bench called
+  the goal).
 
 The machine is shared (2 vCPUs, other jobs running): the figures are noisy.
 """
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -51,14 +60,15 @@ _EXPORT = """
 import json, sys, time
 t0 = time.perf_counter()
 import tracefmt
-from replayer.view.explorer import export_step, graph_json
+from replayer.view.cache import cached_export
+from replayer.view.explorer import graph_json
 with tracefmt.open(sys.argv[1]) as t:
-    g = export_step(t, 0)
+    g, hit = cached_export(t, 0)
 text = graph_json(g)
-overlays = [o.to_json(g.graph_of or g.graph_id) for o in g.overlays]
-print(json.dumps({"s": time.perf_counter() - t0, "bytes": len(text.encode()),
+overlays = [o.text for o in g.overlays]
+print(json.dumps({"s": time.perf_counter() - t0, "cached": hit, "bytes": len(text.encode()),
     "overlay_bytes": sum(len(o.encode()) for o in overlays), "graphs": g.graphs,
-    "overview_nodes": len(g.data["graphs"][0]["nodes"]), "ops": g.ops, "widest": g.widest[1]}))
+    "overview_nodes": g.overview_nodes, "ops": g.ops, "widest": g.widest[1]}))
 """
 
 
@@ -66,13 +76,15 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def export_once(path: Path) -> dict[str, Any]:
+def export_once(path: Path, cache: Path) -> dict[str, Any]:
+    env = {**os.environ, "TRACEFMT_CACHE_DIR": str(cache)}
     out = subprocess.run(
         [sys.executable, "-c", _EXPORT, str(path)],
         check=True,
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=env,
     )
     return dict(json.loads(out.stdout))
 
@@ -141,16 +153,26 @@ def main(argv: list[str] | None = None) -> None:
         for size in sizes:
             path = folder / f"{size}.tft.h5"
             ops = write_training_step(path, size)
-            exports = []
+            exports, cached = [], []
             for k in range(args.repeat):
-                exports.append(export_once(path))
-                log(f"{ops} ops: export {exports[-1]['s']:.2f} s ({k + 1}/{args.repeat})")
+                cache = folder / f"cache-{size}-{k}"  # empty: a cold conversion
+                exports.append(export_once(path, cache))
+                cached.append(export_once(path, cache))
+                if exports[-1]["cached"] or not cached[-1]["cached"]:
+                    raise SystemExit("the conversion cache did not behave: cold run hit or warm missed")
+                shutil.rmtree(cache, ignore_errors=True)
+                log(
+                    f"{ops} ops: export {exports[-1]['s']:.2f} s cold, "
+                    f"{cached[-1]['s']:.2f} s cached ({k + 1}/{args.repeat})"
+                )
             first = exports[0]
             row: dict[str, Any] = {
                 "size": size,
                 "ops": ops,
                 "export_s": _r(min(e["s"] for e in exports)),
                 "export_runs": [_r(e["s"]) for e in exports],
+                "export_cached_s": _r(min(e["s"] for e in cached)),
+                "export_cached_runs": [_r(e["s"]) for e in cached],
                 "json_bytes": first["bytes"],
                 "overlay_bytes": first["overlay_bytes"],
                 "graphs": first["graphs"],
@@ -163,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                 row["explorer_first_view_s"] = _r(min(runs))
                 row["explorer_first_view_runs"] = [_r(r) for r in runs]
                 row["explorer_total_s"] = _r(row["export_s"] + min(runs))
+                row["explorer_total_cached_s"] = _r(row["export_cached_s"] + min(runs))
                 if size in netron_sizes:
                     export_s, nruns = netron_view(path, args.repeat)
                     log(f"{ops} ops: Netron export {export_s:.2f} s, first view {nruns}")
@@ -187,7 +210,14 @@ def main(argv: list[str] | None = None) -> None:
     }
     biggest = [r for r in rows if r["size"] >= 100_000 and "explorer_first_view_s" in r]
     if biggest:
-        result["goal_100k_first_view_under_5s"] = biggest[0]["explorer_first_view_s"] < 5.0
+        big = biggest[0]
+        result["goal_100k_first_view_under_5s"] = big["explorer_total_s"] < 5.0
+        result["goal_100k_cached_under_5s"] = big["explorer_total_cached_s"] < 5.0
+        result["goal_100k_page_only_under_5s"] = big["explorer_first_view_s"] < 5.0
+        result["goal_measures"] = (
+            "first_view_under_5s: cold export (fresh process, empty cache) + page to first "
+            "drawn graph; cached: the same with the conversion cached; page_only: page alone"
+        )
     print(json.dumps(result))
 
 

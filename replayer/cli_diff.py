@@ -60,6 +60,14 @@ EXIT_EQUAL, EXIT_DIFFERENT = 0, 1
     is_flag=True,
     help="Run diffs: go on past the first step that differs beyond tolerance.",
 )
+@click.option(
+    "--view",
+    "serve_view",
+    is_flag=True,
+    help="Then serve side B's step on 127.0.0.1 until Ctrl-C, divergent ops marked (as "
+    "`replayer view --diff A B`: Model Explorer with each op's relative difference, opened "
+    "on the origin, for large steps; Netron for small ones).",
+)
 @click.pass_context
 def diff(
     ctx: click.Context,
@@ -72,6 +80,7 @@ def diff(
     top: int,
     stats_only: bool,
     all_steps: bool,
+    serve_view: bool,
 ) -> None:
     """Find where two recorded steps, runs or ranks diverge first, and why.
 
@@ -80,6 +89,8 @@ def diff(
     every step the two have in common is compared and the first that differs is reported.
     Exit status 0: equal within tolerance; 1: different; 2: usage error.
     """
+    if serve_view and as_json:
+        raise click.UsageError("--view serves a page until Ctrl-C; --json prints data: give one.")
     with progress_bar("diff", "steps", enabled=not as_json) as progress:
         result = diff_sides(
             side_a,
@@ -98,4 +109,10 @@ def diff(
         write_html(result, report, top=max(top, 25))
         if not as_json:
             click.echo(f"wrote {report}")
+    if serve_view:
+        from replayer.diff.runs import parse_side
+        from replayer.view.cli import serve_diff_view
+        from replayer.view.netron import diff_view
+
+        serve_diff_view(diff_view(result, parse_side(side_b).path))
     ctx.exit(EXIT_EQUAL if result.equal else EXIT_DIFFERENT)

@@ -29,12 +29,12 @@ class ViewerChoice(NamedTuple):
     reason: str
 
 
-def choose_viewer(requested: str, ops: int, *, diff: bool = False) -> ViewerChoice:
-    """The viewer for a step of ``ops`` ops when the user asked for ``requested``.
+def choose_viewer(requested: str, ops: int) -> ViewerChoice:
+    """The viewer for a step of ``ops`` ops (for ``view --diff``: side B's) when the user asked
+    for ``requested``.
 
     ``explorer`` without Model Explorer installed raises :class:`ReplayError` naming the fix;
-    ``auto`` then falls back to Netron and says so.  ``diff`` (``view --diff``) is shown in
-    Netron, which marks divergent nodes.
+    ``auto`` then falls back to Netron and says so.
     """
     if requested not in VIEWERS:
         raise ReplayError(f"Unknown viewer {requested!r}; use one of {', '.join(VIEWERS)}.")
@@ -42,13 +42,9 @@ def choose_viewer(requested: str, ops: int, *, diff: bool = False) -> ViewerChoi
     if requested == "netron":
         return ViewerChoice("netron", "Netron, as asked (--viewer netron).")
     if requested == "explorer":
-        if diff:
-            raise ReplayError("view --diff marks divergent ops in Netron only; use --viewer netron.")
         if absent is not None:
             raise ReplayError(absent)
         return ViewerChoice("explorer", "Model Explorer, as asked (--viewer explorer).")
-    if diff:
-        return ViewerChoice("netron", "Netron: view --diff marks divergent ops in Netron.")
     if ops <= NETRON_MAX_OPS:
         return ViewerChoice(
             "netron",

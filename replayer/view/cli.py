@@ -11,6 +11,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,7 +21,10 @@ from replayer.export.mapping import PHASES
 from replayer.view.choice import VIEWERS, choose_viewer
 from tracefmt.progress import progress_bar
 
-__all__ = ["echo_explorer_export", "view"]
+if TYPE_CHECKING:
+    from replayer.view.netron import DiffView
+
+__all__ = ["echo_explorer_export", "serve_diff_view", "view"]
 
 
 def _serve_until_stopped(
@@ -65,12 +69,17 @@ def _explorer(
     port: int,
     browse: bool,
     reason: str,
+    cache: bool,
 ) -> None:
-    from replayer.view.explorer import export_step
+    from replayer.view.cache import cached_export
     from replayer.view.webapp import serve_graph
 
     with tracefmt.open(trace) as t, progress_bar("convert", "nodes") as progress:
-        graph = export_step(t, step_no, rank=rank, phase=phase, module=module, progress=progress)
+        graph, cached = cached_export(
+            t, step_no, rank=rank, phase=phase, module=module, progress=progress, use_cache=cache
+        )
+    if cached:
+        click.echo("converted before: the graph comes from the cache (--no-cache converts again).")
     server = serve_graph(graph, port=port)
     widest, children = graph.widest
     overlays = ", ".join(o.name for o in graph.overlays) or "none"
@@ -88,11 +97,72 @@ def _explorer(
         + f"; overlays (the eye icons): {overlays}.",
         f"serving step {step_no} at {server.url} (Ctrl-C stops)",
     ]
+    if graph.focus is not None:  # the step holds NaN/Inf: the NaN-path overlay comes first
+        lines.insert(-1, f"NaN/Inf entered at {graph.focus}: the page opens on it.")
     if browse:
         import webbrowser
 
         webbrowser.open(server.url)
     _serve_until_stopped(server.running, server.stop, lines)
+
+
+def serve_diff_view(
+    dv: DiffView,
+    *,
+    viewer: str = "auto",
+    phase: str | None = None,
+    module: str | None = None,
+    depth: int | None = None,
+    flat: bool = False,
+    port: int = 0,
+    browse: bool = False,
+) -> None:
+    """Serve side B's step of a diff (``view --diff``, ``diff --view``) until Ctrl-C: Model
+    Explorer with the divergence overlay, opened on the origin, or Netron with divergent ops
+    marked, as :func:`choose_viewer` picks for B's step."""
+    from replayer.view.netron import serve_diff
+
+    with tracefmt.open(dv.path) as t:
+        choice = choose_viewer(viewer, _step_ops(t, dv.step, dv.rank))
+    head = f"{len(dv.notes)} ops of B diverged from A" + ("" if dv.notes else " (identical)") + "."
+    click.echo(head)
+    if dv.origin is not None:
+        click.echo(f"origin: {dv.origin}")
+    if choice.viewer == "explorer":
+        if depth is not None or flat:
+            raise click.UsageError("--depth and --flat fold Netron's view; Model Explorer has layers.")
+        from replayer.view.divergence import explorer_diff
+        from replayer.view.webapp import serve_graph
+
+        with progress_bar("convert", "nodes") as progress:
+            graph = explorer_diff(dv, phase=phase or "all", module=module, progress=progress)
+        server = serve_graph(graph, port=port)
+        where = f" opened on the origin op {graph.focus}" if graph.focus else ""
+        lines = [
+            choice.reason,
+            "overlays (the eye icons): " + ", ".join(o.name for o in graph.overlays) + ".",
+            f"serving step {dv.step} of {dv.path}{where} at {server.url} (Ctrl-C stops)",
+        ]
+        if browse:
+            import webbrowser
+
+            webbrowser.open(server.url)
+        _serve_until_stopped(server.running, server.stop, lines)
+        return
+    _, served = serve_diff(
+        "",
+        "",
+        view=dv,
+        phase=phase or "forward",
+        module=module,
+        depth=depth,
+        auto_depth=not flat,
+        port=port,
+        browse=browse,
+    )
+    running, stop = _netron_lines(served.host, served.port)
+    url_line = f"serving step {dv.step} of {dv.path} at {served.url} (Ctrl-C stops)"
+    _serve_until_stopped(running, stop, [choice.reason, served.message, url_line])
 
 
 @click.command()
@@ -124,13 +194,20 @@ def _explorer(
 @click.option("--port", type=int, default=0, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--browse", is_flag=True, help="Open a web browser.")
 @click.option(
+    "--no-cache",
+    "no_cache",
+    is_flag=True,
+    help="Model Explorer: convert the step again instead of reusing an earlier conversion.",
+)
+@click.option(
     "--diff",
     "diff_sides",
     nargs=2,
     default=None,
     metavar="A B",
     help="Diff two TRACE[:STEP][@RANK] sides (as `replayer diff`) and show B's step "
-    "(for whole runs the first that differs) with divergent ops marked '≠' (Netron).",
+    "(for whole runs the first that differs): Netron marks divergent ops '≠', Model Explorer "
+    "colours each op by its relative difference and opens on the origin.",
 )
 def view(
     trace: str | None,
@@ -143,16 +220,21 @@ def view(
     flat: bool,
     port: int,
     browse: bool,
+    no_cache: bool,
     diff_sides: tuple[str, str] | None,
 ) -> None:
     """Serve one step with Netron or Model Explorer on 127.0.0.1 until Ctrl-C.
 
     Model Explorer (`pip install --no-deps ai-edge-model-explorer`) shows steps of 100,000 ops
-    layer by layer, with statistics, time and memory as overlays.  With --diff A B, no TRACE or
-    --step: serve side B's step in Netron with the ops that diverge from A marked (node names
-    start with '≠', metadata tracefmt.diverged=true).
+    layer by layer, with statistics, time and memory as overlays (a step holding NaN/Inf also
+    the path from where it entered to the loss, and the page opens there); a conversion is
+    kept in the cache ($TRACEFMT_CACHE_DIR or ~/.cache/tracefmt) for the next view.  With
+    --diff A B, no TRACE or --step: serve side B's step with the ops that diverge from A
+    marked (Netron: node names start with '≠'; Model Explorer: an overlay of each op's
+    relative difference, the page opened on the origin).
     """
-    from replayer.view.netron import serve_diff, serve_step
+    cache = not no_cache
+    from replayer.view.netron import prepare_diff, serve_step
 
     if diff_sides:
         if trace is not None or step_no is not None or rank is not None:
@@ -160,25 +242,16 @@ def view(
                 "--diff A B names the sides itself (TRACE[:STEP][@RANK]); "
                 "give no TRACE, --step or --rank with it."
             )
-        choice = choose_viewer(viewer, 0, diff=True)
-        dv, served = serve_diff(
-            diff_sides[0],
-            diff_sides[1],
-            phase=phase or "forward",
+        serve_diff_view(
+            prepare_diff(diff_sides[0], diff_sides[1]),
+            viewer=viewer,
+            phase=phase,
             module=module,
             depth=depth,
-            auto_depth=not flat,
+            flat=flat,
             port=port,
             browse=browse,
         )
-        click.echo(
-            f"{len(dv.notes)} ops of B diverged from A" + ("" if dv.notes else " (identical)") + "."
-        )
-        if dv.origin is not None:
-            click.echo(f"origin: {dv.origin}")
-        running, stop = _netron_lines(served.host, served.port)
-        url_line = f"serving step {dv.step} of {dv.path} at {served.url} (Ctrl-C stops)"
-        _serve_until_stopped(running, stop, [choice.reason, served.message, url_line])
         return
     if trace is None or step_no is None:
         raise click.UsageError("Give TRACE and --step (or --diff A B).")
@@ -199,7 +272,7 @@ def view(
     if choice.viewer == "explorer":
         if depth is not None or flat:
             raise click.UsageError("--depth and --flat fold Netron's view; Model Explorer has layers.")
-        _explorer(trace, step_no, rank, phase or "all", module, port, browse, choice.reason)
+        _explorer(trace, step_no, rank, phase or "all", module, port, browse, choice.reason, cache)
         return
     running, stop = _netron_lines(served.host, served.port)
     url_line = f"serving step {step_no} at {served.url} (Ctrl-C stops)"
@@ -211,10 +284,11 @@ def echo_explorer_export(
 ) -> None:
     """``replayer export --format explorer``: write the graph JSON and its overlays, and say how
     to open them."""
-    from replayer.view.explorer import export_step, write_export
+    from replayer.view.cache import cached_export
+    from replayer.view.explorer import write_export
 
     with tracefmt.open(trace) as t, progress_bar("export", "nodes") as progress:
-        graph = export_step(t, step_no, rank=rank, phase=phase, module=module, progress=progress)
+        graph, _ = cached_export(t, step_no, rank=rank, phase=phase, module=module, progress=progress)
     files = write_export(graph, output)
     overlays = files[1:]
     names = ", ".join(Path(f).name for f in overlays)

@@ -154,10 +154,11 @@ def assign_namespaces(
 def widest_layer(namespaces: Sequence[str]) -> tuple[str, int]:
     """The namespace with the most children (nodes directly in it and distinct sub-layers) as
     Model Explorer will build the tree, and that number: what the layer limit bounds."""
-    children: dict[str, set[str]] = {}
     leaves: dict[str, int] = {}
     for ns in namespaces:
         leaves[ns] = leaves.get(ns, 0) + 1
+    children: dict[str, set[str]] = {}
+    for ns in leaves:  # distinct namespaces: few, however many nodes
         parts = ns.split(SEPARATOR) if ns else []
         for depth in range(len(parts)):
             parent = SEPARATOR.join(parts[:depth])

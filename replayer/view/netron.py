@@ -287,21 +287,27 @@ def prepare_diff(
     """Diff two ``TRACE[:STEP][@RANK]`` sides (:func:`replayer.diff.runs.diff_sides`) and pick
     side B's step to show: the diffed step, or for whole runs the first step that is not
     bit-identical (the first common step when none differs)."""
-    from replayer.diff.core import divergent_ops
     from replayer.diff.runs import diff_sides, parse_side
 
     sa, sb = parse_side(side_a), parse_side(side_b)
     result = diff_sides(sa, sb, rtol=rtol, atol=atol, values=values)
+    return diff_view(result, sb.path)
+
+
+def diff_view(result: StepDiff | RunDiff, path_b: str) -> DiffView:
+    """The :class:`DiffView` of a diff already made (``path_b``: side B's trace)."""
+    from replayer.diff.core import divergent_ops
+
     d = result.diff if isinstance(result, RunDiff) else result
     if d is None:  # only a run diff with no common step has no step diff
         if not isinstance(result, RunDiff):
             raise ReplayError("The diff produced no step to show.")
         step = result.steps[0].step if result.steps else 0
-        return DiffView(result, sb.path, step, result.rank_b, {}, None)
+        return DiffView(result, path_b, step, result.rank_b, {}, None)
     summaries = divergence_notes(d, "b")
     notes = {i: summaries.get(i, "diverged") for i in sorted(divergent_ops(d, "b"))}
     origin = d.origin.message if d.origin is not None else None
-    return DiffView(result, sb.path, d.step_b, d.rank_b, notes, origin)
+    return DiffView(result, path_b, d.step_b, d.rank_b, notes, origin)
 
 
 def serve_diff(
@@ -316,11 +322,13 @@ def serve_diff(
     browse: bool = False,
     rtol: float | None = None,
     atol: float | None = None,
+    view: DiffView | None = None,
 ) -> tuple[DiffView, Served]:
-    """Diff two sides and serve side B's step with its divergent ops marked."""
+    """Diff two sides (unless ``view`` is that diff already) and serve side B's step with its
+    divergent ops marked."""
     import tracefmt
 
-    view = prepare_diff(side_a, side_b, rtol=rtol, atol=atol)
+    view = view or prepare_diff(side_a, side_b, rtol=rtol, atol=atol)
     with tracefmt.open(view.path) as trace:
         shown = prepare(
             trace,

@@ -16,6 +16,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from tracefmt.model import OpNode, TensorStats
 from tracefmt.reader import Step
 
@@ -24,10 +26,12 @@ __all__ = [
     "LOW",
     "MID",
     "NONFINITE",
+    "NodeData",
     "Overlay",
     "colour",
     "node_id",
     "overlays_for",
+    "scaled_colours",
     "tensor_node_id",
 ]
 
@@ -35,6 +39,27 @@ __all__ = [
 LOW, MID, HIGH = "#f7fbff", "#fdae61", "#d7191c"
 #: The colours of nodes without and with NaN/Inf elements in the ``nonfinite`` overlay.
 FINITE, NONFINITE = "#e5f5e0", "#d7191c"
+
+
+_GRADIENT = json.dumps(
+    [{"stop": 0, "bgColor": LOW}, {"stop": 0.5, "bgColor": MID}, {"stop": 1, "bgColor": HIGH}],
+    separators=(",", ":"),
+)
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """An overlay as the page gets it: ``key`` names its file (``step.<key>.json``), ``name`` is
+    what the page shows, ``text`` the node-data JSON (see :meth:`Overlay.to_json`)."""
+
+    key: str
+    name: str
+    text: str
+
+    def colours(self) -> dict[str, str]:
+        """Each node's colour, from :attr:`text` (for tests and tools)."""
+        data = json.loads(self.text)
+        return {n: r["bgColor"] for g in data.values() for n, r in g["results"].items()}
 
 
 @dataclass(frozen=True)
@@ -49,21 +74,29 @@ class Overlay:
 
     def to_json(self, graph_of: str | Mapping[str, str]) -> str:
         """The node-data JSON of this overlay: for one graph (its id), or for the graphs of a
-        collection (``graph_of``: the graph id of each node id; nodes not in it are left out)."""
-        results: dict[str, dict[str, dict[str, float | str]]] = {}
+        collection (``graph_of``: the graph id of each node id; nodes not in it are left out).
+        Values are finite (:func:`overlays_for` leaves non-finite ones out)."""
+        results: dict[str, list[str]] = {}
+        colours = self.colours
+        single = graph_of if isinstance(graph_of, str) else None
         for node, value in self.values.items():
-            gid = graph_of if isinstance(graph_of, str) else graph_of.get(node)
-            if gid is not None:
-                results.setdefault(gid, {})[node] = {"value": value, "bgColor": self.colours[node]}
-        gradient = [
-            {"stop": 0, "bgColor": LOW},
-            {"stop": 0.5, "bgColor": MID},
-            {"stop": 1, "bgColor": HIGH},
-        ]
-        data = {
-            gid: {"name": self.name, "results": r, "gradient": gradient} for gid, r in results.items()
-        }
-        return json.dumps(data, separators=(",", ":"), allow_nan=False)
+            gid = single if single is not None else graph_of.get(node)  # type: ignore[union-attr]
+            if gid is None:
+                continue
+            if not math.isfinite(value):
+                raise ValueError(f"Overlay {self.key!r} has a non-finite value for {node!r}.")
+            results.setdefault(gid, []).append(
+                f'"{node}":{{"value":{float(value)!r},"bgColor":"{colours[node]}"}}'
+            )
+        head = json.dumps({"name": self.name})[:-1]
+        return (
+            "{"
+            + ",".join(
+                f'{json.dumps(gid)}:{head},"results":{{' + ",".join(r) + f'}},"gradient":{_GRADIENT}}}'
+                for gid, r in results.items()
+            )
+            + "}"
+        )
 
     def rolled_up(self, members: Mapping[str, Sequence[str]]) -> Overlay:
         """This overlay with a value on each group node of ``members`` (group id: member node
@@ -115,23 +148,24 @@ def colour(f: float) -> str:
     return _SCALE[round(min(max(f, 0.0), 1.0) * STEPS)]
 
 
-def _scaled(values: dict[str, float], log: bool) -> dict[str, str]:
-    """Each value's colour on a linear or log scale between the smallest and largest."""
+def scaled_colours(values: dict[str, float], log: bool) -> dict[str, str]:
+    """Each value's colour on a linear or log scale between the smallest and largest (as
+    :func:`colour`, for all values at once)."""
     if not values:
         return {}
-
-    def key(v: float) -> float:
-        if not log:
-            return v
-        return math.log10(v) if v > 0 else -math.inf
-
-    keys = {n: key(v) for n, v in values.items()}
-    finite = [k for k in keys.values() if math.isfinite(k)]
-    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    v = np.fromiter(values.values(), dtype=np.float64, count=len(values))
+    if log:
+        positive = v > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            keys = np.where(positive, np.log10(np.where(positive, v, 1.0)), -np.inf)
+    else:
+        keys = v
+    finite = np.isfinite(keys)
+    lo, hi = (float(keys[finite].min()), float(keys[finite].max())) if finite.any() else (0.0, 0.0)
     span = hi - lo
-    return {
-        n: colour(0.0 if not math.isfinite(k) or span == 0 else (k - lo) / span) for n, k in keys.items()
-    }
+    f = np.zeros(len(keys)) if span == 0 else np.where(finite, (keys - lo) / (span or 1.0), 0.0)
+    steps = np.rint(np.clip(f, 0.0, 1.0) * STEPS).astype(np.int64).tolist()
+    return dict(zip(values, map(_SCALE.__getitem__, steps), strict=True))
 
 
 def _max_abs(st: TensorStats) -> float | None:
@@ -199,7 +233,7 @@ def overlays_for(
         ("memory", "memory (bytes)", memory, True),
     ):
         if values:
-            out.append(Overlay(key, name, values, _scaled(values, log)))
+            out.append(Overlay(key, name, values, scaled_colours(values, log)))
     if nonfinite:
         colours = {n: NONFINITE if v > 0 else FINITE for n, v in nonfinite.items()}
         out.append(Overlay("nonfinite", "NaN+Inf count", nonfinite, colours))

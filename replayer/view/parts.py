@@ -17,13 +17,14 @@ incoming edges come from the parts and nodes whose outputs it reads, one per sou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from replayer.view.layers import SEPARATOR
+from replayer.view.nodes import Node, node_text
 
-__all__ = ["Parts", "split_parts"]
+__all__ = ["Parts", "collection_text", "split_parts"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Parts:
     """The graphs of a step (the overview first), the graph each node id is in, and each part
     node's member node ids (what an overlay's value on a part node sums up)."""
 
-    graphs: list[dict[str, Any]]
+    graphs: list[tuple[str, list[Node]]]
     graph_of: dict[str, str]
     members: dict[str, list[str]] = field(default_factory=dict)
 
@@ -40,12 +41,12 @@ def _parent(prefix: str) -> str:
     return prefix.rpartition(SEPARATOR)[0]
 
 
-def _subtree_counts(nodes: Sequence[dict[str, Any]]) -> tuple[dict[str, int], dict[str, list[str]]]:
+def _subtree_counts(nodes: Sequence[Node]) -> tuple[dict[str, int], dict[str, list[str]]]:
     """Nodes under each layer (by namespace prefix; "" is the root) and each layer's sub-layers
     in order of first appearance."""
     direct: dict[str, int] = {}
     for n in nodes:
-        ns = n["namespace"]
+        ns = n.namespace
         direct[ns] = direct.get(ns, 0) + 1
     count: dict[str, int] = {"": 0}
     children: dict[str, list[str]] = {}
@@ -100,69 +101,67 @@ def _bin_of(namespace: str, roots: dict[str, int], cache: dict[str, int | None])
     return result
 
 
-def _part_node(pid: str, graph_id: str, layers: list[str], nodes: int) -> dict[str, Any]:
+def _part_node(pid: str, graph_id: str, layers: list[str], nodes: int) -> tuple[Node, str]:
+    """A part's node in the overview and the id of the part's graph."""
     first, last = (x.rpartition(SEPARATOR)[2] for x in (layers[0], layers[-1]))
-    return {
-        "id": pid,
-        "label": first if len(layers) == 1 else f"{first} \u2026 {last}",
-        "namespace": _parent(layers[0]),
-        "attrs": [
-            {
-                "key": "layers",
-                "value": ", ".join(layers)
-                if len(layers) <= 3
-                else f"{layers[0]} \u2026 {layers[-1]} ({len(layers)} layers)",
-            },
-            {"key": "nodes", "value": str(nodes)},
-            {"key": "open", "value": "the square on this node opens its graph"},
-        ],
-        "subgraphIds": [f"{graph_id}: {pid} {first}" + ("" if len(layers) == 1 else f"-{last}")],
-        "incomingEdges": [],
-    }
+    label = first if len(layers) == 1 else f"{first} \u2026 {last}"
+    shown = (
+        ", ".join(layers)
+        if len(layers) <= 3
+        else f"{layers[0]} \u2026 {layers[-1]} ({len(layers)} layers)"
+    )
+    sub = f"{graph_id}: {pid} {first}" + ("" if len(layers) == 1 else f"-{last}")
+    attrs = [
+        {"key": "layers", "value": shown},
+        {"key": "nodes", "value": str(nodes)},
+        {"key": "open", "value": "the square on this node opens its graph"},
+    ]
+    head = (
+        f'"label":{json.dumps(label)},"attrs":{json.dumps(attrs, separators=(",", ":"))},'
+        f'"subgraphIds":[{json.dumps(sub)}]'
+    )
+    node = Node(pid, label, _parent(layers[0]), head, [], [])
+    return node, sub
 
 
-def split_parts(graph_id: str, nodes: list[dict[str, Any]], max_nodes: int) -> Parts:
+def split_parts(graph_id: str, nodes: list[Node], max_nodes: int) -> Parts:
     """Split the nodes of one graph into an overview (id ``graph_id``) and parts of at most
-    ``max_nodes`` nodes (plus their input nodes) each; one graph when all fit."""
+    ``max_nodes`` nodes (plus their input nodes) each; one graph when all fit.  The nodes'
+    edges are changed in place."""
     if len(nodes) <= max_nodes:
-        return Parts(
-            [{"id": graph_id, "nodes": nodes}], dict.fromkeys((n["id"] for n in nodes), graph_id)
-        )
+        return Parts([(graph_id, nodes)], dict.fromkeys((n.id for n in nodes), graph_id))
     count, children = _subtree_counts(nodes)
     bins = _bins(count, children, max_nodes)
     roots = {layer: k for k, run in enumerate(bins) for layer in run}
     cache: dict[str, int | None] = {}
-    where = {n["id"]: _bin_of(n["namespace"], roots, cache) for n in nodes}
-    labels = {n["id"]: n["label"] for n in nodes}
-    outputs = {n["id"]: n.get("outputsMetadata", ()) for n in nodes}
+    where = {n.id: _bin_of(n.namespace, roots, cache) for n in nodes}
+    by_id = {n.id: n for n in nodes}
     part_ids: dict[int, str] = {}
-    part_nodes: dict[int, dict[str, Any]] = {}
-    part_graphs: dict[int, list[dict[str, Any]]] = {}
-    part_sources: dict[int, dict[tuple[str, str], None]] = {}
+    part_subs: dict[int, str] = {}
+    part_nodes: dict[int, Node] = {}
+    part_graphs: dict[int, list[Node]] = {}
+    part_sources: dict[int, dict[tuple[str, int], None]] = {}
     stubs: dict[int, set[str]] = {}
-    overview: list[dict[str, Any]] = []
+    overview: list[Node] = []
     graph_of: dict[str, str] = {}
     members: dict[str, list[str]] = {}
 
-    def unit(node: str) -> tuple[str, str] | None:
-        root = where.get(node)
-        return None if root is None else (part_ids[root], "0")
-
     for n in nodes:
-        root = where[n["id"]]
+        root = where[n.id]
         if root is None:
             edges = []
-            for e in n["incomingEdges"]:
-                source = unit(e["sourceNodeId"])
-                if source is not None:
-                    e = {**e, "sourceNodeId": source[0], "sourceNodeOutputId": source[1]}
-                edges.append(e)
-            overview.append({**n, "incomingEdges": edges})
-            graph_of[n["id"]] = graph_id
+            for e in n.edges:
+                source = where.get(e[0])
+                edges.append(e if source is None else (part_ids[source], 0, e[2]))
+            n.edges = edges
+            overview.append(n)
+            graph_of[n.id] = graph_id
             continue
         if root not in part_ids:
             pid = part_ids[root] = f"part{len(part_ids)}"
-            part_nodes[root] = _part_node(pid, graph_id, bins[root], sum(count[x] for x in bins[root]))
+            part_nodes[root], part_subs[root] = _part_node(
+                pid, graph_id, bins[root], sum(count[x] for x in bins[root])
+            )
             overview.append(part_nodes[root])
             graph_of[pid] = graph_id
             part_graphs[root] = []
@@ -170,43 +169,48 @@ def split_parts(graph_id: str, nodes: list[dict[str, Any]], max_nodes: int) -> P
             stubs[root] = set()
             members[pid] = []
         pid = part_ids[root]
-        sub = part_nodes[root]["subgraphIds"][0]
-        members[pid].append(n["id"])
-        graph_of[n["id"]] = sub
+        sub = part_subs[root]
+        members[pid].append(n.id)
+        graph_of[n.id] = sub
         nodes_here = part_graphs[root]
+        sources = part_sources[root]
         edges = []
-        for e in n["incomingEdges"]:
-            src = e["sourceNodeId"]
-            if where.get(src) == root:
+        for e in n.edges:
+            src, slot, target = e
+            src_root = where.get(src)
+            if src_root == root:
                 edges.append(e)
                 continue
-            source_unit = unit(src) or (src, e["sourceNodeOutputId"])
-            part_sources[root][source_unit] = None
-            slot = e["sourceNodeOutputId"]
+            sources[(src, slot) if src_root is None else (part_ids[src_root], 0)] = None
             stub = f"x{src}.{slot}"
             if stub not in stubs[root]:
                 stubs[root].add(stub)
-                meta = [m for m in outputs.get(src, ()) if m.get("id") == slot]
-                nodes_here.append(
-                    {
-                        "id": stub,
-                        "label": f"from {labels.get(src, src)}",
-                        "namespace": n["namespace"],
-                        "attrs": [{"key": "from", "value": f"{graph_of.get(src, '?')}: {src}"}],
-                        "incomingEdges": [],
-                        "outputsMetadata": meta,
-                    }
+                src_node = by_id.get(src)
+                label = f"from {src_node.label if src_node is not None else src}"
+                outs = src_node.outs[slot : slot + 1] if src_node is not None else []
+                origin = f"{graph_of.get(src, '?')}: {src}"
+                head = (
+                    f'"label":{json.dumps(label)},'
+                    f'"attrs":[{{"key":"from","value":{json.dumps(origin)}}}]'
                 )
-            edges.append({**e, "sourceNodeId": stub})
-        nodes_here.append({**n, "incomingEdges": edges})
+                nodes_here.append(Node(stub, label, n.namespace, head, [], outs))
+            edges.append((stub, slot, target))
+        n.edges = edges
+        nodes_here.append(n)
     for root, sources in part_sources.items():
         own = part_ids[root]
-        part_nodes[root]["incomingEdges"] = [
-            {"sourceNodeId": src, "sourceNodeOutputId": slot, "targetNodeInputId": str(k)}
-            for k, (src, slot) in enumerate(s for s in sources if s[0] != own)
+        part_nodes[root].edges = [
+            (src, slot, k) for k, (src, slot) in enumerate(s for s in sources if s[0] != own)
         ]
-    graphs = [{"id": graph_id, "nodes": overview}]
-    graphs += [
-        {"id": part_nodes[root]["subgraphIds"][0], "nodes": part_graphs[root]} for root in part_ids
-    ]
+    graphs = [(graph_id, overview)]
+    graphs += [(part_subs[root], part_graphs[root]) for root in part_ids]
     return Parts(graphs, graph_of, members)
+
+
+def collection_text(label: str, parts: Parts, quoted: Mapping[str, str]) -> str:
+    """The graph collection's JSON text (``quoted``: namespaces already encoded)."""
+    graphs = [
+        f'{{"id":{json.dumps(gid)},"nodes":[' + ",".join(node_text(n, quoted) for n in nodes) + "]}"
+        for gid, nodes in parts.graphs
+    ]
+    return f'{{"label":{json.dumps(label)},"graphs":[' + ",".join(graphs) + "]}"

@@ -204,14 +204,15 @@ def page_url(port: int, graph: ExplorerGraph, *, focus: str | None = None) -> st
 def serve_graph(graph: ExplorerGraph, *, port: int = 0, focus: str | None = None) -> ExplorerServer:
     """Serve ``graph`` and its overlays with Model Explorer's page on 127.0.0.1 (``port`` 0: a
     free one) in a background thread; :meth:`ExplorerServer.stop` stops it.  The URL opens on
-    the node ``focus`` when given (:func:`page_url`)."""
+    the node ``focus`` (default: the graph's own, :attr:`ExplorerGraph.focus`), see
+    :func:`page_url`."""
     root = web_app_dir()
     if root is None:
         raise ReplayError(f"Model Explorer is not installed. {INSTALL}")
     app = _App(
         root.resolve(),
         graph_json(graph).encode(),
-        tuple(o.to_json(graph.graph_of or graph.graph_id) for o in graph.overlays),
+        tuple(o.text for o in graph.overlays),
     )
     try:
         server = _Server((HOST, port), _Handler)
@@ -221,5 +222,5 @@ def serve_graph(graph: ExplorerGraph, *, port: int = 0, focus: str | None = None
     thread = threading.Thread(target=server.serve_forever, name="explorer-server", daemon=True)
     thread.start()
     bound = int(server.server_address[1])
-    url = page_url(bound, graph, focus=focus)
+    url = page_url(bound, graph, focus=focus or graph.focus)
     return ExplorerServer(url, HOST, bound, graph, server, thread)

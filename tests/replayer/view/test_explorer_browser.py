@@ -64,7 +64,7 @@ def _check(served: tuple[Any, ExplorerPage, float], op: str, tmp_path: Path, nam
     top = page.canvas_png()
     assert ink(top) > 200
     # The top level is collapsed phases: switching overlays recolours their summary bars.
-    colours = {c for o in server.graph.overlays if o.key == "host_time" for c in o.colours.values()}
+    colours = {c for o in server.graph.overlays if o.key == "host_time" for c in o.colours().values()}
     assert page.show_overlay("host time (us)")
     assert near(page.canvas_png(), colours, tolerance=2) > 50
     # Opening the page on an op inside a module (in a large step: in a part, a graph of its
