@@ -219,13 +219,17 @@ class StepCapture:
             else:
                 self._values[index] = copy.clone(memory_format=torch.contiguous_format)
 
-    def _read_input(self, t: torch.Tensor, module: str, op: str) -> int | None:
-        """A new value for input ``t`` of ``op``, read from outside the step (None: a dtype the
-        trace cannot hold)."""
+    def _read_input(self, t: torch.Tensor, module: str, info: OpInfo, pos: int) -> int | None:
+        """A new value for input ``t`` (argument ``pos``) of ``info``, read from outside the step
+        (None: a dtype the trace cannot hold), unless ``t`` is blank (:mod:`recorder.identity`)
+        and the op does not read its bytes."""
         if t.dtype not in TORCH_TO_DTYPE:
             return None
+        blank = self._table.blank_value(t) if info.shape_only or pos in info.written else None
+        if blank is not None:
+            return blank
         index = self._table.read(t)
-        self._observe(index, t, module, op)
+        self._observe(index, t, module, info.name)
         return index
 
     # -- the op -----------------------------------------------------------------------------
@@ -290,7 +294,6 @@ class StepCapture:
         for key, a in kwargs.items():
             collect_arg(a, info.arg_index.get(key, -1), key, tensors, attrs)
         phase, module = tracker.phase(node, lambda: any(t.requires_grad for t, _, _ in tensors))
-        name = info.name
         inputs = []
         current = self._table.current
         skip = info.write_only  # an all-gather's output buffers: written, never read
@@ -299,7 +302,7 @@ class StepCapture:
                 continue
             v = current(t)
             if v is None:
-                v = self._read_input(t, module, name)
+                v = self._read_input(t, module, info, pos)
             if v is not None:
                 inputs.append((v, pos, item))
         written_pos = info.written
@@ -377,12 +380,13 @@ class StepCapture:
                 outputs.append(slot.value)
                 if again:
                     observe = is_written or views
+                elif info.uninitialized:  # blank bytes: their statistics would be noise
+                    observe = False
+                    table.blank(o, slot)
                 else:
                     # A pure view repeats its base's numbers; a named one (a gradient handed over by
                     # AccumulateGrad's detach) is what the user asks about, so it gets its own.
-                    observe = (
-                        not is_view or views or slot.role is not _ACTIVATION
-                    ) and not info.uninitialized
+                    observe = not is_view or views or slot.role is not _ACTIVATION
                 if observe and final:
                     same = None
                     if not is_written and slot.key is not None and o.numel() > SMALL_NUMEL:

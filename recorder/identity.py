@@ -7,9 +7,23 @@ graph tensor (value) the object holds now.  An op that writes a tensor gives it 
 the next version.  A write also bumps a generation counter of the storage, so another object
 viewing the same storage is known to be stale and is read as a new value from outside rather
 than linked to the wrong producer.
+
+Blank bytes.  The output of an op that allocates without writing (``empty``, ``empty_like``, ...)
+holds whatever the allocator left, and code outside the dispatcher may fill it before an op reads
+it: DDP's first bucket rebuild writes its bucket indices into an ``at::empty`` tensor through a
+``TensorAccessor`` (``Reducer::sync_bucket_indices``) and then ``copy_``-s it to the tensor it
+broadcasts.  Such a storage is *blank* until an op writes it; its values (the output and any view
+of it) carry a negative generation (``~gen``), so :meth:`TensorTable.current` refuses them
+without a check of its own, and only then does the capture ask :meth:`TensorTable.blank_value`
+whether the bytes are still as the allocating op left them.  An op that reads them (a ``copy_``
+from them, a ``clone``) gets a new value read from outside the step, measured like a parameter:
+the record then holds what was actually read.  An op that only writes them, views them, or reads
+their shape keeps the link to the allocating op (nothing is measured: uninitialized memory).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -58,6 +72,10 @@ class TensorTable:
         self._objects: TensorMap[Slot] = TensorMap()
         self._named: TensorMap[tuple[Role, str]] = TensorMap()
         self._gens: dict[int, int] = {}
+        #: blank storages (module docstring): key -> the generation their values were made at,
+        #: and the storage (torch keeps one Python object per storage; while it lives, no other
+        #: storage has its address)
+        self._blank: dict[int, tuple[int, weakref.ref[torch.UntypedStorage]]] = {}
         self._devices: dict[torch.device, str] = {}
         #: The slot of a tensor object, if it has one (the map's own method: this is per input).
         self.slot = self._objects.get
@@ -93,7 +111,43 @@ class TensorTable:
             role, name = slot.role, slot.name
         else:
             role, name = Role.INPUT, None
-        return self._add(t, -1, 0, version, role, name, storage_key(t), slot).value
+        key = storage_key(t)
+        if self._blank and key is not None:
+            self._blank.pop(key, None)  # its bytes are measured now: no longer blank
+        return self._add(t, -1, 0, version, role, name, key, slot).value
+
+    def blank(self, t: torch.Tensor, slot: Slot) -> None:
+        """Mark ``t``'s value (``slot``), just made by an op that does not write its output
+        (``empty``), as blank bytes (module docstring)."""
+        if slot.key is None or slot.gen < 0:
+            return
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError, TypeError):
+            return
+        self._blank[slot.key] = (slot.gen, weakref.ref(storage))
+        slot.gen = ~slot.gen
+
+    def blank_value(self, t: torch.Tensor) -> int | None:
+        """The value ``t`` holds if it is blank bytes no op has written since an op allocated
+        them (module docstring), else None.  Asked only when :meth:`current` is None."""
+        slot = self._objects.get(t)
+        if slot is None or slot.key is None or slot.gen >= 0:
+            return None
+        gen = ~slot.gen
+        if self._blank_gen(slot.key) == gen and self._gens.get(slot.key, 0) == gen:
+            return slot.value
+        return None
+
+    def _blank_gen(self, key: int) -> int | None:
+        """The generation at which storage ``key`` became blank, while it still exists."""
+        found = self._blank.get(key)
+        if found is None:
+            return None
+        if found[1]() is None:  # freed: its address may hold another storage now
+            del self._blank[key]
+            return None
+        return found[0]
 
     def write(
         self,
@@ -114,6 +168,8 @@ class TensorTable:
         key = storage_key(o)
         if written and key is not None:
             self._gens[key] = self._gens.get(key, 0) + 1
+            if self._blank:
+                self._blank.pop(key, None)
         if previous is not None and again:
             version = previous.version + (1 if written else 0)
             role, name = previous.role, previous.name
@@ -168,6 +224,8 @@ class TensorTable:
         self.roles.append(role)
         self.names.append(name)
         gen = self._gens.get(key, 0) if key else 0
+        if self._blank and key and self._blank_gen(key) == gen:
+            gen = ~gen  # a view of blank bytes is blank too
         if slot is None:
             slot = Slot(index, key, gen, version, role, name)
             self._objects[t] = slot

@@ -29,6 +29,21 @@ _UNINITIALIZED = frozenset(
     }
 )
 
+#: Ops that read their tensor arguments' shape, dtype and device, not their bytes (beyond views,
+#: which the schema tells): a blank argument (recorder.identity) stays linked to its maker.
+_SHAPE_ONLY = _UNINITIALIZED | {
+    "aten::zeros_like",
+    "aten::ones_like",
+    "aten::full_like",
+    "aten::rand_like",
+    "aten::randn_like",
+    "aten::randint_like",
+    "aten::new_zeros",
+    "aten::new_ones",
+    "aten::new_full",
+    "aten::_unsafe_view",
+}
+
 #: Ops that write arguments their schema does not mark as written: batch norm updates
 #: ``running_mean`` and ``running_var`` (arguments 3 and 4) in place when ``training`` (argument 5).
 _UNDECLARED_WRITES = {
@@ -58,6 +73,8 @@ class OpInfo:
     comm: CommSpec | None = None
     #: written arguments the op does not read (not inputs: an all-gather's output buffers)
     write_only: frozenset[int] = frozenset()
+    #: it reads its tensor arguments' shapes only (a view, ``empty_like``, ``zeros_like``)
+    shape_only: bool = False
 
     @classmethod
     def cached(cls, func: OpOverload) -> OpInfo:
@@ -91,6 +108,7 @@ class OpInfo:
             _UNDECLARED_WRITES.get(schema.name),
             comm,
             comm.write_only if comm is not None else frozenset(),
+            shape_only=any(views) or schema.name in _SHAPE_ONLY,
         )
 
     def view_of_return(self, i: int) -> bool:

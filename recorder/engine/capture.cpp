@@ -74,6 +74,7 @@ struct OpMeta {
   bool record = false;       // aten:: and fsdp:: ops are recorded; others run through
   bool comm = false;         // c10d and functional collectives: the Python engine's business
   bool uninitialized = false;
+  bool shape_only = false;  // reads its tensor arguments' shapes, not their bytes (OpInfo)
   std::vector<uint8_t> written, write_only, written_if_extra;
   int written_if_flag = -1;
   std::vector<uint8_t> view_returns;
@@ -106,6 +107,17 @@ struct Made {
   c10::weak_intrusive_ptr<c10::StorageImpl> storage{
       c10::intrusive_ptr<c10::StorageImpl>::reclaim(nullptr)};
   const c10::StorageImpl* impl = nullptr;
+};
+
+// A blank storage (recorder/identity.py): bytes an op allocated without writing them
+// (`empty`), which no op has written since.  Its values carry the generation ~gen, so that
+// current() refuses them; code outside the dispatcher may have filled them (DDP's bucket
+// rebuild writes bucket indices into an at::empty tensor through a TensorAccessor).
+struct Blank {
+  int64_t gen = 0;
+  // the storage itself: once it is freed, its address may hold another storage
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage{
+      c10::intrusive_ptr<c10::StorageImpl>::reclaim(nullptr)};
 };
 
 struct Named {
@@ -246,6 +258,7 @@ class Engine {
     named_.clear();
     gens_.clear();
     made_.clear();
+    blank_.clear();
     measured_.clear();
     selected_.clear();
     step_ops_.clear();
@@ -441,6 +454,7 @@ class Engine {
   std::unordered_map<c10::TensorImpl*, Named> named_;
   std::unordered_map<intptr_t, int64_t> gens_;
   std::unordered_map<intptr_t, std::vector<Made>> made_;  // by storage
+  std::unordered_map<intptr_t, Blank> blank_;             // by storage
   std::vector<uint8_t> measured_;
   std::unordered_map<int32_t, int32_t> devices_;
   std::unordered_map<int64_t, bool> selected_;
@@ -526,6 +540,7 @@ class Engine {
       for (auto v : info.attr("view_returns").cast<std::vector<bool>>())
         m.view_returns.push_back(v ? 1 : 0);
       m.uninitialized = info.attr("uninitialized").cast<bool>();
+      m.shape_only = info.attr("shape_only").cast<bool>();
     } catch (py::error_already_set& e) {
       throw_python(e);
     }
@@ -645,6 +660,7 @@ class Engine {
     if (key != 0) {
       auto g = gens_.find(key);
       gen = g == gens_.end() ? 0 : g->second;
+      if (!blank_.empty() && blank_gen(key) == gen) gen = ~gen;  // a view of blank bytes
     }
     if (slot == nullptr) {
       auto* impl = t.unsafeGetTensorImpl();
@@ -723,15 +739,52 @@ class Engine {
       role = slot->role;
       name = slot->name;
     }
-    int64_t index = add(t, -1, 0, version, role, name, storage_key(t), slot).value;
+    intptr_t key = storage_key(t);
+    if (!blank_.empty() && key != 0) blank_.erase(key);  // its bytes are measured now
+    int64_t index = add(t, -1, 0, version, role, name, key, slot).value;
     observe(index, t, module, op, -1);
     return index;
+  }
+
+  // The generation at which storage `key` became blank, while it still exists; else -1.
+  int64_t blank_gen(intptr_t key) {
+    auto it = blank_.find(key);
+    if (it == blank_.end()) return -1;
+    if (it->second.storage.expired()) {
+      blank_.erase(it);
+      return -1;
+    }
+    return it->second.gen;
+  }
+
+  // Mark the value `o` holds (`s`), just made by an op that does not write its output.
+  void mark_blank(const at::Tensor& o, Slot& s) {
+    if (s.key == 0 || s.gen < 0 || !o.unsafeGetTensorImpl()->has_storage()) return;
+    blank_[s.key] = Blank{s.gen, o.storage().getWeakStorageImpl()};
+    auto m = made_.find(s.key);
+    if (m != made_.end() && !m->second.empty() && m->second.back().value == s.value)
+      m->second.back().gen = ~s.gen;  // an object never seen that views it is read afresh
+    s.gen = ~s.gen;
+  }
+
+  // The value `t` holds if it is blank bytes no op wrote since an op allocated them; else -1.
+  // Asked only when current() refused `t`.
+  int64_t blank_value(const at::Tensor& t) {
+    Slot* s = find(t.unsafeGetTensorImpl());
+    if (s == nullptr || s->key == 0 || s->gen >= 0) return -1;
+    int64_t gen = ~s->gen;
+    auto g = gens_.find(s->key);
+    int64_t now = g == gens_.end() ? 0 : g->second;
+    return blank_gen(s->key) == gen && now == gen ? s->value : -1;
   }
 
   Slot& write(const at::Tensor& o, Slot* previous, int64_t op, int64_t op_slot, bool written,
               bool again, int32_t grad_of) {
     intptr_t key = storage_key(o);
-    if (written && key != 0) gens_[key] += 1;
+    if (written && key != 0) {
+      gens_[key] += 1;
+      if (!blank_.empty()) blank_.erase(key);
+    }
     int64_t version = 0;
     int8_t role = ACTIVATION;
     int32_t name = -1;
@@ -1019,7 +1072,9 @@ class Engine {
       int64_t v = current(a.t);
       if (v < 0) {
         if (!is_supported(a.t)) continue;
-        v = read(a.t, module, name);
+        // blank bytes the op writes, views or sizes up only: still the allocating op's value
+        if (m.shape_only || m.written[a.pos]) v = blank_value(a.t);
+        if (v < 0) v = read(a.t, module, name);
       }
       p.inputs.insert(p.inputs.end(), {v, a.pos, a.item});
     }
@@ -1142,6 +1197,7 @@ class Engine {
       intptr_t key = s.key;
       int8_t role = s.role;
       d.outputs.push_back(value);
+      if (!again && m.uninitialized) mark_blank(o, s);  // its bytes: whatever memory held
       bool obs = again ? (is_written || views)
                        : ((!is_view || views || role != ACTIVATION) && !m.uninitialized);
       if (obs && written == Written::Later) {

@@ -61,6 +61,8 @@ class OpFacts(NamedTuple):
     written_if: tuple[int, list[int]] | None  #: (flag argument, positions written when True)
     view_returns: list[bool]  #: per return: a view of an argument
     uninitialized: bool  #: its output is uninitialized memory
+    #: it reads its tensor arguments' shapes, not their bytes (a view, ``empty_like``)
+    shape_only: bool = False
 
 
 _PASS_THROUGH = OpFacts(False, False, [], [], None, [], False)
@@ -85,6 +87,7 @@ def _describe(name: str, overload: str) -> OpFacts:
         written_if,
         list(info.view_returns),
         info.uninitialized,
+        info.shape_only,
     )
 
 
