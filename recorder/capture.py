@@ -225,7 +225,7 @@ class StepCapture:
         and the op does not read its bytes."""
         if t.dtype not in TORCH_TO_DTYPE:
             return None
-        blank = self._table.blank_value(t) if info.shape_only or pos in info.written else None
+        blank = self._table.blank_value(t) if info.shape_only or pos in info.overwrites else None
         if blank is not None:
             return blank
         index = self._table.read(t)

@@ -44,6 +44,24 @@ _SHAPE_ONLY = _UNINITIALIZED | {
     "aten::_unsafe_view",
 }
 
+#: In-place ops that overwrite all of ``self`` without reading it (an in-place ``mul_`` reads it):
+#: a blank ``self`` (recorder.identity) stays linked to its maker.
+_OVERWRITE_SELF = frozenset(
+    {
+        "aten::fill_",
+        "aten::zero_",
+        "aten::copy_",
+        "aten::normal_",
+        "aten::uniform_",
+        "aten::random_",
+        "aten::bernoulli_",
+        "aten::exponential_",
+        "aten::geometric_",
+        "aten::log_normal_",
+        "aten::cauchy_",
+    }
+)
+
 #: Ops that write arguments their schema does not mark as written: batch norm updates
 #: ``running_mean`` and ``running_var`` (arguments 3 and 4) in place when ``training`` (argument 5).
 _UNDECLARED_WRITES = {
@@ -75,6 +93,8 @@ class OpInfo:
     write_only: frozenset[int] = frozenset()
     #: it reads its tensor arguments' shapes only (a view, ``empty_like``, ``zeros_like``)
     shape_only: bool = False
+    #: written arguments whose bytes it overwrites without reading them (``out=``, ``fill_``'s self)
+    overwrites: frozenset[int] = frozenset()
 
     @classmethod
     def cached(cls, func: OpOverload) -> OpInfo:
@@ -109,6 +129,8 @@ class OpInfo:
             comm,
             comm.write_only if comm is not None else frozenset(),
             shape_only=any(views) or schema.name in _SHAPE_ONLY,
+            overwrites=frozenset(i for i in written if args[i].kwarg_only)
+            | (frozenset({0}) if schema.name in _OVERWRITE_SELF else frozenset()),
         )
 
     def view_of_return(self, i: int) -> bool:

@@ -76,6 +76,7 @@ struct OpMeta {
   bool uninitialized = false;
   bool shape_only = false;  // reads its tensor arguments' shapes, not their bytes (OpInfo)
   std::vector<uint8_t> written, write_only, written_if_extra;
+  std::vector<uint8_t> overwrites;  // written arguments whose bytes it overwrites unread (OpInfo)
   int written_if_flag = -1;
   std::vector<uint8_t> view_returns;
   std::vector<uint8_t> arg_kind;  // Attr kinds, per argument
@@ -541,6 +542,8 @@ class Engine {
         m.view_returns.push_back(v ? 1 : 0);
       m.uninitialized = info.attr("uninitialized").cast<bool>();
       m.shape_only = info.attr("shape_only").cast<bool>();
+      m.overwrites.assign(n, 0);
+      for (auto i : info.attr("overwrites").cast<std::vector<int>>()) m.overwrites.at(i) = 1;
     } catch (py::error_already_set& e) {
       throw_python(e);
     }
@@ -801,11 +804,19 @@ class Engine {
       named_[o.unsafeGetTensorImpl()] = Named{WeakImpl(o.getIntrusivePtr()), role, name};
     }
     Slot& slot = add(o, op, op_slot, version, role, name, key, previous);
-    if (key != 0)
-      made_[key].push_back(Made{slot.value, slot.gen, o.storage_offset(), layout_of(o),
-                                static_cast<int8_t>(o.scalar_type()),
-                                o.storage().getWeakStorageImpl(),
-                                o.storage().unsafeGetStorageImpl()});
+    if (key != 0) {
+      // Entries of a freed storage, or written over since, can match nothing again: dropped, so
+      // an address the allocator hands out again and again keeps a short list.
+      auto& made = made_[key];
+      made.erase(std::remove_if(made.begin(), made.end(),
+                                [&slot](const Made& m) {
+                                  return m.gen != slot.gen || m.storage.expired();
+                                }),
+                 made.end());
+      made.push_back(Made{slot.value, slot.gen, o.storage_offset(), layout_of(o),
+                          static_cast<int8_t>(o.scalar_type()), o.storage().getWeakStorageImpl(),
+                          o.storage().unsafeGetStorageImpl()});
+    }
     return slot;
   }
 
@@ -1073,7 +1084,7 @@ class Engine {
       if (v < 0) {
         if (!is_supported(a.t)) continue;
         // blank bytes the op writes, views or sizes up only: still the allocating op's value
-        if (m.shape_only || m.written[a.pos]) v = blank_value(a.t);
+        if (m.shape_only || m.overwrites[a.pos]) v = blank_value(a.t);
         if (v < 0) v = read(a.t, module, name);
       }
       p.inputs.insert(p.inputs.end(), {v, a.pos, a.item});

@@ -63,6 +63,7 @@ class OpFacts(NamedTuple):
     uninitialized: bool  #: its output is uninitialized memory
     #: it reads its tensor arguments' shapes, not their bytes (a view, ``empty_like``)
     shape_only: bool = False
+    overwrites: tuple[int, ...] = ()  #: written arguments whose bytes it overwrites unread
 
 
 _PASS_THROUGH = OpFacts(False, False, [], [], None, [], False)
@@ -88,6 +89,7 @@ def _describe(name: str, overload: str) -> OpFacts:
         list(info.view_returns),
         info.uninitialized,
         info.shape_only,
+        tuple(sorted(info.overwrites)),
     )
 
 

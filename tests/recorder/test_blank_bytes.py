@@ -63,6 +63,9 @@ def _program() -> None:
     filled = torch.empty(4)
     filled.fill_(2.0)  # the ordinary pattern: an op writes what empty allocated
     (filled * 3).sum()
+    scaled = torch.empty(3, dtype=torch.int32)
+    _fill_outside(scaled, [3, -2, 4])
+    scaled.mul_(2)  # in place: reads the bytes it writes
 
 
 def _ops(step: Step, name: str) -> list[int]:
@@ -94,8 +97,12 @@ def test_bytes_written_outside_the_dispatcher_are_read_as_values_from_outside(
     assert step.tensors[zeros.inputs[0]].meta.producer in empties
     fill = step.ops[_ops(step, "aten::fill_.Scalar")[0]]
     assert step.tensors[fill.inputs[0]].meta.producer in empties
+    mul = next(op for op in step.ops if op.name.startswith("aten::mul_."))
+    scaled = step.tensors[mul.inputs[0]]
+    assert scaled.meta.producer is None  # an in-place op reads its self: from outside
+    np.testing.assert_array_equal(scaled.values(), [3, -2, 4])
     # nothing else entered from outside: the blank values were never measured
-    assert sum(t.meta.producer is None for t in step.tensors) == 2
+    assert sum(t.meta.producer is None for t in step.tensors) == 3
     for chain in (False, True):
         report = check_step(trace, 0, chain=chain)
         assert report.passed, [(r.op, r.name, r.reason) for r in report.failed]
