@@ -22,6 +22,13 @@ and closing the recorder outside the timed steps, and drops the first two steps 
 median of ``off``.  ``light_bytes_per_step`` is what a light step adds to the file (the light
 runs' size less that of a run with no step, over their steps); ``ring_peak_bytes`` is the
 ring's high-water mark in the writer process, against its budget ``ring_budget_bytes``.
+
+CPU time, less noisy than wall time on a shared machine: ``cpu_ms`` is the training process's
+CPU time (every thread: ``time.process_time``) per timed step and ``writer_process_cpu_ms`` the
+writer process's (Linux, from ``/proc``), each from the first timed step of a block to the end of
+a ``rec.flush()`` after its last (the warm-up steps are flushed before: their writing is not
+counted, the timed steps' is); a configuration's ``*_cpu_ratio`` is both together over
+``off``'s.
 """
 
 from __future__ import annotations
@@ -63,6 +70,34 @@ def _empty_run_bytes(model: torch.nn.Module, out: Path) -> int:
     return sum(f.stat().st_size for f in out.iterdir() if f.is_file())
 
 
+def _process_cpu(pid: int | None) -> float:
+    """Seconds of CPU time process ``pid`` has used (0 without it, or off Linux)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _writer_process() -> int | None:
+    """The pid of this process's flight writer process (a child running writerproc), if any."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir() if sys.platform == "linux" else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me and b"recorder.flight.writerproc" in cmd:
+            return int(entry.name)
+    return None
+
+
 def bench_model(
     name: str, *, threads: int, blocks: int, block_steps: int, ring_steps: int, seed: int, tmp: Path
 ) -> dict[str, Any]:
@@ -73,6 +108,8 @@ def bench_model(
     hooks = LightCapture(names)
     rng = random.Random(seed)
     times: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    cpu: dict[str, float] = dict.fromkeys(CONFIGS, 0.0)
+    child_cpu: dict[str, float] = dict.fromkeys(CONFIGS, 0.0)
     light_files: list[Path] = []
     light_steps = 0
     peak = 0
@@ -95,7 +132,13 @@ def bench_model(
             if rec is not None:
                 rec.__enter__()
             try:
+                child = _writer_process() if rec is not None else None
+                cpu_start = child_start = 0.0
                 for i in range(block_steps):
+                    if i == 2:  # the warm-up steps' writing done, outside the CPU time
+                        if rec is not None:
+                            rec.flush()
+                        cpu_start, child_start = time.process_time(), _process_cpu(child)
                     t0 = time.perf_counter()
                     train(step)
                     if rec is not None:
@@ -106,6 +149,11 @@ def bench_model(
                     step += 1
                     if b and i >= 2:
                         times[config].append(dt)
+                if rec is not None:
+                    rec.flush()  # the timed steps' writing, inside the CPU time
+                if b:
+                    cpu[config] += time.process_time() - cpu_start
+                    child_cpu[config] += _process_cpu(child) - child_start
                 if rec is not None:
                     peak = max(peak, rec.ring_peak_bytes)
             finally:
@@ -122,6 +170,10 @@ def bench_model(
     med = {c: statistics.median(v) for c, v in times.items()}
     light_bytes = sum(f.stat().st_size for d in light_files for f in d.iterdir() if f.is_file())
     light_bytes -= len(light_files) * _empty_run_bytes(model, tmp / "empty")
+    n = max(len(times["off"]), 1)
+    cpu_ms = {c: round(1000 * cpu[c] / n, 3) for c in CONFIGS}
+    writer_ms = {c: round(1000 * child_cpu[c] / n, 3) for c in ("light", "ring")}
+    both = {c: cpu_ms[c] + writer_ms.get(c, 0.0) for c in CONFIGS}
     return {
         "off_ms": round(1000 * off, 2),
         "hooks_ratio": round(med["hooks"] / off, 3),
@@ -129,6 +181,12 @@ def bench_model(
         "ring_ratio": round(med["ring"] / off, 3),
         "full_ratio": round(med["full"] / off, 3),
         "median_ms": {c: round(1000 * m, 2) for c, m in med.items()},
+        "cpu_ms": cpu_ms,
+        "writer_process_cpu_ms": writer_ms,
+        **{
+            f"{c}_cpu_ratio": round(both[c] / max(both["off"], 1e-9), 3)
+            for c in ("light", "ring", "full")
+        },
         "samples": len(times["off"]),
         "light_bytes_per_step": light_bytes // max(light_steps, 1),
         "ring_peak_bytes": peak,

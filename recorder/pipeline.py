@@ -219,7 +219,8 @@ class BackgroundWriter:
                     self._modules = item
                 elif self._error is None and not isinstance(item, _Signal | None):
                     self._write(item)
-                    unflushed += 1
+                    # a step held in the ring wrote nothing: it does not bring a flush nearer
+                    unflushed += not (isinstance(item, RawStep) and item.hold)
                 if item is _RELEASE and self._error is None:
                     self.released.append(self._flight_sink().release())
                     unflushed += 1

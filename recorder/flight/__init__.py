@@ -13,7 +13,7 @@ The rooms, in the order a step passes through them:
 * :mod:`~recorder.flight.ring`: the ring and the in-process ring sink;
   :mod:`~recorder.flight.process` (with :mod:`~recorder.flight.wire`,
   :mod:`~recorder.flight.channel`, :mod:`~recorder.flight.deathwatch` and the child's
-  :mod:`~recorder.flight.writerproc`): the writer process.
+  :mod:`~recorder.flight.writerproc` and :mod:`~recorder.flight.wiredecode`): the writer process.
 
 This ``__init__`` imports nothing: :mod:`recorder.options` reads the triggers' settings from
 :mod:`~recorder.flight.alarms` without torch, and that must not pull in the hooks.  The public

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
@@ -97,15 +97,17 @@ def gradient_norm(light: LightStepRecord) -> float | None:
     record's ``GRADIENT`` rows; NaN (or Inf) when a gradient holds NaN (or Inf), None without
     measured gradient rows."""
     rows = light.rows
-    grads = rows[(rows["kind"] == _GRADIENT) & ((rows["flags"] & _MOMENTS) != 0)]
-    if not len(grads):
+    flags = rows["flags"]  # fields, not rows: a mask over rows would copy whole rows
+    grads = (rows["kind"] == _GRADIENT) & ((flags & _MOMENTS) != 0)
+    if not grads.any():
         return None
-    counted = grads[(grads["flags"] & _COUNTS) != 0]
-    if int(counted["nan"].sum()):
+    counted = grads & ((flags & _COUNTS) != 0)
+    if rows["nan"][counted].any():
         return math.nan
-    if int(counted["inf"].sum()):
+    if rows["inf"][counted].any():
         return math.inf
-    return float(np.sqrt(np.sum(np.square(grads["norm"], dtype=np.float64))))
+    norms = rows["norm"][grads].astype(np.float64)
+    return float(np.sqrt(np.dot(norms, norms)))
 
 
 class _Bad(NamedTuple):
@@ -164,9 +166,13 @@ class Triggers:
             grad_norm = gradient_norm(light)
         events: list[Event] = []
         if self.options.nonfinite:
-            if light is not None:
-                events.extend(self._created(step, light))
-            events.extend(self._state(step, light, loss, given_norm))
+            # the rows' rule (spec 6.5) only where a row counts NaN or Inf: most steps have none
+            state_rows: Sequence[int] = ()
+            if light is not None and (light.rows["nan"].any() or light.rows["inf"].any()):
+                report = light_report(light.rows, {})
+                events.extend(self._created(step, light, report.created))
+                state_rows = report.state_rows
+            events.extend(self._state(step, light, state_rows, loss, given_norm))
         if self.loss is not None and loss is not None:
             events.extend(self._spike(step, LOSS_SPIKE, "loss", self.loss.update(loss)))
         if self.grad_norm is not None and grad_norm is not None:
@@ -177,9 +183,8 @@ class Triggers:
         return events
 
     # -- the kinds ---------------------------------------------------------------------------
-    def _created(self, step: int, light: LightStepRecord) -> list[Event]:
-        rows = light.rows
-        created = rows[list(light_report(rows, {}).created)]  # the spec's rule (6.5)
+    def _created(self, step: int, light: LightStepRecord, created_rows: Sequence[int]) -> list[Event]:
+        created = light.rows[list(created_rows)]
         hits = [
             r for r in created if not _by_design(light.names[int(r["name"])], self.options.by_design)
         ]
@@ -210,16 +215,20 @@ class Triggers:
         ]
 
     def _state(
-        self, step: int, light: LightStepRecord | None, loss: float | None, grad_norm: float | None
+        self,
+        step: int,
+        light: LightStepRecord | None,
+        state_rows: Sequence[int],
+        loss: float | None,
+        grad_norm: float | None,
     ) -> list[Event]:
         bad: list[_Bad] = []
         if loss is not None and not math.isfinite(loss):
             bad.append(_scalar_bad("loss", "loss", loss))
         if grad_norm is not None and not math.isfinite(grad_norm):
             bad.append(_scalar_bad("gradient norm", self.options.grad_norm_scalar, grad_norm))
-        if light is not None:
-            rows = light.rows
-            for r in rows[list(light_report(rows, {}).state_rows)]:
+        if light is not None and state_rows:
+            for r in light.rows[list(state_rows)]:
                 what = LightKind(int(r["kind"])).label
                 name = light.names[int(r["name"])]
                 bad.append(_Bad(what, name, int(r["nan"]), int(r["inf"]), int(r["numel"])))

@@ -18,13 +18,14 @@ Graphs repeat from step to step, so a graph travels once: a step names its graph
 :attr:`~tracefmt.records.Graph.digest` and carries only what differs from the last graph sent
 with that digest (ops' attributes, tensors' storage offsets; the digest covers the rest), and the
 writer rebuilds the step's graph with :meth:`~tracefmt.records.Graph.variant`.  Both sides keep
-every graph they have seen, so the two caches stay equal by construction.  JSON floats are Python's
-round-trip ``repr`` (``NaN`` and ``Infinity`` allowed: this is a wire between two processes of
-one job, never a file).
+every graph they have seen, so the two caches stay equal by construction.  A light step's names
+travel likewise, only when they change.  JSON floats are Python's round-trip ``repr`` (``NaN``
+and ``Infinity`` allowed: this is a wire between two processes of one job, never a file).  The
+writer process's side is :mod:`recorder.flight.wiredecode`.
 
 Example::
 
-    enc, dec = Encoder(), Decoder()
+    enc, dec = Encoder(), Decoder()  # Decoder: recorder.flight.wiredecode
     msg = enc.step(record, hold=True)
     buf = bytearray(msg.total)
     for offset, data in msg.pieces:
@@ -42,26 +43,21 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tracefmt.dtypes import DType
-from tracefmt.errors import TraceError
 from tracefmt.light import LIGHT_ROW_DTYPE, LightStepRecord
-from tracefmt.model import Event, Phase, Role
+from tracefmt.model import Event
 from tracefmt.moduletable import ModuleInfo, ModuleTable
 from tracefmt.records import (
     OP_STATS_DTYPE,
     STATS_DTYPE,
     Graph,
-    OpSpec,
     StepRecord,
-    TensorSpec,
-    decode_attrs,
 )
-from tracefmt.rngstate import RngState
 
 __all__ = [
+    "NAMED_DTYPES",
+    "PLAIN_KINDS",
     "PREFIX",
     "ControlMessage",
-    "Decoder",
     "Encoder",
     "LightMessage",
     "Message",
@@ -73,12 +69,14 @@ __all__ = [
 #: total length and header length of a message
 PREFIX = struct.Struct("<QQ")
 _ALIGN = 64
-_NAMED_DTYPES: dict[str, np.dtype[Any]] = {
+#: the row types an array may name instead of a numeric dtype
+NAMED_DTYPES: dict[str, np.dtype[Any]] = {
     "stats": STATS_DTYPE,
     "op_stats": OP_STATS_DTYPE,
     "light": LIGHT_ROW_DTYPE,
 }
-_PLAIN_KINDS = frozenset("biuf")
+#: the numeric dtype kinds an array may have
+PLAIN_KINDS = frozenset("biuf")
 
 
 class Message(NamedTuple):
@@ -132,7 +130,7 @@ class _Layout:
     def add(self, array: np.ndarray | Sequence[int], code: str | None = None) -> list[Any]:
         a = np.ascontiguousarray(array)
         if code is None:
-            if a.dtype.kind not in _PLAIN_KINDS:
+            if a.dtype.kind not in PLAIN_KINDS:
                 raise ValueError(f"Arrays of dtype {a.dtype} cannot be sent to the writer process.")
             code = a.dtype.str
         flat = a.reshape(-1).view(np.uint8)
@@ -187,6 +185,7 @@ class Encoder:
     def __init__(self) -> None:
         self._graphs: dict[bytes, Graph] = {}  # by digest: the last graph sent with it
         self._modules: ModuleTable | None = None  # the module table the writer has (format 1.5)
+        self._names: Sequence[str] | None = None  # the light names the writer has
 
     def step(self, record: StepRecord, *, hold: bool) -> Message:
         lay = _Layout()
@@ -239,10 +238,13 @@ class Encoder:
 
     def light(self, record: LightStepRecord) -> Message:
         lay = _Layout()
-        header = {
-            "k": "light",
-            "step": int(record.step),
-            "names": [str(n) for n in record.names],
+        header: dict[str, Any] = {"k": "light", "step": int(record.step)}
+        names = record.names
+        same = names is self._names and isinstance(names, tuple)  # LightCapture's: one tuple
+        if not same and (self._names is None or list(names) != list(self._names)):
+            header["names"] = [str(n) for n in names]  # sent when they change
+        self._names = names
+        header |= {
             "rows": lay.add(np.asarray(record.rows, dtype=LIGHT_ROW_DTYPE), "light"),
             "events": _events(record.events),
             "scalars": [[str(k), float(v)] for k, v in record.scalars.items()],
@@ -252,139 +254,5 @@ class Encoder:
         return lay.finish(header)
 
 
-def _bad(what: str) -> TraceError:
-    return TraceError(f"The writer process received a malformed message ({what}); this is a bug.")
-
-
 def _module_row(m: ModuleInfo) -> tuple[str, str | None, int, int, int, int, int]:
     return (m.path, m.class_name, m.params, m.trainable, m.own_params, m.own_trainable, m.param_bytes)
-
-
-class Decoder:
-    """The writer process's side: messages back to records.  Arrays are views of the message."""
-
-    def __init__(self) -> None:
-        self._graphs: dict[bytes, Graph] = {}
-        self._modules: ModuleTable | None = None  # the last module table a step brought
-
-    def _module_table(self, h: dict[str, Any]) -> ModuleTable | None:
-        if "modules" in h:
-            rows = h["modules"]
-            try:
-                self._modules = (
-                    None if rows is None else ModuleTable(tuple(ModuleInfo(*r) for r in rows))
-                )
-            except (TypeError, ValueError) as e:
-                raise _bad(f"module table: {e}") from e
-        return self._modules
-
-    def decode(self, buf: bytearray) -> Decoded:
-        if len(buf) < PREFIX.size:
-            raise _bad("shorter than its prefix")
-        total, hlen = PREFIX.unpack_from(buf, 0)
-        if total != len(buf) or hlen > total - PREFIX.size:
-            raise _bad(f"lengths {total}, {hlen} for {len(buf)} bytes")
-        try:
-            h = json.loads(bytes(buf[total - hlen :]))
-        except ValueError as e:
-            raise _bad(f"header: {e}") from e
-        kind = h.get("k")
-        if kind == "step":
-            return StepMessage(bool(h["hold"]), self._step(buf, h))
-        if kind == "light":
-            return LightMessage(self._light(buf, h))
-        if kind == "open":
-            return OpenMessage(dict(h["args"]))
-        if kind in ("flush", "release", "bye"):
-            return ControlMessage(kind, int(h["seq"]))
-        raise _bad(f"kind {kind!r}")
-
-    def _array(self, buf: bytearray, spec: list[Any]) -> np.ndarray:
-        code, shape, offset, nbytes = spec
-        dtype = _NAMED_DTYPES.get(code)
-        if dtype is None:
-            dtype = np.dtype(code)
-            if dtype.kind not in _PLAIN_KINDS:
-                raise _bad(f"dtype {code!r}")
-        count = 1
-        for d in shape:
-            count *= int(d)
-        if count * dtype.itemsize != nbytes or offset < 0 or offset + nbytes > len(buf):
-            raise _bad(f"array {spec}")
-        return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
-
-    def _graph(self, h: dict[str, Any]) -> Graph:
-        digest = bytes.fromhex(h["digest"])
-        if "graph" in h:
-            g = h["graph"]
-            ops = tuple(
-                OpSpec(n, Phase(p), m, tuple((a, b, c) for a, b, c in ins), tuple(outs), at, src)
-                for n, p, m, ins, outs, at, src in g["ops"]
-            )
-            tensors = tuple(
-                TensorSpec(
-                    DType(dt),
-                    tuple(shape),
-                    None if strides is None else tuple(strides),
-                    dev,
-                    Role(role),
-                    name,
-                    prod,
-                    slot,
-                    ver,
-                    off,
-                )
-                for dt, shape, strides, dev, role, name, prod, slot, ver, off in g["tensors"]
-            )
-            graph = Graph(ops, tensors)
-            if graph.digest != digest:
-                raise _bad("a graph whose digest differs from the one sent with it")
-        else:
-            last = self._graphs.get(digest)
-            if last is None:
-                raise _bad(f"graph {h['digest']} was never sent")
-            attrs, offsets = h.get("attrs") or [], h.get("offsets") or []
-            graph = last
-            if attrs or offsets:
-                graph = last.variant(
-                    attrs={i: None if s is None else decode_attrs(s) for i, s in attrs},
-                    storage_offsets={i: n for i, n in offsets},
-                )
-        self._graphs[digest] = graph
-        return graph
-
-    def _step(self, buf: bytearray, h: dict[str, Any]) -> StepRecord:
-        arr = self._array
-        return StepRecord(
-            step=int(h["step"]),
-            graph=self._graph(h),
-            stats=arr(buf, h["stats"]) if "stats" in h else None,
-            op_stats=arr(buf, h["op_stats"]) if "op_stats" in h else None,
-            op_starts=arr(buf, h["op_starts"]) if "op_starts" in h else None,
-            values={int(t): arr(buf, spec) for t, spec in h["values"]},
-            histograms={int(t): (lo, hi, arr(buf, spec)) for t, lo, hi, spec in h["hists"]},
-            events=[Event(k, m, op, t) for k, m, op, t in h["events"]],
-            scalars={k: v for k, v in h["scalars"]},
-            wall_time=h["wall_time"],
-            duration=h["duration"],
-            dropped=int(h["dropped"]),
-            modules=self._module_table(h),
-            rng_states=self._rng_states(buf, h.get("rng") or []),
-        )
-
-    def _rng_states(self, buf: bytearray, specs: list[Any]) -> tuple[RngState, ...]:
-        try:
-            return tuple(RngState(str(d), self._array(buf, spec).tobytes()) for d, spec in specs)
-        except (TypeError, ValueError) as e:
-            raise _bad(f"RNG states: {e}") from e
-
-    def _light(self, buf: bytearray, h: dict[str, Any]) -> LightStepRecord:
-        return LightStepRecord(
-            step=int(h["step"]),
-            names=list(h["names"]),
-            rows=self._array(buf, h["rows"]),
-            scalars={k: v for k, v in h["scalars"]},
-            events=[Event(k, m, op, t) for k, m, op, t in h["events"]],
-            wall_time=h["wall_time"],
-            duration=h["duration"],
-        )

@@ -3,7 +3,9 @@
 Started by :class:`recorder.flight.process.WriterProcess` (never by hand), in its own session so
 that a kill of the trainer's process group does not reach it.  It opens the ``TraceWriter``
 itself, keeps the ring of held steps, and writes what the trainer asks for, reading messages
-(:mod:`recorder.flight.wire`) from shared memory (:mod:`recorder.flight.channel`).  It imports
+(:mod:`recorder.flight.wire`) from shared memory (:mod:`recorder.flight.channel`).  A held step
+stays in the ring as its message (:class:`~recorder.flight.wiredecode.HeldStep`) and is decoded
+only if it is written: most fall out of the ring unread.  It imports
 neither torch nor pickle: it starts in about the time numpy and h5py take to import.
 
 It ends in one of two ways:
@@ -31,23 +33,19 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from recorder.flight.channel import Consumer, FrameReader, Kind, readable, send_frame
 from recorder.flight.deathwatch import TrainerWatch, death_event
 from recorder.flight.ring import Ring
-from recorder.flight.wire import ControlMessage, Decoder, LightMessage, OpenMessage, StepMessage
+from recorder.flight.wire import ControlMessage, LightMessage, OpenMessage, StepMessage
+from recorder.flight.wiredecode import Decoder, HeldStep
 from tracefmt.light import LightStepRecord, empty_light_rows
 from tracefmt.model import Event
 from tracefmt.records import StepRecord
 from tracefmt.writer import TraceWriter
 
 __all__ = ["main"]
-
-
-class _Held(NamedTuple):
-    record: StepRecord
-    nbytes: int  #: the message's bytes, which the record's arrays are views of
 
 
 class _Server:
@@ -67,7 +65,8 @@ class _Server:
         self.writer: TraceWriter | None = None
         self.path = ""
         self.rank = 0
-        self.ring: Ring[_Held] = Ring(args.ring_steps, args.ring_bytes, lambda h: h.nbytes)
+        # held steps stay as they came, decoded only if written (most fall out unread)
+        self.ring: Ring[HeldStep] = Ring(args.ring_steps, args.ring_bytes, lambda h: h.nbytes)
         self.last = -1  #: the last full step written
         self.max_seen = -1  #: the highest step number of any message
         self.failure: str | None = None
@@ -111,17 +110,19 @@ class _Server:
                 send_frame(self.sock, Kind.ACK, self.stream.tail, self.ring.peak_bytes)
         for buf in messages:
             t0 = time.perf_counter()
-            msg = self.decoder.decode(buf)
+            msg = self.decoder.decode(buf, lazy=True)
             self.stats["decode_s"] += time.perf_counter() - t0
-            code = self._handle(msg, len(buf))
+            code = self._handle(msg)
             if code is not None:
                 return code
         return None
 
-    def _handle(self, msg: Any, nbytes: int) -> int | None:
+    def _handle(self, msg: Any) -> int | None:
         if isinstance(msg, OpenMessage):
             return self._open(msg.writer_args)
-        if isinstance(msg, StepMessage | LightMessage):
+        if isinstance(msg, HeldStep):
+            self.max_seen = max(self.max_seen, msg.step)
+        elif isinstance(msg, StepMessage | LightMessage):
             self.max_seen = max(self.max_seen, msg.record.step)
         if isinstance(msg, ControlMessage) and msg.kind == "bye":
             self.ring.drain()
@@ -130,8 +131,8 @@ class _Server:
             return 0
         if self.failure is not None:
             return None  # already reported; keep reading so that the trainer never waits on us
-        if isinstance(msg, StepMessage) and msg.hold:
-            self.ring.add(_Held(msg.record, nbytes))
+        if isinstance(msg, HeldStep):
+            self.ring.add(msg)
             self.stats["held"] += 1
         elif isinstance(msg, StepMessage):
             self._guard(f"Writing step {msg.record.step}", self._write, msg.record)
@@ -210,7 +211,9 @@ class _Server:
     def _release(self, event: Event | None = None) -> list[int]:
         """Write every held step newer than the last written, oldest first.  ``event``, given,
         is added to the newest of them."""
-        records = [h.record for h in self.ring.drain() if h.record.step > self.last]
+        t0 = time.perf_counter()
+        records = [self.decoder.record(h) for h in self.ring.drain() if h.step > self.last]
+        self.stats["decode_s"] += time.perf_counter() - t0
         if event is not None and records:
             newest = records[-1]
             records[-1] = dataclasses.replace(newest, events=[*newest.events, event])

@@ -27,7 +27,8 @@ import pytest
 import tracefmt
 from recorder.flight.channel import Consumer, Producer
 from recorder.flight.process import WriterProcess
-from recorder.flight.wire import Decoder, Encoder, LightMessage, Message, StepMessage
+from recorder.flight.wire import Encoder, LightMessage, Message, StepMessage
+from recorder.flight.wiredecode import Decoder
 from tests.synth import mlp_graph, synthetic_step
 from tracefmt.errors import TraceError, WriterClosedError
 from tracefmt.light import LightKind, LightStepRecord, empty_light_rows
@@ -436,7 +437,7 @@ def test_the_writer_process_imports_neither_torch_nor_multiprocessing() -> None:
 
 def test_the_transport_uses_no_pickle() -> None:
     banned = {"pickle", "_pickle", "multiprocessing", "marshal", "shelve", "copyreg"}
-    for name in ("process", "wire", "channel", "writerproc", "deathwatch"):
+    for name in ("process", "wire", "wiredecode", "channel", "writerproc", "deathwatch"):
         tree = ast.parse((FLIGHT / f"{name}.py").read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

@@ -15,7 +15,8 @@ import recorder
 import tracefmt
 from recorder.engine import extension
 from recorder.examples import gpt
-from recorder.flight.wire import Decoder, Encoder, StepMessage
+from recorder.flight.wire import Encoder, StepMessage
+from recorder.flight.wiredecode import Decoder
 from recorder.rngsnap import restore, rng_snapshot
 from tests.synth import mlp_graph, synthetic_step
 from tracefmt import RngState
