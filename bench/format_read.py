@@ -1,10 +1,10 @@
 """Read-side costs of tracefmt: locating and loading one step in long runs, ``info``, bytes per step.
 
 Run: ``python bench/format_read.py`` (``--quick``: 10,000 instead of 100,000 steps, fewer
-repeats).  Progress goes to stderr; stdout gets exactly one JSON line.  Timings on a shared
-machine are noisy: ``env.loadavg`` records the 1-minute load average before and after.  Traces are
-written under a temporary directory (``--tmp`` to choose it) with ``fsync=False`` and deleted at
-the end.
+repeats; ``--step-read``: only ``step_read`` below).  Progress goes to stderr; stdout gets exactly
+one JSON line.  Timings on a shared machine are noisy: ``env.loadavg`` records the 1-minute load
+average before and after.  Traces are written under a temporary directory (``--tmp`` to choose
+it) with ``fsync=False`` and deleted at the end.
 
 Traces (synthetic, stats-only: statistics and op timings, no values; one graph that repeats):
 
@@ -33,6 +33,12 @@ Figures:
   (the rewritten last chunk of each table) weigh most.
 - ``generation_s``: wall time spent writing each trace (not a goal; shows the write path's
   per-step cost for stats-only steps).
+- ``step_read`` (alone with ``--step-read``): reading one training-size step, ``trace.step(k)``:
+  the GPT example's last step (``python -m recorder.examples.gpt --steps 2``, skipped with a
+  reason when torch is missing) and ``tests/replayer/view/_big.py``'s synthetic step at 10,000
+  and 100,000 ops.  ``cold_s``: the minimum over ``--step-reps`` of a fresh ``tracefmt.open``
+  and ``trace.step(k)`` (strings, graph and step decoded); ``warm_s``: ``trace.step(k)`` again on
+  the open trace (the graph cached, the step's own rows decoded).
 """
 
 from __future__ import annotations
@@ -52,9 +58,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-import tracefmt
-from tracefmt import DType, GraphBuilder, Phase, Role, StepRecord, TraceWriter
-from tracefmt.records import OP_STATS_DTYPE, STATS_DTYPE, Graph
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # tests/replayer/view/_big.py writes the synthetic steps
+    sys.path.insert(0, str(ROOT))
+
+import tracefmt  # noqa: E402
+from tracefmt import DType, GraphBuilder, Phase, Role, StepRecord, TraceWriter  # noqa: E402
+from tracefmt.records import OP_STATS_DTYPE, STATS_DTYPE, Graph  # noqa: E402
 
 OP_NAMES = {
     Phase.FORWARD: [
@@ -216,6 +226,54 @@ def time_open_load(path: Path, n_steps: int, stride: int, reps: int) -> dict[str
     }
 
 
+def time_step_read(path: Path, reps: int) -> dict[str, Any]:
+    """Minimum cold (open + ``step``) and warm (``step`` again) read times of the last step."""
+    cold, warm = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        with tracefmt.open(path) as trace:
+            k = trace.steps()[-1]
+            step = trace.step(k)
+            cold.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            trace.step(k)
+            warm.append(time.perf_counter() - t0)
+    return {
+        "ops": len(step.ops),
+        "tensors": len(step.tensors),
+        "cold_s": round(min(cold), 4),
+        "warm_s": round(min(warm), 4),
+    }
+
+
+def step_reads(tmp: Path, reps: int) -> dict[str, Any]:
+    """``step_read``: the GPT example's step and the 10k- and 100k-op synthetic steps."""
+    out: dict[str, Any] = {}
+    gpt = tmp / "gpt"
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        out["gpt"] = {"skipped": "torch is not installed: the GPT example cannot be recorded"}
+    else:
+        log("recording the GPT example (2 steps)...")
+        subprocess.run(
+            [sys.executable, "-m", "recorder.examples.gpt", "--steps", "2", "--quiet", "--out", gpt],
+            check=True,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
+        out["gpt"] = time_step_read(gpt, reps)
+        log(f"gpt {out['gpt']}")
+    from tests.replayer.view._big import write_training_step
+
+    for n in (10_000, 100_000):
+        path = tmp / f"synthetic_{n}.tft.h5"
+        write_training_step(path, n)
+        out[f"synthetic_{n // 1000}k"] = time_step_read(path, reps)
+        log(f"synthetic {n}: {out[f'synthetic_{n // 1000}k']}")
+    return out
+
+
 def _library_info(trace: tracefmt.Trace) -> None:
     try:
         from tracefmt.summary import trace_info
@@ -295,12 +353,32 @@ def per_step_bytes(path: Path, n_ops: int, warm: int, steps: int) -> dict[str, A
     }
 
 
+def _env(load_before: float | None = None) -> dict[str, Any]:
+    load_now = round(os.getloadavg()[0], 2)
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg": [load_now if load_before is None else round(load_before, 2), load_now],
+        "python": platform.python_version(),
+        "tracefmt": tracefmt.__version__,
+        "h5py": h5py.version.version,
+        "hdf5": h5py.version.hdf5_version,
+        "numpy": np.__version__,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="10,000 instead of 100,000 steps")
     p.add_argument("--ops", type=int, default=100, help="ops per step of the long traces")
     p.add_argument("--tmp", default=None, help="directory for the traces (default: a temp dir)")
+    p.add_argument("--step-read", action="store_true", help="measure only step_read")
+    p.add_argument("--step-reps", type=int, default=5, help="repeats of each step read")
     args = p.parse_args()
+    if args.step_read:
+        with tempfile.TemporaryDirectory(dir=args.tmp, prefix="tracefmt-bench-") as d:
+            reads = step_reads(Path(d), args.step_reps)
+        print(json.dumps({"bench": "format_read", "step_read": reads, "env": _env()}))
+        return
     load_before = os.getloadavg()[0]
     small_n, large_n = 1_000, (10_000 if args.quick else 100_000)
     reps = 9 if args.quick else 25
@@ -326,6 +404,7 @@ def main() -> None:
         }
         log(f"per step, small graphs {small_steps}")
         sizes = {k: os.path.getsize(tmp / f"{k}.tft.h5") for k in ("small", "large")}
+        reads = step_reads(tmp, args.step_reps)
     ratio = large["s"] / small["s"]
     print(
         json.dumps(
@@ -373,20 +452,13 @@ def main() -> None:
                     }
                     for n, v in small_steps.items()
                 },
+                "step_read": reads,
                 "generation_s": {k: round(v, 1) for k, v in gen.items()},
                 "goals": {
                     "open_load_ratio_at_most_1_5": ratio <= 1.5,
                     "repeated_stats_step_at_most_1_1x_raw": per["ratio"] <= 1.1,
                 },
-                "env": {
-                    "cpus": os.cpu_count(),
-                    "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-                    "python": platform.python_version(),
-                    "tracefmt": tracefmt.__version__,
-                    "h5py": h5py.version.version,
-                    "hdf5": h5py.version.hdf5_version,
-                    "numpy": np.__version__,
-                },
+                "env": _env(load_before),
             }
         )
     )

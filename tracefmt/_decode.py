@@ -4,35 +4,26 @@
 can back, reading a torn chunk again) and :mod:`tracefmt._graphdecode` a step's graph; this module
 owns what a step's own rows mean.  It checks every reference they make into the graph (a value
 row's tensor, a histogram's, an event's op and tensor, the op and tensor of a step's own attributes
-and storage offsets) and decodes statistics and op attributes, so a hostile row becomes a
-:class:`~tracefmt.errors.TraceFormatError` naming the file and step.  It reads nothing itself:
-strings and values come through callables.
+and storage offsets) and decodes statistics and op attributes (:mod:`tracefmt._stepparts`), so a
+hostile row becomes a :class:`~tracefmt.errors.TraceFormatError` naming the file and step.  It
+reads nothing itself: strings and values come through callables.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from tracefmt import _layout as L
 from tracefmt._graphdecode import GraphData
-from tracefmt._rows import (
-    DataRow,
-    EventRow,
-    HistRow,
-    OpAttrsRow,
-    ScalarRow,
-    TensorOffsetRow,
-    named,
-)
-from tracefmt.attrcodec import decode_attrs
-from tracefmt.errors import TraceError, TraceFormatError
-from tracefmt.model import Event, Histogram, OpNode, TensorMeta, TensorRecord, TensorStats
+from tracefmt._rows import DataRow, EventRow, HistRow, ScalarRow, named
+from tracefmt._stepparts import FALSES, NONES, stats_rows, step_attrs, step_metas, step_ops
+from tracefmt.errors import TraceFormatError
+from tracefmt.model import Event, Histogram, OpNode, TensorMeta, TensorRecord
 from tracefmt.rngstate import RngState
 
 #: ``load_values(tensor, meta, offset, count, fingerprint)``: one tensor's values of one step.
@@ -204,34 +195,42 @@ def decode_step(
     """
     r, tables = rows.step, rows.tables
     n_ops, n_tensors = len(graph.ops), len(graph.metas)
-    values: dict[int, DataRow] = {}
-    for d in named(tables[L.DATA_INDEX], DataRow):
-        if d.tensor >= n_tensors:
-            raise TraceFormatError(
-                f"{where}: values recorded for tensor {d.tensor}, but the graph has {n_tensors}."
-            )
-        values[d.tensor] = d
-    histograms: dict[int, Histogram] = {}
-    for h in named(tables[L.HISTS], HistRow):
-        if h.tensor >= n_tensors:
-            raise TraceFormatError(f"{where}: histogram for tensor {h.tensor} is out of range.")
-        histograms[h.tensor] = Histogram(h.lo, h.hi, tuple(h.counts[:hist_bins]))
-    stats = _stats(tables[L.STATS])
-    metas = _step_metas(graph.metas, tables[L.TENSOR_OFFSETS], where)
-    tensors = tuple(
-        TensorRecord(
-            index=i,
-            meta=meta,
-            stats=stats[i] if stats else None,
-            histogram=histograms.get(i),
-            has_values=i in values,
-            _load=None if i not in values else _loader(load_values, i, meta, values[i]),
+    data, hists = tables[L.DATA_INDEX], tables[L.HISTS]
+    bad = np.flatnonzero(data["tensor"] >= n_tensors)
+    if bad.size:
+        tensor = int(data["tensor"][bad[0]])
+        raise TraceFormatError(
+            f"{where}: values recorded for tensor {tensor}, but the graph has {n_tensors}."
         )
-        for i, meta in enumerate(metas)
-    )
-    own = _step_attrs(tables[L.OP_ATTRS], n_ops, where, text)
+    values = {d.tensor: d for d in named(data, DataRow)}
+    bad = np.flatnonzero(hists["tensor"] >= n_tensors)
+    if bad.size:
+        tensor = int(hists["tensor"][bad[0]])
+        raise TraceFormatError(f"{where}: histogram for tensor {tensor} is out of range.")
+    histograms = {
+        h.tensor: Histogram(h.lo, h.hi, tuple(h.counts[:hist_bins])) for h in named(hists, HistRow)
+    }
+    stats = stats_rows(tables[L.STATS])
+    metas = step_metas(graph.metas, tables[L.TENSOR_OFFSETS], where)
+    each_stats = stats if stats else itertools.repeat(None, len(metas))
+    tensors: tuple[TensorRecord, ...]
+    if values or histograms:
+        tensors = tuple(
+            TensorRecord(
+                i,
+                meta,
+                s,
+                histograms.get(i),
+                i in values,
+                None if i not in values else _loader(load_values, i, meta, values[i]),
+            )
+            for i, meta, s in zip(itertools.count(), metas, each_stats)
+        )
+    else:  # stats only: positional arguments, nothing to look up per tensor
+        tensors = tuple(map(TensorRecord, itertools.count(), metas, each_stats, NONES, FALSES))
+    own = step_attrs(tables[L.OP_ATTRS], n_ops, where, text)
     # A step with no timing and no attributes of its own shares its graph's ops.
-    ops = graph.ops if not own and not len(tables[L.OP_STATS]) else _step_ops(graph, own, tables)
+    ops = graph.ops if not own and not len(tables[L.OP_STATS]) else step_ops(graph, own, tables)
     event_list = []
     for e in named(tables[L.EVENTS], EventRow):
         if e.op >= n_ops or e.tensor >= n_tensors:
@@ -263,133 +262,8 @@ def decode_step(
     )
 
 
-def _step_ops(
-    graph: GraphData, own: dict[int, dict[str, Any]], tables: Mapping[str, np.ndarray]
-) -> tuple[OpNode, ...]:
-    """The graph's ops with a step's own attributes ``own``, its ``op_stats`` rows and (format
-    1.3) its ``op_starts`` rows."""
-    n_ops = len(graph.ops)
-    host_ns, device_ns, mem_bytes = (_timing(tables[L.OP_STATS], f, n_ops) for f in _TIMING)
-    starts = _timing(tables[L.OP_STARTS], "host_start_ns", n_ops)
-    return tuple(
-        OpNode(
-            index=op.index,
-            name=op.name,
-            phase=op.phase,
-            module=op.module,
-            inputs=op.inputs,
-            outputs=op.outputs,
-            input_args=op.input_args,
-            attrs=own.get(op.index, op.attrs),
-            source=op.source,
-            host_ns=host,
-            device_ns=device,
-            mem_bytes=mem,
-            host_start_ns=start,
-        )
-        for op, host, device, mem, start in zip(
-            graph.ops, host_ns, device_ns, mem_bytes, starts, strict=True
-        )
-    )
-
-
 def _loader(
     load_values: ValuesLoader, tensor: int, meta: TensorMeta, d: DataRow
 ) -> Callable[[], np.ndarray]:
     """What :meth:`~tracefmt.model.TensorRecord.values` calls to read tensor ``tensor``'s values."""
     return functools.partial(load_values, tensor, meta, d.offset, d.count, d.fingerprint)
-
-
-def _increasing(indices: list[int], n: int, what: str, where: str) -> None:
-    """Check that a step's override rows name strictly increasing ``what``s below ``n``."""
-    previous = -1
-    for i in indices:
-        if not previous < i < n:
-            raise TraceFormatError(
-                f"{where}: the step's own values name {what} {i} after "
-                f"{previous}; they must name increasing {what}s of the graph's "
-                f"{n}."
-            )
-        previous = i
-
-
-def _step_metas(metas: tuple[TensorMeta, ...], rows: np.ndarray, where: str) -> tuple[TensorMeta, ...]:
-    """The graph's tensor metadata with the step's ``tensor_offsets`` rows applied."""
-    if not len(rows):
-        return metas
-    offsets = named(rows, TensorOffsetRow)
-    _increasing([o.tensor for o in offsets], len(metas), "tensor", where)
-    out = list(metas)
-    for o in offsets:
-        out[o.tensor] = dataclasses.replace(out[o.tensor], storage_offset=o.storage_offset)
-    return tuple(out)
-
-
-def _step_attrs(
-    rows: np.ndarray, n_ops: int, where: str, text: Callable[[int], str]
-) -> dict[int, dict[str, Any]]:
-    """A step's ``op_attrs`` rows as {op index: attributes}."""
-    out: dict[int, dict[str, Any]] = {}
-    own = named(rows, OpAttrsRow)
-    _increasing([a.op for a in own], n_ops, "op", where)
-    for a in own:
-        if a.attrs == L.NO_STRING:
-            out[a.op] = {}
-            continue
-        try:
-            out[a.op] = decode_attrs(text(a.attrs))
-        except ValueError as e:
-            if isinstance(e, TraceError):
-                raise
-            raise TraceFormatError(
-                f"{where}: the step's attributes of op {a.op} are malformed: {e}"
-            ) from e
-    return out
-
-
-#: The columns of ``op_stats``, in the order :func:`decode_step` takes them.
-_TIMING = ("host_ns", "device_ns", "mem_bytes")
-#: The values of ``stats`` under each flag, in the order :func:`_stats` takes them.
-_MOMENTS = ("min", "max", "mean", "std", "norm")
-_COUNTS = ("nan", "inf", "zero")
-
-
-def _timing(rows: np.ndarray, field: str, n_ops: int) -> list[int | None]:
-    """Column ``field`` of a step's ``op_stats`` (or ``op_starts``) rows, None where not measured
-    (-1) or where the step has no rows."""
-    if not len(rows):
-        return [None] * n_ops
-    return [None if x < 0 else x for x in rows[field].tolist()]
-
-
-def _stats(rows: np.ndarray) -> list[TensorStats]:
-    """Each ``stats`` row's statistics: those its flags say were computed, None for the others.
-
-    Column by column, by field name: a Python row object and an enum operation per tensor cost
-    more than the rest of decoding a step.
-    """
-    flags = rows["flags"]
-    moments = ((flags & int(L.STAT_MOMENTS)) != 0).tolist()
-    counts = ((flags & int(L.STAT_COUNTS)) != 0).tolist()
-    fps = ((flags & int(L.STAT_FINGERPRINT)) != 0).tolist()
-    columns = zip(
-        moments,
-        counts,
-        fps,
-        *(rows[name].tolist() for name in (*_MOMENTS, *_COUNTS, "fingerprint")),
-        strict=True,
-    )
-    return [
-        TensorStats(
-            min=mn if m else None,
-            max=mx if m else None,
-            mean=mean if m else None,
-            std=std if m else None,
-            norm=norm if m else None,
-            nan=nan if c else None,
-            inf=inf if c else None,
-            zero=zero if c else None,
-            fingerprint=fp if f else None,
-        )
-        for m, c, f, mn, mx, mean, std, norm, nan, inf, zero, fp in columns
-    ]

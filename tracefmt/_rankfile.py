@@ -24,7 +24,7 @@ import numpy as np
 from tracefmt import _layout as L
 from tracefmt import _primitives as P
 from tracefmt._decode import Step, StepRows, StepSummary, decode_step, decode_summaries
-from tracefmt._graphdecode import GraphData, decode_graph
+from tracefmt._graphdecode import GraphData, decode_graph, paused_gc
 from tracefmt._h5open import H5_ERRORS, open_swmr
 from tracefmt._lightread import decode_light_step, decode_light_summaries
 from tracefmt._openfiles import OpenFiles
@@ -290,16 +290,8 @@ class RankFile:
             table: self._rows(table, int(row[start]), int(row[count]), step, limit)
             for table, (start, count, limit) in L.GRAPH_RANGES.items()
         }
-        data = decode_graph(
-            g,
-            parts[L.OPS],
-            parts[L.EDGES],
-            parts[L.TENSORS],
-            # A list: slicing it per tensor is ~10x cheaper than slicing an array into numpy scalars.
-            parts[L.DIMS].tolist(),
-            self._where(step),
-            functools.partial(self.string, step=step),
-        )
+        tables = (parts[L.OPS], parts[L.EDGES], parts[L.TENSORS], parts[L.DIMS])
+        data = decode_graph(g, *tables, self._where(step), functools.partial(self.string, step=step))
         if len(self._graph_cache) > 64:
             self._graph_cache.clear()
         self._graph_cache[g] = data
@@ -329,6 +321,10 @@ class RankFile:
         replaced by the step's rows of ``op_attrs`` and ``tensor_offsets`` (format 1.1), and its
         ops their start times from ``op_starts`` (format 1.3); its RNG states (1.6).
         """
+        with paused_gc():
+            return self._load(index)
+
+    def _load(self, index: int) -> Step:
         r = self._rows(L.STEPS, index, 1)[0]
         step = int(r["step"])
         graph = self._graph(int(r["graph"]), step)
