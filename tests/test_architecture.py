@@ -86,3 +86,29 @@ def test_no_package_imports_a_private_tracefmt_module() -> None:
         if name.split(".")[0] == "tracefmt" and any(_private(part) for part in name.split(".")[1:])
     ]
     assert not offenders, f"private tracefmt modules imported from outside tracefmt: {offenders}"
+
+
+#: The one tracefmt module that may import the replayer, and only inside a function or for type
+#: checking: ``tracefmt verify`` re-executes steps, the replayer's work (tracefmt/cli_pack.py).
+_REPLAYER_ALLOWED_IN = "tracefmt/cli_pack.py"
+
+
+def test_tracefmt_imports_no_package_above_it() -> None:
+    offenders = []
+    for p in sorted((ROOT / "tracefmt").rglob("*.py")):
+        rel = str(p.relative_to(ROOT))
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        top = {id(n) for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                roots = [node.module.split(".")[0]]
+            else:
+                continue
+            for root in roots:
+                if root in ("torch", "onnx", "onnxruntime", "recorder"):
+                    offenders.append(f"{rel}: {root}")
+                elif root == "replayer" and (rel != _REPLAYER_ALLOWED_IN or id(node) in top):
+                    offenders.append(f"{rel}: {root} (only {_REPLAYER_ALLOWED_IN}, lazily)")
+    assert not offenders, f"tracefmt imports a package above its layer: {offenders}"

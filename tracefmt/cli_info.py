@@ -21,6 +21,7 @@ from rich.table import Table
 
 import tracefmt
 from tracefmt.jsonout import dumps
+from tracefmt.packinfo import PackedFrom, parse_packed_from
 from tracefmt.summary import RANK_OK, KindBytes, RankInfo, TraceInfo, trace_info
 
 __all__ = ["EXIT_INCOMPLETE", "human_bytes", "info_cmd"]
@@ -139,15 +140,15 @@ def provenance_lines(p: dict[str, Any]) -> list[str]:
             f"capture: engine {_get(capture, 'engine')}, mode {_get(capture, 'mode')}, {what}"
             + (", values" if _get(capture, "values") else "")
         )
-    packed = _get(p, "packed_from")  # tracefmt pack (spec 4.2.2)
-    if packed:
-        sources = _get(packed, "sources")
-        first = sources[0] if isinstance(sources, list) and sources else None
+    packed = parse_packed_from(p)  # tracefmt pack (spec 4.2.2)
+    if isinstance(packed, PackedFrom):
+        first = packed.sources[0]
         lines.append(
-            f"packed: by {_get(packed, 'tool')} {_get(packed, 'tracefmt')} at {_get(packed, 'time')}"
-            f" with {_get(packed, 'filter')} from {_get(first, 'path')} ({_get(first, 'bytes')} "
-            f"bytes, sha256 {str(_get(first, 'sha256'))[:16]}...)"
+            f"packed: by {packed.tool} {packed.tracefmt} at {packed.time} with {packed.filter} "
+            f"from {first.path} ({first.bytes} bytes, sha256 {first.sha256[:16]}...)"
         )
+    elif packed is not None:  # a Problem: TF-PACK-001 reports it too
+        lines.append(f"packed: unreadable: {packed.message}")
     return lines
 
 

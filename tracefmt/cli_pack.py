@@ -1,5 +1,11 @@
 """``tracefmt pack RUN -o ARCHIVE`` and ``tracefmt verify ARCHIVE``: thin click layers over
-:func:`tracefmt.pack.pack` and :func:`tracefmt.verify.verify`.
+:func:`tracefmt.pack.pack` and :func:`replayer.check.verify.verify`.
+
+The one place ``tracefmt`` reaches above its layer: ``verify`` re-executes steps, which is the
+replayer's work (ONNX, ONNX Runtime), yet belongs with ``pack`` in this CLI.  So
+:func:`verify_cmd` imports :mod:`replayer.check.verify` when it runs, never at import time, and
+says what to install when the replayer cannot be imported; nothing else in ``tracefmt`` imports
+``replayer`` or ``onnx``.
 
 A ``TraceError`` (a refused output, a damaged source, a missing plugin or replayer) becomes one line
 and exit code 2 at the ``tracefmt`` group.  ``verify`` exits 0 when the archive validates clean and
@@ -10,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -18,11 +24,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from tracefmt.cli_info import human_bytes
+from tracefmt.errors import TraceError
 from tracefmt.jsonout import dumps
 from tracefmt.pack import PACK_FILTERS, PackSummary, pack
 from tracefmt.progress import progress_bar
-from tracefmt.validate import UNREADABLE, validate
-from tracefmt.verify import FAIL, NOT_FAILING, PASS, StepCheck, VerifyReport, reexecute, require_replayer
+
+if TYPE_CHECKING:
+    from replayer.check.verify import VerifyReport
 
 __all__ = ["pack_cmd", "verify_cmd"]
 
@@ -88,10 +96,10 @@ def pack_cmd(run: str, output: str, values_filter: str, overwrite: bool, as_json
         )
 
 
-_VERDICT_STYLE = {PASS: "green", FAIL: "red"}
-
-
 def _render(report: VerifyReport, con: Console) -> None:
+    from replayer.check.verify import FAIL, NOT_FAILING, PASS
+
+    verdict_style = {PASS: "green", FAIL: "red"}  # the others yellow
     if report.findings:
         table = Table(title=f"validation: {len(report.findings)} finding(s)", title_justify="left")
         for col in ("rule", "severity", "where", "message"):
@@ -110,7 +118,7 @@ def _render(report: VerifyReport, con: Console) -> None:
             else "left",
         )
     for c in report.checks:
-        style = _VERDICT_STYLE.get(c.verdict, "yellow")
+        style = verdict_style.get(c.verdict, "yellow")
         table.add_row(
             str(c.step),
             str(c.rank),
@@ -143,14 +151,17 @@ def verify_cmd(archive: str, as_json: bool) -> None:
     Exit status 0: valid and every check passed; 1: a validation error or a failed check;
     2: unreadable, or the replayer (onnx, onnxruntime) is not installed.
     """
-    require_replayer()  # before any work: says what to install
-    with progress_bar("validate", enabled=not as_json) as progress:
-        findings = tuple(validate(archive, deep=True, progress=progress))
-    checks: tuple[StepCheck, ...] = ()
-    if not any(f.rule == UNREADABLE for f in findings):
-        with progress_bar("re-execute", "steps", enabled=not as_json) as progress:
-            checks = reexecute(archive, progress=progress)
-    report = VerifyReport(Path(archive), findings, checks)
+    try:
+        from replayer.check.verify import verify
+    except ImportError as e:
+        raise TraceError(
+            f"tracefmt verify re-executes steps with the replayer, which needs onnx and onnxruntime, "
+            f"but it cannot be imported here ({e}). Install them (pip install onnx onnxruntime), "
+            "or run 'tracefmt validate --deep' for the checks that need no re-execution."
+        ) from e
+    # One bar for both parts (rich draws one live display at a time): chunks, then steps.
+    with progress_bar("verify", enabled=not as_json) as progress:
+        report = verify(archive, progress=progress, validate_progress=progress)
     if as_json:
         click.echo(
             dumps(

@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import os
 import shutil
 import uuid
@@ -34,11 +33,11 @@ from typing import Any
 from tracefmt import _layout as L
 from tracefmt.errors import TraceError
 from tracefmt.manifest import RunManifest, write_manifest
-from tracefmt.model import Provenance
 from tracefmt.progress import ProgressFn
-from tracefmt.reader import LIGHT_BLOCK, Trace
+from tracefmt.reader import Trace
 from tracefmt.reader import open as open_trace
-from tracefmt.torecord import GraphCache, light_record, step_record
+from tracefmt.runcopy import check_output, copy_light, dir_size, replace_run, run_dir, with_provenance
+from tracefmt.torecord import GraphCache, step_record
 from tracefmt.writer import TraceWriter, rank_file_path
 
 __all__ = ["EXTRACT_TOOL", "ExtractSummary", "RankExtract", "extract", "parse_step_range"]
@@ -114,58 +113,6 @@ def parse_step_range(text: str) -> range:
     return range(start, stop + 1)
 
 
-def _run_dir(src: Path) -> Path:
-    return src if src.is_dir() else src.parent
-
-
-def _check_output(src: Path, dst: Path, overwrite: bool) -> list[Path]:
-    """Refuse an output inside the source or holding it, or one that exists without
-    ``overwrite``; return the files of an existing output run that the new one replaces."""
-    source, output = _run_dir(src).resolve(), dst.resolve()
-    if output == source or source in output.parents:
-        raise TraceError(
-            f"The output {str(dst)!r} is inside the source run {str(_run_dir(src))!r}; "
-            "choose a directory outside it."
-        )
-    if output in source.parents:
-        raise TraceError(
-            f"The output {str(dst)!r} holds the source run {str(_run_dir(src))!r}; "
-            "choose a directory outside it."
-        )
-    if not dst.exists():
-        return []
-    if not dst.is_dir():
-        raise TraceError(f"The output {str(dst)!r} exists and is not a directory; choose another.")
-    old = sorted(dst.iterdir())
-    if not old:
-        return []
-    if not overwrite:
-        raise TraceError(
-            f"The output {str(dst)!r} already exists; choose a new directory or pass "
-            "--overwrite (overwrite=True) to replace the run in it."
-        )
-    foreign = [p.name for p in old if not _run_member(p)]
-    if foreign:
-        raise TraceError(
-            f"The output {str(dst)!r} holds files that are not part of a run "
-            f"({', '.join(foreign[:5])}); overwrite replaces only a run directory. Remove them "
-            "or choose another output."
-        )
-    return old
-
-
-def _run_member(p: Path) -> bool:
-    """Whether ``p`` is a file a run directory holds (a rank file, the manifest, their temps)."""
-    if not p.is_file() or p.is_symlink():
-        return False
-    name = p.name.removesuffix(".tmp")
-    return (
-        fnmatch.fnmatchcase(name, L.RANK_FILE_GLOB)
-        or name == L.RUN_MANIFEST
-        or (name != p.name and name.startswith(f".{L.RUN_MANIFEST}."))
-    )
-
-
 def _range_text(steps: range) -> str:
     """``3:4`` (both included), or ``3:`` for an open end."""
     return f"{steps.start}:{'' if steps.stop > _LAST_STEP else steps.stop - 1}"
@@ -215,18 +162,6 @@ def _select_steps(
     return chosen, light
 
 
-def _copy_light(trace: Trace, rank: int, numbers: list[int], writer: TraceWriter) -> None:
-    """Copy light steps ``numbers`` (consecutive rows of the rank's light step index) in blocks."""
-    if not numbers:
-        return
-    f = trace.rank_file(rank)
-    first = f.find(numbers[0], light=True)
-    for start in range(first, first + len(numbers), LIGHT_BLOCK):
-        for light in f.load_lights(start, min(start + LIGHT_BLOCK, first + len(numbers))):
-            writer.write_light_step(light_record(light))
-        writer.flush()
-
-
 def _skipped(trace: Trace) -> dict[int, str]:
     """The run's ranks without a readable file, with why."""
     out = dict(trace.damaged_ranks)
@@ -244,19 +179,10 @@ def _extracted_from(trace: Trace, step_range: tuple[int, int], ranks: Iterable[i
     }
 
 
-def _provenance(source: Provenance, extracted_from: Mapping[str, Any]) -> Provenance:
-    """The source file's provenance with ``extracted_from`` added."""
-    return dataclasses.replace(source, extra={**source.extra, "extracted_from": extracted_from})
-
-
 def _restricted(manifest: RunManifest, ranks: tuple[int, ...]) -> RunManifest:
     """``manifest`` expecting only the extracted ``ranks`` (process groups kept as recorded)."""
     kept = tuple(r for r in manifest.expected_ranks if r in ranks) or ranks
     return dataclasses.replace(manifest, expected_ranks=kept)
-
-
-def _size(paths: Iterable[Path]) -> int:
-    return sum(p.stat().st_size for p in paths if p.is_file())
 
 
 def extract(
@@ -279,7 +205,7 @@ def extract(
     ``progress(done, total)`` is called after each step copied.
     """
     source, output = Path(src), Path(dst)
-    old_files = _check_output(source, output, overwrite)
+    old_files = check_output(source, output, overwrite)
     with open_trace(source) as trace:
         manifest = trace.manifest  # None for a rank file given alone, or an unreadable run.json
         chosen_ranks = _select_ranks(trace, ranks)
@@ -291,9 +217,9 @@ def extract(
             steps.stop - 1 if steps is not None and steps.stop <= _LAST_STEP else max(found),
         )
         origin = _extracted_from(trace, step_range, chosen_ranks)
-        source_bytes = _size(trace.rank_file(r).path for r in trace.ranks)
+        source_bytes = dir_size(trace.rank_file(r).path for r in trace.ranks)
         if manifest is not None:
-            source_bytes += _size([_run_dir(source) / L.RUN_MANIFEST])
+            source_bytes += dir_size([run_dir(source) / L.RUN_MANIFEST])
         output.parent.mkdir(parents=True, exist_ok=True)
         # Not mkdtemp: its mode 0700 would become the output's; mkdir honours the umask.
         tmp = output.parent / f".{output.name}.extract-{uuid.uuid4().hex[:12]}"
@@ -311,7 +237,7 @@ def extract(
                     world_size=rf.world_size,
                     values_filter=rf.values_filter,
                     hist_bins=rf.hist_bins,
-                    provenance=_provenance(rf.provenance, origin),
+                    provenance=with_provenance(rf.provenance, "extracted_from", origin),
                 ) as writer:
                     for i, step in enumerate(chosen[rank]):
                         record = step_record(trace.step(step, rank), graphs)
@@ -322,14 +248,14 @@ def extract(
                         done += 1
                         if progress is not None:
                             progress(done, total)
-                    _copy_light(trace, rank, light[rank], writer)
+                    copy_light(trace, rank, light[rank], writer)
                 written.append((rank, len(chosen[rank])))
             if manifest is not None:
                 write_manifest(tmp, _restricted(manifest, chosen_ranks))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    _replace(tmp, output, old_files)
+    replace_run(tmp, output, old_files, what="extracted run")
     per_rank = tuple(
         RankExtract(
             rank=r,
@@ -337,7 +263,7 @@ def extract(
             first_step=chosen[r][0] if n else None,
             last_step=chosen[r][-1] if n else None,
             path=rank_file_path(output, r),
-            bytes=_size([rank_file_path(output, r)]),
+            bytes=dir_size([rank_file_path(output, r)]),
             light_steps=len(light[r]),
         )
         for r, n in written
@@ -349,25 +275,7 @@ def extract(
         step_range=step_range,
         ranks=per_rank,
         source_bytes=source_bytes,
-        output_bytes=_size(output.iterdir()),
+        output_bytes=dir_size(output.iterdir()),
         manifest=manifest is not None,
         skipped=skipped,
     )
-
-
-def _replace(tmp: Path, output: Path, old_files: list[Path]) -> None:
-    """Move the finished run ``tmp`` to ``output``, removing the old run's ``old_files`` first.
-
-    A failure here (someone wrote into the output meanwhile) keeps the finished copy in ``tmp``.
-    """
-    try:
-        for p in old_files:
-            p.unlink(missing_ok=True)
-        if output.exists():
-            output.rmdir()  # empty now, unless someone wrote into it meanwhile
-        os.replace(tmp, output)
-    except OSError as e:
-        raise TraceError(
-            f"The extracted run is complete in {str(tmp)!r} but could not be moved to "
-            f"{str(output)!r} ({e.strerror or e}); move it yourself."
-        ) from e

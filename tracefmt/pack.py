@@ -19,8 +19,9 @@ its source's provenance (who recorded it, the code, command, hardware) and gains
 and manifest with their paths, sizes and SHA-256.
 
 A source rank that is damaged is refused: an archive must not silently lack a rank
-(``tracefmt extract`` can copy the good ranks first).  The archive is built in a hidden directory
-next to the output and renamed into place when complete.
+(``tracefmt extract`` can copy the good ranks first); so is a ``run.json`` that cannot be
+read.  The archive is built in a hidden directory next to the output and renamed into place
+when complete.
 
 Example::
 
@@ -30,27 +31,26 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import hashlib
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tracefmt import _layout as L
 from tracefmt.errors import MissingFilterError, TraceError
-from tracefmt.extract import _check_output, _copy_light, _replace, _run_dir
 from tracefmt.filters import get_filter
 from tracefmt.manifest import write_manifest
-from tracefmt.model import Provenance
 from tracefmt.packinfo import PACKED_FROM_KEY, PackedFrom, PackedSource
 from tracefmt.progress import ProgressFn
 from tracefmt.reader import Trace
 from tracefmt.reader import open as open_trace
+from tracefmt.runcopy import check_output, copy_light, dir_size, replace_run, run_dir, with_provenance
 from tracefmt.torecord import GraphCache, step_record
 from tracefmt.version import __version__
 from tracefmt.writer import TraceWriter, rank_file_path
@@ -65,6 +65,17 @@ PACK_FILTERS = ("blosc2-zstd", "zstd", "gzip")
 #: heaps to a chunk boundary; the padding compresses to almost nothing).
 _FLUSH_EVERY = 64
 _HASH_BLOCK = 1 << 20
+
+
+class _Packed(NamedTuple):
+    """One rank as packed into the hidden directory, before the archive is in place."""
+
+    rank: int
+    steps: int
+    light_steps: int
+    source: PackedSource
+    graphs_before: int
+    strings_before: int
 
 
 @dataclass(frozen=True)
@@ -140,12 +151,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _provenance(source: Provenance, packed: PackedFrom) -> Provenance:
-    """The source file's provenance with ``packed_from`` set (an earlier pack's is replaced: the
-    archive it came from is named, with its hash, among the sources)."""
-    return dataclasses.replace(source, extra={**source.extra, PACKED_FROM_KEY: packed.to_json()})
-
-
 def _check_source(trace: Trace) -> None:
     if trace.damaged_ranks:
         why = "; ".join(f"rank {r}: {w}" for r, w in trace.damaged_ranks.items())
@@ -156,10 +161,13 @@ def _check_source(trace: Trace) -> None:
         )
     if not trace.ranks:
         raise TraceError(f"The run {str(trace.path)!r} has no rank file to pack.")
-
-
-def _size(paths: Iterable[Path]) -> int:
-    return sum(p.stat().st_size for p in paths if p.is_file())
+    if trace.manifest_problem is not None:
+        manifest = run_dir(trace.path) / L.RUN_MANIFEST
+        raise TraceError(
+            f"The run's manifest {str(manifest)!r} cannot be read ({trace.manifest_problem}); an "
+            "archive would lose it. Repair or restore run.json, or move it away to pack the rank "
+            "files without a manifest."
+        )
 
 
 def pack(
@@ -174,10 +182,10 @@ def pack(
     with its values under ``values_filter`` (one of :data:`PACK_FILTERS`); return what was done.
 
     Refuses (:class:`~tracefmt.errors.TraceError`) a filter not offered, a filter whose plugin is
-    not installed (:class:`~tracefmt.errors.MissingFilterError`), a run with a damaged rank file,
-    an output inside the source or holding it, and an output that exists and is not empty unless
-    ``overwrite`` (which replaces only a run directory's files).  ``progress(done, total)`` is
-    called after each step copied.
+    not installed (:class:`~tracefmt.errors.MissingFilterError`), a run with a damaged rank file
+    or an unreadable ``run.json``, an output inside the source or holding it, and an output that
+    exists and is not empty unless ``overwrite`` (which replaces only a run directory's files).
+    ``progress(done, total)`` is called after each step copied.
     """
     t0 = time.perf_counter()
     if values_filter not in PACK_FILTERS:
@@ -194,18 +202,17 @@ def pack(
             "pack with --filter gzip, which every HDF5 reads."
         ) from e
     source, output = Path(src), Path(dst)
-    old_files = _check_output(source, output, overwrite)
-    run_dir = _run_dir(source)
+    old_files = check_output(source, output, overwrite)
     with open_trace(source) as trace:
         _check_source(trace)
         manifest = trace.manifest  # None for a rank file given alone
-        manifest_file = run_dir / L.RUN_MANIFEST
+        manifest_file = run_dir(source) / L.RUN_MANIFEST
         manifest_source = _describe(manifest_file) if manifest is not None else None
         total = sum(len(trace.steps(r)) for r in trace.ranks)
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.parent / f".{output.name}.pack-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
-        done, packed = 0, []
+        done, packed = 0, list[_Packed]()
         try:
             for rank in trace.ranks:
                 rf = trace.rank_file(rank)
@@ -229,7 +236,7 @@ def pack(
                     world_size=rf.world_size,
                     values_filter=values_filter,
                     hist_bins=rf.hist_bins,
-                    provenance=_provenance(rf.provenance, info),
+                    provenance=with_provenance(rf.provenance, PACKED_FROM_KEY, info.to_json()),
                 ) as writer:
                     for i, step in enumerate(steps):
                         record = step_record(trace.step(step, rank), graphs)
@@ -240,9 +247,16 @@ def pack(
                         done += 1
                         if progress is not None:
                             progress(done, total)
-                    _copy_light(trace, rank, lights, writer)
+                    copy_light(trace, rank, lights, writer)
                 packed.append(
-                    (rank, len(steps), len(lights), own, rf.length(L.GRAPHS), rf.length(L.STRINGS_INDEX))
+                    _Packed(
+                        rank=rank,
+                        steps=len(steps),
+                        light_steps=len(lights),
+                        source=own,
+                        graphs_before=rf.length(L.GRAPHS),
+                        strings_before=rf.length(L.STRINGS_INDEX),
+                    )
                 )
             if manifest is not None:
                 write_manifest(tmp, manifest)
@@ -252,24 +266,24 @@ def pack(
             raise
         missing = trace.missing_ranks
         run_id = trace.run_id
-        source_bytes = sum(p[3].bytes for p in packed) + (
+        source_bytes = sum(p.source.bytes for p in packed) + (
             manifest_source.bytes if manifest_source else 0
         )
-    _replace(tmp, output, old_files)
+    replace_run(tmp, output, old_files, what="archive")
     ranks = tuple(
         RankPack(
-            rank=rank,
-            steps=n,
-            light_steps=n_light,
-            source=own,
-            path=rank_file_path(output, rank),
-            bytes=_size([rank_file_path(output, rank)]),
-            graphs_before=graphs_before,
-            graphs_after=after[rank][0],
-            strings_before=strings_before,
-            strings_after=after[rank][1],
+            rank=p.rank,
+            steps=p.steps,
+            light_steps=p.light_steps,
+            source=p.source,
+            path=rank_file_path(output, p.rank),
+            bytes=dir_size([rank_file_path(output, p.rank)]),
+            graphs_before=p.graphs_before,
+            graphs_after=after[p.rank].graphs,
+            strings_before=p.strings_before,
+            strings_after=after[p.rank].strings,
         )
-        for rank, n, n_light, own, graphs_before, strings_before in packed
+        for p in packed
     )
     return PackSummary(
         source=source,
@@ -278,17 +292,27 @@ def pack(
         values_filter=values_filter,
         ranks=ranks,
         source_bytes=source_bytes,
-        output_bytes=_size(output.iterdir()),
+        output_bytes=dir_size(output.iterdir()),
         seconds=time.perf_counter() - t0,
         manifest=manifest is not None,
         missing=missing,
     )
 
 
-def _counts(run: Path) -> Mapping[int, tuple[int, int]]:
+class _Counts(NamedTuple):
+    """Rows of ``graphs`` and of ``strings/index`` in one rank file."""
+
+    graphs: int
+    strings: int
+
+
+def _counts(run: Path) -> Mapping[int, _Counts]:
     """Per rank of the finished archive ``run``: its rows of ``graphs`` and ``strings/index``."""
     with open_trace(run) as archive:
         return {
-            r: (archive.rank_file(r).length(L.GRAPHS), archive.rank_file(r).length(L.STRINGS_INDEX))
+            r: _Counts(
+                graphs=archive.rank_file(r).length(L.GRAPHS),
+                strings=archive.rank_file(r).length(L.STRINGS_INDEX),
+            )
             for r in archive.ranks
         }

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -82,7 +83,7 @@ def _text(value: Any) -> bool:
 
 
 def _problem(field: str, value: Any, what: str) -> Problem:
-    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    shown = reprlib.repr(value)  # computed once, and bounded however large the value is
     return Problem(
         f"The provenance field {PACKED_FROM_KEY}.{field} is {shown}, not {what}.",
         attr=L.ATTR_PROVENANCE,

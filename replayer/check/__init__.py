@@ -6,6 +6,8 @@ custom ones, :mod:`replayer.check.runtime`), judges each op (:mod:`replayer.chec
 the tolerance of sums and products scaled by the size of their terms,
 :mod:`replayer.check.magnitude`; views by their storage addresses, :mod:`replayer.check.addresses`)
 and returns a :class:`CheckReport` (:mod:`replayer.check.report`).
+:func:`replayer.check.verify.verify` (the ``tracefmt verify`` command) validates a run deeply and
+checks every step that has values.
 """
 
 from replayer.check.checker import check_step

@@ -18,6 +18,7 @@ name for a what-if replay (implies ``chain``); the report then lists how the out
 
 from __future__ import annotations
 
+import reprlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +28,16 @@ import numpy as np
 from replayer.check.addresses import layout_checks
 from replayer.check.compare import Comparison, compare_stats, compare_values, has_stats, tolerance
 from replayer.check.magnitude import linear, term_magnitudes
-from replayer.check.report import CHECKED, FAILED, SKIPPED, Change, CheckReport, OpResult
+from replayer.check.report import (
+    CHECKED,
+    FAILED,
+    SKIPPED,
+    Change,
+    CheckReport,
+    OpResult,
+    relative_change,
+    value_summary,
+)
 from replayer.check.runtime import NOT_COMPUTED, RunError
 from replayer.check.stages import Replay
 from replayer.errors import ReplayError
@@ -269,14 +279,18 @@ class _Checker:
         if value is None or value is NOT_COMPUTED or np.asarray(value).size != 1:
             return OpResult(status=SKIPPED, reason=f"its input {self.names[t]} was not replayed", **base)
         returned = unit.op.attrs["returned"]
-        if not isinstance(returned, bool | int | float):
+        number = _as_float(returned)
+        if number is None:
             return OpResult(
-                status=SKIPPED, reason=f"its recorded number {returned!r} is not a number", **base
+                status=SKIPPED,
+                reason=f"op {unit.op.index} {unit.op.name}: its attribute 'returned' "
+                f"({reprlib.repr(returned)}) is not a number a float64 holds; nothing to compare",
+                **base,
             )
         exact = self.use_record(t) or self.replay.exact.get(t, False)
         tol = 0.0 if exact else max(self.err.get(t, 0.0), tolerance(rec.dtype))
         got = np.asarray(value).reshape(()).astype(np.float64)
-        c = compare_values(got, np.asarray(float(returned)), rec.dtype, tol, exact)
+        c = compare_values(got, np.asarray(number), rec.dtype, tol, exact)
         return OpResult(
             status=CHECKED if c.ok else FAILED,
             method="number",
@@ -317,8 +331,8 @@ class _Checker:
                 new = np.asarray(value, dtype=np.float64)
                 if rec.has_values:
                     old = np.asarray(rec.values(), dtype=np.float64)
-                    rel = _relative_change(new, old)
-                    before, after = _summary(old), _summary(new)
+                    rel = relative_change(new, old)
+                    before, after = value_summary(old), value_summary(new)
                 elif rec.stats is not None and rec.stats.mean is not None:
                     mean, std = rec.stats.mean, rec.stats.std or 0.0
                     scale = float(np.hypot(mean, std)) or 1.0
@@ -337,22 +351,15 @@ class _Checker:
         return changes, outputs
 
 
-def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
-    """Largest change relative to the recorded tensor's RMS (non-finite elements that stayed the
-    same count as unchanged)."""
-    same = (new == old) | (np.isnan(new) & np.isnan(old))
-    finite = np.isfinite(old)
-    scale = float(np.sqrt(np.mean(np.square(old[finite])))) if finite.any() else 1.0
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.where(same, 0.0, np.abs(np.where(np.isfinite(new) & finite, new - old, np.inf)))
-    return float(diff.max()) / (scale or 1.0) if diff.size else 0.0
-
-
-def _summary(x: np.ndarray) -> str:
-    if x.size == 1:
-        return f"{float(x.reshape(-1)[0]):.6g}"
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is a NaN mean, and says so
-        return f"mean {float(x.mean()):.6g}"
+def _as_float(value: object) -> float | None:
+    """The attribute ``returned`` as a float64 (NaN and infinities too: a loss's ``item()``), or
+    None for a hostile one: not a JSON number (a string, a list), or an int over float64's range."""
+    if not isinstance(value, bool | int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
 
 
 def check_step(

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from tracefmt.jsonout import plain
 
 CHECKED, SKIPPED, FAILED = "checked", "skipped", "failed"
@@ -207,3 +209,22 @@ def _render_what_if(report: CheckReport, console: Any) -> None:
         for c in [c for c in report.changes if c.rel_change > 0][:15]:
             table.add_row(str(c.op), c.module, c.tensor, c.recorded, c.replayed, f"{c.rel_change:.3g}")
         console.print(table)
+
+
+def relative_change(new: np.ndarray, old: np.ndarray) -> float:
+    """What-if (``--feed``): the largest change relative to the recorded tensor's RMS
+    (non-finite elements that stayed the same count as unchanged)."""
+    same = (new == old) | (np.isnan(new) & np.isnan(old))
+    finite = np.isfinite(old)
+    scale = float(np.sqrt(np.mean(np.square(old[finite])))) if finite.any() else 1.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(same, 0.0, np.abs(np.where(np.isfinite(new) & finite, new - old, np.inf)))
+    return float(diff.max()) / (scale or 1.0) if diff.size else 0.0
+
+
+def value_summary(x: np.ndarray) -> str:
+    """A tensor in a few characters for the what-if table: its one number, or its mean."""
+    if x.size == 1:
+        return f"{float(x.reshape(-1)[0]):.6g}"
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is a NaN mean, and says so
+        return f"mean {float(x.mean()):.6g}"

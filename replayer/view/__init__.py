@@ -9,6 +9,14 @@ steps go to Model Explorer: :mod:`replayer.view.explorer` (graph JSON, built fro
 :mod:`replayer.view.webapp` (the page on 127.0.0.1).
 """
 
-from replayer.view.netron import Prepared, prepare, prepare_diff, serve_diff, serve_step, stop
+from replayer.view.netron import (
+    Prepared,
+    prepare,
+    prepare_diff,
+    serve_diff,
+    serve_diff_step,
+    serve_step,
+    stop,
+)
 
-__all__ = ["Prepared", "prepare", "prepare_diff", "serve_diff", "serve_step", "stop"]
+__all__ = ["Prepared", "prepare", "prepare_diff", "serve_diff", "serve_diff_step", "serve_step", "stop"]

@@ -2,8 +2,9 @@
 
 Converting a 100,000-op step takes seconds (reading the step, building and encoding its nodes);
 the result depends only on the rank file's contents and the conversion's options.  The cache is a
-folder per conversion under ``$TRACEFMT_CACHE_DIR/explorer`` (default
-``$XDG_CACHE_HOME/tracefmt`` or ``~/.cache/tracefmt``), named by a hash of the rank file's
+folder per conversion in the folder ``explorer`` of the cache directory (:func:`cache_dir`:
+``$TRACEFMT_CACHE_DIR/explorer``; without it ``$XDG_CACHE_HOME/tracefmt/explorer``, else
+``~/.cache/tracefmt/explorer``), named by a hash of the rank file's
 resolved path, size and modification time, the step, rank, phase, module glob, layer limits,
 the tracefmt version and :data:`CACHE_FORMAT`: a file written to (or replaced) is converted
 again.  Each folder holds the graph JSON, the overlays' JSON and ``meta.json`` (counts, the graph
@@ -22,7 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from replayer.view.explorer import ExplorerGraph, export_step
 from replayer.view.layers import LayerLimits
@@ -31,7 +32,7 @@ from tracefmt.progress import ProgressFn
 from tracefmt.reader import Trace
 from tracefmt.version import __version__ as TRACEFMT_VERSION
 
-__all__ = ["CACHE_FORMAT", "KEEP", "cache_dir", "cached_export", "conversion_key"]
+__all__ = ["CACHE_FORMAT", "KEEP", "CachedGraph", "cache_dir", "cached_export", "conversion_key"]
 
 #: Changes whenever the converted JSON changes for the same input.
 CACHE_FORMAT = 2
@@ -39,8 +40,16 @@ CACHE_FORMAT = 2
 KEEP = 8
 
 
+class CachedGraph(NamedTuple):
+    """What :func:`cached_export` returns: the graph, and whether it came from the cache."""
+
+    graph: ExplorerGraph
+    from_cache: bool
+
+
 def cache_dir() -> Path:
-    """Where converted graphs are kept (the folder may not exist yet)."""
+    """Where converted graphs are kept (the folder may not exist yet): ``explorer`` in
+    ``$TRACEFMT_CACHE_DIR``, else in ``$XDG_CACHE_HOME/tracefmt``, else in ``~/.cache/tracefmt``."""
     explicit = os.environ.get("TRACEFMT_CACHE_DIR")
     if explicit:
         return Path(explicit) / "explorer"
@@ -81,23 +90,27 @@ def _load(folder: Path) -> ExplorerGraph | None:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         text = (folder / "graph.json").read_text(encoding="utf-8")
         overlays = tuple(
-            NodeData(str(o["key"]), str(o["name"]), (folder / f"overlay{i}.json").read_text("utf-8"))
+            NodeData(
+                key=str(o["key"]),
+                name=str(o["name"]),
+                text=(folder / f"overlay{i}.json").read_text("utf-8"),
+            )
             for i, o in enumerate(meta["overlays"])
         )
         graph_of = {node: gid for gid, nodes in meta["graph_of"].items() for node in nodes}
         widest = (str(meta["widest"][0]), int(meta["widest"][1]))
         graph = ExplorerGraph(
-            str(meta["graph_id"]),
-            text,
-            overlays,
-            int(meta["ops"]),
-            int(meta["inputs"]),
-            widest,
-            tuple(str(p) for p in meta["phases"]),
-            graph_of,
-            int(meta["graphs"]),
-            int(meta["overview_nodes"]),
-            None if meta["focus"] is None else str(meta["focus"]),
+            graph_id=str(meta["graph_id"]),
+            text=text,
+            overlays=overlays,
+            ops=int(meta["ops"]),
+            inputs=int(meta["inputs"]),
+            widest=widest,
+            phases=tuple(str(p) for p in meta["phases"]),
+            graph_of=graph_of,
+            graphs=int(meta["graphs"]),
+            overview_nodes=int(meta["overview_nodes"]),
+            focus=None if meta["focus"] is None else str(meta["focus"]),
         )
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None  # absent, half-written by an older version, or damaged: convert again
@@ -162,7 +175,7 @@ def cached_export(
     limits: LayerLimits | None = None,
     progress: ProgressFn | None = None,
     use_cache: bool = True,
-) -> tuple[ExplorerGraph, bool]:
+) -> CachedGraph:
     """:func:`~replayer.view.explorer.export_step`, from the cache when this conversion was
     done before; returns the graph and whether it came from the cache.  A cache that cannot be
     written (a read-only home) only costs the next view its conversion."""
@@ -171,15 +184,15 @@ def cached_export(
         graph = export_step(
             trace, step, rank=rank, phase=phase, module=module, limits=limits, progress=progress
         )
-        return graph, False
+        return CachedGraph(graph=graph, from_cache=False)
     root = cache_dir()
     key = conversion_key(trace, step, rank=rank, phase=phase, module=module, limits=limits)
     hit = _load(root / key)
     if hit is not None:
-        return hit, True
+        return CachedGraph(graph=hit, from_cache=True)
     graph = export_step(
         trace, step, rank=rank, phase=phase, module=module, limits=limits, progress=progress
     )
     with contextlib.suppress(OSError):
         _store(root, key, graph)
-    return graph, False
+    return CachedGraph(graph=graph, from_cache=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,32 +61,46 @@ def _step_ops(trace: tracefmt.Trace, step: int, rank: int | None) -> int:
     raise ReplayError(f"Step {step} is not in the trace; `tracefmt ls` lists its steps.")
 
 
-def _explorer(
-    trace: str,
-    step_no: int,
-    rank: int | None,
-    phase: str,
-    module: str | None,
-    port: int,
-    browse: bool,
-    reason: str,
-    cache: bool,
-) -> None:
+@dataclass(frozen=True)
+class ExplorerOptions:
+    """What ``replayer view --viewer explorer`` serves (a step of a trace, its ops of ``phase``
+    in modules matching ``module``) and how (port, browser, the conversion cache)."""
+
+    trace: str
+    step: int
+    rank: int | None = None
+    phase: str = "all"
+    module: str | None = None
+    port: int = 0
+    browse: bool = False
+    cache: bool = True
+
+
+def _explorer(opts: ExplorerOptions, *, reason: str) -> None:
+    """Convert (or take from the cache) and serve one step in Model Explorer until Ctrl-C;
+    ``reason`` is why this viewer was chosen."""
     from replayer.view.cache import cached_export
     from replayer.view.webapp import serve_graph
 
-    with tracefmt.open(trace) as t, progress_bar("convert", "nodes") as progress:
-        graph, cached = cached_export(
-            t, step_no, rank=rank, phase=phase, module=module, progress=progress, use_cache=cache
+    with tracefmt.open(opts.trace) as t, progress_bar("convert", "nodes") as progress:
+        done = cached_export(
+            t,
+            opts.step,
+            rank=opts.rank,
+            phase=opts.phase,
+            module=opts.module,
+            progress=progress,
+            use_cache=opts.cache,
         )
-    if cached:
+    graph = done.graph
+    if done.from_cache:
         click.echo("converted before: the graph comes from the cache (--no-cache converts again).")
-    server = serve_graph(graph, port=port)
+    server = serve_graph(graph, port=opts.port)
     widest, children = graph.widest
     overlays = ", ".join(o.name for o in graph.overlays) or "none"
     lines = [
         reason,
-        f"{phase}: {graph.ops:,} ops and {graph.inputs:,} input tensors as nodes in layers by "
+        f"{opts.phase}: {graph.ops:,} ops and {graph.inputs:,} input tensors as nodes in layers by "
         f"phase and module (the widest, {widest or 'the top level'!r}, has {children} children). "
         "Double-click a layer to open it"
         + (
@@ -95,11 +110,11 @@ def _explorer(
             else ""
         )
         + f"; overlays (the eye icons): {overlays}.",
-        f"serving step {step_no} at {server.url} (Ctrl-C stops)",
+        f"serving step {opts.step} at {server.url} (Ctrl-C stops)",
     ]
     if graph.focus is not None:  # the step holds NaN/Inf: the NaN-path overlay comes first
         lines.insert(-1, f"NaN/Inf entered at {graph.focus}: the page opens on it.")
-    if browse:
+    if opts.browse:
         import webbrowser
 
         webbrowser.open(server.url)
@@ -120,7 +135,7 @@ def serve_diff_view(
     """Serve side B's step of a diff (``view --diff``, ``diff --view``) until Ctrl-C: Model
     Explorer with the divergence overlay, opened on the origin, or Netron with divergent ops
     marked, as :func:`choose_viewer` picks for B's step."""
-    from replayer.view.netron import serve_diff
+    from replayer.view.netron import serve_diff_step
 
     with tracefmt.open(dv.path) as t:
         choice = choose_viewer(viewer, _step_ops(t, dv.step, dv.rank))
@@ -149,10 +164,8 @@ def serve_diff_view(
             webbrowser.open(server.url)
         _serve_until_stopped(server.running, server.stop, lines)
         return
-    _, served = serve_diff(
-        "",
-        "",
-        view=dv,
+    served = serve_diff_step(
+        dv,
         phase=phase or "forward",
         module=module,
         depth=depth,
@@ -228,12 +241,13 @@ def view(
     Model Explorer (`pip install --no-deps ai-edge-model-explorer`) shows steps of 100,000 ops
     layer by layer, with statistics, time and memory as overlays (a step holding NaN/Inf also
     the path from where it entered to the loss, and the page opens there); a conversion is
-    kept in the cache ($TRACEFMT_CACHE_DIR or ~/.cache/tracefmt) for the next view.  With
+    kept for the next view in the folder 'explorer' of the cache directory
+    ($TRACEFMT_CACHE_DIR/explorer, else $XDG_CACHE_HOME/tracefmt/explorer, else
+    ~/.cache/tracefmt/explorer; the last 8 conversions).  With
     --diff A B, no TRACE or --step: serve side B's step with the ops that diverge from A
     marked (Netron: node names start with '≠'; Model Explorer: an overlay of each op's
     relative difference, the page opened on the origin).
     """
-    cache = not no_cache
     from replayer.view.netron import prepare_diff, serve_step
 
     if diff_sides:
@@ -272,7 +286,17 @@ def view(
     if choice.viewer == "explorer":
         if depth is not None or flat:
             raise click.UsageError("--depth and --flat fold Netron's view; Model Explorer has layers.")
-        _explorer(trace, step_no, rank, phase or "all", module, port, browse, choice.reason, cache)
+        opts = ExplorerOptions(
+            trace=trace,
+            step=step_no,
+            rank=rank,
+            phase=phase or "all",
+            module=module,
+            port=port,
+            browse=browse,
+            cache=not no_cache,
+        )
+        _explorer(opts, reason=choice.reason)
         return
     running, stop = _netron_lines(served.host, served.port)
     url_line = f"serving step {step_no} at {served.url} (Ctrl-C stops)"
@@ -288,7 +312,7 @@ def echo_explorer_export(
     from replayer.view.explorer import write_export
 
     with tracefmt.open(trace) as t, progress_bar("export", "nodes") as progress:
-        graph, _ = cached_export(t, step_no, rank=rank, phase=phase, module=module, progress=progress)
+        graph = cached_export(t, step_no, rank=rank, phase=phase, module=module, progress=progress).graph
     files = write_export(graph, output)
     overlays = files[1:]
     names = ", ".join(Path(f).name for f in overlays)

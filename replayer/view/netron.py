@@ -322,13 +322,35 @@ def serve_diff(
     browse: bool = False,
     rtol: float | None = None,
     atol: float | None = None,
-    view: DiffView | None = None,
 ) -> tuple[DiffView, Served]:
-    """Diff two sides (unless ``view`` is that diff already) and serve side B's step with its
-    divergent ops marked."""
+    """Diff two sides and serve side B's step with its divergent ops marked."""
+    view = prepare_diff(side_a, side_b, rtol=rtol, atol=atol)
+    served = serve_diff_step(
+        view,
+        phase=phase,
+        module=module,
+        depth=depth,
+        auto_depth=auto_depth,
+        port=port,
+        browse=browse,
+    )
+    return view, served
+
+
+def serve_diff_step(
+    view: DiffView,
+    *,
+    phase: str = "forward",
+    module: str | None = None,
+    depth: int | None = None,
+    auto_depth: bool = True,
+    port: int = 0,
+    browse: bool = False,
+) -> Served:
+    """Serve side B's step of a diff already made (:func:`prepare_diff`) with its divergent
+    ops marked."""
     import tracefmt
 
-    view = view or prepare_diff(side_a, side_b, rtol=rtol, atol=atol)
     with tracefmt.open(view.path) as trace:
         shown = prepare(
             trace,
@@ -340,7 +362,7 @@ def serve_diff(
             auto_depth=auto_depth,
             diverged=view.notes,
         )
-    return view, _serve(shown, f"step{view.step}-{phase}-diff.onnx", port=port, browse=browse)
+    return _serve(shown, f"step{view.step}-{phase}-diff.onnx", port=port, browse=browse)
 
 
 def stop(host: str, port: int, timeout: float = 10.0) -> None:

@@ -62,7 +62,10 @@ def test_a_recorded_two_rank_run_packs_verifies_and_shrinks(
         f"\n{values_filter}: {summary['source_bytes']} -> {summary['output_bytes']} bytes, ratio "
         f"{summary['ratio']:.2f}, {summary['seconds']:.2f} s, {summary['mb_per_s']:.1f} MB/s"
     )
-    assert assert_same_run(recorded, archive) > 600  # every value of 6 steps, bit for bit
+    same = assert_same_run(recorded, archive)  # every value of 6 steps, bit for bit
+    assert same.values > 600
+    assert same.rng_steps == 6  # each step's RNG states, and its module table, kept
+    assert same.module_steps == 6
     verified = runner.invoke(tracefmt_main, ["verify", str(archive), "--json"])
     assert verified.exit_code == 0, verified.output
     report = json.loads(verified.output)

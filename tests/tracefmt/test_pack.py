@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -24,14 +25,15 @@ import pytest
 from click.testing import CliRunner
 
 import tracefmt
+from replayer.check.verify import PASS, verify
 from tests import badfiles as bad
+from tests.tracefmt.packfiles import with_packed_from
 from tracefmt import TraceError, read_manifest
 from tracefmt import _layout as L
 from tracefmt.cli import main as tracefmt_main
 from tracefmt.pack import PACK_TOOL, pack
 from tracefmt.packinfo import PACKED_FROM_KEY, parse_packed_from
 from tracefmt.validate import validate
-from tracefmt.verify import PASS, verify
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
@@ -48,11 +50,20 @@ def _golden_run(version: str) -> Path:
     return run
 
 
-def assert_same_run(source: Path, archive: Path) -> int:
+class Compared(NamedTuple):
+    """What :func:`assert_same_run` found equal: tensors with values, steps with RNG states
+    (format 1.6) and steps with a module table (format 1.5)."""
+
+    values: int
+    rng_steps: int
+    module_steps: int
+
+
+def assert_same_run(source: Path, archive: Path) -> Compared:
     """Every step of every rank of ``archive`` equals ``source``'s: graph, statistics (with their
-    fingerprints), histograms, events, scalars and values bit for bit, and each rank file's
-    ``data_index`` fingerprints row for row.  Returns the number of tensors with values."""
-    n_values = 0
+    fingerprints), histograms, events, scalars, RNG states, module table and values bit for bit,
+    and each rank file's ``data_index`` fingerprints row for row."""
+    n_values = n_rng = n_modules = 0
     with tracefmt.open(source) as src, tracefmt.open(archive) as out:
         assert out.ranks == src.ranks
         assert out.run_id == src.run_id
@@ -63,6 +74,11 @@ def assert_same_run(source: Path, archive: Path) -> int:
                 assert [op.name for op in b.ops] == [op.name for op in a.ops]
                 assert [op.attrs for op in b.ops] == [op.attrs for op in a.ops]
                 assert (b.scalars, b.events) == (a.scalars, a.events)
+                assert b.rng_states == a.rng_states, (s, rank)
+                n_rng += bool(a.rng_states)
+                modules = src.modules(s, rank)
+                assert out.modules(s, rank) == modules, (s, rank)
+                n_modules += modules is not None and len(modules.modules) > 0
                 assert len(b.tensors) == len(a.tensors)
                 for x, y in zip(a.tensors, b.tensors, strict=True):
                     assert y.meta == x.meta, (s, rank, x.index)
@@ -76,7 +92,7 @@ def assert_same_run(source: Path, archive: Path) -> int:
                         assert vy.tobytes() == vx.tobytes(), (s, rank, x.index)
                         n_values += 1
             assert _fingerprints(out.rank_file(rank).path) == _fingerprints(src.rank_file(rank).path)
-    return n_values
+    return Compared(values=n_values, rng_steps=n_rng, module_steps=n_modules)
 
 
 def _same_stats(x: tracefmt.TensorRecord, y: tracefmt.TensorRecord) -> bool:
@@ -118,7 +134,7 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @needs_plugin
 def test_the_archive_reads_back_bit_for_bit(packed: tuple[Path, Path]) -> None:
     source, archive = packed
-    assert assert_same_run(source, archive) > 0
+    assert assert_same_run(source, archive).values > 0
     assert sorted(p.name for p in archive.iterdir()) == sorted(p.name for p in source.iterdir())
     assert read_manifest(archive) == read_manifest(source)
 
@@ -151,10 +167,10 @@ def test_the_archive_uses_the_filter_and_says_what_it_was_packed_from(
             assert own.values_filter == orig.values_filter
             assert manifest.sha256 == _sha256(source / "run.json")
     assert validate(archive, deep=True) == []
-    info = CliRunner().invoke(tracefmt_main, ["info", str(archive)])
-    assert info.exit_code == 0, info.output
-    assert "packed: by tracefmt pack" in info.output
-    assert "with blosc2-zstd from" in info.output
+    shown = CliRunner().invoke(tracefmt_main, ["info", str(archive)])
+    assert shown.exit_code == 0, shown.output
+    assert "packed: by tracefmt pack" in shown.output
+    assert "with blosc2-zstd from" in shown.output
 
 
 @needs_plugin
@@ -190,6 +206,33 @@ def test_verify_json(packed: tuple[Path, Path]) -> None:
     assert {c["mode"] for c in data["checks"]} == {"local", "chain", "-"}  # "-": a step without values
 
 
+def test_a_format_1_6_run_keeps_its_rng_states_and_module_tables(tmp_path: Path) -> None:
+    source = _golden_run("1.6")
+    pack(source, tmp_path / "a", values_filter="gzip")
+    found = assert_same_run(source, tmp_path / "a")
+    assert found.values > 0
+    assert found.rng_steps > 0
+    assert found.module_steps > 0
+    assert validate(tmp_path / "a", deep=True) == []
+
+
+def test_an_unreadable_manifest_is_refused(tmp_path: Path) -> None:
+    run = shutil.copytree(_golden_run("1.2"), tmp_path / "run")
+    (run / "run.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(TraceError, match="manifest") as caught:
+        pack(run, tmp_path / "a", values_filter="gzip")
+    message = str(caught.value)
+    assert str(run / "run.json") in message
+    assert "cannot be read" in message
+    assert "Repair or restore run.json" in message
+    assert not (tmp_path / "a").exists()
+    result = CliRunner().invoke(
+        tracefmt_main, ["pack", str(run), "-o", str(tmp_path / "b"), "--filter", "gzip"]
+    )
+    assert result.exit_code == 2
+    assert "run.json" in result.output
+
+
 @pytest.mark.parametrize("values_filter", ["gzip", "zstd"])
 def test_a_format_1_0_run_packs_into_the_current_format(tmp_path: Path, values_filter: str) -> None:
     if values_filter != "gzip":
@@ -198,7 +241,7 @@ def test_a_format_1_0_run_packs_into_the_current_format(tmp_path: Path, values_f
     summary = pack(source, tmp_path / "a", values_filter=values_filter)
     assert summary.values_filter == values_filter
     assert summary.steps == 6
-    assert assert_same_run(source, tmp_path / "a") > 0
+    assert assert_same_run(source, tmp_path / "a").values > 0
     with tracefmt.open(tmp_path / "a") as out:
         version = out.rank_file(0).version
         assert (version.major, version.minor) == (L.FORMAT_MAJOR, L.FORMAT_MINOR)
@@ -300,10 +343,21 @@ def test_without_hdf5plugin_reading_and_packing_say_what_to_install(
     assert not (tmp_path / "a").exists()
 
 
-def test_verify_without_the_replayer_says_so(tmp_path: Path) -> None:
+@pytest.mark.parametrize("missing", ["onnxruntime", "replayer"])
+def test_verify_without_the_replayer_says_so(tmp_path: Path, missing: str) -> None:
     archive = tmp_path / "a"
     pack(_golden_run("1.2"), archive, values_filter="gzip")
-    done = _without("onnxruntime", "from tracefmt.cli import main\nmain()\n", "verify", str(archive))
+    done = _without(missing, "from tracefmt.cli import main\nmain()\n", "verify", str(archive))
     assert done.returncode == 2, done.stderr
-    assert "onnxruntime" in done.stderr
+    assert missing in done.stderr
     assert "tracefmt validate --deep" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_info_reads_packed_from_with_the_parser(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    path = bad.write_base(tracefmt.rank_file_path(run, 0), steps=1)
+    with_packed_from(path, {"sources": "rank-00000.tft.h5"})
+    result = CliRunner().invoke(tracefmt_main, ["info", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "packed: unreadable: The provenance field packed_from.sources is" in result.output

@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from tracefmt._primitives import Problem, tensor_dims
 from tracefmt._rows import EdgeRow, OpRow, TensorRow, named
+
+
+class StringRef(NamedTuple):
+    """A string reference, as TF-STR-001 and TF-STR-002 check it: where it is (table, row, step
+    or None, field), the string id, and whether the string is required."""
+
+    table: str
+    row: int
+    step: int | None
+    field: str
+    sid: int
+    required: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from tracefmt import _layout as L
 from tracefmt._primitives import Problem, tensor_dims
@@ -17,7 +16,7 @@ from tracefmt.dtypes import DType
 from tracefmt.model import Phase, Role
 from tracefmt.rules._base import Issue, rule
 from tracefmt.rules._context import FileContext
-from tracefmt.rules._views import GraphView
+from tracefmt.rules._views import GraphView, StringRef
 from tracefmt.rules.lightsteps import light_rows, usable_light_refs
 from tracefmt.rules.modulerows import module_string_refs
 from tracefmt.rules.rngrows import rng_string_refs
@@ -31,37 +30,25 @@ def _graph_start(ctx: FileContext, view: GraphView, field: str) -> int:
     return int(ctx.table(L.GRAPHS)[view.index][field])
 
 
-class _StringRef(NamedTuple):
-    """A string reference: where it is (table, row, step or None, field), the string id, and
-    whether the string is required."""
-
-    table: str
-    row: int
-    step: int | None
-    field: str
-    sid: int
-    required: bool
-
-
-def _string_refs(ctx: FileContext) -> Iterator[_StringRef]:
+def _string_refs(ctx: FileContext) -> Iterator[StringRef]:
     """Every string reference that committed steps reach (locations are built only for issues)."""
     for view in ctx.graph_views():
         op0 = _graph_start(ctx, view, "op_start")
         for i, op in enumerate(view.op_list):
-            yield _StringRef(L.OPS, op0 + i, None, "name", op.name, True)
-            yield _StringRef(L.OPS, op0 + i, None, "module", op.module, False)
-            yield _StringRef(L.OPS, op0 + i, None, "attrs", op.attrs, False)
-            yield _StringRef(L.OPS, op0 + i, None, "source", op.source, False)
+            yield StringRef(L.OPS, op0 + i, None, "name", op.name, True)
+            yield StringRef(L.OPS, op0 + i, None, "module", op.module, False)
+            yield StringRef(L.OPS, op0 + i, None, "attrs", op.attrs, False)
+            yield StringRef(L.OPS, op0 + i, None, "source", op.source, False)
         t0 = _graph_start(ctx, view, "tensor_start")
         for j, t in enumerate(view.tensor_list):
-            yield _StringRef(L.TENSORS, t0 + j, None, "device", t.device, False)
-            yield _StringRef(L.TENSORS, t0 + j, None, "name", t.name, False)
+            yield StringRef(L.TENSORS, t0 + j, None, "device", t.device, False)
+            yield StringRef(L.TENSORS, t0 + j, None, "name", t.name, False)
     for ref in ctx.steps():
         op_attrs = ctx.override_rows(ref, L.OP_ATTRS)
         if op_attrs is not None and ref.overrides is not None:
             start = ref.overrides[L.OP_ATTRS].start
             for k, sid in enumerate(op_attrs["attrs"].tolist()):
-                yield _StringRef(L.OP_ATTRS, start + k, ref.step, "attrs", sid, False)
+                yield StringRef(L.OP_ATTRS, start + k, ref.step, "attrs", sid, False)
         for table, fields in (
             (L.EVENTS, (("kind", True), ("message", False))),
             (L.SCALARS, (("name", True),)),
@@ -74,7 +61,7 @@ def _string_refs(ctx: FileContext) -> Iterator[_StringRef]:
             start = ref.ranges[table].start
             for field, required in fields:
                 for k, sid in enumerate(rows[field].tolist()):
-                    yield _StringRef(table, start + k, ref.step, field, sid, required)
+                    yield StringRef(table, start + k, ref.step, field, sid, required)
     for light in usable_light_refs(ctx):  # format 1.4
         for table, fields in _LIGHT_STRINGS:
             rows = light_rows(ctx, light, table) if light.ranges[table].count else None
@@ -83,9 +70,9 @@ def _string_refs(ctx: FileContext) -> Iterator[_StringRef]:
             start = light.ranges[table].start
             for field, required in fields:
                 for k, sid in enumerate(rows[field].tolist()):
-                    yield _StringRef(table, start + k, light.step, field, sid, required)
-    yield from (_StringRef(*ref) for ref in module_string_refs(ctx))  # format 1.5
-    yield from (_StringRef(*ref) for ref in rng_string_refs(ctx))  # format 1.6
+                    yield StringRef(table, start + k, light.step, field, sid, required)
+    yield from module_string_refs(ctx)  # format 1.5
+    yield from rng_string_refs(ctx)  # format 1.6
 
 
 #: The string fields of a light step's tables, and whether each is required.
@@ -96,7 +83,7 @@ _LIGHT_STRINGS = (
 )
 
 
-def _ref_loc(ctx: FileContext, ref: _StringRef) -> str:
+def _ref_loc(ctx: FileContext, ref: StringRef) -> str:
     return f"{ctx.loc(ref.table, ref.row, ref.step)} {ref.field}"
 
 

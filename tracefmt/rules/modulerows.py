@@ -17,11 +17,7 @@ from tracefmt._modlayout import MAX_MODULES, MODULES, STEP_MODULES
 from tracefmt.moduletable import ModuleInfo, count_problems, tree_problems
 from tracefmt.rules._base import Issue, Skip, rule
 from tracefmt.rules._context import FileContext
-from tracefmt.rules._views import Span, StepRef
-
-#: A string reference of a module row, as :mod:`tracefmt.rules.graph` checks it for TF-STR-001
-#: and TF-STR-002: (table, row, step, field, string id, required).
-StringRef = tuple[str, int, int, str, int, bool]
+from tracefmt.rules._views import Span, StepRef, StringRef
 
 
 def _applies(ctx: FileContext) -> bool:
@@ -58,8 +54,16 @@ def module_string_refs(ctx: FileContext) -> Iterator[StringRef]:
             for k, (path, cls) in enumerate(
                 zip(rows["path"].tolist(), rows["class_name"].tolist(), strict=True)
             ):
-                yield (MODULES, span.start + k, ref.step, "path", path, True)
-                yield (MODULES, span.start + k, ref.step, "class_name", cls, False)
+                row = span.start + k
+                for field, sid, required in (("path", path, True), ("class_name", cls, False)):
+                    yield StringRef(
+                        table=MODULES,
+                        row=row,
+                        step=ref.step,
+                        field=field,
+                        sid=sid,
+                        required=required,
+                    )
     except Skip:
         return
 

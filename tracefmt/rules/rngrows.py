@@ -24,11 +24,7 @@ from tracefmt._rnglayout import (
 from tracefmt.rngstate import devices_problems
 from tracefmt.rules._base import Issue, Skip, rule
 from tracefmt.rules._context import FileContext
-from tracefmt.rules._views import Span, StepRef
-
-#: A string reference of an ``rng_states`` row, as :mod:`tracefmt.rules.graph` checks it for
-#: TF-STR-001 and TF-STR-002: (table, row, step, field, string id, required).
-StringRef = tuple[str, int, int, str, int, bool]
+from tracefmt.rules._views import Span, StepRef, StringRef
 
 
 def _applies(ctx: FileContext) -> bool:
@@ -59,7 +55,14 @@ def rng_string_refs(ctx: FileContext) -> Iterator[StringRef]:
     try:
         for ref, span, rows in _states(ctx):
             for k, sid in enumerate(rows["device"].tolist()):
-                yield (RNG_STATES, span.start + k, ref.step, "device", sid, True)
+                yield StringRef(
+                    table=RNG_STATES,
+                    row=span.start + k,
+                    step=ref.step,
+                    field="device",
+                    sid=sid,
+                    required=True,
+                )
     except Skip:
         return
 

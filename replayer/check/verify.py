@@ -2,7 +2,7 @@
 
 :func:`verify` runs the validator with the deep checks (every chunk read back through its filters,
 every fingerprint checked: ``tracefmt validate --deep``), then re-executes every step that holds
-recorded values with ``replayer check``:
+recorded values with ``replayer check`` (:func:`replayer.check.check_step`):
 
 - *local* mode where the step has values: each op runs on its recorded inputs and its outputs are
   compared with the recorded values, statistics and fingerprints;
@@ -11,11 +11,11 @@ recorded values with ``replayer check``:
   op's draws have values.  Then the whole step is re-executed from those alone, errors accumulating
   as in a re-run, which proves the record of the step complete.
 
-A step without values cannot be re-executed and is listed as such.  The replayer (ONNX and ONNX
-Runtime) is imported only when :func:`verify` runs, so ``tracefmt`` itself works without it; when it
-cannot be imported :func:`verify` raises a :class:`~tracefmt.errors.TraceError` saying what to
-install.  :attr:`VerifyReport.exit_code` is the CLI's: 0 all good, 1 a validation error or a check
-that failed, 2 the path could not be read as a trace.
+A step without values cannot be re-executed and is listed as such.  The command lives in the
+``tracefmt`` CLI (archives are ``tracefmt pack``'s), which imports this module only when it runs;
+the work is here because re-execution is the replayer's (ONNX, ONNX Runtime).
+:attr:`VerifyReport.exit_code` is the CLI's: 0 all good, 1 a validation error or a check that
+failed, 2 the path could not be read as a trace.
 
 Example::
 
@@ -27,11 +27,13 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from replayer.check.checker import check_step
+from replayer.check.report import CheckReport
+from replayer.errors import ReplayError
+from replayer.export.ops import plausibility_for
 from tracefmt.errors import TraceError
 from tracefmt.progress import ProgressFn
 from tracefmt.reader import Step, Trace
@@ -49,7 +51,6 @@ __all__ = [
     "VerifyReport",
     "has_leaves",
     "reexecute",
-    "require_replayer",
     "verify",
 ]
 
@@ -64,16 +65,16 @@ EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
 @dataclass(frozen=True)
 class StepCheck:
     """One re-execution of one step of one rank (``mode`` ``local`` or ``chain``), or a step
-    that could not be re-executed (``mode`` ``-``, verdict :data:`NO_VALUES`)."""
+    that could not be re-executed (``mode`` ``-``, verdict :data:`NO_VALUES` or :data:`ERROR`)."""
 
     step: int
     rank: int
     mode: str
-    ops: int
-    checked: int
-    skipped: int
-    failed: int
     verdict: str
+    ops: int = 0
+    checked: int = 0
+    skipped: int = 0
+    failed: int = 0
     #: the first failed ops, or why the check could not run
     detail: str = ""
     seconds: float = 0.0
@@ -107,37 +108,34 @@ class VerifyReport:
         return EXIT_OK if self.passed else EXIT_FAILED
 
 
-def require_replayer() -> tuple[Callable[..., Any], Callable[[str], Any]]:
-    """``replayer.check.check_step`` and ``replayer.export.ops.plausibility_for``, imported now."""
+def _require_runtime() -> None:
+    """ONNX Runtime is imported only when a check runs; say before any work when it is missing."""
     try:
-        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
-
-        from replayer.check import check_step
-        from replayer.export.ops import plausibility_for
     except ImportError as e:
-        raise TraceError(
-            f"tracefmt verify re-executes steps with the replayer, which needs onnx and onnxruntime, "
-            f"but it cannot be imported here ({e}). Install them (pip install onnx onnxruntime), "
-            "or run 'tracefmt validate --deep' for the checks that need no re-execution."
+        raise ReplayError(
+            f"tracefmt verify re-executes steps with ONNX Runtime, which cannot be imported here "
+            f"({e}). Install it (pip install onnxruntime), or run 'tracefmt validate --deep' for "
+            "the checks that need no re-execution."
         ) from e
-    return check_step, plausibility_for
 
 
-def has_leaves(step: Step, is_random: Callable[[str], Any]) -> bool:
+def has_leaves(step: Step) -> bool:
     """Whether ``step`` holds the values of everything it starts from: each tensor an op reads
-    that no op of the step produced, and each output of an op ``is_random`` names (a draw)."""
+    that no op of the step produced, and each output of a random op (a draw)."""
     read = {t for op in step.ops for t in op.inputs}
     for t in step.tensors:
         if t.index in read and t.meta.producer is None and not t.has_values:
             return False
     for op in step.ops:
-        if is_random(op.name) is not None and not all(step.tensors[t].has_values for t in op.outputs):
+        if plausibility_for(op.name) is not None and not all(
+            step.tensors[t].has_values for t in op.outputs
+        ):
             return False
     return True
 
 
-def _from_report(report: Any) -> StepCheck:
+def _from_report(report: CheckReport) -> StepCheck:
     c = report.counts().get("all", {"ops": 0, "checked": 0, "skipped": 0, "failed": 0})
     failed = report.failed
     detail = "; ".join(f"op {r.op} {r.name}: {r.reason or 'mismatch'}" for r in failed[:3])
@@ -147,37 +145,40 @@ def _from_report(report: Any) -> StepCheck:
         step=report.step,
         rank=report.rank,
         mode=report.mode,
+        verdict=FAIL if not report.passed else (PASS if c["checked"] else NOTHING_CHECKED),
         ops=c["ops"],
         checked=c["checked"],
         skipped=c["skipped"],
         failed=c["failed"],
-        verdict=FAIL if not report.passed else (PASS if c["checked"] else NOTHING_CHECKED),
         detail=detail,
         seconds=report.seconds,
     )
 
 
-def _check_rank_step(
-    trace: Trace,
-    step_no: int,
-    rank: int,
-    check_step: Callable[..., Any],
-    is_random: Callable[[str], Any],
-) -> list[StepCheck]:
+def _check_rank_step(trace: Trace, step_no: int, rank: int) -> list[StepCheck]:
     try:
         step = trace.step(step_no, rank)
         if not any(t.has_values for t in step.tensors):
-            return [StepCheck(step_no, rank, "-", len(step.ops), 0, len(step.ops), 0, NO_VALUES)]
-        modes = [False, True] if has_leaves(step, is_random) else [False]
+            n = len(step.ops)
+            return [StepCheck(step=step_no, rank=rank, mode="-", verdict=NO_VALUES, ops=n, skipped=n)]
+        modes = [False, True] if has_leaves(step) else [False]
     except TraceError as e:
-        return [StepCheck(step_no, rank, "-", 0, 0, 0, 0, ERROR, str(e))]
+        return [StepCheck(step=step_no, rank=rank, mode="-", verdict=ERROR, detail=str(e))]
     out = []
     for chain in modes:
         try:
             out.append(_from_report(check_step(trace, step_no, rank=rank, chain=chain)))
         except TraceError as e:  # a damaged value, a step the replayer cannot map
-            mode = "chain" if chain else "local"
-            out.append(StepCheck(step_no, rank, mode, len(step.ops), 0, 0, 0, ERROR, str(e)))
+            out.append(
+                StepCheck(
+                    step=step_no,
+                    rank=rank,
+                    mode="chain" if chain else "local",
+                    verdict=ERROR,
+                    ops=len(step.ops),
+                    detail=str(e),
+                )
+            )
     return out
 
 
@@ -186,13 +187,13 @@ def reexecute(
 ) -> tuple[StepCheck, ...]:
     """Re-execute every step of every rank of ``path`` that has values (module docstring);
     ``progress(done, total)`` after each step.  Raises :class:`~tracefmt.errors.TraceError` when
-    the replayer cannot be imported or ``path`` cannot be opened."""
-    check_step, is_random = require_replayer()
+    ONNX Runtime cannot be imported or ``path`` cannot be opened."""
+    _require_runtime()
     checks: list[StepCheck] = []
     with open_trace(path) as trace:
         todo = [(s, r) for r in trace.ranks for s in trace.steps(r)]
         for i, (step_no, rank) in enumerate(todo):
-            checks.extend(_check_rank_step(trace, step_no, rank, check_step, is_random))
+            checks.extend(_check_rank_step(trace, step_no, rank))
             if progress is not None:
                 progress(i + 1, len(todo))
     return tuple(checks)
@@ -206,10 +207,10 @@ def verify(
 ) -> VerifyReport:
     """Validate ``path`` (a run directory or a rank file) deeply, then :func:`reexecute` it.
     ``validate_progress`` and ``progress`` (steps) are called as the two parts go.  Raises
-    :class:`~tracefmt.errors.TraceError` when the replayer cannot be imported (before any
+    :class:`~tracefmt.errors.TraceError` when ONNX Runtime cannot be imported (before any
     work); an unreadable path is a finding (:attr:`VerifyReport.unreadable`)."""
-    require_replayer()
+    _require_runtime()
     findings = tuple(validate(path, deep=True, progress=validate_progress))
     if any(f.rule == UNREADABLE for f in findings):
-        return VerifyReport(Path(path), findings, ())
-    return VerifyReport(Path(path), findings, reexecute(path, progress=progress))
+        return VerifyReport(path=Path(path), findings=findings, checks=())
+    return VerifyReport(path=Path(path), findings=findings, checks=reexecute(path, progress=progress))
