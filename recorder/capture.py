@@ -350,7 +350,7 @@ class StepCapture:
             for i, o in enumerate(out):
                 if isinstance(o, torch.Tensor):
                     returned.append((o, info.view_of_return(i)))
-        elif isinstance(out, (bool, int, float)):  # tensor.item(): its number, for replays
+        elif self.options.values is not None and isinstance(out, (bool, int, float)):  # item()
             attrs = {**(attrs or {}), "returned": json_value(out)}
         if written:
             returned_ids = {id(o) for o, _ in returned}

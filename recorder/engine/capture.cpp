@@ -1135,8 +1135,11 @@ class Engine {
     int64_t mem = fresh_bytes(p, returned);
     int32_t name = op_string(m);
     // A number handed back to Python (tensor.item()): kept as the attribute "returned"
-    // (capture.py does the same), so a replay has something to compare it with.
-    if (n_ret == 1 && returned.empty() && (rets[0].isDouble() || rets[0].isInt() || rets[0].isBool()))
+    // (capture.py does the same), so a replay has something to compare it with; only when values
+    // are recorded (without them there is nothing to replay it from, and a number that changes
+    // every step, an optimizer's step count, would give the graph per-step overrides).
+    if (values && n_ret == 1 && returned.empty() &&
+        (rets[0].isDouble() || rets[0].isInt() || rets[0].isBool()))
       p.attrs.push_back(Attr{intern("returned"), Kind::Plain, rets[0]});
     // The op's row goes in whatever happens below: outputs already given to the table name
     // it as their producer.

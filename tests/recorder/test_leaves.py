@@ -93,3 +93,27 @@ def test_leaves_record_what_the_step_starts_from(tmp_path, engine: str) -> None:
         assert states
         assert all(t.meta.producer is None for t in states)
         assert not [t for t in kept if t.role.label == "parameter" and t.meta.producer is not None]
+
+
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_an_items_number_is_kept_only_when_values_are_recorded(tmp_path, engine: str) -> None:
+    """``tensor.item()``'s number goes in the op's attribute ``returned`` with values recorded;
+    without them it would only give the graph an override per step (a changing step count)."""
+    import tracefmt
+
+    if engine == "native":
+        from recorder.engine import extension
+
+        if extension.load().module is None:
+            pytest.skip(f"the native engine is not available: {extension.load().reason}")
+    x = torch.arange(6.0)
+    kept = {}
+    for values in (None, "all"):
+        run = tmp_path / str(values)
+        with recorder.record(run, values=values, engine=engine) as rec:
+            number = (x * 2).sum().item()
+            rec.step()
+        with tracefmt.open(run) as trace:
+            item = next(op for op in trace.step(0).ops if "_local_scalar_dense" in op.name)
+            kept[values] = item.attrs.get("returned")
+    assert kept == {None: None, "all": number}
