@@ -58,12 +58,20 @@ def _strings(name: str, value: str | Iterable[str] | None) -> tuple[str, ...] | 
 #: tags of the torch it runs with).
 RANDOM_OPS: frozenset[str] = frozenset(
     (
+        "aten::_cudnn_attention_backward",
+        "aten::_cudnn_attention_forward",
+        "aten::_cudnn_init_dropout_state",
         "aten::_cudnn_rnn",
         "aten::_efficient_attention_forward",
+        "aten::_fill_mem_eff_dropout_mask_",
         "aten::_flash_attention_forward",
         "aten::_flash_attention_forward_no_dropout_inplace",
         "aten::_fused_dropout",
+        "aten::_fused_sdp_choice",
+        "aten::_lstm_mps",
+        "aten::_nested_tensor_softmax_with_shape",
         "aten::_sample_dirichlet",
+        "aten::_scaled_dot_product_attention_math",
         "aten::_scaled_dot_product_attention_math_for_mps",
         "aten::_scaled_dot_product_cudnn_attention",
         "aten::_scaled_dot_product_cudnn_attention_backward",
@@ -73,6 +81,7 @@ RANDOM_OPS: frozenset[str] = frozenset(
         "aten::_scaled_dot_product_flash_attention_for_cpu",
         "aten::_scaled_dot_product_fused_attention_overrideable",
         "aten::_standard_gamma",
+        "aten::_triton_scaled_dot_attention",
         "aten::alpha_dropout",
         "aten::alpha_dropout_",
         "aten::bernoulli",
@@ -98,8 +107,8 @@ RANDOM_OPS: frozenset[str] = frozenset(
         "aten::multinomial",
         "aten::native_dropout",
         "aten::normal",
-        "aten::normal_functional",  # registered when torch._inductor is imported
         "aten::normal_",
+        "aten::normal_functional",  # registered when torch._inductor is imported
         "aten::poisson",
         "aten::rand",
         "aten::rand_like",
@@ -112,9 +121,12 @@ RANDOM_OPS: frozenset[str] = frozenset(
         "aten::randperm",
         "aten::rnn_relu",
         "aten::rnn_tanh",
+        "aten::rrelu",
+        "aten::rrelu_",
         "aten::rrelu_with_noise",
         "aten::rrelu_with_noise_",
         "aten::rrelu_with_noise_functional",
+        "aten::scaled_dot_product_attention",
         "aten::uniform",
         "aten::uniform_",
     )

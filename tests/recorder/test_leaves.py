@@ -12,16 +12,17 @@ torch = pytest.importorskip("torch")
 
 
 def _tagged() -> set[str]:
+    """Every aten op torch tags ``nondeterministic_seeded``, over all registered schemas
+    (``dir(torch.ops.aten)`` lists only the packets resolved so far, which depends on what ran
+    before)."""
     names = set()
-    for packet_name in dir(torch.ops.aten):
-        try:
-            packet = getattr(torch.ops.aten, packet_name)
-            overloads = packet.overloads()
-        except (AttributeError, RuntimeError):
+    for schema in torch._C._jit_get_all_schemas():
+        if not schema.name.startswith("aten::"):
             continue
-        for overload in overloads:
-            if torch.Tag.nondeterministic_seeded in getattr(packet, overload).tags:
-                names.add(f"aten::{packet_name}")
+        packet = getattr(torch.ops.aten, schema.name.removeprefix("aten::"))
+        overload = getattr(packet, schema.overload_name or "default")
+        if torch.Tag.nondeterministic_seeded in overload.tags:
+            names.add(schema.name)
     return names
 
 
