@@ -17,8 +17,9 @@ import numpy as np
 
 from tracefmt import _layout as L
 from tracefmt._colpick import pick_graph
-from tracefmt._colread import index_blocks, rf_dtype
+from tracefmt._colread import index_blocks
 from tracefmt._colstats import checked_graphs
+from tracefmt._ranges import rf_dtype
 from tracefmt._rankfile import RankFile
 from tracefmt.errors import TraceError, TraceFormatError
 from tracefmt.progress import ProgressFn

@@ -18,8 +18,9 @@ import numpy as np
 
 from tracefmt import _layout as L
 from tracefmt._colpick import light_labels, pick_graph
-from tracefmt._colread import index_blocks, segment_index, strings_of
+from tracefmt._colread import index_blocks, strings_of
 from tracefmt._colreduce import FIELDS, Observations, reduce
+from tracefmt._ranges import checked_graph_index, segment_index
 from tracefmt._rankfile import RankFile
 from tracefmt.errors import TraceFormatError
 from tracefmt.light import LightKind
@@ -46,15 +47,7 @@ def checked_graphs(rf: RankFile, rows: np.ndarray, *, stats: bool = True) -> np.
     """The graph row of each step of ``rows``, checked against ``graphs`` (and with ``stats``,
     each step's stats count against its graph's tensors)."""
     graphs = rf._rows(L.GRAPHS, 0, rf.length(L.GRAPHS))
-    g = rows["graph"].astype(np.uint64)
-    bad = np.flatnonzero(g >= np.uint64(len(graphs)))
-    if len(bad):
-        k = int(bad[0])
-        raise TraceFormatError(
-            f"{rf.path}, step {int(rows['step'][k])}: graph {int(g[k])} is out of range (the file "
-            f"has {len(graphs)} graphs)."
-        )
-    gi = g.astype(np.int64)
+    gi = checked_graph_index(rf, rows, len(graphs))
     bad = (
         np.flatnonzero(rows["stats_count"] != graphs["tensor_count"][gi])
         if stats

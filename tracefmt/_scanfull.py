@@ -3,8 +3,9 @@
 
 Each graph is decoded once by the reader's own checks (:meth:`RankFile._graph`) and turned into
 columns once (:mod:`tracefmt._scangraph`); a batch's per-step tables are read span by span
-(:func:`read_ranges`) and every reference a row makes is checked in bulk, so a hostile row is a
-:class:`~tracefmt.errors.TraceFormatError` naming the file and step, as with the reader.
+(:func:`read_ranges`, its ranges checked first) and every reference a row makes is checked in
+bulk, so a hostile row is a :class:`~tracefmt.errors.TraceFormatError` naming the file and step,
+as with the reader.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tracefmt import _layout as L
+from tracefmt._ranges import checked_graph_index, read_spans, segment_index
 from tracefmt._rankfile import RankFile
 from tracefmt._scangraph import (
     GraphColumns,
@@ -24,7 +26,7 @@ from tracefmt._scangraph import (
     positions,
     take,
 )
-from tracefmt._scantypes import Column, ColumnTable, LabelPool, Labels, Masked, segment_index
+from tracefmt._scantypes import Column, ColumnTable, LabelPool, Labels, Masked
 from tracefmt.attrcodec import decode_attrs, encode_attrs
 from tracefmt.dtypes import DType
 from tracefmt.errors import TraceError, TraceFormatError
@@ -32,8 +34,6 @@ from tracefmt.model import Phase, Role
 
 __all__ = ["FullScanner", "read_ranges"]
 
-#: A table's span is read at once when it holds at most this many rows more than the ranges need.
-SPAN_SLACK_ROWS = 1 << 16
 PHASES, ROLES, DTYPES = enum_labels(Phase), enum_labels(Role), enum_labels(DType)
 #: ``step_kind`` labels (code 0: a full step, 1: a light step).
 STEP_KINDS = ("full", "light")
@@ -42,24 +42,12 @@ STEP_KINDS = ("full", "light")
 def read_ranges(
     rf: RankFile, table: str, starts: np.ndarray, counts: np.ndarray, steps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of ``table`` in ranges ``starts[k], counts[k]``, one after the other, and for each
-    row its range ``k``.  A span of the table is read once where the ranges fill most of it
-    (append-only tables put a run of steps' rows next to each other), else range by range."""
+    """The rows of ``table`` in ranges ``starts[k], counts[k]`` (of steps ``steps``), one after
+    the other, and for each row its range ``k``; read by :func:`~tracefmt._ranges.read_spans`,
+    which checks the ranges first."""
+    rows, offsets = read_spans(rf, table, starts, counts, steps)
     counts = counts.astype(np.int64)
-    used = np.flatnonzero(counts)
-    owner = np.repeat(np.arange(len(counts)), counts)
-    if not len(used):
-        return np.zeros(0, dtype=L.TABLES[table][0]), owner
-    s, c = starts[used].astype(np.int64), counts[used]
-    lo, hi, need = int(s.min()), int((s + c).max()), int(c.sum())
-    if hi - lo <= 2 * need + SPAN_SLACK_ROWS:
-        block = rf._rows(table, lo, hi - lo, None, max(hi - lo, 1))
-        return block[segment_index(s - lo, c)], owner
-    parts = [
-        rf._rows(table, int(a), int(n), int(steps[k]))
-        for k, a, n in zip(used.tolist(), s.tolist(), c.tolist(), strict=True)
-    ]
-    return np.concatenate(parts), owner
+    return rows[segment_index(offsets, counts)], np.repeat(np.arange(len(counts)), counts)
 
 
 def _increasing(index: np.ndarray, owner: np.ndarray, limit: np.ndarray) -> np.ndarray:
@@ -110,7 +98,7 @@ class FullScanner:
     def tables(self, rows: np.ndarray, index: np.ndarray) -> dict[str, ColumnTable]:
         """The tables of the steps in ``rows``, which are rows ``index`` of the step index."""
         steps = rows["step"].astype(np.int64)
-        g = rows["graph"].astype(np.int64)
+        g = checked_graph_index(self._rf, rows, len(self._graph_rows))
         n_ops = self._graph_rows["op_count"][g].astype(np.int64)
         n_tensors = self._graph_rows["tensor_count"][g].astype(np.int64)
         for field, n in (("stats_count", n_tensors), ("op_stats_count", n_ops)):

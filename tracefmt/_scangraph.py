@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from tracefmt._graphdecode import GraphData
-from tracefmt._scantypes import LabelPool, Ragged, gather_ragged, segment_index
+from tracefmt._ranges import segment_index
+from tracefmt._scantypes import LabelPool, Ragged, gather_ragged
 from tracefmt.attrcodec import encode_attrs
 
 __all__ = ["GraphColumns", "concat_graphs", "enum_labels", "expand", "graph_columns"]

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tracefmt._ranges import segment_index
+
 __all__ = [
     "Column",
     "ColumnTable",
@@ -25,7 +27,6 @@ __all__ = [
     "Masked",
     "Ragged",
     "gather_ragged",
-    "segment_index",
 ]
 
 
@@ -153,18 +154,6 @@ class LabelPool:
         return Labels(
             np.where(codes < 0, -1, local).astype(np.int32), tuple(self._labels[c] for c in used)
         )
-
-
-def segment_index(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The indices ``starts[k] .. starts[k] + counts[k] - 1`` of every segment ``k``, in order:
-    one numpy expression instead of a Python loop over segments."""
-    counts = counts.astype(np.int64, copy=False)
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    before = np.zeros(len(counts), dtype=np.int64)
-    np.cumsum(counts[:-1], out=before[1:])
-    return np.repeat(starts.astype(np.int64, copy=False) - before, counts) + np.arange(total)
 
 
 def gather_ragged(column: Ragged, index: np.ndarray) -> Ragged:

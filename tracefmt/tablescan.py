@@ -32,10 +32,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from tracefmt import _layout as L
+from tracefmt._ranges import checked_graph_index
 from tracefmt._scanfull import FullScanner
 from tracefmt._scanlight import light_tables
 from tracefmt._scantypes import Column, ColumnTable, LabelPool, Labels, Masked, Ragged
-from tracefmt.errors import TraceError, TraceFormatError
+from tracefmt.errors import TraceError
 from tracefmt.reader import Trace
 
 __all__ = [
@@ -147,11 +148,7 @@ class RankScan:
         self._index = rf.step_rows()
         self._graphs = rf._rows(L.GRAPHS, 0, rf.length(L.GRAPHS))
         self._full = _selected(self._index["step"].astype(np.int64), steps)
-        g = self._index["graph"][self._full].astype(np.int64)
-        bad = np.flatnonzero(g >= len(self._graphs))
-        if len(bad):
-            step = int(self._index["step"][self._full[bad[0]]])
-            raise TraceFormatError(f"{rf.path}, step {step}: graph {int(g[bad[0]])} is out of range.")
+        self._graph_index = checked_graph_index(rf, self._index[self._full], len(self._graphs))
         self._light_index = rf.light_rows()
         self._light = _selected(self._light_index["step"].astype(np.int64), steps)
 
@@ -169,7 +166,7 @@ class RankScan:
         """The selected full steps in batches, then the light steps, in step-index order."""
         pool = LabelPool(self._rf.string)
         rows = self._index[self._full]
-        g = rows["graph"].astype(np.int64)
+        g = self._graph_index
         weights = (
             2 * (self._graphs["op_count"][g].astype(np.int64) + self._graphs["tensor_count"][g])
             + rows["event_count"]
