@@ -122,7 +122,7 @@ def test_ddp_step_one_replays_after_the_bucket_rebuild(
         monkeypatch.setenv("TRACEFMT_NATIVE_ENGINE", "0")  # the ranks' record() takes "auto"
     run = tmp_path / "run"
     args = ["-m", "recorder.examples.gpt", "--ddp", "--steps", "3", "--out", str(run)]
-    torchrun_ok([*args, *SMALL, "--values", "all", "--quiet"], timeout=150)
+    torchrun_ok([*args, *SMALL, "--values", "all", "--quiet"], timeout=150, out=run)
     trace = tracefmt.open(run)
     assert trace.provenance.extra["recorder_engine"] == engine
     for rank in (0, 1):

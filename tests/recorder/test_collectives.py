@@ -41,7 +41,7 @@ pytestmark = pytest.mark.skipif(
 
 def _torchrun(scenario: str, out: Path, engine: str = "auto") -> Path:
     run = out / scenario
-    torchrun_ok([str(CHILD), scenario, str(run), engine])
+    torchrun_ok([str(CHILD), scenario, str(run), engine], out=run)
     return run
 
 

@@ -41,7 +41,7 @@ SMALL = ["--layers", "1", "--embd", "16", "--heads", "2", "--block", "16", "--ba
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("packrec") / "run"
     args = ["-m", "recorder.examples.gpt", "--ddp", "--steps", "3", "--out", str(run)]
-    torchrun_ok([*args, *SMALL, "--values", "all", "--quiet"], timeout=150)
+    torchrun_ok([*args, *SMALL, "--values", "all", "--quiet"], timeout=150, out=run)
     return run
 
 

@@ -314,7 +314,9 @@ def test_a_killed_rank_is_reported_with_its_last_committed_step(
 def fsdp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("torchrun") / "run"
     run.mkdir()
-    torchrun_ok([str(REPO / "tests" / "recorder" / "_collectives_child.py"), "fsdp", str(run)], TIMEOUT)
+    torchrun_ok(
+        [str(REPO / "tests" / "recorder" / "_collectives_child.py"), "fsdp", str(run)], TIMEOUT, out=run
+    )
     return run
 
 
