@@ -36,8 +36,16 @@ from tracefmt.manifest import RunManifest, write_manifest
 from tracefmt.progress import ProgressFn
 from tracefmt.reader import Trace
 from tracefmt.reader import open as open_trace
-from tracefmt.runcopy import check_output, copy_light, dir_size, replace_run, run_dir, with_provenance
-from tracefmt.torecord import GraphCache, step_record
+from tracefmt.runcopy import (
+    check_output,
+    copy_light,
+    copy_steps,
+    dir_size,
+    replace_run,
+    run_dir,
+    with_provenance,
+)
+from tracefmt.torecord import GraphCache
 from tracefmt.writer import TraceWriter, rank_file_path
 
 __all__ = ["EXTRACT_TOOL", "ExtractSummary", "RankExtract", "extract", "parse_step_range"]
@@ -47,7 +55,6 @@ EXTRACT_TOOL = "tracefmt extract"
 #: The open end of ``A:`` (the largest step number the format holds).
 _LAST_STEP = (1 << 63) - 1
 #: Steps written between two commits of an output file.
-_FLUSH_EVERY = 64
 
 
 @dataclass(frozen=True)
@@ -239,15 +246,16 @@ def extract(
                     hist_bins=rf.hist_bins,
                     provenance=with_provenance(rf.provenance, "extracted_from", origin),
                 ) as writer:
-                    for i, step in enumerate(chosen[rank]):
-                        record = step_record(trace.step(step, rank), graphs)
-                        record.modules = trace.modules(step, rank)  # format 1.5
-                        writer.write_step(record)
-                        if (i + 1) % _FLUSH_EVERY == 0:
-                            writer.flush()
-                        done += 1
-                        if progress is not None:
-                            progress(done, total)
+                    done = copy_steps(
+                        trace,
+                        rank,
+                        chosen[rank],
+                        graphs,
+                        writer,
+                        progress=progress,
+                        done=done,
+                        total=total,
+                    )
                     copy_light(trace, rank, light[rank], writer)
                 written.append((rank, len(chosen[rank])))
             if manifest is not None:

@@ -50,8 +50,16 @@ from tracefmt.packinfo import PACKED_FROM_KEY, PackedFrom, PackedSource
 from tracefmt.progress import ProgressFn
 from tracefmt.reader import Trace
 from tracefmt.reader import open as open_trace
-from tracefmt.runcopy import check_output, copy_light, dir_size, replace_run, run_dir, with_provenance
-from tracefmt.torecord import GraphCache, step_record
+from tracefmt.runcopy import (
+    check_output,
+    copy_light,
+    copy_steps,
+    dir_size,
+    replace_run,
+    run_dir,
+    with_provenance,
+)
+from tracefmt.torecord import GraphCache
 from tracefmt.version import __version__
 from tracefmt.writer import TraceWriter, rank_file_path
 
@@ -61,9 +69,6 @@ __all__ = ["PACK_FILTERS", "PACK_TOOL", "PackSummary", "RankPack", "pack"]
 PACK_TOOL = "tracefmt pack"
 #: The filters ``tracefmt pack`` offers (spec/format.md section 11); the first is the default.
 PACK_FILTERS = ("blosc2-zstd", "zstd", "gzip")
-#: Steps written between two commits of an output file (each commit pads the filtered value
-#: heaps to a chunk boundary; the padding compresses to almost nothing).
-_FLUSH_EVERY = 64
 _HASH_BLOCK = 1 << 20
 
 
@@ -238,15 +243,9 @@ def pack(
                     hist_bins=rf.hist_bins,
                     provenance=with_provenance(rf.provenance, PACKED_FROM_KEY, info.to_json()),
                 ) as writer:
-                    for i, step in enumerate(steps):
-                        record = step_record(trace.step(step, rank), graphs)
-                        record.modules = trace.modules(step, rank)  # format 1.5
-                        writer.write_step(record)
-                        if (i + 1) % _FLUSH_EVERY == 0:
-                            writer.flush()
-                        done += 1
-                        if progress is not None:
-                            progress(done, total)
+                    done = copy_steps(
+                        trace, rank, steps, graphs, writer, progress=progress, done=done, total=total
+                    )
                     copy_light(trace, rank, lights, writer)
                 packed.append(
                     _Packed(

@@ -24,8 +24,9 @@ from typing import Any
 from tracefmt import _layout as L
 from tracefmt.errors import TraceError
 from tracefmt.model import Provenance
+from tracefmt.progress import ProgressFn
 from tracefmt.reader import LIGHT_BLOCK, Trace
-from tracefmt.torecord import light_record
+from tracefmt.torecord import GraphCache, light_record, step_record
 from tracefmt.writer import TraceWriter
 
 __all__ = ["check_output", "copy_light", "dir_size", "replace_run", "run_dir", "with_provenance"]
@@ -82,6 +83,37 @@ def _run_member(p: Path) -> bool:
         or name == L.RUN_MANIFEST
         or (name != p.name and name.startswith(f".{L.RUN_MANIFEST}."))
     )
+
+
+#: Steps written between two flushes while copying a rank's steps (each flush pads filtered value
+#: heaps to a chunk boundary; the padding compresses to almost nothing).
+FLUSH_EVERY = 64
+
+
+def copy_steps(
+    trace: Trace,
+    rank: int,
+    steps: Iterable[int],
+    graphs: GraphCache,
+    writer: TraceWriter,
+    *,
+    progress: ProgressFn | None = None,
+    done: int = 0,
+    total: int = 0,
+) -> int:
+    """Write ``steps`` of ``rank`` (full steps, their module tables with them) into ``writer``,
+    one step in memory at a time, flushing every :data:`FLUSH_EVERY`; returns ``done`` plus the
+    steps written (``progress(done, total)`` after each)."""
+    for i, step in enumerate(steps):
+        record = step_record(trace.step(step, rank), graphs)
+        record.modules = trace.modules(step, rank)  # format 1.5
+        writer.write_step(record)
+        if (i + 1) % FLUSH_EVERY == 0:
+            writer.flush()
+        done += 1
+        if progress is not None:
+            progress(done, total)
+    return done
 
 
 def copy_light(trace: Trace, rank: int, numbers: list[int], writer: TraceWriter) -> None:
